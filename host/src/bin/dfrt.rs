@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("dfrt: CLI not built yet");
+    std::process::exit(2);
+}

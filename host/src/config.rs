@@ -1,0 +1,148 @@
+//! Model configuration of a Wan2.1-family causal DiT.
+//!
+//! The runtime checkpoint stores this as JSON under the safetensors metadata key
+//! [`crate::checkpoint::CONFIG_KEY`]. Field names follow the official `WanModel` arguments.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Latent frames per autoregressive chunk (Self-Forcing's `num_frame_per_block`).
+pub const FRAMES_PER_CHUNK: usize = 3;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Hidden size of the residual stream.
+    pub dim: usize,
+    /// Hidden size of the FFN.
+    pub ffn_dim: usize,
+    /// Width of the sinusoidal time embedding.
+    pub freq_dim: usize,
+    /// Width of the text embedding (umT5: 4096).
+    pub text_dim: usize,
+    /// Number of context tokens the model sees; shorter contexts are zero padded.
+    pub text_len: usize,
+    /// Latent channels in and out.
+    pub in_dim: usize,
+    pub out_dim: usize,
+    pub num_heads: usize,
+    pub num_layers: usize,
+    /// Patch size (frames, height, width). Wan uses (1, 2, 2).
+    pub patch_size: [usize; 3],
+    pub eps: f32,
+    pub qk_norm: bool,
+    pub cross_attn_norm: bool,
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.dim / self.num_heads
+    }
+
+    /// Number of output features of the head: out_dim × prod(patch_size).
+    pub fn patch_features(&self) -> usize {
+        self.out_dim * self.patch_size.iter().product::<usize>()
+    }
+
+    /// Checks the invariants the model code relies on.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.num_heads == 0 || self.dim == 0 || self.dim % self.num_heads != 0 {
+            return bad(format!("dim {} is not divisible by num_heads {}", self.dim, self.num_heads));
+        }
+        let hd = self.head_dim();
+        if hd % 2 != 0 || hd < 6 {
+            return bad(format!("head_dim {hd} must be even and at least 6 for 3D RoPE"));
+        }
+        if self.num_layers == 0 || self.ffn_dim == 0 || self.freq_dim == 0 || self.freq_dim % 2 != 0 {
+            return bad("num_layers, ffn_dim must be > 0 and freq_dim even and > 0".into());
+        }
+        if self.text_dim == 0 || self.text_len == 0 || self.in_dim == 0 || self.out_dim == 0 {
+            return bad("text_dim, text_len, in_dim, out_dim must be > 0".into());
+        }
+        if self.patch_size.iter().any(|&p| p == 0) || self.patch_size[0] != 1 {
+            return bad(format!("patch_size {:?} unsupported: the temporal patch must be 1", self.patch_size));
+        }
+        if !(self.eps > 0.0) {
+            return bad(format!("eps {} must be positive", self.eps));
+        }
+        Ok(())
+    }
+
+    /// Known configurations, by name.
+    pub fn preset(name: &str) -> Result<Self> {
+        let base = ModelConfig {
+            dim: 1536,
+            ffn_dim: 8960,
+            freq_dim: 256,
+            text_dim: 4096,
+            text_len: 512,
+            in_dim: 16,
+            out_dim: 16,
+            num_heads: 12,
+            num_layers: 30,
+            patch_size: [1, 2, 2],
+            eps: 1e-6,
+            qk_norm: true,
+            cross_attn_norm: true,
+        };
+        let cfg = match name {
+            // The configuration of the public golden cases.
+            "tiny" => ModelConfig { dim: 256, ffn_dim: 512, text_dim: 64, text_len: 16, num_heads: 2, num_layers: 2, ..base },
+            // The configuration of the df-tiny golden case (4 layers).
+            "tiny4" => ModelConfig { dim: 256, ffn_dim: 512, text_dim: 64, text_len: 16, num_heads: 2, num_layers: 4, ..base },
+            // A small multi-head config for CPU benchmarks (head dim 64).
+            "small" => ModelConfig { dim: 512, ffn_dim: 1024, text_dim: 256, text_len: 32, num_heads: 8, num_layers: 4, ..base },
+            "wan-1.3b" => base,
+            "wan-14b" => ModelConfig { dim: 5120, ffn_dim: 13824, num_heads: 40, num_layers: 40, ..base },
+            _ => {
+                return Err(Error::Config(format!(
+                    "unknown preset `{name}` (known: {})",
+                    Self::PRESETS.join(", ")
+                )))
+            }
+        };
+        Ok(cfg)
+    }
+
+    pub const PRESETS: &'static [&'static str] = &["tiny", "tiny4", "small", "wan-1.3b", "wan-14b"];
+
+    /// Looks up the head count of a known model width: Wan2.1 uses head_dim 128 throughout.
+    pub fn default_heads_for_dim(dim: usize) -> usize {
+        (dim / 128).max(1)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("config serialises")
+    }
+
+    pub fn from_json(s: &str) -> Result<Self> {
+        let cfg: ModelConfig =
+            serde_json::from_str(s).map_err(|e| Error::Config(format!("bad config JSON: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_roundtrip() {
+        for p in ModelConfig::PRESETS {
+            let c = ModelConfig::preset(p).unwrap();
+            c.validate().unwrap();
+            assert_eq!(ModelConfig::from_json(&c.to_json()).unwrap(), c);
+        }
+        assert_eq!(ModelConfig::preset("wan-1.3b").unwrap().head_dim(), 128);
+        assert!(ModelConfig::preset("nope").unwrap_err().to_string().contains("unknown preset"));
+    }
+
+    #[test]
+    fn invalid_configs_are_rejected() {
+        let mut c = ModelConfig::preset("tiny").unwrap();
+        c.num_heads = 3;
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! GPU kernels (placeholder; see issue 2).

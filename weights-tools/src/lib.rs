@@ -1,0 +1,1 @@
+//! Checkpoint converters (placeholder; see issue 3).
