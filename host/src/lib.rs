@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dummy;
 pub mod error;
 
 pub use config::ModelConfig;
