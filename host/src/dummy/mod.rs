@@ -62,6 +62,7 @@
 //!   - dummy heads ← the LAST frame of the phase-1 ring (the last frame of chunk K) into a
 //!     ring of 1; with packing off, nothing (ring 0);
 //!   - neighbor heads ← the whole phase-1 ring, oldest first, into a ring of `3·L`.
+//!
 //!   Head lists are ascending; a group may be empty in a layer (skip it everywhere).
 //! - Output: `assignment` `[layers, heads]` int64 = [`Assignment::to_i64`].
 //!
