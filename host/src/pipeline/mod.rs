@@ -2,6 +2,7 @@
 //! chunk: 4 denoising steps at the warped timesteps, flow → x0, re-noising between steps, and
 //! the t = 0 clean pass that writes the KV cache.
 
+pub mod inputs;
 pub mod rng;
 
 use half::bf16;
