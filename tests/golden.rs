@@ -55,19 +55,19 @@ fn load_case(dir: &Path) -> Case {
 /// Runs a case chunk by chunk; returns the recorded tensors plus the layer-0 cache after
 /// every chunk's clean pass (`cache_k.{c}`, `cache_v.{c}`).
 fn run_case(case: &Case) -> (dfrt::model::Taps, Vec<(usize, Vec<usize>, Vec<f32>, Vec<f32>)>) {
-    let be = CpuBackend::new(case.precision);
+    let be = std::sync::Arc::new(CpuBackend::new(case.precision));
     let weights = TensorFile::open(case.dir.join("weights.safetensors")).unwrap();
-    let model = Model::load(&be, &weights, &case.cfg).unwrap();
+    let model = std::sync::Arc::new(Model::load(&*be, &weights, &case.cfg).unwrap());
     let inputs = Inputs::read(&TensorFile::open(case.dir.join("inputs.safetensors")).unwrap(), &case.cfg).unwrap();
     let frames = inputs.frames;
-    let mut s = Session::new(&model, &be, case.policy.clone(), inputs.latent, Some(frames), &inputs.context.data, inputs.context.rows, inputs.noise(frames).unwrap()).unwrap();
+    let mut s = Session::new(model.clone(), be.clone(), case.policy.clone(), inputs.latent, Some(frames), &inputs.context.data, inputs.context.rows, inputs.noise(frames).unwrap()).unwrap();
     s.record = Some(Default::default());
     let mut latents = Vec::new();
     let mut caches = Vec::new();
     while !s.done() {
         let c = s.chunk_index();
         latents.extend(s.next_chunk(&mut |_| {}).unwrap());
-        let (frames, k, v) = s.cache.dump_group(&be, 0, 0);
+        let (frames, k, v) = s.cache.dump_group(&*be, 0, 0);
         caches.push((c, frames, k, v));
     }
     let mut rec = s.record.take().unwrap();

@@ -97,11 +97,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if a.device != "cpu" {
         return Err(Error::Device(format!("device `{}` is not available yet (use --device cpu)", a.device)));
     }
-    let be = CpuBackend::new(precision);
+    let be = std::sync::Arc::new(CpuBackend::new(precision));
     let t_load = Instant::now();
     let ckpt = TensorFile::open(&a.model)?;
     let cfg = ckpt.config()?;
-    let model = Model::load(&be, &ckpt, &cfg)?;
+    let model = std::sync::Arc::new(Model::load(&*be, &ckpt, &cfg)?);
     let load_s = t_load.elapsed().as_secs_f64();
 
     let (context, latent, frames, noise, source) = if let Some(p) = &a.inputs {
@@ -117,7 +117,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         let latent = Latent { channels: cfg.in_dim, height: a.height, width: a.width };
         (ctx, latent, frames, Noise::Seeded(Rng::new(a.seed)), format!("seed:{}", a.seed))
     };
-    let mut session = Session::new(&model, &be, policy.clone(), latent, Some(frames), &context.data, context.rows, noise)?;
+    let mut session = Session::new(model.clone(), be.clone(), policy.clone(), latent, Some(frames), &context.data, context.rows, noise)?;
 
     let chunks = frames / FRAMES_PER_CHUNK;
     let forwards = (chunks * (session.schedule.steps.len() + 1)) as u64;

@@ -219,83 +219,23 @@ impl<B: Backend> Model<B> {
         if cache.tokens_per_frame != tpf {
             return Err(Error::Input(format!("chunk has {tpf} tokens per frame, the cache was built for {}", cache.tokens_per_frame)));
         }
-        let (heads, hd, eps) = (c.num_heads, c.head_dim(), c.eps);
-        let mut tap = |name: &str, t: &B::Tensor| {
-            if let Some(m) = taps.as_deref_mut() {
-                m.insert(name.to_string(), be.download(t));
-            }
-        };
+        let eps = c.eps;
 
         // Patch embedding (Conv3d k = stride = patch) as a GEMM over patches.
         let mut h = be.linear(&be.patchify(x, c.patch_size), &w.patch.w, Some(&w.patch.b));
-        tap("patch_embedded", &h);
+        tap(be, &mut taps, "patch_embedded", &h);
 
         // Time: per-frame sinusoid → MLP → 6 modulation rows per frame.
         let sin = be.sinusoid(&vec![t; nf], c.freq_dim);
-        tap("time_sinusoid", &sin);
+        tap(be, &mut taps, "time_sinusoid", &sin);
         let e = be.linear(&be.silu(&be.linear(&sin, &w.time0.w, Some(&w.time0.b))), &w.time2.w, Some(&w.time2.b));
-        tap("e", &e);
+        tap(be, &mut taps, "e", &e);
         let e0 = be.linear(&be.silu(&e), &w.time_proj.w, Some(&w.time_proj.b));
-        tap("e0", &e0);
-        tap("context_embedded", &text.embedded);
+        tap(be, &mut taps, "e0", &e0);
+        tap(be, &mut taps, "context_embedded", &text.embedded);
 
-        for (l, b) in w.blocks.iter().enumerate() {
-            let m = be.modulation(&b.modulation, &e0, 6);
-
-            // Self-attention over the cache plus the current chunk.
-            let xn = be.norm_modulate(&h, eps, &m[0], &m[1], tpf);
-            let mut q = be.linear(&xn, &b.q.w, Some(&b.q.b));
-            let mut k = be.linear(&xn, &b.k.w, Some(&b.k.b));
-            let v = be.linear(&xn, &b.v.w, Some(&b.v.b));
-            if let (Some(nq), Some(nk)) = (&b.norm_q, &b.norm_k) {
-                q = be.rms_norm(&q, nq, eps);
-                k = be.rms_norm(&k, nk, eps);
-            }
-            let q = be.rope(&q, heads, grid, pass.start_frame);
-            let k = be.rope(&k, heads, grid, pass.start_frame);
-            if l == 0 {
-                tap("l0.q_roped", &q);
-                tap("l0.k_roped", &k);
-            }
-            let fresh = Fresh { k: &k, v: &v, start_frame: pass.start_frame, frames: nf };
-            let a = {
-                let ctx = cache.context(l, &fresh);
-                if hook.wants_attention(pass) {
-                    hook.on_self_attention(be, pass, l, &q, hd, &ctx)?;
-                }
-                be.attention(&q, hd, &ctx)
-            };
-            if l == 0 {
-                tap("l0.attn_out", &a);
-            }
-            if pass.commit {
-                cache.commit(be, l, &fresh);
-            }
-            let y = be.linear(&a, &b.o.w, Some(&b.o.b));
-            h = be.gated_residual(&h, &y, &m[2], tpf);
-
-            // Cross-attention over the per-prompt K/V (no RoPE, no mask).
-            let hn = match &b.norm3 {
-                Some((nw, nb)) => be.layer_norm(&h, eps, Some((nw, nb))),
-                None => h_clone(be, &h),
-            };
-            let mut cq = be.linear(&hn, &b.cq.w, Some(&b.cq.b));
-            if let Some(n) = &b.cnorm_q {
-                cq = be.rms_norm(&cq, n, eps);
-            }
-            let (ck, cv) = &text.kv[l];
-            let rows = be.shape(ck)[0];
-            let cctx: Vec<Vec<Seg<'_, B::Tensor>>> = (0..heads)
-                .map(|hh| vec![Seg { k: ck, v: cv, offset: hh * hd, rows, stride: heads * hd, frame: None }])
-                .collect();
-            let ca = be.attention(&cq, hd, &cctx);
-            h = be.add(&h, &be.linear(&ca, &b.co.w, Some(&b.co.b)));
-
-            // FFN.
-            let xn = be.norm_modulate(&h, eps, &m[3], &m[4], tpf);
-            let y = be.linear(&be.gelu_tanh(&be.linear(&xn, &b.ffn0.w, Some(&b.ffn0.b))), &b.ffn2.w, Some(&b.ffn2.b));
-            h = be.gated_residual(&h, &y, &m[5], tpf);
-            tap(&format!("hidden.{l}"), &h);
+        for l in 0..w.blocks.len() {
+            h = self.block(be, l, &h, &e0, grid, pass, cache, text, hook, taps.as_deref_mut())?;
         }
 
         // Head: its 2-row modulation uses e (not e0).
@@ -306,7 +246,91 @@ impl<B: Backend> Model<B> {
         hook.after_forward(be, pass, cache)?;
         Ok(flow)
     }
+    /// Block `l` on the residual stream `h [T, dim]` with the chunk's time projection `e0`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn block(
+        &self,
+        be: &B,
+        l: usize,
+        h: &B::Tensor,
+        e0: &B::Tensor,
+        grid: [usize; 3],
+        pass: &PassInfo,
+        cache: &mut KvCache<B::Tensor>,
+        text: &TextState<B::Tensor>,
+        hook: &mut dyn ForwardHook<B>,
+        mut taps: Option<&mut Taps>,
+    ) -> Result<B::Tensor> {
+        let c = &self.cfg;
+        let b = &self.w.blocks[l];
+        let (heads, hd, eps) = (c.num_heads, c.head_dim(), c.eps);
+        let tpf = grid[1] * grid[2];
+        let m = be.modulation(&b.modulation, e0, 6);
+
+        // Self-attention over the cache plus the current chunk.
+        let xn = be.norm_modulate(h, eps, &m[0], &m[1], tpf);
+        let mut q = be.linear(&xn, &b.q.w, Some(&b.q.b));
+        let mut k = be.linear(&xn, &b.k.w, Some(&b.k.b));
+        let v = be.linear(&xn, &b.v.w, Some(&b.v.b));
+        if let (Some(nq), Some(nk)) = (&b.norm_q, &b.norm_k) {
+            q = be.rms_norm(&q, nq, eps);
+            k = be.rms_norm(&k, nk, eps);
+        }
+        let q = be.rope(&q, heads, grid, pass.start_frame);
+        let k = be.rope(&k, heads, grid, pass.start_frame);
+        if l == 0 {
+            tap(be, &mut taps, "l0.q_roped", &q);
+            tap(be, &mut taps, "l0.k_roped", &k);
+        }
+        let fresh = Fresh { k: &k, v: &v, start_frame: pass.start_frame, frames: grid[0] };
+        let a = {
+            let ctx = cache.context(l, &fresh);
+            if hook.wants_attention(pass) {
+                hook.on_self_attention(be, pass, l, &q, hd, &ctx)?;
+            }
+            be.attention(&q, hd, &ctx)
+        };
+        if l == 0 {
+            tap(be, &mut taps, "l0.attn_out", &a);
+        }
+        if pass.commit {
+            cache.commit(be, l, &fresh);
+        }
+        let y = be.linear(&a, &b.o.w, Some(&b.o.b));
+        let mut h = be.gated_residual(h, &y, &m[2], tpf);
+
+        // Cross-attention over the per-prompt K/V (no RoPE, no mask).
+        let hn = match &b.norm3 {
+            Some((nw, nb)) => be.layer_norm(&h, eps, Some((nw, nb))),
+            None => h_clone(be, &h),
+        };
+        let mut cq = be.linear(&hn, &b.cq.w, Some(&b.cq.b));
+        if let Some(n) = &b.cnorm_q {
+            cq = be.rms_norm(&cq, n, eps);
+        }
+        let (ck, cv) = &text.kv[l];
+        let rows = be.shape(ck)[0];
+        let cctx: Vec<Vec<Seg<'_, B::Tensor>>> =
+            (0..heads).map(|hh| vec![Seg { k: ck, v: cv, offset: hh * hd, rows, stride: heads * hd, frame: None }]).collect();
+        let ca = be.attention(&cq, hd, &cctx);
+        h = be.add(&h, &be.linear(&ca, &b.co.w, Some(&b.co.b)));
+
+        // FFN.
+        let xn = be.norm_modulate(&h, eps, &m[3], &m[4], tpf);
+        let y = be.linear(&be.gelu_tanh(&be.linear(&xn, &b.ffn0.w, Some(&b.ffn0.b))), &b.ffn2.w, Some(&b.ffn2.b));
+        h = be.gated_residual(&h, &y, &m[5], tpf);
+        tap(be, &mut taps, &format!("hidden.{l}"), &h);
+        Ok(h)
+    }
 }
+
+/// Records `t` under `name` when taps are being collected.
+fn tap<B: Backend>(be: &B, taps: &mut Option<&mut Taps>, name: &str, t: &B::Tensor) {
+    if let Some(m) = taps.as_deref_mut() {
+        m.insert(name.to_string(), be.download(t));
+    }
+}
+
 
 /// A copy of a tensor through the backend (used only when norm3 is the identity).
 fn h_clone<B: Backend>(be: &B, h: &B::Tensor) -> B::Tensor {

@@ -5,6 +5,8 @@
 pub mod inputs;
 pub mod rng;
 
+use std::sync::Arc;
+
 use half::bf16;
 
 use crate::backend::{Backend, Precision};
@@ -107,9 +109,9 @@ pub struct Progress {
 /// A generation session: the state the official pipeline keeps between chunks (KV cache, text
 /// cache, noise position). [`Session::next_chunk`] produces 3 latent frames at a time, so a C
 /// API can drive it chunk by chunk.
-pub struct Session<'m, B: Backend> {
-    pub model: &'m Model<B>,
-    pub be: &'m B,
+pub struct Session<B: Backend> {
+    pub model: Arc<Model<B>>,
+    pub be: Arc<B>,
     pub schedule: Schedule,
     pub cache: KvCache<B::Tensor>,
     pub text: TextState<B::Tensor>,
@@ -119,16 +121,16 @@ pub struct Session<'m, B: Backend> {
     pub frames: Option<usize>,
     noise: Noise,
     chunk: usize,
-    hook: Box<dyn ForwardHook<B> + 'm>,
+    hook: Box<dyn ForwardHook<B> + Send>,
     /// When set, records `xt/flow/x0.{c}.{s}` and the first forward's intermediates.
     pub record: Option<Taps>,
 }
 
-impl<'m, B: Backend> Session<'m, B> {
+impl<B: Backend + 'static> Session<B> {
     /// `context` is `[rows, text_dim]`. `frames` must be a multiple of 3 (None = unbounded,
     /// only with a bounded policy and seeded noise).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(model: &'m Model<B>, be: &'m B, policy: Policy, latent: Latent, frames: Option<usize>, context: &[f32], context_rows: usize, noise: Noise) -> Result<Self> {
+    pub fn new(model: Arc<Model<B>>, be: Arc<B>, policy: Policy, latent: Latent, frames: Option<usize>, context: &[f32], context_rows: usize, noise: Noise) -> Result<Self> {
         let c = &model.cfg;
         if latent.channels != c.in_dim {
             return Err(Error::Input(format!("latent has {} channels, the model takes {}", latent.channels, c.in_dim)));
@@ -154,12 +156,12 @@ impl<'m, B: Backend> Session<'m, B> {
         let tpf = (latent.height / ph) * (latent.width / pw);
         let groups = policy.initial_groups(c.num_heads, frames)?;
         let cache = KvCache::new(c.num_layers, c.num_heads, c.head_dim(), tpf, be.precision(), &groups)?;
-        let text = model.embed_text(be, context, context_rows)?;
+        let text = model.embed_text(&be, context, context_rows)?;
         Ok(Session { model, be, schedule: Schedule::official(), cache, text, latent, policy, frames, noise, chunk: 0, hook: Box::new(NoHook), record: None })
     }
 
     /// Installs a forward hook (Dummy Forcing's calibration and regrouping).
-    pub fn set_hook(&mut self, hook: Box<dyn ForwardHook<B> + 'm>) {
+    pub fn set_hook(&mut self, hook: Box<dyn ForwardHook<B> + Send>) {
         self.hook = hook;
     }
 
@@ -215,7 +217,7 @@ impl<'m, B: Backend> Session<'m, B> {
             let want_taps = self.record.is_some() && c == 0 && s == 0;
             let mut taps = Taps::new();
             let x = self.be.upload(&xt, &shape);
-            let flow_t = self.model.forward(self.be, &x, t, &pass, &mut self.cache, &self.text, self.hook.as_mut(), want_taps.then_some(&mut taps))?;
+            let flow_t = self.model.forward(&self.be, &x, t, &pass, &mut self.cache, &self.text, self.hook.as_mut(), want_taps.then_some(&mut taps))?;
             let flow = self.be.download(&flow_t);
             // flow → x0 in f64 (official wrapper), cast back to the working dtype.
             let sigma = self.schedule.sigma(t) as f64;
@@ -237,7 +239,7 @@ impl<'m, B: Backend> Session<'m, B> {
         // The clean pass at t = 0 writes the chunk's K/V into the cache; its output is unused.
         let pass = PassInfo { chunk: c, step: None, start_frame: c * nf, frames: nf, commit: true };
         let x = self.be.upload(&x0, &shape);
-        self.model.forward(self.be, &x, 0.0, &pass, &mut self.cache, &self.text, self.hook.as_mut(), None)?;
+        self.model.forward(&self.be, &x, 0.0, &pass, &mut self.cache, &self.text, self.hook.as_mut(), None)?;
         progress(Progress { pass, chunks });
         self.chunk += 1;
         Ok(x0)
