@@ -1,0 +1,95 @@
+//! CPU reference throughput: one forward and a whole generation of the `small` preset with
+//! random weights. `DFRT_BENCH_FRAMES` (default 9) and `DFRT_BENCH_HW` (latent side, default 32)
+//! change the size. Prints latent tokens/s (tokens of the generated frames per second; each
+//! token goes through 5 forwards) and forward tokens/s.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dfrt::backend::cpu::CpuBackend;
+use dfrt::backend::{Backend, Precision};
+use dfrt::cache::{KvCache, Policy};
+use dfrt::checkpoint::{write_checkpoint, OutTensor, TensorFile};
+use dfrt::model::{Model, NoHook, PassInfo};
+use dfrt::pipeline::{Latent, Noise, Rng, Session};
+use dfrt::ModelConfig;
+
+fn synth(cfg: &ModelConfig, path: &std::path::Path) {
+    let mut rng = Rng::new(11);
+    let d = cfg.dim;
+    let mut ts = Vec::new();
+    let mut t = |name: String, shape: Vec<usize>, fan_in: usize| {
+        let n: usize = shape.iter().product();
+        let s = 1.0 / (fan_in as f32).sqrt();
+        let v: Vec<f32> = rng.normals(n).into_iter().map(|x| x * s).collect();
+        ts.push(OutTensor::f32(name, shape, &v));
+    };
+    let pf = cfg.in_dim * 4;
+    t("patch_embedding.weight".into(), vec![d, cfg.in_dim, 1, 2, 2], pf);
+    t("patch_embedding.bias".into(), vec![d], 1);
+    for (n, o, i) in [("text_embedding.0", d, cfg.text_dim), ("text_embedding.2", d, d), ("time_embedding.0", d, cfg.freq_dim), ("time_embedding.2", d, d), ("time_projection.1", 6 * d, d), ("head.head", cfg.patch_features(), d)] {
+        t(format!("{n}.weight"), vec![o, i], i);
+        t(format!("{n}.bias"), vec![o], 1);
+    }
+    t("head.modulation".into(), vec![1, 2, d], 100);
+    for l in 0..cfg.num_layers {
+        let p = format!("blocks.{l}");
+        t(format!("{p}.modulation"), vec![1, 6, d], 100);
+        for a in ["self_attn", "cross_attn"] {
+            for x in ["q", "k", "v", "o"] {
+                t(format!("{p}.{a}.{x}.weight"), vec![d, d], d);
+                t(format!("{p}.{a}.{x}.bias"), vec![d], 1);
+            }
+            t(format!("{p}.{a}.norm_q.weight"), vec![d], 1);
+            t(format!("{p}.{a}.norm_k.weight"), vec![d], 1);
+        }
+        t(format!("{p}.norm3.weight"), vec![d], 1);
+        t(format!("{p}.norm3.bias"), vec![d], 1);
+        t(format!("{p}.ffn.0.weight"), vec![cfg.ffn_dim, d], d);
+        t(format!("{p}.ffn.0.bias"), vec![cfg.ffn_dim], 1);
+        t(format!("{p}.ffn.2.weight"), vec![d, cfg.ffn_dim], cfg.ffn_dim);
+        t(format!("{p}.ffn.2.bias"), vec![d], 1);
+    }
+    write_checkpoint(path, cfg, &ts).unwrap();
+}
+
+fn main() {
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let frames = env("DFRT_BENCH_FRAMES", 9);
+    let hw = env("DFRT_BENCH_HW", 32);
+    let cfg = ModelConfig::preset("small").unwrap();
+    let path = std::env::temp_dir().join(format!("dfrt-bench-small-{}.safetensors", std::process::id()));
+    synth(&cfg, &path);
+    let f = TensorFile::open(&path).unwrap();
+    for precision in [Precision::F32, Precision::Bf16] {
+        let be = Arc::new(CpuBackend::new(precision));
+        let model = Arc::new(Model::load(&*be, &f, &cfg).unwrap());
+        let latent = Latent { channels: cfg.in_dim, height: hw, width: hw };
+        let tpf = (hw / 2) * (hw / 2);
+        let ctx = Rng::new(5).normals(cfg.text_len * cfg.text_dim);
+
+        // One forward of chunk 0 (no cache).
+        let text = model.embed_text(&be, &ctx, cfg.text_len).unwrap();
+        let groups = Policy::Full.initial_groups(cfg.num_heads, Some(frames)).unwrap();
+        let mut cache = KvCache::new(cfg.num_layers, cfg.num_heads, cfg.head_dim(), tpf, precision, &groups).unwrap();
+        let x = be.upload(&Rng::new(6).normals(3 * latent.frame_len()), &[3, cfg.in_dim, hw, hw]);
+        let pass = PassInfo { chunk: 0, step: Some(0), start_frame: 0, frames: 3, commit: false };
+        let reps = 3;
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            model.forward(&be, &x, 1000.0, &pass, &mut cache, &text, &mut NoHook, None).unwrap();
+        }
+        let fwd = t0.elapsed().as_secs_f64() / reps as f64;
+
+        // A whole generation.
+        let mut s = Session::new(model.clone(), be.clone(), Policy::Full, latent, Some(frames), &ctx, cfg.text_len, Noise::Seeded(Rng::new(1))).unwrap();
+        let t0 = Instant::now();
+        s.run(&mut |_| {}).unwrap();
+        let gen = t0.elapsed().as_secs_f64();
+        println!(
+            "small preset, {hw}x{hw} latent ({tpf} tokens/frame), {}: forward (chunk 0, {} tokens) {:.1} ms = {:.0} tokens/s; generation of {frames} frames {:.2} s = {:.0} latent tokens/s",
+            precision.name(), 3 * tpf, fwd * 1e3, 3.0 * tpf as f64 / fwd, gen, (frames * tpf) as f64 / gen
+        );
+    }
+    std::fs::remove_file(&path).ok();
+}

@@ -1,0 +1,127 @@
+//! The small set of ops the DiT graph is written against.
+//!
+//! The model (`crate::model`), the KV cache (`crate::cache`) and the pipeline only talk to a
+//! [`Backend`]. The CPU backend ([`cpu::CpuBackend`]) is the reference; a GPU backend implements
+//! the same trait with device buffers as its tensor type.
+//!
+//! Conventions:
+//! - Activations are row-major 2-D `[rows, cols]`: tokens × features. A chunk's tokens are in
+//!   (frame, h, w) order, so frame `f` owns rows `[f·tpf, (f+1)·tpf)` (`tpf` = tokens per frame).
+//! - Per-frame modulation rows are `[frames, dim]` and broadcast over the rows of their frame.
+//! - Storage precision is [`Precision`]: with `Bf16` every op result is rounded to bf16 at the
+//!   same op boundaries the official PyTorch bf16 run rounds at; math and accumulation are f32
+//!   (f64 where the official code uses f64: RoPE, the time sinusoid).
+
+pub mod cpu;
+
+use crate::Result;
+
+/// Storage precision of weights, activations and the KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            _ => Err(crate::Error::Input(format!("unknown dtype `{s}` (expected f32 or bf16)"))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+    /// Bytes per stored element.
+    pub fn size(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 => 2,
+        }
+    }
+}
+
+/// One contiguous run of K/V rows for one head: rows `r` of the segment live at
+/// `offset + r·stride .. + head_dim` in both `k` and `v`. A head's attention context is a
+/// list of segments (cache slots, then the current chunk), which is exactly the per-head
+/// segment table a GPU kernel reads.
+pub struct Seg<'a, T> {
+    pub k: &'a T,
+    pub v: &'a T,
+    pub offset: usize,
+    pub rows: usize,
+    pub stride: usize,
+    /// Absolute latent frame the rows belong to (None for rows without a frame, e.g. text).
+    pub frame: Option<usize>,
+}
+
+impl<T> Clone for Seg<'_, T> {
+    fn clone(&self) -> Self {
+        Seg { k: self.k, v: self.v, offset: self.offset, rows: self.rows, stride: self.stride, frame: self.frame }
+    }
+}
+
+/// The ops of the DiT. All shapes are checked by the caller (the model); ops may panic on
+/// inconsistent shapes, which is a programming error, not a user error.
+pub trait Backend {
+    type Tensor: Send + Sync;
+
+    fn name(&self) -> &'static str;
+    fn precision(&self) -> Precision;
+
+    // --- memory ---
+    /// Uploads host f32 data, rounding to the storage precision.
+    fn upload(&self, data: &[f32], shape: &[usize]) -> Self::Tensor;
+    fn download(&self, t: &Self::Tensor) -> Vec<f32>;
+    fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
+    /// A tensor filled with zeros.
+    fn zeros(&self, shape: &[usize]) -> Self::Tensor;
+    /// `dst[dst_off + r·cols + c] = src[src_off + r·src_stride + c]` for `r < rows, c < cols`:
+    /// the copy behind cache commits (strided head rows → packed slot) and regrouping.
+    fn copy_rows(&self, dst: &mut Self::Tensor, dst_off: usize, src: &Self::Tensor, src_off: usize, src_stride: usize, rows: usize, cols: usize);
+
+    // --- dense ---
+    /// `x [n, k] · wᵀ (w [m, k]) + b [m]` → `[n, m]`, f32 accumulation.
+    fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, b: Option<&Self::Tensor>) -> Self::Tensor;
+
+    // --- elementwise / norms ---
+    /// LayerNorm over the last dim, eps, optional affine (weight, bias).
+    fn layer_norm(&self, x: &Self::Tensor, eps: f32, affine: Option<(&Self::Tensor, &Self::Tensor)>) -> Self::Tensor;
+    /// adaLN: `LN(x)·(1 + scale[f]) + shift[f]` with no-affine LN, for rows of frame `f`.
+    fn norm_modulate(&self, x: &Self::Tensor, eps: f32, shift: &Self::Tensor, scale: &Self::Tensor, rows_per_frame: usize) -> Self::Tensor;
+    /// RMSNorm over the full last dim with a learned weight: normalisation in f32, rounded to
+    /// the storage dtype, then multiplied by the weight (the official order).
+    fn rms_norm(&self, x: &Self::Tensor, w: &Self::Tensor, eps: f32) -> Self::Tensor;
+    fn gelu_tanh(&self, x: &Self::Tensor) -> Self::Tensor;
+    fn silu(&self, x: &Self::Tensor) -> Self::Tensor;
+    /// `x + y`.
+    fn add(&self, x: &Self::Tensor, y: &Self::Tensor) -> Self::Tensor;
+    /// Gated residual `x + y·gate[f]` for rows of frame `f`.
+    fn gated_residual(&self, x: &Self::Tensor, y: &Self::Tensor, gate: &Self::Tensor, rows_per_frame: usize) -> Self::Tensor;
+    /// Modulation rows: `table [k, dim]` + `e [frames, k·dim]` → k tensors `[frames, dim]`.
+    fn modulation(&self, table: &Self::Tensor, e: &Self::Tensor, k: usize) -> Vec<Self::Tensor>;
+
+    // --- position / time ---
+    /// 3D RoPE on `x [f·h·w, heads·d]` (pairs `(2i, 2i+1)` as complex numbers), with the frame
+    /// position `start_frame + local frame`; angles and the rotation in f64.
+    fn rope(&self, x: &Self::Tensor, heads: usize, grid: [usize; 3], start_frame: usize) -> Self::Tensor;
+    /// Sinusoidal embedding `[cos | sin]` of each timestep, computed in f64, then stored.
+    fn sinusoid(&self, t: &[f32], dim: usize) -> Self::Tensor;
+
+    // --- layout ---
+    /// Latent `[f, c, H, W]` → patches `[f·(H/ph)·(W/pw), c·ph·pw]` in (f, h, w) token order and
+    /// (c, ph, pw) feature order, i.e. the Conv3d k = stride = (1, ph, pw) as a GEMM input.
+    fn patchify(&self, x: &Self::Tensor, patch: [usize; 3]) -> Self::Tensor;
+    /// Head output `[f·h·w, ph·pw·c]` (channel fastest) → latent `[f, c, h·ph, w·pw]`.
+    fn unpatchify(&self, x: &Self::Tensor, grid: [usize; 3], patch: [usize; 3], channels: usize) -> Self::Tensor;
+
+    // --- attention ---
+    /// For each head `h`: `softmax(q_h·Kᵀ/√d)·V` over the concatenation of `ctx[h]`'s segments,
+    /// unmasked. `q` is `[n, heads·d]`; the output has the same shape.
+    fn attention(&self, q: &Self::Tensor, head_dim: usize, ctx: &[Vec<Seg<'_, Self::Tensor>>]) -> Self::Tensor;
+}

@@ -1,0 +1,97 @@
+//! Reading run inputs: an `--inputs` file laid out like the golden `inputs.safetensors`
+//! (`noise`, `context`, `renoise.{c}.{s}`, optional `sampled_rows.{layer}`), or a lone
+//! `--context` file.
+
+use std::collections::BTreeMap;
+
+use crate::checkpoint::TensorFile;
+use crate::config::FRAMES_PER_CHUNK;
+use crate::pipeline::{Latent, Noise};
+use crate::{Error, ModelConfig, Result};
+
+/// A text embedding `[rows, text_dim]`.
+pub struct Context {
+    pub data: Vec<f32>,
+    pub rows: usize,
+}
+
+/// Reads tensor `context` (`[L, text_dim]` or `[1, L, text_dim]`) and checks its width.
+pub fn read_context(f: &TensorFile, cfg: &ModelConfig) -> Result<Context> {
+    let info = f.info("context")?;
+    let (rows, width) = match info.shape.as_slice() {
+        [l, w] => (*l, *w),
+        [1, l, w] => (*l, *w),
+        s => return Err(Error::tensor("context", format!("has shape {s:?}, expected [L, text_dim] or [1, L, text_dim]"))),
+    };
+    if width != cfg.text_dim {
+        return Err(Error::tensor("context", format!("has width {width}, but the model's text_dim is {}", cfg.text_dim)));
+    }
+    if rows == 0 || rows > cfg.text_len {
+        return Err(Error::tensor("context", format!("has {rows} rows, expected 1..={} (the model's text_len)", cfg.text_len)));
+    }
+    Ok(Context { data: f.f32_any("context")?, rows })
+}
+
+/// Everything an `--inputs` file gives.
+pub struct Inputs {
+    pub context: Context,
+    /// Frames the noise covers.
+    pub frames: usize,
+    pub latent: Latent,
+    noise: Vec<f32>,
+    renoise: Vec<Vec<Vec<f32>>>,
+    /// `sampled_rows.{layer}` for Dummy Forcing's calibration, when present.
+    pub sampled_rows: BTreeMap<usize, Vec<i64>>,
+}
+
+impl Inputs {
+    pub fn read(f: &TensorFile, cfg: &ModelConfig) -> Result<Self> {
+        let context = read_context(f, cfg)?;
+        let ns = f.info("noise")?.shape.clone();
+        let [frames, c, h, w] = match ns.as_slice() {
+            [1, fr, c, h, w] => [*fr, *c, *h, *w],
+            [fr, c, h, w] => [*fr, *c, *h, *w],
+            s => return Err(Error::tensor("noise", format!("has shape {s:?}, expected [1, F, C, H, W]"))),
+        };
+        if c != cfg.in_dim {
+            return Err(Error::tensor("noise", format!("has {c} channels, the model takes {}", cfg.in_dim)));
+        }
+        let latent = Latent { channels: c, height: h, width: w };
+        let noise = f.f32_any("noise")?;
+        let chunks = frames / FRAMES_PER_CHUNK;
+        let mut renoise = Vec::new();
+        for ci in 0..chunks {
+            let mut steps = Vec::new();
+            for s in 0..3 {
+                let name = format!("renoise.{ci}.{s}");
+                let i = f.info(&name)?;
+                let n: usize = i.shape.iter().product();
+                if n != FRAMES_PER_CHUNK * latent.frame_len() {
+                    return Err(Error::tensor(&name, format!("has shape {:?}, expected [1, 3, {c}, {h}, {w}]", i.shape)));
+                }
+                steps.push(f.f32_any(&name)?);
+            }
+            renoise.push(steps);
+        }
+        let mut sampled_rows = BTreeMap::new();
+        for name in f.tensors.keys() {
+            if let Some(l) = name.strip_prefix("sampled_rows.") {
+                let l: usize = l.parse().map_err(|_| Error::tensor(name, "expected sampled_rows.{layer}"))?;
+                sampled_rows.insert(l, f.i64_any(name)?);
+            }
+        }
+        Ok(Inputs { context, frames, latent, noise, renoise, sampled_rows })
+    }
+
+    /// The noise for the first `frames` frames (a multiple of 3, at most the file's).
+    pub fn noise(&self, frames: usize) -> Result<Noise> {
+        if frames > self.frames {
+            return Err(Error::Input(format!("{frames} frames requested, the inputs hold noise for {}", self.frames)));
+        }
+        if frames == 0 || frames % FRAMES_PER_CHUNK != 0 {
+            return Err(Error::Input(format!("{frames} frames is not a positive multiple of the chunk ({FRAMES_PER_CHUNK} latent frames)")));
+        }
+        let n = frames * self.latent.frame_len();
+        Ok(Noise::Given { noise: self.noise[..n].to_vec(), renoise: self.renoise[..frames / FRAMES_PER_CHUNK].to_vec() })
+    }
+}

@@ -1,0 +1,272 @@
+//! The Self-Forcing inference loop (official `CausalInferencePipeline.inference`), chunk by
+//! chunk: 4 denoising steps at the warped timesteps, flow → x0, re-noising between steps, and
+//! the t = 0 clean pass that writes the KV cache.
+
+pub mod inputs;
+pub mod rng;
+
+use std::sync::Arc;
+
+use half::bf16;
+
+use crate::backend::{Backend, Precision};
+use crate::cache::{KvCache, Policy};
+use crate::config::FRAMES_PER_CHUNK;
+use crate::model::{ForwardHook, Model, NoHook, PassInfo, Taps, TextState};
+use crate::{Error, Result};
+
+pub use rng::Rng;
+
+/// Self-Forcing's defaults.
+pub const DENOISING_STEPS: [u32; 4] = [1000, 750, 500, 250];
+pub const TIMESTEP_SHIFT: f32 = 5.0;
+pub const NUM_TRAIN_TIMESTEPS: usize = 1000;
+
+/// `torch.linspace(start, end, steps)` in f32, with PyTorch's CPU kernel's two-sided formula.
+pub fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    if steps == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (steps - 1) as f32;
+    let half = steps / 2;
+    (0..steps).map(|i| if i < half { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 }).collect()
+}
+
+/// The flow-matching schedule: `FlowMatchScheduler(shift, sigma_min=0, extra_one_step=True)`
+/// with `set_timesteps(1000)`, and the warped denoising steps.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// The scheduler's 1000 sigmas and timesteps (f32).
+    pub sigmas: Vec<f32>,
+    pub timesteps: Vec<f32>,
+    /// Warped timesteps of the denoising steps, e.g. [1000, 937.5, 833.33, 625].
+    pub steps: Vec<f32>,
+}
+
+impl Schedule {
+    pub fn new(shift: f32, denoising: &[u32]) -> Self {
+        let n = NUM_TRAIN_TIMESTEPS;
+        let s = linspace_f32(1.0, 0.0, n + 1);
+        let sigmas: Vec<f32> = s[..n].iter().map(|&s| shift * s / (1.0 + (shift - 1.0) * s)).collect();
+        let timesteps: Vec<f32> = sigmas.iter().map(|&s| s * n as f32).collect();
+        // warped = cat(timesteps, [0])[1000 − step]
+        let steps = denoising
+            .iter()
+            .map(|&d| {
+                let i = n - d as usize;
+                if i < n { timesteps[i] } else { 0.0 }
+            })
+            .collect();
+        Schedule { sigmas, timesteps, steps }
+    }
+
+    pub fn official() -> Self {
+        Schedule::new(TIMESTEP_SHIFT, &DENOISING_STEPS)
+    }
+
+    /// The sigma at `argmin |timesteps − t|` (first index on ties, like torch.argmin).
+    pub fn sigma(&self, t: f32) -> f32 {
+        let mut best = 0;
+        for (i, &ti) in self.timesteps.iter().enumerate() {
+            if (ti - t).abs() < (self.timesteps[best] - t).abs() {
+                best = i;
+            }
+        }
+        self.sigmas[best]
+    }
+}
+
+/// Where the random tensors come from.
+pub enum Noise {
+    /// Given tensors (`--inputs`): `noise` `[F, C, H, W]` and `renoise[c][s]` `[3, C, H, W]`.
+    Given { noise: Vec<f32>, renoise: Vec<Vec<Vec<f32>>> },
+    /// Drawn from a seeded [`Rng`]: per chunk, first its initial noise, then the re-noise of
+    /// steps 0, 1, 2, each as standard normals in `[3, C, H, W]` order.
+    Seeded(Rng),
+}
+
+/// Latent geometry of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Latent {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Latent {
+    pub fn frame_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+}
+
+/// Progress report, once per forward.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub pass: PassInfo,
+    pub chunks: Option<usize>,
+}
+
+/// A generation session: the state the official pipeline keeps between chunks (KV cache, text
+/// cache, noise position). [`Session::next_chunk`] produces 3 latent frames at a time, so a C
+/// API can drive it chunk by chunk.
+pub struct Session<B: Backend> {
+    pub model: Arc<Model<B>>,
+    pub be: Arc<B>,
+    pub schedule: Schedule,
+    pub cache: KvCache<B::Tensor>,
+    pub text: TextState<B::Tensor>,
+    pub latent: Latent,
+    pub policy: Policy,
+    /// Total frames, when known (needed for `full`, and to stop).
+    pub frames: Option<usize>,
+    noise: Noise,
+    chunk: usize,
+    hook: Box<dyn ForwardHook<B> + Send>,
+    /// When set, records `xt/flow/x0.{c}.{s}` and the first forward's intermediates.
+    pub record: Option<Taps>,
+}
+
+impl<B: Backend + 'static> Session<B> {
+    /// `context` is `[rows, text_dim]`. `frames` must be a multiple of 3 (None = unbounded,
+    /// only with a bounded policy and seeded noise).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(model: Arc<Model<B>>, be: Arc<B>, policy: Policy, latent: Latent, frames: Option<usize>, context: &[f32], context_rows: usize, noise: Noise) -> Result<Self> {
+        let c = &model.cfg;
+        if latent.channels != c.in_dim {
+            return Err(Error::Input(format!("latent has {} channels, the model takes {}", latent.channels, c.in_dim)));
+        }
+        let [_, ph, pw] = c.patch_size;
+        if latent.height == 0 || latent.width == 0 || latent.height % ph != 0 || latent.width % pw != 0 {
+            return Err(Error::Input(format!("latent size {}×{} must be a positive multiple of the patch {ph}×{pw}", latent.height, latent.width)));
+        }
+        if let Some(f) = frames {
+            if f == 0 || f % FRAMES_PER_CHUNK != 0 {
+                return Err(Error::Input(format!("{f} frames is not a positive multiple of the chunk ({FRAMES_PER_CHUNK} latent frames)")));
+            }
+        }
+        if let Noise::Given { noise, renoise } = &noise {
+            let f = frames.ok_or_else(|| Error::Input("given noise needs a frame count".into()))?;
+            if noise.len() < f * latent.frame_len() {
+                return Err(Error::Input(format!("noise holds {} frames, {f} requested", noise.len() / latent.frame_len())));
+            }
+            if renoise.len() < f / FRAMES_PER_CHUNK || renoise.iter().any(|r| r.len() < 3 || r.iter().any(|x| x.len() != FRAMES_PER_CHUNK * latent.frame_len())) {
+                return Err(Error::Input("re-noise tensors missing or misshapen".into()));
+            }
+        }
+        let tpf = (latent.height / ph) * (latent.width / pw);
+        let groups = policy.initial_groups(c.num_heads, frames)?;
+        let cache = KvCache::new(c.num_layers, c.num_heads, c.head_dim(), tpf, be.precision(), &groups)?;
+        let text = model.embed_text(&be, context, context_rows)?;
+        Ok(Session { model, be, schedule: Schedule::official(), cache, text, latent, policy, frames, noise, chunk: 0, hook: Box::new(NoHook), record: None })
+    }
+
+    /// Installs a forward hook (Dummy Forcing's calibration and regrouping).
+    pub fn set_hook(&mut self, hook: Box<dyn ForwardHook<B> + Send>) {
+        self.hook = hook;
+    }
+
+    /// Index of the next chunk.
+    pub fn chunk_index(&self) -> usize {
+        self.chunk
+    }
+
+    pub fn done(&self) -> bool {
+        self.frames.is_some_and(|f| self.chunk * FRAMES_PER_CHUNK >= f)
+    }
+
+    /// Rounds like the official `.to(dtype)` from f64.
+    fn store_f64(&self, x: f64) -> f32 {
+        match self.be.precision() {
+            Precision::F32 => x as f32,
+            Precision::Bf16 => bf16::from_f64(x).to_f32(),
+        }
+    }
+    fn store_f32(&self, x: f32) -> f32 {
+        match self.be.precision() {
+            Precision::F32 => x,
+            Precision::Bf16 => bf16::from_f32(x).to_f32(),
+        }
+    }
+
+    fn draw(&mut self, c: usize, what: Option<usize>) -> Vec<f32> {
+        let n = FRAMES_PER_CHUNK * self.latent.frame_len();
+        match &mut self.noise {
+            Noise::Given { noise, renoise } => match what {
+                None => noise[c * n..(c + 1) * n].to_vec(),
+                Some(s) => renoise[c][s].clone(),
+            },
+            Noise::Seeded(rng) => rng.normals(n),
+        }
+    }
+
+    /// Generates the next chunk: returns its latents `[3, C, H, W]` (f32).
+    pub fn next_chunk(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<Vec<f32>> {
+        if self.done() {
+            return Err(Error::Input("all frames are already generated".into()));
+        }
+        let c = self.chunk;
+        let nf = FRAMES_PER_CHUNK;
+        let lat = self.latent;
+        let shape = [nf, lat.channels, lat.height, lat.width];
+        let chunks = self.frames.map(|f| f / nf);
+        let mut xt: Vec<f32> = self.draw(c, None).into_iter().map(|x| self.store_f32(x)).collect();
+        let steps = self.schedule.steps.clone();
+        let mut x0 = Vec::new();
+        for (s, &t) in steps.iter().enumerate() {
+            let pass = PassInfo { chunk: c, step: Some(s), start_frame: c * nf, frames: nf, commit: false };
+            let want_taps = self.record.is_some() && c == 0 && s == 0;
+            let mut taps = Taps::new();
+            let x = self.be.upload(&xt, &shape);
+            let flow_t = self.model.forward(&self.be, &x, t, &pass, &mut self.cache, &self.text, self.hook.as_mut(), want_taps.then_some(&mut taps))?;
+            let flow = self.be.download(&flow_t);
+            // flow → x0 in f64 (official wrapper), cast back to the working dtype.
+            let sigma = self.schedule.sigma(t) as f64;
+            x0 = xt.iter().zip(&flow).map(|(&a, &f)| self.store_f64(a as f64 - sigma * f as f64)).collect();
+            if let Some(rec) = &mut self.record {
+                rec.append(&mut taps);
+                rec.insert(format!("xt.{c}.{s}"), xt.clone());
+                rec.insert(format!("flow.{c}.{s}"), flow);
+                rec.insert(format!("x0.{c}.{s}"), x0.clone());
+            }
+            progress(Progress { pass, chunks });
+            if s + 1 < steps.len() {
+                // add_noise in f32: (1 − σ)·x0 + σ·ε, cast to the working dtype.
+                let sn = self.schedule.sigma(steps[s + 1]);
+                let eps = self.draw(c, Some(s));
+                xt = x0.iter().zip(&eps).map(|(&a, &e)| self.store_f32((1.0 - sn) * a + sn * e)).collect();
+            }
+        }
+        // The clean pass at t = 0 writes the chunk's K/V into the cache; its output is unused.
+        let pass = PassInfo { chunk: c, step: None, start_frame: c * nf, frames: nf, commit: true };
+        let x = self.be.upload(&x0, &shape);
+        self.model.forward(&self.be, &x, 0.0, &pass, &mut self.cache, &self.text, self.hook.as_mut(), None)?;
+        progress(Progress { pass, chunks });
+        self.chunk += 1;
+        Ok(x0)
+    }
+
+    /// Generates every remaining chunk; returns the latents `[F, C, H, W]`.
+    pub fn run(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<Vec<f32>> {
+        if self.frames.is_none() {
+            return Err(Error::Input("run() needs a frame count".into()));
+        }
+        let mut out = Vec::new();
+        while !self.done() {
+            out.extend(self.next_chunk(progress)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warped_timesteps_match_the_official_schedule() {
+        let s = Schedule::official();
+        assert_eq!(s.steps, vec![1000.0, 937.5, 833.333_312_988_281_2, 625.0]);
+        let sig: Vec<f32> = s.steps.iter().map(|&t| s.sigma(t)).collect();
+        assert_eq!(sig, vec![1.0, 0.9375, 0.833_333_313_465_118_4, 0.625]);
+    }
+}
