@@ -3,8 +3,9 @@
 //! Every case folder with a `manifest.json` (public and hidden alike) is run the same way: the
 //! config comes from `model_config`, the policy from `local_attn_size`/`sink_size`, the dtype
 //! from `dtype`, the weights from `weights.safetensors`, every random draw from
-//! `inputs.safetensors`. Dummy Forcing cases (`dummy_forcing` in the manifest) are tested by the
-//! Dummy Forcing tests.
+//! `inputs.safetensors`. Dummy Forcing cases (`dummy_forcing` in the manifest) take their
+//! policy from `num_dummy`, `local_context_length` and `ar_start`, their query rows from
+//! `sampled_rows.{layer}`, and are checked by [`check_dummy_case`].
 
 mod support;
 
@@ -14,11 +15,12 @@ use dfrt::backend::cpu::CpuBackend;
 use dfrt::backend::Precision;
 use dfrt::cache::Policy;
 use dfrt::checkpoint::TensorFile;
+use dfrt::dummy::Group;
 use dfrt::model::Model;
 use dfrt::pipeline::inputs::Inputs;
 use dfrt::pipeline::Session;
 use dfrt::ModelConfig;
-use support::{assert_close, golden_dir};
+use support::{assert_atol, assert_close, golden_dir};
 
 /// f32 end-to-end bound (issue 3).
 const F32_TOL: f64 = 1e-4;
@@ -44,7 +46,11 @@ fn load_case(dir: &Path) -> Case {
     let mc = &manifest["model_config"];
     let cfg: ModelConfig = serde_json::from_value(mc.clone()).expect("model_config parses as ModelConfig");
     let local = mc["local_attn_size"].as_i64().unwrap_or(-1);
-    let policy = if local < 0 { Policy::Full } else { Policy::Window { window: local as usize, sink: mc["sink_size"].as_u64().unwrap_or(0) as usize } };
+    let policy = if let Some(df) = manifest.get("dummy_forcing") {
+        let n = |k: &str| df[k].as_u64().unwrap_or_else(|| panic!("dummy_forcing.{k} missing"));
+        let s = format!("dummy:{},chunks:{},ar-start:{}", n("num_dummy"), n("local_context_length"), n("ar_start"));
+        Policy::parse_for(&s, &cfg).unwrap()
+    } else if local < 0 { Policy::Full } else { Policy::Window { window: local as usize, sink: mc["sink_size"].as_u64().unwrap_or(0) as usize } };
     let precision = match manifest["dtype"].as_str() {
         Some("bfloat16") => Precision::Bf16,
         _ => Precision::F32,
@@ -86,7 +92,7 @@ fn official_frames(c: usize, n: usize, sink: usize) -> Vec<usize> {
 fn check_case(name: &str) {
     let case = load_case(&golden_dir().join(name));
     if case.manifest.get("dummy_forcing").is_some() {
-        println!("{name}: Dummy Forcing case, skipped here");
+        check_dummy_case(name, &case);
         return;
     }
     let t0 = std::time::Instant::now();
@@ -135,6 +141,104 @@ fn check_case(name: &str) {
             assert_close(&format!("{name}/latents vs f32"), &got["latents"], &want, BF16_VS_F32_TOL);
         }
     }
+}
+
+/// A layer's caches in the official packed layout `[tokens, heads_in_cache, d]`: sink =
+/// `[A ascending…, C ascending…]` heads (frame 0 for A, the newest frame for C), local = B heads.
+fn official_layer_cache(be: &CpuBackend, cache: &dfrt::cache::KvCache<dfrt::backend::cpu::CpuTensor>, a: &dfrt::dummy::Assignment, l: usize) -> [(String, Vec<f32>); 4] {
+    let d = cache.head_dim;
+    let mut dumps: Vec<(Group, usize, Vec<f32>, Vec<f32>)> = Vec::new();
+    for (gi, g) in cache.layers[l].groups.iter().enumerate() {
+        let (frames, k, v) = cache.dump_group(be, l, gi);
+        assert!(!g.heads.is_empty());
+        let grp = a.get(l, g.heads[0]);
+        assert!(g.heads.iter().all(|&h| a.get(l, h) == grp), "layer {l}: group {gi} mixes head groups");
+        if grp != Group::Neighbor {
+            assert_eq!(frames.len(), 1, "layer {l} {grp:?}: {frames:?}");
+        }
+        dumps.push((grp, g.heads.len(), k, v));
+    }
+    let find = |grp: Group| dumps.iter().find(|x| x.0 == grp);
+    // Sink: token-major, per token the A heads then the C heads.
+    let (mut sk, mut sv) = (Vec::new(), Vec::new());
+    let tpf = cache.tokens_per_frame;
+    for t in 0..tpf {
+        for grp in [Group::Sink, Group::Dummy] {
+            if let Some((_, gh, k, v)) = find(grp) {
+                sk.extend_from_slice(&k[t * gh * d..(t + 1) * gh * d]);
+                sv.extend_from_slice(&v[t * gh * d..(t + 1) * gh * d]);
+            }
+        }
+    }
+    let (lk, lv) = find(Group::Neighbor).map(|x| (x.2.clone(), x.3.clone())).unwrap_or_default();
+    [("sink_k".into(), sk), ("sink_v".into(), sv), ("local_k".into(), lk), ("local_v".into(), lv)]
+}
+
+/// Dummy Forcing cases: assignment exact; calibration scores atol 1e-5; x0, latents and every
+/// layer's caches after HMA and at the end atol 1e-4 (latents also rel L2 ≤ 1e-4).
+fn check_dummy_case(name: &str, case: &Case) {
+    let Policy::Dummy(spec) = case.policy else { unreachable!() };
+    assert_eq!(case.precision, Precision::F32, "{name}: Dummy Forcing golden cases are f32");
+    let t0 = std::time::Instant::now();
+    let be = std::sync::Arc::new(CpuBackend::new(case.precision));
+    let weights = TensorFile::open(case.dir.join("weights.safetensors")).unwrap();
+    let model = std::sync::Arc::new(Model::load(&*be, &weights, &case.cfg).unwrap());
+    let inputs = Inputs::read(&TensorFile::open(case.dir.join("inputs.safetensors")).unwrap(), &case.cfg).unwrap();
+    let frames = inputs.frames;
+    let mut s = Session::new(model.clone(), be.clone(), case.policy.clone(), inputs.latent, Some(frames), &inputs.context.data, inputs.context.rows, inputs.noise(frames).unwrap()).unwrap();
+    assert!(!inputs.sampled_rows.is_empty(), "{name}: inputs have no sampled_rows");
+    s.dummy_mut().unwrap().set_sampled_rows(inputs.sampled_rows.clone()).unwrap();
+    s.record = Some(Default::default());
+    let mut latents = Vec::new();
+    let mut caches = Vec::new();
+    while !s.done() {
+        let c = s.chunk_index();
+        latents.extend(s.next_chunk(&mut |_| {}).unwrap());
+        if c == spec.ar_start || s.done() {
+            let a = s.dummy().unwrap().assignment().expect("regrouped");
+            let tag = if c == spec.ar_start { "after_hma" } else { "final" };
+            for l in 0..case.cfg.num_layers {
+                caches.push((tag, l, official_layer_cache(&be, &s.cache, &a, l)));
+            }
+        }
+    }
+    println!("{name}: {} ran in {:.2?}", spec, t0.elapsed());
+    let out = TensorFile::open(case.dir.join("outputs.safetensors")).unwrap();
+    let d = s.dummy().unwrap();
+    let a = d.assignment().unwrap();
+    assert_eq!(a.to_i64(), out.i64_any("assignment").unwrap(), "{name}: assignment");
+    let scores = d.calibration_scores().unwrap();
+    let mut worst = [0f64; 3];
+    for (l, sc) in scores.iter().enumerate() {
+        let got: Vec<f32> = sc.iter().flatten().copied().collect();
+        worst[0] = worst[0].max(assert_atol(&format!("{name}/scores.{l}"), &got, &out.f32_any(&format!("scores.{l}")).unwrap(), 1e-5));
+    }
+    let rec = s.record.take().unwrap();
+    let mut compared = 0;
+    for key in out.tensors.keys().filter(|k| k.starts_with("x0.")) {
+        let got = rec.get(key).unwrap_or_else(|| panic!("{name}: no {key} recorded"));
+        worst[1] = worst[1].max(assert_atol(&format!("{name}/{key}"), got, &out.f32_any(key).unwrap(), 1e-4));
+        compared += 1;
+    }
+    let want = out.f32_any("latents").unwrap();
+    assert_atol(&format!("{name}/latents"), &latents, &want, 1e-4);
+    let dl = assert_close(&format!("{name}/latents"), &latents, &want, F32_TOL);
+    for (tag, l, parts) in &caches {
+        for (kind, got) in parts {
+            let key = if *l == 0 { format!("{kind}.{tag}") } else { format!("cache.{l}.{kind}.{tag}") };
+            let Ok(w) = out.f32_any(&key) else { panic!("{name}: golden has no {key}") };
+            worst[2] = worst[2].max(assert_atol(&format!("{name}/{key}"), got, &w, 1e-4));
+            compared += 1;
+        }
+    }
+    println!("{name}: assignment {:?} exact; scores max abs {:.2e}; x0 max abs {:.2e}; latents rel L2 {:.2e}; caches max abs {:.2e} ({compared} tensors)", a.to_i64(), worst[0], worst[1], dl.rel_l2, worst[2]);
+    // Every chunk's 4 x0 plus 2 snapshots × 4 caches per layer.
+    assert_eq!(compared, 4 * frames / 3 + 8 * case.cfg.num_layers, "{name}: tensors compared");
+}
+
+#[test]
+fn df_tiny() {
+    check_case("df-tiny");
 }
 
 #[test]

@@ -56,3 +56,20 @@ pub fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f64) -> Diff {
     }
     d
 }
+
+/// Asserts max |got − want| ≤ `atol` (shapes must agree); returns the max abs error.
+pub fn assert_atol(name: &str, got: &[f32], want: &[f32], atol: f64) -> f64 {
+    assert_eq!(got.len(), want.len(), "{name}: length mismatch: got {} want {}", got.len(), want.len());
+    if got.is_empty() {
+        return 0.0;
+    }
+    let d = diff(got, want);
+    if !(d.max_abs <= atol) {
+        let first = got.iter().zip(want).position(|(g, w)| ((g - w).abs() as f64) > atol).unwrap_or(d.worst);
+        panic!(
+            "{name}: max abs {:.3e} > {atol:.1e}; first bad index {first}: got {} want {}; worst index {}: got {} want {}; rel L2 {:.3e}",
+            d.max_abs, got[first], want[first], d.worst, got[d.worst], want[d.worst], d.rel_l2
+        );
+    }
+    d.max_abs
+}

@@ -13,6 +13,7 @@ use dfrt::backend::{Backend, Precision};
 use dfrt::cache::Policy;
 use dfrt::checkpoint::{write_safetensors, OutTensor, TensorFile, CONFIG_KEY};
 use dfrt::config::FRAMES_PER_CHUNK;
+use dfrt::dummy::{stability, HeadProgram};
 use dfrt::model::Model;
 use dfrt::pipeline::inputs::{read_context, Inputs};
 use dfrt::pipeline::{Latent, Noise, Rng, Session};
@@ -29,6 +30,46 @@ struct Cli {
 enum Cmd {
     /// Generate latent frames chunk by chunk (3 latent frames, 4 denoising steps + 1 clean pass each).
     Generate(GenerateArgs),
+    /// Dummy Forcing offline calibration: run each context up to and including the calibration
+    /// step, report how stable the head groups are across contexts, write the majority program.
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(clap::Args)]
+struct CalibrateArgs {
+    /// Runtime checkpoint.
+    #[arg(long)]
+    model: PathBuf,
+    /// Text embedding file (tensor `context`); give several to compare prompts.
+    #[arg(long, required = true)]
+    context: Vec<PathBuf>,
+    /// Dummy Forcing policy: dummy:N[,chunks:L][,ar-start:K][,packing:on|off]
+    /// (default: half of all heads dummy, as the official 180 of 360).
+    #[arg(long)]
+    policy: Option<String>,
+    /// Seed of the noise and of the query-row sampler (the first seed with --seeds).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Seeds per context: seed, seed+1, ….
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// Latent frames of the video being calibrated for (default and minimum: 3·(K+1));
+    /// generation stops after AR step K.
+    #[arg(long)]
+    frames: Option<usize>,
+    #[arg(long, default_value_t = 16)]
+    height: usize,
+    #[arg(long, default_value_t = 16)]
+    width: usize,
+    /// Storage precision: f32 | bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Where to write the majority head program (JSON, usable with `generate --heads`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -55,9 +96,15 @@ struct GenerateArgs {
     height: usize,
     #[arg(long, default_value_t = 16)]
     width: usize,
-    /// KV-cache policy: full | window:W,sink:S.
+    /// KV-cache policy: full | window:W,sink:S | dummy:N[,chunks:L][,ar-start:K][,packing:on|off].
     #[arg(long, default_value = "full")]
     policy: String,
+    /// Dummy Forcing: reuse this head program (JSON) and skip calibration.
+    #[arg(long)]
+    heads: Option<PathBuf>,
+    /// Dummy Forcing: write the head program (groups and calibration masses) to this JSON file.
+    #[arg(long)]
+    save_heads: Option<PathBuf>,
     /// Compute device.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -76,6 +123,7 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Generate(a) => generate(a),
+        Cmd::Calibrate(a) => calibrate(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");
@@ -94,6 +142,13 @@ fn peak_rss() -> Option<u64> {
 fn generate(a: GenerateArgs) -> Result<()> {
     let precision = Precision::parse(&a.dtype)?;
     let policy = Policy::parse(&a.policy)?;
+    let spec = match &policy {
+        Policy::Dummy(s) => Some(*s),
+        _ => None,
+    };
+    if spec.is_none() && (a.heads.is_some() || a.save_heads.is_some()) {
+        return Err(Error::Policy(format!("--heads and --save-heads need a dummy policy (--policy dummy:N), not `{}`", a.policy)));
+    }
     if a.device != "cpu" {
         return Err(Error::Device(format!("device `{}` is not available yet (use --device cpu)", a.device)));
     }
@@ -103,21 +158,41 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let cfg = ckpt.config()?;
     let model = std::sync::Arc::new(Model::load(&*be, &ckpt, &cfg)?);
     let load_s = t_load.elapsed().as_secs_f64();
+    policy.validate(&cfg)?;
+    let program = a.heads.as_ref().map(|p| HeadProgram::load_for(p, &cfg)).transpose()?;
 
-    let (context, latent, frames, noise, source) = if let Some(p) = &a.inputs {
+    let (context, latent, frames, noise, source, rows) = if let Some(p) = &a.inputs {
         let f = TensorFile::open(p)?;
         let inp = Inputs::read(&f, &cfg)?;
         let frames = a.frames.unwrap_or(inp.frames);
         let noise = inp.noise(frames)?;
-        (inp.context, inp.latent, frames, noise, format!("inputs:{}", p.display()))
+        (inp.context, inp.latent, frames, noise, format!("inputs:{}", p.display()), inp.sampled_rows)
     } else {
         let p = a.context.as_ref().expect("clap requires --context or --inputs");
         let ctx = read_context(&TensorFile::open(p)?, &cfg)?;
         let frames = a.frames.unwrap_or(21);
         let latent = Latent { channels: cfg.in_dim, height: a.height, width: a.width };
-        (ctx, latent, frames, Noise::Seeded(Rng::new(a.seed)), format!("seed:{}", a.seed))
+        (ctx, latent, frames, Noise::Seeded(Rng::new(a.seed)), format!("seed:{}", a.seed), Default::default())
     };
+    if let (Some(s), Some(_)) = (spec, &a.save_heads) {
+        if frames <= s.ar_start * FRAMES_PER_CHUNK {
+            return Err(Error::Policy(format!(
+                "--save-heads: {frames} frames end before the calibration step (AR step {}, frames {}..{}); generate at least {} frames",
+                s.ar_start,
+                s.ar_start * FRAMES_PER_CHUNK,
+                (s.ar_start + 1) * FRAMES_PER_CHUNK,
+                (s.ar_start + 1) * FRAMES_PER_CHUNK
+            )));
+        }
+    }
     let mut session = Session::new(model.clone(), be.clone(), policy.clone(), latent, Some(frames), &context.data, context.rows, noise)?;
+    if let Some(d) = session.dummy_mut() {
+        d.set_seed(a.seed);
+        d.set_sampled_rows(rows)?;
+        if let Some(p) = program {
+            d.set_program(p)?;
+        }
+    }
 
     let chunks = frames / FRAMES_PER_CHUNK;
     let forwards = (chunks * (session.schedule.steps.len() + 1)) as u64;
@@ -151,6 +226,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let tok_s = tokens as f64 / gen_s;
     let peak = peak_rss();
     let kv = session.cache.bytes();
+    let foot = session.kv_footprint()?;
+    let assignment = session.dummy().and_then(|d| d.assignment());
+    if let (Some(path), Some(d)) = (&a.save_heads, session.dummy()) {
+        d.program().expect("the run passed the calibration step").save(path)?;
+    }
 
     let mut meta = BTreeMap::new();
     meta.insert(CONFIG_KEY.to_string(), cfg.to_json());
@@ -158,6 +238,16 @@ fn generate(a: GenerateArgs) -> Result<()> {
     meta.insert("dfrt.dtype".into(), precision.name().into());
     meta.insert("dfrt.device".into(), be.name().into());
     meta.insert("dfrt.source".into(), source);
+    meta.extend(foot.metadata());
+    meta.insert("dfrt.kv_bytes.allocated".into(), kv.to_string());
+    if let Some(d) = session.dummy() {
+        let how = match &a.heads {
+            Some(p) => format!("given:{}", p.display()),
+            None if d.program().is_some() => "calibrated".into(),
+            None => "not reached".into(),
+        };
+        meta.insert("dfrt.heads".into(), how);
+    }
     meta.insert(
         "dfrt.timings".into(),
         serde_json::json!({
@@ -167,7 +257,11 @@ fn generate(a: GenerateArgs) -> Result<()> {
         .to_string(),
     );
     let shape = vec![1, frames, latent.channels, latent.height, latent.width];
-    write_safetensors(&a.out, &[OutTensor::f32("latents", shape, &latents)], &meta)?;
+    let mut tensors = vec![OutTensor::f32("latents", shape, &latents)];
+    if let Some(asg) = &assignment {
+        tensors.push(OutTensor::i64("assignment", vec![asg.num_layers, asg.num_heads], &asg.to_i64()));
+    }
+    write_safetensors(&a.out, &tensors, &meta)?;
     if !a.quiet {
         eprintln!(
             "dfrt: {frames} frames ({tokens} latent tokens, {chunks} chunks, {} forwards) in {gen_s:.2} s: {tok_s:.0} tokens/s, {:.1} ms/chunk; policy {}, {}, KV cache {:.1} MiB, peak memory {}; wrote {}",
@@ -179,6 +273,79 @@ fn generate(a: GenerateArgs) -> Result<()> {
             peak.map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)).unwrap_or_else(|| "n/a".into()),
             a.out.display()
         );
+        eprintln!("dfrt: {}; allocated {:.2} MB", foot.summary(), kv as f64 / 1e6);
     }
     Ok(())
+}
+
+fn calibrate(a: CalibrateArgs) -> Result<()> {
+    let precision = Precision::parse(&a.dtype)?;
+    let be = std::sync::Arc::new(CpuBackend::new(precision));
+    let ckpt = TensorFile::open(&a.model)?;
+    let cfg = ckpt.config()?;
+    let policy = match &a.policy {
+        Some(p) => Policy::parse_for(p, &cfg)?,
+        None => Policy::parse_for(&format!("dummy:{}", cfg.num_layers * cfg.num_heads / 2), &cfg)?,
+    };
+    let Policy::Dummy(spec) = policy else {
+        return Err(Error::Policy(format!("calibrate needs a dummy policy (dummy:N[,…]), not `{}`", policy.name())));
+    };
+    if a.seeds == 0 {
+        return Err(Error::Input("--seeds must be at least 1".into()));
+    }
+    let need = (spec.ar_start + 1) * FRAMES_PER_CHUNK;
+    let frames = a.frames.unwrap_or(need);
+    if frames < need {
+        return Err(Error::Input(format!("--frames {frames}: calibration at AR step {} needs at least {need} frames", spec.ar_start)));
+    }
+    let model = std::sync::Arc::new(Model::load(&*be, &ckpt, &cfg)?);
+    let latent = Latent { channels: cfg.in_dim, height: a.height, width: a.width };
+    let mut programs = Vec::new();
+    let mut runs = Vec::new();
+    for path in &a.context {
+        let ctx = read_context(&TensorFile::open(path)?, &cfg)?;
+        for seed in a.seed..a.seed + a.seeds {
+            let mut s = Session::new(model.clone(), be.clone(), policy.clone(), latent, Some(frames), &ctx.data, ctx.rows, Noise::Seeded(Rng::new(seed)))?;
+            s.dummy_mut().expect("dummy policy").set_seed(seed);
+            while s.chunk_index() <= spec.ar_start {
+                s.next_chunk(&mut |_| {})?;
+            }
+            let mut p = s.dummy().and_then(|d| d.program().cloned()).expect("calibrated at AR step K");
+            p.source = format!("calibration: context {}, seed {seed}", path.display());
+            runs.push(serde_json::json!({"context": path.display().to_string(), "seed": seed, "counts": counts_json(&p)}));
+            programs.push(p);
+        }
+    }
+    let st = stability(&programs)?;
+    if let Some(out) = &a.out {
+        st.majority.save(out)?;
+    }
+    if a.json {
+        let j = serde_json::json!({
+            "policy": spec.to_string(), "programs": st.programs, "heads": st.heads,
+            "keep_vs_first": st.keep_vs_first, "keep_vs_majority": st.keep_vs_majority,
+            "mean_keep_vs_first": st.mean_keep_vs_first, "mean_keep_vs_majority": st.mean_keep_vs_majority,
+            "unanimous": st.unanimous, "unanimous_heads": (st.unanimous * st.heads as f64).round() as usize,
+            "majority_counts": counts_json(&st.majority), "runs": runs,
+            "out": a.out.as_ref().map(|p| p.display().to_string()),
+        });
+        println!("{}", serde_json::to_string_pretty(&j).expect("json"));
+    } else {
+        let pct = |v: &[f64]| v.iter().map(|x| format!("{:.1}%", 100.0 * x)).collect::<Vec<_>>().join(" ");
+        let c = st.majority.assignment().counts();
+        println!("dfrt calibrate: {} programs ({} contexts × {} seeds), {} heads, policy {spec}", st.programs, a.context.len(), a.seeds, st.heads);
+        println!("  heads keeping their group vs the first program: mean {:.1}% (per program: {})", 100.0 * st.mean_keep_vs_first, pct(&st.keep_vs_first));
+        println!("  heads keeping their group vs the majority:      mean {:.1}% (per program: {})", 100.0 * st.mean_keep_vs_majority, pct(&st.keep_vs_majority));
+        println!("  unanimous: {} of {} heads ({:.1}%)", (st.unanimous * st.heads as f64).round() as usize, st.heads, 100.0 * st.unanimous);
+        println!("  majority program: sink {}, neighbor {}, dummy {}", c.sink, c.neighbor, c.dummy);
+        if let Some(out) = &a.out {
+            println!("  wrote {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn counts_json(p: &HeadProgram) -> serde_json::Value {
+    let c = p.assignment().counts();
+    serde_json::json!({"sink": c.sink, "neighbor": c.neighbor, "dummy": c.dummy})
 }

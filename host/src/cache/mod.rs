@@ -15,12 +15,14 @@
 //! - `window:W,sink:S`: S sinks, ring cap W − S − 3 (W counts the current chunk, as the official
 //!   `local_attn_size`). This reproduces the official roll: e.g. W 6, S 1 gives at chunk 2 the
 //!   context f0 | f4 f5 | f6–8, exactly the official cache after its first eviction.
-//! - Dummy Forcing (added by its own module) starts as one group with 1 sink and ring cap 3·Lc,
-//!   and after calibration calls [`KvCache::replace_groups`] to make 3 groups per layer.
+//! - `dummy:N,chunks:L,…` starts as one group with 1 sink and ring cap 3·L (the official full
+//!   path); after calibration [`crate::dummy::DummyForcing`] calls [`KvCache::replace_groups`]
+//!   to make up to 3 groups per layer (sink, neighbor, dummy).
 
 use crate::backend::{Backend, Precision, Seg};
 use crate::config::FRAMES_PER_CHUNK;
-use crate::{Error, Result};
+use crate::dummy::{phase1_shape, DummySpec, KvPolicy};
+use crate::{Error, ModelConfig, Result};
 
 /// A cache policy as given on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,13 +31,15 @@ pub enum Policy {
     Full,
     /// `window` latent frames in all (current chunk included), the first `sink` of which never roll.
     Window { window: usize, sink: usize },
-    // DUMMY FORCING: the `Dummy { .. }` variant is added by the Dummy Forcing integration
-    // (issue 4). Its initial groups are one group of all heads with 1 sink slot and ring cap
-    // 3·Lc; the calibration hook then regroups with `KvCache::replace_groups`.
+    /// Dummy Forcing: one group of all heads with 1 sink slot and a ring of 3·L frames until
+    /// calibration, then per-head groups (see [`crate::dummy`]).
+    Dummy(DummySpec),
 }
 
 impl Policy {
-    /// Parses `full`, `window:W,sink:S` (sink defaults to 0). `dummy...` is reserved.
+    /// Parses `full`, `window:W,sink:S` (sink defaults to 0) or
+    /// `dummy:N[,chunks:L][,ar-start:K][,packing:on|off]`. The dummy head budget is checked
+    /// against a model by [`Policy::parse_for`] / [`Policy::validate`].
     pub fn parse(s: &str) -> Result<Self> {
         let s = s.trim();
         if s == "full" {
@@ -63,10 +67,35 @@ impl Policy {
             return Ok(p);
         }
         if s.starts_with("dummy") {
-            // DUMMY FORCING: parsed here once the Dummy Forcing policy lands.
-            return Err(Error::Policy(format!("`{s}`: the dummy policy is not supported yet")));
+            return Ok(Policy::Dummy(DummySpec::parse(s)?));
         }
         Err(Error::Policy(format!("unknown policy `{s}` (expected full, window:W,sink:S or dummy:N)")))
+    }
+
+    /// [`Policy::parse`] followed by [`Policy::validate`] against `cfg`.
+    pub fn parse_for(s: &str, cfg: &ModelConfig) -> Result<Self> {
+        let p = Self::parse(s)?;
+        p.validate(cfg)?;
+        Ok(p)
+    }
+
+    /// Checks the policy against a model (the dummy head budget).
+    pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
+        self.check()?;
+        match self {
+            Policy::Dummy(spec) => spec.validate(cfg),
+            _ => Ok(()),
+        }
+    }
+
+    /// The accounting form of the policy (for [`crate::dummy::kv_footprint`]); Dummy Forcing's
+    /// group counts are filled in by the caller once known.
+    pub fn kv_policy(&self) -> KvPolicy {
+        match *self {
+            Policy::Full => KvPolicy::Full,
+            Policy::Window { window, sink } => KvPolicy::Window { frames: window, sinks: sink },
+            Policy::Dummy(spec) => KvPolicy::Dummy { spec, counts: None },
+        }
     }
 
     fn check(&self) -> Result<()> {
@@ -85,6 +114,7 @@ impl Policy {
         match self {
             Policy::Full => "full".into(),
             Policy::Window { window, sink } => format!("window:{window},sink:{sink}"),
+            Policy::Dummy(spec) => spec.to_string(),
         }
     }
 
@@ -99,6 +129,10 @@ impl Policy {
                 vec![GroupSpec::empty(all, 0, f)]
             }
             Policy::Window { window, sink } => vec![GroupSpec::empty(all, sink, window - sink - FRAMES_PER_CHUNK)],
+            Policy::Dummy(spec) => {
+                let s = phase1_shape(&spec);
+                vec![GroupSpec::empty(all, s.sink_slots, s.ring_cap)]
+            }
         })
     }
 }
@@ -474,7 +508,11 @@ mod tests {
         assert_eq!(Policy::parse("window:12,sink:3").unwrap(), Policy::Window { window: 12, sink: 3 });
         assert!(Policy::parse("window:4,sink:2").unwrap_err().to_string().contains("at least sink + 3"));
         assert!(Policy::parse("bogus").unwrap_err().to_string().contains("unknown policy"));
-        assert!(Policy::parse("dummy:4").unwrap_err().to_string().contains("not supported yet"));
+        assert_eq!(Policy::parse("dummy:4").unwrap(), Policy::Dummy(DummySpec::new(4)));
+        assert!(Policy::parse("dummy:4,chunks:0").unwrap_err().to_string().contains("chunks must be at least 1"));
+        let cfg = ModelConfig::preset("tiny4").unwrap();
+        assert!(Policy::parse_for("dummy:9", &cfg).unwrap_err().to_string().contains("only 8 heads"));
+        assert_eq!(Policy::parse("dummy:2,chunks:2").unwrap().initial_groups(2, None).unwrap(), vec![GroupSpec::empty(vec![0, 1], 1, 6)]);
         assert!(Policy::parse("window:x").unwrap_err().to_string().contains("not a number"));
     }
 }

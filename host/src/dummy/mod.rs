@@ -87,6 +87,7 @@ pub mod dhp;
 pub mod footprint;
 pub mod layout;
 pub mod heads;
+pub mod run;
 pub mod spec;
 
 pub use calibrate::{layer_masses, sample_rows, KeySegment, LayerScores, SplitMix64};
@@ -94,6 +95,7 @@ pub use dhp::{program, Assignment, Group, GroupCounts};
 pub use footprint::{kv_footprint, GroupBytes, KvFootprint, KvPolicy};
 pub use layout::{hma_layout, local_frames_after_step, phase1_shape, GroupLayout, HmaSource, SlotShape};
 pub use heads::{stability, HeadEntry, HeadProgram, ModelIdentity, Stability};
+pub use run::DummyForcing;
 pub use spec::DummySpec;
 
 /// What an AR step does under the dummy policy.

@@ -12,6 +12,7 @@ use half::bf16;
 use crate::backend::{Backend, Precision};
 use crate::cache::{KvCache, Policy};
 use crate::config::FRAMES_PER_CHUNK;
+use crate::dummy::{kv_footprint, DummyForcing, KvFootprint, KvPolicy};
 use crate::model::{ForwardHook, Model, NoHook, PassInfo, Taps, TextState};
 use crate::{Error, Result};
 
@@ -122,6 +123,8 @@ pub struct Session<B: Backend> {
     noise: Noise,
     chunk: usize,
     hook: Box<dyn ForwardHook<B> + Send>,
+    /// Dummy Forcing's state under the `dummy` policy; it is the forward hook of the session.
+    dummy: Option<DummyForcing>,
     /// When set, records `xt/flow/x0.{c}.{s}` and the first forward's intermediates.
     pub record: Option<Taps>,
 }
@@ -153,16 +156,49 @@ impl<B: Backend + 'static> Session<B> {
                 return Err(Error::Input("re-noise tensors missing or misshapen".into()));
             }
         }
+        policy.validate(c)?;
+        let dummy = match &policy {
+            Policy::Dummy(spec) => Some(DummyForcing::new(c, *spec)?),
+            _ => None,
+        };
         let tpf = (latent.height / ph) * (latent.width / pw);
         let groups = policy.initial_groups(c.num_heads, frames)?;
         let cache = KvCache::new(c.num_layers, c.num_heads, c.head_dim(), tpf, be.precision(), &groups)?;
         let text = model.embed_text(&be, context, context_rows)?;
-        Ok(Session { model, be, schedule: Schedule::official(), cache, text, latent, policy, frames, noise, chunk: 0, hook: Box::new(NoHook), record: None })
+        Ok(Session { model, be, schedule: Schedule::official(), cache, text, latent, policy, frames, noise, chunk: 0, hook: Box::new(NoHook), dummy, record: None })
     }
 
-    /// Installs a forward hook (Dummy Forcing's calibration and regrouping).
+    /// Installs a forward hook (for inspection or an experimental policy). Under the `dummy`
+    /// policy the session's own [`DummyForcing`] is the hook and this one is not called.
     pub fn set_hook(&mut self, hook: Box<dyn ForwardHook<B> + Send>) {
         self.hook = hook;
+    }
+
+    /// Dummy Forcing's state (program, assignment, calibration masses), under `dummy`.
+    pub fn dummy(&self) -> Option<&DummyForcing> {
+        self.dummy.as_ref()
+    }
+
+    /// Dummy Forcing's settings before the run: row seed, stored rows, a reused program.
+    pub fn dummy_mut(&mut self) -> Option<&mut DummyForcing> {
+        self.dummy.as_mut()
+    }
+
+    /// Latent frames generated so far.
+    pub fn frames_done(&self) -> usize {
+        self.chunk * FRAMES_PER_CHUNK
+    }
+
+    /// KV-cache accounting after the frames generated so far (bytes per group and against
+    /// `full` at the same frame count); compare with [`KvCache::bytes`], which is what is
+    /// actually allocated.
+    pub fn kv_footprint(&self) -> Result<KvFootprint> {
+        let tpf = self.cache.tokens_per_frame;
+        let policy = match self.policy.kv_policy() {
+            KvPolicy::Dummy { spec, .. } => KvPolicy::Dummy { spec, counts: self.dummy.as_ref().and_then(|d| d.assignment()).map(|a| a.counts()) },
+            p => p,
+        };
+        kv_footprint(&policy, &self.model.cfg, tpf, self.be.precision().size(), self.frames_done().max(FRAMES_PER_CHUNK))
     }
 
     /// Index of the next chunk.
@@ -217,7 +253,11 @@ impl<B: Backend + 'static> Session<B> {
             let want_taps = self.record.is_some() && c == 0 && s == 0;
             let mut taps = Taps::new();
             let x = self.be.upload(&xt, &shape);
-            let flow_t = self.model.forward(&self.be, &x, t, &pass, &mut self.cache, &self.text, self.hook.as_mut(), want_taps.then_some(&mut taps))?;
+            let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
+                Some(d) => d,
+                None => self.hook.as_mut(),
+            };
+            let flow_t = self.model.forward(&self.be, &x, t, &pass, &mut self.cache, &self.text, hook, want_taps.then_some(&mut taps))?;
             let flow = self.be.download(&flow_t);
             // flow → x0 in f64 (official wrapper), cast back to the working dtype.
             let sigma = self.schedule.sigma(t) as f64;
@@ -239,7 +279,11 @@ impl<B: Backend + 'static> Session<B> {
         // The clean pass at t = 0 writes the chunk's K/V into the cache; its output is unused.
         let pass = PassInfo { chunk: c, step: None, start_frame: c * nf, frames: nf, commit: true };
         let x = self.be.upload(&x0, &shape);
-        self.model.forward(&self.be, &x, 0.0, &pass, &mut self.cache, &self.text, self.hook.as_mut(), None)?;
+        let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
+            Some(d) => d,
+            None => self.hook.as_mut(),
+        };
+        self.model.forward(&self.be, &x, 0.0, &pass, &mut self.cache, &self.text, hook, None)?;
         progress(Progress { pass, chunks });
         self.chunk += 1;
         Ok(x0)
