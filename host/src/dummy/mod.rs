@@ -2,9 +2,9 @@
 //! spec, calibration statistic, dynamic head programming (DHP), head programs, the per-group
 //! cache layout after heterogeneous memory allocation (HMA), and KV-cache accounting.
 //!
-//! Everything here is pure (no model, no cache); the pipeline wires it in as described below.
-//! Semantics: `shared/notes/dummy-forcing.md` §1.2–1.7 and the df-tiny section of
-//! `shared/golden/README.md`.
+//! Everything but [`run`] is pure (no model, no cache); [`run::DummyForcing`] wires it into a
+//! session as described below. Semantics: `shared/notes/dummy-forcing.md` §1.2–1.7 and the
+//! df-tiny section of `shared/golden/README.md`.
 //!
 //! # Parts
 //! - [`spec`]: [`DummySpec`], the `dummy:N[,chunks:L][,ar-start:K][,packing:on|off]` string.
@@ -15,8 +15,40 @@
 //!   (`dfrt calibrate`).
 //! - [`layout`]: [`phase1_shape`] and [`hma_layout`], slot shapes of each head group.
 //! - [`footprint`]: [`kv_footprint`], KV bytes per group and against `full`.
+//! - [`run`]: [`DummyForcing`], the per-video state that runs calibration, DHP and HMA inside
+//!   a [`crate::pipeline::Session`], over the [`crate::backend::Backend`] trait only.
 //!
-//! # Wiring into the pipeline
+//! # How it is wired in
+//!
+//! - Policy: [`crate::cache::Policy::Dummy`]`(`[`DummySpec`]`)`, parsed by
+//!   [`crate::cache::Policy::parse`] (`dummy:…`) and checked against the model by
+//!   [`crate::cache::Policy::validate`] / `parse_for` (also done by `Session::new`). Its
+//!   initial cache groups are the phase-1 shape below.
+//! - Session: under `dummy`, `Session::new` creates a [`DummyForcing`] and passes it to every
+//!   forward as the [`crate::model::ForwardHook`] (a hook set with `Session::set_hook` is then
+//!   not called). Before the run, `Session::dummy_mut()` takes the row seed
+//!   ([`DummyForcing::set_seed`]), stored rows ([`DummyForcing::set_sampled_rows`]) and a
+//!   reused program ([`DummyForcing::set_program`], which skips calibration). Afterwards
+//!   `Session::dummy()` gives the program, the [`Assignment`] and the calibration masses, and
+//!   `Session::kv_footprint()` the accounting, which equals `KvCache::bytes()` for `dummy`
+//!   and `full` (tested in `host/tests/long_video.rs`).
+//! - Calibration ([`crate::model::ForwardHook::on_self_attention`], t = 0 pass of AR step K,
+//!   every layer, before the commit): each head's context segments are gathered (each
+//!   tensor downloaded once) into one `[heads, n, d]` key block, then [`layer_masses`].
+//! - DHP + HMA ([`crate::model::ForwardHook::after_forward`] of the same pass):
+//!   [`HeadProgram::from_calibration`] (or the given program), then per layer
+//!   [`hma_layout`] → [`crate::cache::GroupSpec`]s (empty groups skipped) →
+//!   [`crate::cache::KvCache::replace_groups`].
+//! - Phase 2 needs no code of its own: [`crate::cache::KvCache::context`] gives each head its
+//!   group's slots ++ the current chunk, and the attention op takes per-head segment lists, so
+//!   a layer with sink, neighbor and dummy heads runs in one attention call with no gather or
+//!   scatter; outputs stay at their head positions. Commits go to every group's ring.
+//! - CLI: `dfrt generate --policy dummy:… [--heads FILE] [--save-heads FILE]` writes
+//!   `assignment` and the `dfrt.kv_bytes.*` / `dfrt.kv_ratio_vs_full` metadata (plus
+//!   `dfrt.kv_bytes.allocated`); `dfrt calibrate` runs several contexts (× seeds) up to AR
+//!   step K and reports [`stability`].
+//!
+//! # Semantics, step by step
 //!
 //! Terms: chunk `c` holds latent frames `3c..3c+3`; its AR step is `c` (`frame // 3`, the
 //! official hard-coded 3). `HW` = tokens per latent frame, `T = 3·HW` tokens per chunk,
@@ -38,7 +70,7 @@
 //! Skipped when a program is given with `--heads FILE` (then go straight to HMA below).
 //! - Rows: `sampled_rows.{layer}` from `--inputs` if present ([`calibrate::rows_from_i64`]);
 //!   otherwise [`sample_rows`]`(T, K, &mut rng)` with one [`SplitMix64`] per video, seeded
-//!   from the run seed, called for layers 0, 1, … in order. `T/3/3` rows when K = 1
+//!   from the run seed (`--seed`, also with `--inputs`), called for layers 0, 1, … in order. `T/3/3` rows when K = 1
 //!   (520 at 480p), `T/3` otherwise.
 //! - Call [`layer_masses`]`(q, T, heads, head_dim, &rows, &keys, K)` with this pass's RoPE'd
 //!   queries `q [T, heads, head_dim]` and the FULL key set, **before this pass commits**:
@@ -50,7 +82,8 @@
 //!   oldest ring frames), an official quirk we keep. Note that the commit of this same pass
 //!   then drops frames 1–2 from the ring (L = 1): the masses see them, HMA does not.
 //! - Keep the `[3][heads]` result of every layer; the attention output of this pass is
-//!   the ordinary phase-1 attention (calibration does not change it).
+//!   the ordinary phase-1 attention (calibration does not change it). The golden test
+//!   (`tests/golden.rs`, df-tiny) checks these masses against `scores.{layer}` (atol 1e-5).
 //!
 //! ## 3. DHP + HMA: at the end of that same t = 0 forward (after the last block)
 //! - `let a = program(&scores, spec.num_dummy)?` (or `program.assignment()` from `--heads`,
@@ -75,12 +108,12 @@
 //! frame, neighbor rings (cap 3·L) slide by one chunk, sink groups (sink full, ring 0) keep
 //! frame 0 forever. The official code runs sink and dummy heads as one packed call (both
 //! have `HW + T` keys); per-head attention is independent, so separate calls give the same
-//! numbers.
+//! numbers; here all of a layer's heads run in one call over their own segment lists.
 //!
 //! ## 5. Reporting
 //! [`kv_footprint`] with [`KvPolicy::Dummy`] `{ spec, counts: Some(a.counts()) }` (or
 //! `None` if the run ends before step K) gives bytes per group, the ratio against `full` at
-//! the same frame count, a summary line and output metadata.
+//! the same frame count, a summary line and output metadata (`Session::kv_footprint`).
 
 pub mod calibrate;
 pub mod dhp;
