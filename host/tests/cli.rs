@@ -327,8 +327,8 @@ fn calibrate_reports_stability_and_writes_the_majority() {
     std::fs::remove_dir_all(&d).ok();
 }
 
-/// A long seeded video under `dummy` through the CLI: 120 latent frames on a 4×4 latent (the
-/// 240-frame memory checks are in `long_video.rs`).
+/// A long seeded video under `dummy` through the CLI, in bf16: 120 latent frames on a 4×4
+/// latent (the 240-frame memory checks are in `long_video.rs`).
 #[test]
 fn long_dummy_video_through_the_cli() {
     let d = tmp("long");
@@ -338,14 +338,14 @@ fn long_dummy_video_through_the_cli() {
     let ctx = d.join("c.safetensors");
     write_safetensors(&ctx, &[OutTensor::f32("context", vec![16, 64], &c)], &Default::default()).unwrap();
     let out = d.join("o.safetensors");
-    let (code, err) = dfrt(&["generate", "--model", ck.to_str().unwrap(), "--context", ctx.to_str().unwrap(), "--height", "4", "--width", "4", "--frames", "120", "--policy", "dummy:4,packing:off", "--out", out.to_str().unwrap()]);
+    let (code, err) = dfrt(&["generate", "--model", ck.to_str().unwrap(), "--context", ctx.to_str().unwrap(), "--height", "4", "--width", "4", "--frames", "120", "--policy", "dummy:4,packing:off", "--dtype", "bf16", "--out", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     println!("{err}");
     let o = TensorFile::open(&out).unwrap();
     let m = &o.metadata;
     assert_eq!(m["dfrt.kv_bytes.total"], m["dfrt.kv_bytes.allocated"]);
     assert_eq!(m["dfrt.kv_bytes.dummy"], "0", "packing off: dummy heads cache nothing");
-    let hf = 4 * 128 * 4 * 2;
+    let hf = 4 * 128 * 2 * 2; // tokens × head_dim × bf16 × (K, V)
     assert_eq!(m["dfrt.kv_bytes.full"], (8 * 120 * hf).to_string());
     let total: usize = m["dfrt.kv_bytes.total"].parse().unwrap();
     assert!(total <= 4 * 3 * hf, "at most 4 non-dummy heads × 3 frames: {total}");

@@ -189,7 +189,7 @@ impl<B: Backend + 'static> Session<B> {
         self.chunk * FRAMES_PER_CHUNK
     }
 
-    /// KV-cache accounting after the frames generated so far (bytes per group and against
+    /// KV-cache accounting after the frames generated so far (at least one chunk; bytes per group and against
     /// `full` at the same frame count); compare with [`KvCache::bytes`], which is what is
     /// actually allocated.
     pub fn kv_footprint(&self) -> Result<KvFootprint> {
