@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod names;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};
