@@ -12,7 +12,7 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let [pt, ph, pw] = cfg.patch_size;
     let mut v: Vec<(String, Vec<usize>)> = Vec::new();
     let mut add = |name: String, shape: Vec<usize>| v.push((name, shape));
-    let mut linear = |add: &mut dyn FnMut(String, Vec<usize>), p: &str, out: usize, inp: usize| {
+    let linear = |add: &mut dyn FnMut(String, Vec<usize>), p: &str, out: usize, inp: usize| {
         add(format!("{p}.weight"), vec![out, inp]);
         add(format!("{p}.bias"), vec![out]);
     };
