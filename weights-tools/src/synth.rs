@@ -6,8 +6,8 @@
 //! other tensors exist (`--layers 2` gives the first two blocks of the 30-layer model).
 //!
 //! Scales (why): Linear weights are N(0, 1/fan_in), which keeps activations at unit scale;
-//! `time_projection` gets a further 0.3 so the six modulation rows (shift/scale/gate) stay
-//! around 0.1-0.3 and each block changes the residual stream moderately rather than
+//! `time_projection` gets a further 0.6 so the six modulation rows (shift/scale/gate) stay
+//! around 0.1-0.2 (rms) and each block changes the residual stream moderately rather than
 //! replacing it; modulation tables use the official init N(0, 1/dim); biases are N(0, 0.02)
 //! and norm gains N(1, 0.05) so that nothing is exactly zero or one (a swapped or ignored
 //! parameter then changes the output).
@@ -94,7 +94,7 @@ pub fn init_scale(cfg: &ModelConfig, name: &str, shape: &[usize]) -> (f32, f32) 
     } else if name.ends_with(".bias") {
         (0.0, 0.02)
     } else if name == "time_projection.1.weight" {
-        (0.0, 0.3 / fan_in(shape).sqrt())
+        (0.0, 0.6 / fan_in(shape).sqrt())
     } else {
         (0.0, 1.0 / fan_in(shape).sqrt())
     }
