@@ -3,13 +3,13 @@
 //! names), inferring the config from shapes, validating, and writing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dfrt::checkpoint::DType;
 use dfrt::names::expected_tensors;
 use dfrt::{Error, ModelConfig, Result};
 
-use crate::source::Source;
+use crate::source::{Source, SrcTensor};
 use crate::writer::{encode, write_checkpoint_streaming, Spec};
 
 /// Wan's `text_len`; the weights do not determine it.
@@ -196,19 +196,22 @@ pub fn validate_shapes(cfg: &ModelConfig, shapes: &BTreeMap<String, Vec<usize>>)
 /// (i2v image cross-attention, LoRA, ...) that this runtime does not implement.
 const DIT_PREFIXES: [&str; 7] = ["blocks.", "head.", "patch_embedding.", "text_embedding.", "time_embedding.", "time_projection.", "img_emb."];
 
-/// The mapping from native names to source tensor indices, with the report.
+/// The mapping from native names to source tensors, with the report.
 pub struct Plan {
     pub config: ModelConfig,
-    /// (native name, shape, index into `Source::tensors`) in native order.
-    pub tensors: Vec<(String, Vec<usize>, usize)>,
+    /// (native name, shape, source file index, index into its `Source::tensors`) in native order.
+    pub tensors: Vec<(String, Vec<usize>, usize, usize)>,
     pub report: ConvertReport,
 }
 
-/// Decides what to convert; reads no tensor data.
-pub fn plan(src: &Source, opts: &ConvertOptions) -> Result<Plan> {
+/// Decides what to convert from one or more source files (shards of one state dict); reads
+/// no tensor data.
+pub fn plan(srcs: &[Source], opts: &ConvertOptions) -> Result<Plan> {
     let mut notes = Vec::new();
     let mut dropped = Vec::new();
-    let has = |g: &str| src.tensors.iter().any(|t| t.name.starts_with(&format!("{g}.")));
+    let all: Vec<(usize, usize, &SrcTensor)> =
+        srcs.iter().enumerate().flat_map(|(p, s)| s.tensors.iter().enumerate().map(move |(i, t)| (p, i, t))).collect();
+    let has = |g: &str| all.iter().any(|(_, _, t)| t.name.starts_with(&format!("{g}.")));
     let (has_gen, has_ema) = (has("generator"), has("generator_ema"));
     let group = match (opts.ema, has_gen, has_ema) {
         (_, false, false) => {
@@ -229,7 +232,7 @@ pub fn plan(src: &Source, opts: &ConvertOptions) -> Result<Plan> {
     let mut by_native: HashMap<String, usize> = HashMap::new();
     let mut shapes = BTreeMap::new();
     let mut renamed = 0;
-    for (i, t) in src.tensors.iter().enumerate() {
+    for (i, &(_, _, t)) in all.iter().enumerate() {
         let key = match group {
             Some(g) => match t.name.strip_prefix(&format!("{g}.")) {
                 Some(k) => k,
@@ -246,7 +249,7 @@ pub fn plan(src: &Source, opts: &ConvertOptions) -> Result<Plan> {
             renamed += 1;
         }
         if let Some(&j) = by_native.get(&native) {
-            return Err(Error::tensor(&native, format!("both `{}` and `{}` map to it", src.tensors[j].name, t.name)));
+            return Err(Error::tensor(&native, format!("both `{}` and `{}` map to it", all[j].2.name, t.name)));
         }
         by_native.insert(native.clone(), i);
         shapes.insert(native, t.shape.clone());
@@ -267,7 +270,7 @@ pub fn plan(src: &Source, opts: &ConvertOptions) -> Result<Plan> {
     let mut unknown: Vec<(String, usize)> = by_native.iter().filter(|(n, _)| !wanted.contains(n.as_str())).map(|(n, &i)| (n.clone(), i)).collect();
     unknown.sort();
     for (n, i) in unknown {
-        let src_name = &src.tensors[i].name;
+        let src_name = &all[i].2.name;
         if DIT_PREFIXES.iter().any(|p| n.starts_with(p)) && !opts.drop_unknown {
             return Err(Error::tensor(
                 src_name,
@@ -279,15 +282,14 @@ pub fn plan(src: &Source, opts: &ConvertOptions) -> Result<Plan> {
     let mut tensors = Vec::with_capacity(expected.len());
     let mut dtypes = BTreeSet::new();
     for (name, shape) in expected {
-        let i = by_native[&name];
-        let t = &src.tensors[i];
+        let (part, idx, t) = all[by_native[&name]];
         match t.dtype {
             Some(d @ (DType::F32 | DType::BF16 | DType::F16)) => {
                 dtypes.insert(d.safetensors_name());
             }
             _ => return Err(Error::tensor(&t.name, format!("has dtype {}, expected F32, BF16 or F16", t.dtype_name))),
         }
-        tensors.push((name, shape, i));
+        tensors.push((name, shape, part, idx));
     }
     let dtype = match opts.dtype {
         Some(d @ (DType::F32 | DType::BF16)) => d,
@@ -300,12 +302,12 @@ pub fn plan(src: &Source, opts: &ConvertOptions) -> Result<Plan> {
             DType::F32
         }
     };
-    for (name, desc) in &src.others {
+    for (name, desc) in srcs.iter().flat_map(|s| &s.others) {
         if group.is_none_or(|g| name.starts_with(&format!("{g}."))) {
             notes.push(format!("skipped non-tensor entry `{name}` ({desc})"));
         }
     }
-    let bytes = tensors.iter().map(|(_, s, _)| s.iter().product::<usize>() * dtype.size()).sum();
+    let bytes = tensors.iter().map(|(_, s, _, _)| s.iter().product::<usize>() * dtype.size()).sum();
     let report = ConvertReport {
         config: config.clone(),
         dtype,
@@ -319,14 +321,48 @@ pub fn plan(src: &Source, opts: &ConvertOptions) -> Result<Plan> {
     Ok(Plan { config, tensors, report })
 }
 
+/// The files to read for `inputs`: a `*.index.json` (the sharded-checkpoint index of
+/// safetensors/diffusers, `{"weight_map": {tensor: file}}`) stands for its shard files.
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in inputs {
+        if p.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            let bad = |m: &str| Error::Checkpoint { path: p.display().to_string(), msg: m.to_string() };
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&format!("bad JSON: {e}")))?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no `weight_map` object: not a shard index"))?;
+            let dir = p.parent().unwrap_or(Path::new("."));
+            for f in map.values() {
+                let f = dir.join(f.as_str().ok_or_else(|| bad("`weight_map` values must be file names"))?);
+                if !out.contains(&f) {
+                    out.push(f);
+                }
+            }
+        } else if !out.contains(p) {
+            out.push(p.clone());
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Input("no input files".into()));
+    }
+    Ok(out)
+}
+
 /// Converts `input` (safetensors or torch zip) to a runtime checkpoint at `output`.
 pub fn convert_file(input: impl AsRef<Path>, output: impl AsRef<Path>, opts: &ConvertOptions) -> Result<ConvertReport> {
-    let src = Source::open(input.as_ref())?;
-    let plan = plan(&src, opts)?;
+    convert_files(&[input.as_ref().to_path_buf()], output, opts)
+}
+
+/// Converts a state dict split over several files (shards, or a `*.index.json`).
+pub fn convert_files(inputs: &[PathBuf], output: impl AsRef<Path>, opts: &ConvertOptions) -> Result<ConvertReport> {
+    let srcs = expand_inputs(inputs)?.iter().map(Source::open).collect::<Result<Vec<_>>>()?;
+    let plan = plan(&srcs, opts)?;
     let dtype = plan.report.dtype;
-    let specs: Vec<Spec> = plan.tensors.iter().map(|(n, s, _)| Spec { name: n.clone(), dtype, shape: s.clone() }).collect();
+    let specs: Vec<Spec> = plan.tensors.iter().map(|(n, s, _, _)| Spec { name: n.clone(), dtype, shape: s.clone() }).collect();
     write_checkpoint_streaming(output.as_ref(), &plan.config, &specs, |i, _spec, w| {
-        let t = &src.tensors[plan.tensors[i].2];
+        let (_, _, part, idx) = &plan.tensors[i];
+        let src = &srcs[*part];
+        let t = &src.tensors[*idx];
         let io = |e| Error::io(output.as_ref(), e);
         if t.dtype == Some(dtype) {
             w.write_all(&src.raw(t)?).map_err(io)

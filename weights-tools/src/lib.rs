@@ -10,7 +10,7 @@ pub mod synth;
 pub mod writer;
 pub mod zip;
 
-pub use convert::{convert_file, diffusers_to_native, infer_config, native_name, strip_prefixes, validate_shapes, ConvertOptions, ConvertReport};
+pub use convert::{convert_file, convert_files, expand_inputs, diffusers_to_native, infer_config, native_name, strip_prefixes, validate_shapes, ConvertOptions, ConvertReport};
 pub use dfrt::names::expected_tensors;
 pub use inspect::inspect;
 pub use source::Source;

@@ -240,3 +240,40 @@ fn bad_inputs_give_clear_errors() {
     let e = convert_err(&dir.join("does-not-exist.pt"), &o);
     assert!(e.contains("does-not-exist.pt"), "{e}");
 }
+
+#[test]
+fn sharded_checkpoints_convert_like_one_file() {
+    let dir = scratch("shards");
+    let case = golden_dir().join("tiny-full");
+    let src = TensorFile::open(case.join("weights.safetensors")).unwrap();
+    // Two shards with `model.` prefixes, and the index that names them.
+    let mut shards: [Vec<OutTensor>; 2] = [Vec::new(), Vec::new()];
+    let mut map = serde_json::Map::new();
+    for (k, (n, i)) in src.tensors.iter().enumerate() {
+        let name = format!("model.{n}");
+        let file = format!("part-{}.safetensors", k % 2);
+        map.insert(name.clone(), serde_json::Value::String(file));
+        shards[k % 2].push(OutTensor::f32(name, i.shape.clone(), &src.f32(n, &i.shape).unwrap()));
+    }
+    for (k, s) in shards.iter().enumerate() {
+        write_safetensors(dir.join(format!("part-{k}.safetensors")), s, &BTreeMap::new()).unwrap();
+    }
+    let index = dir.join("model.safetensors.index.json");
+    std::fs::write(&index, serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+    let single = dir.join("single.safetensors");
+    convert_file(case.join("weights.safetensors"), &single, &opts_text_len(16)).unwrap();
+    let from_index = dir.join("index.safetensors");
+    dfrt_weights::convert_files(&[index.clone()], &from_index, &opts_text_len(16)).unwrap();
+    assert!(std::fs::read(&single).unwrap() == std::fs::read(&from_index).unwrap(), "index conversion differs");
+    let from_parts = dir.join("parts.safetensors");
+    dfrt_weights::convert_files(&[dir.join("part-1.safetensors"), dir.join("part-0.safetensors")], &from_parts, &opts_text_len(16)).unwrap();
+    assert!(std::fs::read(&single).unwrap() == std::fs::read(&from_parts).unwrap(), "shard conversion differs");
+    // One shard alone lacks tensors; the same shard twice has duplicates.
+    let e = convert_file(dir.join("part-0.safetensors"), dir.join("x.safetensors"), &opts_text_len(16)).unwrap_err().to_string();
+    assert!(e.contains("missing"), "{e}");
+    let p0 = dir.join("part-0.safetensors");
+    let p0b = dir.join("part-0-copy.safetensors");
+    std::fs::copy(&p0, &p0b).unwrap();
+    let e = dfrt_weights::convert_files(&[p0, p0b], dir.join("x.safetensors"), &opts_text_len(16)).unwrap_err().to_string();
+    assert!(e.contains("map to it"), "{e}");
+}

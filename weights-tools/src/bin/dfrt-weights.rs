@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dfrt::ModelConfig;
-use dfrt_weights::{convert_file, inspect, parse_dtype, synth_checkpoint, ConvertOptions};
+use dfrt_weights::{convert_files, inspect, parse_dtype, synth_checkpoint, ConvertOptions};
 
 #[derive(Parser)]
 #[command(name = "dfrt-weights", version, about = "Convert, synthesise and inspect dfrt weight files")]
@@ -19,7 +19,9 @@ enum Cmd {
     /// Convert a Wan2.1-family DiT checkpoint (.safetensors or torch .pt/.pth; native or
     /// diffusers names; Self-Forcing generator/generator_ema dicts) to a runtime checkpoint.
     Convert {
-        input: PathBuf,
+        /// One file, the shards of one state dict, or a sharded checkpoint's `*.index.json`.
+        #[arg(required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
         #[arg(short, long)]
         out: PathBuf,
         /// Attention heads (default: a preset of the same width, else dim/128).
@@ -80,7 +82,7 @@ fn run(cli: Cli) -> dfrt::Result<()> {
                 ema: if ema { Some(true) } else if no_ema { Some(false) } else { None },
                 drop_unknown,
             };
-            let r = convert_file(&input, &out, &opts)?;
+            let r = convert_files(&input, &out, &opts)?;
             if !quiet {
                 for n in &r.notes {
                     eprintln!("note: {n}");
@@ -106,7 +108,15 @@ fn run(cli: Cli) -> dfrt::Result<()> {
             let bytes = synth_checkpoint(&out, &cfg, seed, dtype)?;
             eprintln!("wrote {}: preset {preset}, {} layers, seed {seed}, {bytes} bytes of {dtype:?} in {:.1} s", out.display(), cfg.num_layers, t.elapsed().as_secs_f64());
         }
-        Cmd::Inspect { file, json, stats } => print!("{}", inspect(&file, stats, json)?),
+        Cmd::Inspect { file, json, stats } => {
+            let text = inspect(&file, stats, json)?;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            use std::io::Write;
+            match std::io::stdout().write_all(text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(dfrt::Error::io("<stdout>", e)),
+                _ => {}
+            }
+        }
     }
     Ok(())
 }
