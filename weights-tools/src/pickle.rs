@@ -166,6 +166,21 @@ impl<'a> Unpickler<'a> {
         }
         Ok(self.stack.last_mut().unwrap())
     }
+    /// Tuples nest by value, so a hostile pickle could nest them deep enough to overflow the
+    /// stack when dropped; state dicts nest a few levels at most.
+    fn push_tuple(&mut self, items: Vec<Value>) -> Result<(), String> {
+        fn depth(v: &Value, d: usize) -> usize {
+            match v {
+                Value::Tuple(t) if d <= MAX_DEPTH => t.iter().map(|c| depth(c, d + 1)).max().unwrap_or(d),
+                _ => d,
+            }
+        }
+        if items.iter().map(|c| depth(c, 1)).max().unwrap_or(0) > MAX_DEPTH {
+            return self.err(format!("tuples nested deeper than {MAX_DEPTH}"));
+        }
+        self.stack.push(Value::Tuple(items));
+        Ok(())
+    }
     fn new_dict(&mut self, items: Vec<(Value, Value)>) -> Value {
         self.dicts.push(items);
         Value::Dict(self.dicts.len() - 1)
@@ -306,7 +321,7 @@ impl<'a> Unpickler<'a> {
                 b')' => self.stack.push(Value::Tuple(Vec::new())),
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items));
+                    self.push_tuple(items)?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -314,7 +329,7 @@ impl<'a> Unpickler<'a> {
                         return self.err("stack underflow in TUPLEn");
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(items));
+                    self.push_tuple(items)?;
                 }
                 b']' => {
                     let v = self.new_list(Vec::new());
@@ -482,7 +497,9 @@ impl<'a> Unpickler<'a> {
             "torch._utils._rebuild_from_type_v2" => {
                 // (func, new_type, args, state): a tensor subclass; rebuild the plain tensor.
                 match (args.first(), args.get(2)) {
-                    (Some(func @ Value::Global(_)), Some(inner @ Value::Tuple(_))) => self.call(func.clone(), inner.clone()),
+                    (Some(func @ Value::Global(f)), Some(inner @ Value::Tuple(_))) if f != "torch._utils._rebuild_from_type_v2" => {
+                        self.call(func.clone(), inner.clone())
+                    }
                     _ => self.err("_rebuild_from_type_v2 with unexpected arguments"),
                 }
             }

@@ -96,6 +96,14 @@ fn protocol4_flat_state_dict_with_ddp_prefix() {
 }
 
 #[test]
+fn zip64_archive() {
+    let dir = scratch("pt-zip64");
+    let out = dir.join("z.safetensors");
+    convert_file(fixtures().join("sf_tiny_zip64.pt"), &out, &opts()).unwrap();
+    check_against_expected(&out, "gen.", false);
+}
+
+#[test]
 fn torch_source_exposes_views_dtypes_and_other_entries() {
     let src = Source::open(fixtures().join("sf_tiny.pt")).unwrap();
     let get = |n: &str| src.get(n).unwrap_or_else(|| panic!("{n} missing"));
@@ -218,6 +226,12 @@ fn unpickler_reads_state_dict_opcodes_and_rejects_garbage() {
     // A self-referencing list is cut off, not followed forever.
     let e = unpickle_flat(b"\x80\x02]q\x00h\x00a.").unwrap_err();
     assert!(e.contains("nesting"), "{e}");
+    // Deeply nested tuples are refused (dropping them would overflow the stack).
+    let mut deep = vec![0x80, 2, b'N'];
+    deep.extend(std::iter::repeat_n(0x85u8, 100_000));
+    deep.push(b'.');
+    let e = unpickle_flat(&deep).unwrap_err();
+    assert!(e.contains("nested deeper"), "{e}");
     // Random bytes never panic.
     let mut rng = Rng::new(9);
     for _ in 0..2000 {
