@@ -205,7 +205,7 @@ impl<'a> Unpickler<'a> {
         Ok(())
     }
     fn set_items(&mut self, target: usize, items: Vec<Value>) -> Result<(), String> {
-        if items.len() % 2 != 0 {
+        if items.len() % 2 == 1 {
             return self.err("SETITEMS with an odd number of items");
         }
         let Some(Value::Dict(d)) = self.stack.get(target).cloned() else {

@@ -81,15 +81,17 @@ impl Source {
     /// Opens `path`, deciding the format from its first bytes (a zip archive is a torch file).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let mut head = [0u8; 4];
+        // Legacy torch.save files start with a pickled magic number (LONG1 0x1950a86a20f9469cfc6c).
+        const LEGACY: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+        let mut head = [0u8; 14];
         {
             use std::io::Read;
             let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
             let n = f.read(&mut head).map_err(|e| Error::io(path, e))?;
-            if n == 4 && &head == b"PK\x03\x04" {
+            if n >= 4 && &head[..4] == b"PK\x03\x04" {
                 return Self::open_torch(path);
             }
-            if n >= 2 && head[0] == 0x80 && head[1] <= 5 {
+            if n == LEGACY.len() && head == LEGACY {
                 return Err(Error::Checkpoint {
                     path: path.display().to_string(),
                     msg: "this is a legacy (pre-1.6, non-zip) torch.save file, which is not supported; re-save it with a current torch".into(),

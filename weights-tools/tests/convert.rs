@@ -263,7 +263,7 @@ fn sharded_checkpoints_convert_like_one_file() {
     let single = dir.join("single.safetensors");
     convert_file(case.join("weights.safetensors"), &single, &opts_text_len(16)).unwrap();
     let from_index = dir.join("index.safetensors");
-    dfrt_weights::convert_files(&[index.clone()], &from_index, &opts_text_len(16)).unwrap();
+    dfrt_weights::convert_files(std::slice::from_ref(&index), &from_index, &opts_text_len(16)).unwrap();
     assert!(std::fs::read(&single).unwrap() == std::fs::read(&from_index).unwrap(), "index conversion differs");
     let from_parts = dir.join("parts.safetensors");
     dfrt_weights::convert_files(&[dir.join("part-1.safetensors"), dir.join("part-0.safetensors")], &from_parts, &opts_text_len(16)).unwrap();
@@ -276,4 +276,22 @@ fn sharded_checkpoints_convert_like_one_file() {
     std::fs::copy(&p0, &p0b).unwrap();
     let e = dfrt_weights::convert_files(&[p0, p0b], dir.join("x.safetensors"), &opts_text_len(16)).unwrap_err().to_string();
     assert!(e.contains("map to it"), "{e}");
+}
+
+/// A raw safetensors file whose header length starts with bytes that look like a pickle
+/// (0x80 0x02) is still read as safetensors.
+#[test]
+fn safetensors_header_length_is_not_mistaken_for_a_pickle() {
+    let dir = scratch("hdr");
+    let mut header = br#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#.to_vec();
+    header.resize(0x280, b' ');
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    assert_eq!(&b[..2], &[0x80, 0x02]);
+    b.extend(&header);
+    b.extend(1.5f32.to_le_bytes());
+    b.extend((-2.0f32).to_le_bytes());
+    let p = dir.join("x.safetensors");
+    std::fs::write(&p, &b).unwrap();
+    let src = dfrt_weights::Source::open(&p).unwrap();
+    assert_eq!(src.f32(src.get("x").unwrap()).unwrap(), vec![1.5, -2.0]);
 }

@@ -157,7 +157,7 @@ fn truncated_and_garbled_archives_are_errors() {
     std::fs::write(&p, &good[..4]).unwrap();
     let e = convert_file(&p, dir.join("o.safetensors"), &opts()).unwrap_err().to_string();
     assert!(e.contains("zip"), "{e}");
-    std::fs::write(&p, b"\x80\x02\x8a\x0alo\xfc\x9cF\xf9 j\xa8P\x19.").unwrap();
+    std::fs::write(&p, b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.").unwrap();
     let e = convert_file(&p, dir.join("o.safetensors"), &opts()).unwrap_err().to_string();
     assert!(e.contains("legacy"), "{e}");
 }
@@ -237,7 +237,7 @@ fn unpickler_reads_state_dict_opcodes_and_rejects_garbage() {
     for _ in 0..2000 {
         let len = (rng.next_u64() % 64) as usize;
         let mut b: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
-        if rng.next_u64() % 2 == 0 {
+        if rng.next_u64() & 1 == 0 {
             b.splice(0..0, [0x80, 2]);
         }
         let _ = unpickle_flat(&b);
