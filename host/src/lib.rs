@@ -8,6 +8,7 @@ pub mod config;
 pub mod dummy;
 pub mod error;
 pub mod model;
+pub mod names;
 pub mod pipeline;
 
 pub use config::ModelConfig;

@@ -1,0 +1,132 @@
+//! `dfrt-weights`: convert, synthesise and inspect dfrt weight files.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dfrt::ModelConfig;
+use dfrt_weights::{convert_files, inspect, parse_dtype, synth_checkpoint, ConvertOptions};
+
+#[derive(Parser)]
+#[command(name = "dfrt-weights", version, about = "Convert, synthesise and inspect dfrt weight files")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a Wan2.1-family DiT checkpoint (.safetensors or torch .pt/.pth; native or
+    /// diffusers names; Self-Forcing generator/generator_ema dicts) to a runtime checkpoint.
+    Convert {
+        /// One file, the shards of one state dict, or a sharded checkpoint's `*.index.json`.
+        #[arg(required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Attention heads (default: a preset of the same width, else dim/128).
+        #[arg(long)]
+        heads: Option<usize>,
+        /// Context length the model pads text to; the weights do not fix it (default 512).
+        #[arg(long)]
+        text_len: Option<usize>,
+        /// Output dtype: f32 or bf16 (default: the source dtype if uniformly f32/bf16, else f32).
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Take the `generator_ema` weights (the default when present).
+        #[arg(long, conflicts_with = "no_ema")]
+        ema: bool,
+        /// Take the raw `generator` weights.
+        #[arg(long)]
+        no_ema: bool,
+        /// Drop DiT tensors the native layout lacks (e.g. i2v image attention) instead of failing.
+        #[arg(long)]
+        drop_unknown: bool,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write random, well-scaled weights of a preset config.
+    Synth {
+        /// tiny, tiny4, small, wan-1.3b or wan-14b.
+        #[arg(long)]
+        preset: String,
+        /// Override the number of blocks.
+        #[arg(long)]
+        layers: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// f32 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Print the config and the tensors of a runtime checkpoint, safetensors or torch file.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Add mean/std/min/max per tensor (reads all data).
+        #[arg(long)]
+        stats: bool,
+    },
+}
+
+fn run(cli: Cli) -> dfrt::Result<()> {
+    match cli.cmd {
+        Cmd::Convert { input, out, heads, text_len, dtype, ema, no_ema, drop_unknown, quiet } => {
+            let opts = ConvertOptions {
+                heads,
+                text_len,
+                dtype: dtype.as_deref().map(parse_dtype).transpose()?,
+                ema: if ema { Some(true) } else if no_ema { Some(false) } else { None },
+                drop_unknown,
+            };
+            let r = convert_files(&input, &out, &opts)?;
+            if !quiet {
+                for n in &r.notes {
+                    eprintln!("note: {n}");
+                }
+                let shown = 20;
+                for (name, why) in r.dropped.iter().take(shown) {
+                    eprintln!("dropped: {name} ({why})");
+                }
+                if r.dropped.len() > shown {
+                    eprintln!("dropped: ... and {} more", r.dropped.len() - shown);
+                }
+                eprintln!("config: {}", r.config.to_json());
+                eprintln!("wrote {}: {} tensors, {} bytes of {:?}", out.display(), r.tensors, r.bytes, r.dtype);
+            }
+        }
+        Cmd::Synth { preset, layers, seed, dtype, out } => {
+            let mut cfg = ModelConfig::preset(&preset)?;
+            if let Some(l) = layers {
+                cfg.num_layers = l;
+            }
+            let dtype = parse_dtype(&dtype)?;
+            let t = std::time::Instant::now();
+            let bytes = synth_checkpoint(&out, &cfg, seed, dtype)?;
+            eprintln!("wrote {}: preset {preset}, {} layers, seed {seed}, {bytes} bytes of {dtype:?} in {:.1} s", out.display(), cfg.num_layers, t.elapsed().as_secs_f64());
+        }
+        Cmd::Inspect { file, json, stats } => {
+            let text = inspect(&file, stats, json)?;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            use std::io::Write;
+            match std::io::stdout().write_all(text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(dfrt::Error::io("<stdout>", e)),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dfrt-weights: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
