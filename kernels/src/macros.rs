@@ -1,0 +1,23 @@
+/// Declares a kernel entry point.
+///
+/// On nvptx64 this gives `#[unsafe(no_mangle)] pub unsafe extern "ptx-kernel" fn name(p: Params)`.
+/// On the host it gives `pub const name: sim::Kernel<Params>`, which holds the kernel's name and
+/// the same body as a plain `unsafe fn(Params)`; `sim::launch` runs it once per simulated thread.
+///
+/// The single parameter is the kernel's `#[repr(C)]` params struct, passed by value.
+macro_rules! kernel {
+    ($(#[$meta:meta])* pub unsafe fn $name:ident($p:ident : $ty:ty) $body:block) => {
+        $(#[$meta])*
+        #[cfg(target_arch = "nvptx64")]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "ptx-kernel" fn $name($p: $ty) $body
+
+        $(#[$meta])*
+        #[cfg(not(target_arch = "nvptx64"))]
+        #[allow(non_upper_case_globals)]
+        pub const $name: $crate::sim::Kernel<$ty> = {
+            unsafe fn body($p: $ty) $body
+            $crate::sim::Kernel { name: stringify!($name), f: body }
+        };
+    };
+}

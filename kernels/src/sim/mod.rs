@@ -1,0 +1,157 @@
+//! Host-only SIMT simulator: runs the kernels of this crate on the CPU.
+//!
+//! A launch runs its blocks one after another. Each block runs one OS thread per GPU thread
+//! (`std::thread::scope`); thread-locals give each thread its indices. Block barriers are real
+//! barriers; warp collectives meet at a per-warp rendezvous and are emulated to the PTX ISA lane
+//! layouts. Shared memory is bounds-checked. Anything that goes wrong (out-of-range or misaligned
+//! shared access, a barrier or collective not reached by every thread, a panic in kernel code)
+//! ends the launch with a [`SimError`] naming the kernel, block and thread, never a hang: waits
+//! give up after [`timeout`].
+
+pub mod ctx;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ctx::BlockState;
+
+/// What went wrong in a simulated launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimErrorKind {
+    /// The launch configuration is invalid (zero or too large dims, too much shared memory).
+    Launch,
+    /// A shared-memory access outside the dynamic shared memory.
+    SharedOutOfBounds,
+    /// A misaligned shared or global address for an op that needs alignment.
+    Misaligned,
+    /// A block barrier that not every thread reached (or threads at different barriers).
+    Barrier,
+    /// A warp collective that not every lane reached (or lanes at different collectives).
+    Collective,
+    /// Kernel code panicked (e.g. a failed assertion).
+    Panic,
+}
+
+/// A failed simulated launch. `Display` names the kernel, block, thread and what happened.
+#[derive(Clone, Debug)]
+pub struct SimError {
+    pub kind: SimErrorKind,
+    pub kernel: String,
+    pub block: [u32; 3],
+    /// The thread that detected the problem, where one did.
+    pub thread: Option<[u32; 3]>,
+    pub detail: String,
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [bx, by, bz] = self.block;
+        write!(f, "sim: kernel `{}` block ({bx},{by},{bz})", self.kernel)?;
+        if let Some([x, y, z]) = self.thread {
+            write!(f, " thread ({x},{y},{z})")?;
+        }
+        write!(f, ": {:?}: {}", self.kind, self.detail)
+    }
+}
+
+impl std::error::Error for SimError {}
+
+/// How long a thread waits at a barrier or collective before the launch fails. Override with
+/// the env var `DFRT_SIM_TIMEOUT_MS`.
+pub fn timeout() -> Duration {
+    let ms = std::env::var("DFRT_SIM_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    Duration::from_millis(ms)
+}
+
+/// Most dynamic shared memory a block may have (sm_90 opt-in limit).
+pub const MAX_DYN_SMEM: u32 = 227 * 1024;
+
+/// A kernel as the simulator sees it: its entry-point name and its body.
+pub struct Kernel<P> {
+    pub name: &'static str,
+    pub f: unsafe fn(P),
+}
+
+impl<P> Clone for Kernel<P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<P> Copy for Kernel<P> {}
+
+/// Runs `kernel(params)` over `grid` × `block` threads with `dyn_smem_bytes` of dynamic shared
+/// memory (zero-filled at the start of each block; real hardware leaves it undefined).
+///
+/// # Safety
+/// The device pointers in `params` must point to host memory valid for everything the kernel
+/// reads and writes, exactly as they would have to on the GPU.
+pub unsafe fn launch<P: Copy + Send + Sync>(
+    grid: [u32; 3],
+    block: [u32; 3],
+    dyn_smem_bytes: u32,
+    kernel: Kernel<P>,
+    params: P,
+) -> Result<(), SimError> {
+    let name = kernel.name.to_string();
+    let bad = |detail: String| SimError {
+        kind: SimErrorKind::Launch,
+        kernel: name.clone(),
+        block: [0; 3],
+        thread: None,
+        detail,
+    };
+    let threads: u64 = block.iter().map(|&d| d as u64).product();
+    if grid.contains(&0) || block.contains(&0) {
+        return Err(bad(format!("zero dimension: grid {grid:?} block {block:?}")));
+    }
+    if threads > 1024 || block[2] > 64 || grid[1] > 65535 || grid[2] > 65535 {
+        return Err(bad(format!("launch too large: grid {grid:?} block {block:?}")));
+    }
+    if dyn_smem_bytes > MAX_DYN_SMEM {
+        return Err(bad(format!("{dyn_smem_bytes} bytes of dynamic shared memory > {MAX_DYN_SMEM}")));
+    }
+    let timeout = timeout();
+    for bz in 0..grid[2] {
+        for by in 0..grid[1] {
+            for bx in 0..grid[0] {
+                let state = Arc::new(BlockState::new(
+                    name.clone(),
+                    [bx, by, bz],
+                    block,
+                    grid,
+                    dyn_smem_bytes,
+                    timeout,
+                ));
+                run_block(&state, kernel.f, params);
+                if let Some(e) = state.take_error() {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_block<P: Copy + Send + Sync>(state: &Arc<BlockState>, kernel: unsafe fn(P), params: P) {
+    let [dx, dy, dz] = state.dim;
+    std::thread::scope(|s| {
+        for z in 0..dz {
+            for y in 0..dy {
+                for x in 0..dx {
+                    let st = Arc::clone(state);
+                    std::thread::Builder::new()
+                        .stack_size(256 * 1024)
+                        .spawn_scoped(s, move || {
+                            ctx::run_thread(st, [x, y, z], || {
+                                // SAFETY: the caller of `launch` vouched for the params.
+                                unsafe { kernel(params) }
+                            })
+                        })
+                        .expect("sim: cannot spawn a thread");
+                }
+            }
+        }
+    });
+}
+
