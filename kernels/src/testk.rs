@@ -177,7 +177,8 @@ kernel! {
     pub unsafe fn test_smem_oob(p: SmemOobParams) {
         let t = thread_idx_x();
         let off = if t == p.bad_thread { p.offset } else { 4 * t };
-        st_shared_u32(dyn_smem_addr() + off, t);
+        // Wrapping, like the 32-bit add on the GPU, so a "negative" offset reaches the check.
+        st_shared_u32(dyn_smem_addr().wrapping_add(off), t);
         sync_threads();
     }
 }
