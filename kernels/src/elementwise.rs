@@ -19,7 +19,11 @@ pub struct GeluParams {
 
 impl GeluParams {
     pub fn dims(&self) -> LaunchDims {
-        LaunchDims { grid: [crate::grid_for(self.n, EW_THREADS), 1, 1], block: [EW_THREADS, 1, 1], dyn_smem: 0 }
+        LaunchDims {
+            grid: [crate::grid_for(self.n, EW_THREADS), 1, 1],
+            block: [EW_THREADS, 1, 1],
+            dyn_smem: 0,
+        }
     }
 }
 
@@ -67,7 +71,11 @@ pub struct GatedResidualParams {
 impl GatedResidualParams {
     pub fn dims(&self) -> LaunchDims {
         let n = self.rows.saturating_mul(self.cols);
-        LaunchDims { grid: [crate::grid_for(n, EW_THREADS), 1, 1], block: [EW_THREADS, 1, 1], dyn_smem: 0 }
+        LaunchDims {
+            grid: [crate::grid_for(n, EW_THREADS), 1, 1],
+            block: [EW_THREADS, 1, 1],
+            dyn_smem: 0,
+        }
     }
 }
 

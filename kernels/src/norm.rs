@@ -25,7 +25,11 @@ pub struct RmsNormParams {
 impl RmsNormParams {
     /// One block per row.
     pub fn dims(&self) -> LaunchDims {
-        LaunchDims { grid: [self.rows.max(1), 1, 1], block: [ROW_THREADS, 1, 1], dyn_smem: BLOCK_SUM_SCRATCH }
+        LaunchDims {
+            grid: [self.rows.max(1), 1, 1],
+            block: [ROW_THREADS, 1, 1],
+            dyn_smem: BLOCK_SUM_SCRATCH,
+        }
     }
 }
 
@@ -88,7 +92,11 @@ pub struct LayerNormModParams {
 impl LayerNormModParams {
     /// One block per row.
     pub fn dims(&self) -> LaunchDims {
-        LaunchDims { grid: [self.rows.max(1), 1, 1], block: [ROW_THREADS, 1, 1], dyn_smem: BLOCK_SUM_SCRATCH }
+        LaunchDims {
+            grid: [self.rows.max(1), 1, 1],
+            block: [ROW_THREADS, 1, 1],
+            dyn_smem: BLOCK_SUM_SCRATCH,
+        }
     }
 }
 

@@ -66,7 +66,11 @@ pub const ROPE_THREADS: u32 = 256;
 impl RopeParams {
     /// Total pairs to rotate.
     pub fn pairs(&self) -> u64 {
-        self.f as u64 * self.h as u64 * self.w as u64 * self.heads as u64 * (self.head_dim / 2) as u64
+        self.f as u64
+            * self.h as u64
+            * self.w as u64
+            * self.heads as u64
+            * (self.head_dim / 2) as u64
     }
 
     /// Checks what the kernel relies on.
@@ -77,7 +81,11 @@ impl RopeParams {
         if self.pairs() > u32::MAX as u64 {
             return Err("rope: too many elements for one launch");
         }
-        let need = [self.start_frame as u64 + self.f as u64, self.h as u64, self.w as u64];
+        let need = [
+            self.start_frame as u64 + self.f as u64,
+            self.h as u64,
+            self.w as u64,
+        ];
         if need.iter().any(|&n| n > self.table_rows as u64) {
             return Err("rope: table has fewer rows than the positions need");
         }
@@ -86,7 +94,11 @@ impl RopeParams {
 
     pub fn dims(&self) -> LaunchDims {
         let n = self.pairs().min(u32::MAX as u64) as u32;
-        LaunchDims { grid: [crate::grid_for(n, ROPE_THREADS), 1, 1], block: [ROPE_THREADS, 1, 1], dyn_smem: 0 }
+        LaunchDims {
+            grid: [crate::grid_for(n, ROPE_THREADS), 1, 1],
+            block: [ROPE_THREADS, 1, 1],
+            dyn_smem: 0,
+        }
     }
 }
 

@@ -34,7 +34,13 @@ fn rms_norm_matches_reference() {
                 want[r * cols as usize + c] = row[c] as f64 * inv * wc;
             }
         }
-        assert_close(&format!("rms_norm {rows}x{cols}"), y.out(), &want, 1e-5, 1e-5);
+        assert_close(
+            &format!("rms_norm {rows}x{cols}"),
+            y.out(),
+            &want,
+            1e-5,
+            1e-5,
+        );
     }
 }
 
@@ -45,7 +51,14 @@ fn rms_norm_in_place() {
     let x = rng.vec((rows * cols) as usize, -2.0, 2.0);
     let mut buf = Guarded::with(&x);
     let ptr = buf.ptr();
-    let p = RmsNormParams { x: ptr, w: 0, y: ptr, rows, cols, eps: 1e-5 };
+    let p = RmsNormParams {
+        x: ptr,
+        w: 0,
+        y: ptr,
+        rows,
+        cols,
+        eps: 1e-5,
+    };
     launch(rms_norm_f32, p.dims(), p).unwrap();
     let want: Vec<f64> = x
         .chunks(cols as usize)
@@ -103,7 +116,11 @@ fn gelu_tanh_matches_reference() {
     let mut x = rng.vec(1001, -6.0, 6.0);
     x.extend([0.0, -0.0, 20.0, -20.0, 1e-3, -1e-3, 90.0, -90.0]);
     let mut y = Guarded::poisoned(x.len());
-    let p = GeluParams { x: x.as_ptr() as u64, y: y.ptr(), n: x.len() as u32 };
+    let p = GeluParams {
+        x: x.as_ptr() as u64,
+        y: y.ptr(),
+        n: x.len() as u32,
+    };
     launch(gelu_tanh_f32, p.dims(), p).unwrap();
     let want: Vec<f64> = x.iter().map(|&v| gelu_ref(v as f64)).collect();
     assert_close("gelu_tanh", y.out(), &want, 1e-6, 1e-5);
@@ -181,7 +198,11 @@ fn rope_ref(x: &[f32], f: u32, h: u32, w: u32, heads: u32, d: u32, start: u32) -
 #[test]
 fn rope3d_matches_reference() {
     let mut rng = Rng::new("rope3d");
-    for &(f, h, w, heads, d, start) in &[(2u32, 3u32, 5u32, 3u32, 20u32, 4u32), (3, 2, 3, 2, 14, 0), (1, 4, 4, 1, 128, 17)] {
+    for &(f, h, w, heads, d, start) in &[
+        (2u32, 3u32, 5u32, 3u32, 20u32, 4u32),
+        (3, 2, 3, 2, 14, 0),
+        (1, 4, 4, 1, 128, 17),
+    ] {
         let rows = 24;
         let table = rope_table(d, rows);
         let x = rng.vec((f * h * w * heads * d) as usize, -2.0, 2.0);
@@ -201,7 +222,13 @@ fn rope3d_matches_reference() {
         p.check().unwrap();
         launch(rope3d_f32, p.dims(), p).unwrap();
         let want = rope_ref(&x, f, h, w, heads, d, start);
-        assert_close(&format!("rope3d f{f} h{h} w{w} d{d} start{start}"), y.out(), &want, 2e-6, 2e-6);
+        assert_close(
+            &format!("rope3d f{f} h{h} w{w} d{d} start{start}"),
+            y.out(),
+            &want,
+            2e-6,
+            2e-6,
+        );
     }
 }
 
@@ -213,11 +240,33 @@ fn rope3d_in_place_and_check() {
     let x = rng.vec((f * h * w * heads * d) as usize, -1.0, 1.0);
     let mut buf = Guarded::with(&x);
     let ptr = buf.ptr();
-    let p = RopeParams { x: ptr, y: ptr, table: table.as_ptr() as u64, f, h, w, heads, head_dim: d, start_frame: start, table_rows: 8 };
+    let p = RopeParams {
+        x: ptr,
+        y: ptr,
+        table: table.as_ptr() as u64,
+        f,
+        h,
+        w,
+        heads,
+        head_dim: d,
+        start_frame: start,
+        table_rows: 8,
+    };
     p.check().unwrap();
     launch(rope3d_f32, p.dims(), p).unwrap();
-    assert_close("rope3d in place", buf.out(), &rope_ref(&x, f, h, w, heads, d, start), 2e-6, 2e-6);
+    assert_close(
+        "rope3d in place",
+        buf.out(),
+        &rope_ref(&x, f, h, w, heads, d, start),
+        2e-6,
+        2e-6,
+    );
     // The table must cover start_frame + f; odd head dims are refused.
-    assert!(RopeParams { start_frame: 7, ..p }.check().is_err());
+    assert!(RopeParams {
+        start_frame: 7,
+        ..p
+    }
+    .check()
+    .is_err());
     assert!(RopeParams { head_dim: 13, ..p }.check().is_err());
 }

@@ -11,7 +11,11 @@ use dfrt_kernels::LaunchDims;
 use std::time::{Duration, Instant};
 
 fn dims(blocks: u32, threads: u32, smem: u32) -> LaunchDims {
-    LaunchDims { grid: [blocks, 1, 1], block: [threads, 1, 1], dyn_smem: smem }
+    LaunchDims {
+        grid: [blocks, 1, 1],
+        block: [threads, 1, 1],
+        dyn_smem: smem,
+    }
 }
 
 #[test]
@@ -22,7 +26,11 @@ fn shuffles_and_ballot_follow_ptx() {
     let vals: Vec<u32> = (0..n).map(|_| rng.u32()).collect();
     let args: Vec<u32> = (0..n).map(|_| rng.u32()).collect();
     let mut out = vec![0xffff_ffffu32; 5 * n];
-    let p = WarpOpsParams { vals: vals.as_ptr() as u64, args: args.as_ptr() as u64, out: out.as_mut_ptr() as u64 };
+    let p = WarpOpsParams {
+        vals: vals.as_ptr() as u64,
+        args: args.as_ptr() as u64,
+        out: out.as_mut_ptr() as u64,
+    };
     launch(test_warp_ops, dims(blocks, threads, 0), p).unwrap();
     for i in 0..n {
         let (w0, lane) = (i / 32 * 32, (i % 32) as u32);
@@ -33,10 +41,20 @@ fn shuffles_and_ballot_follow_ptx() {
             v(lane ^ (a % 32)),
             v(a & 31),
             if up <= lane { v(lane - up) } else { vals[i] },
-            if lane + up <= 31 { v(lane + up) } else { vals[i] },
-            (0..32).filter(|&l| vals[w0 + l] & 1 == 1).fold(0, |m, l| m | 1 << l),
+            if lane + up <= 31 {
+                v(lane + up)
+            } else {
+                vals[i]
+            },
+            (0..32)
+                .filter(|&l| vals[w0 + l] & 1 == 1)
+                .fold(0, |m, l| m | 1 << l),
         ];
-        assert_eq!(&out[5 * i..5 * i + 5], &want, "thread {i}: [xor, idx, up, down, ballot] with arg {a}");
+        assert_eq!(
+            &out[5 * i..5 * i + 5],
+            &want,
+            "thread {i}: [xor, idx, up, down, ballot] with arg {a}"
+        );
     }
 }
 
@@ -48,13 +66,19 @@ fn bf16_round(x: f32) -> f32 {
 fn mma_over_ldmatrix_tiles_equals_cpu_matmul() {
     let mut rng = Rng::new("mma_tile");
     // A [16][32], B [32][8] (bf16 values), C [16][8] f32.
-    let a: Vec<f32> = (0..16 * 32).map(|_| bf16_round(rng.f32(-2.0, 2.0))).collect();
-    let b: Vec<f32> = (0..32 * 8).map(|_| bf16_round(rng.f32(-2.0, 2.0))).collect();
+    let a: Vec<f32> = (0..16 * 32)
+        .map(|_| bf16_round(rng.f32(-2.0, 2.0)))
+        .collect();
+    let b: Vec<f32> = (0..32 * 8)
+        .map(|_| bf16_round(rng.f32(-2.0, 2.0)))
+        .collect();
     let c = rng.vec(16 * 8, -1.0, 1.0);
     let bits = |v: &[f32]| v.iter().map(|&x| f32_to_bf16(x)).collect::<Vec<u16>>();
     let a16 = bits(&a);
     let bk16 = bits(&b);
-    let bt16: Vec<u16> = (0..8 * 32).map(|i| f32_to_bf16(b[(i % 32) * 8 + i / 32])).collect();
+    let bt16: Vec<u16> = (0..8 * 32)
+        .map(|i| f32_to_bf16(b[(i % 32) * 8 + i / 32]))
+        .collect();
     let mut d1 = Guarded::poisoned(16 * 8);
     let mut d2 = Guarded::poisoned(16 * 8);
     let mut raw = vec![0xffff_ffffu32; 32 * 14];
@@ -71,11 +95,26 @@ fn mma_over_ldmatrix_tiles_equals_cpu_matmul() {
     let want: Vec<f64> = (0..16 * 8)
         .map(|i| {
             let (r, n) = (i / 8, i % 8);
-            c[i] as f64 + (0..32).map(|k| a[r * 32 + k] as f64 * b[k * 8 + n] as f64).sum::<f64>()
+            c[i] as f64
+                + (0..32)
+                    .map(|k| a[r * 32 + k] as f64 * b[k * 8 + n] as f64)
+                    .sum::<f64>()
         })
         .collect();
-    assert_close("mma via ldmatrix x4 + x2 (B n-major)", d1.out(), &want, 1e-4, 1e-5);
-    assert_close("mma via ldmatrix x4 + x2.trans (B k-major)", d2.out(), &want, 1e-4, 1e-5);
+    assert_close(
+        "mma via ldmatrix x4 + x2 (B n-major)",
+        d1.out(),
+        &want,
+        1e-4,
+        1e-5,
+    );
+    assert_close(
+        "mma via ldmatrix x4 + x2.trans (B k-major)",
+        d2.out(),
+        &want,
+        1e-4,
+        1e-5,
+    );
 
     // Raw ldmatrix results. Lane L's address is A row L%16, column (L/16)*8, so matrix i is
     // A rows (i%2)*8.., columns (i/2)*8.. .
@@ -99,7 +138,11 @@ fn mma_over_ldmatrix_tiles_equals_cpu_matmul() {
             trans(2, l),
             trans(3, l),
         ];
-        assert_eq!(&raw[14 * l..14 * l + 14], &want, "lane {l}: x1, x1.t, x2, x2.t, x4, x4.t");
+        assert_eq!(
+            &raw[14 * l..14 * l + 14],
+            &want,
+            "lane {l}: x1, x1.t, x2, x2.t, x4, x4.t"
+        );
     }
 }
 
@@ -110,7 +153,9 @@ fn cp_async_copies_and_zero_fills() {
     let total = (32 * threads) as usize;
     for n_valid in [total as u32, 1000 + rng.u32() % 900, 0] {
         // 16-byte aligned source, with random bytes past n_valid that must not be copied.
-        let words: Vec<u128> = (0..total / 16).map(|_| (rng.u64() as u128) << 64 | rng.u64() as u128).collect();
+        let words: Vec<u128> = (0..total / 16)
+            .map(|_| (rng.u64() as u128) << 64 | rng.u64() as u128)
+            .collect();
         let src: &[u8] = unsafe_bytes(&words);
         let mut out = vec![0xffff_ffffu32; total / 4];
         let mut flags = vec![7u32; threads as usize];
@@ -126,7 +171,10 @@ fn cp_async_copies_and_zero_fills() {
             let want = if i < n_valid as usize { src[i] } else { 0 };
             assert_eq!(g, want, "byte {i} with n_valid {n_valid}");
         }
-        assert!(flags.iter().all(|&f| f == 1), "own chunk not visible after wait_group 1: {flags:?}");
+        assert!(
+            flags.iter().all(|&f| f == 1),
+            "own chunk not visible after wait_group 1: {flags:?}"
+        );
     }
 }
 
@@ -148,7 +196,10 @@ fn bf16_pack_and_ex2() {
         let x = rng.f32(-20.0, 20.0);
         let e = ex2(x) as f64;
         let want = 2f64.powf(x as f64);
-        assert!(((e - want) / want).abs() < 1e-6, "ex2({x}) = {e}, want {want}");
+        assert!(
+            ((e - want) / want).abs() < 1e-6,
+            "ex2({x}) = {e}, want {want}"
+        );
     }
     // Ties go to even; NaN stays NaN.
     assert_eq!(f32_to_bf16(f32::from_bits(0x3f80_8000)), 0x3f80);
@@ -159,18 +210,59 @@ fn bf16_pack_and_ex2() {
 
 #[test]
 fn planted_shared_oob_is_reported() {
-    let p = SmemOobParams { offset: 256, bad_thread: 37 };
-    let e = launch(test_smem_oob, LaunchDims { grid: [2, 1, 1], block: [64, 1, 1], dyn_smem: 256 }, p).unwrap_err();
+    let p = SmemOobParams {
+        offset: 256,
+        bad_thread: 37,
+    };
+    let e = launch(
+        test_smem_oob,
+        LaunchDims {
+            grid: [2, 1, 1],
+            block: [64, 1, 1],
+            dyn_smem: 256,
+        },
+        p,
+    )
+    .unwrap_err();
     let msg = e.to_string();
     eprintln!("{msg}");
     assert_eq!(e.kind, SimErrorKind::SharedOutOfBounds, "{msg}");
-    assert_eq!((e.kernel.as_str(), e.block, e.thread), ("test_smem_oob", [0, 0, 0], Some([37, 0, 0])), "{msg}");
-    assert!(msg.contains("test_smem_oob") && msg.contains("thread (37,0,0)") && msg.contains("offset 256"), "{msg}");
+    assert_eq!(
+        (e.kernel.as_str(), e.block, e.thread),
+        ("test_smem_oob", [0, 0, 0], Some([37, 0, 0])),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("test_smem_oob")
+            && msg.contains("thread (37,0,0)")
+            && msg.contains("offset 256"),
+        "{msg}"
+    );
     // The last in-range word is fine.
-    launch(test_smem_oob, dims(2, 64, 256), SmemOobParams { offset: 252, bad_thread: 37 }).unwrap();
+    launch(
+        test_smem_oob,
+        dims(2, 64, 256),
+        SmemOobParams {
+            offset: 252,
+            bad_thread: 37,
+        },
+    )
+    .unwrap();
     // Below the base is out of range too.
-    let e = launch(test_smem_oob, dims(1, 64, 256), SmemOobParams { offset: u32::MAX - 3, bad_thread: 5 }).unwrap_err();
-    assert_eq!((e.kind, e.thread), (SimErrorKind::SharedOutOfBounds, Some([5, 0, 0])), "{e}");
+    let e = launch(
+        test_smem_oob,
+        dims(1, 64, 256),
+        SmemOobParams {
+            offset: u32::MAX - 3,
+            bad_thread: 5,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        (e.kind, e.thread),
+        (SimErrorKind::SharedOutOfBounds, Some([5, 0, 0])),
+        "{e}"
+    );
     assert!(e.to_string().contains("offset -4"), "{e}");
 }
 
@@ -182,11 +274,24 @@ fn planted_divergent_barrier_is_reported() {
         let e = launch(test_divergent_barrier, dims(1, 64, 0), p).unwrap_err();
         eprintln!("mode {mode}: {e} ({:?})", t0.elapsed());
         assert_eq!(e.kind, SimErrorKind::Barrier, "{e}");
-        assert!(e.to_string().contains("barrier") && e.to_string().contains("not reached by all threads"), "{e}");
-        assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+        assert!(
+            e.to_string().contains("barrier")
+                && e.to_string().contains("not reached by all threads"),
+            "{e}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t0.elapsed()
+        );
     }
     // Every thread at the barrier: fine.
-    launch(test_divergent_barrier, dims(1, 64, 0), DivergentBarrierParams { split: 64, mode: 0 }).unwrap();
+    launch(
+        test_divergent_barrier,
+        dims(1, 64, 0),
+        DivergentBarrierParams { split: 64, mode: 0 },
+    )
+    .unwrap();
 }
 
 #[test]

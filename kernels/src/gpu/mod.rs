@@ -134,7 +134,9 @@ pub fn dyn_smem_ptr() -> *mut u8 {
     {
         let p: u64;
         // SAFETY: converts the shared symbol's address to a generic address; no memory access.
-        unsafe { asm!("cvta.shared.u64 {0}, dyn_smem;", out(reg64) p, options(pure, nomem, nostack)) };
+        unsafe {
+            asm!("cvta.shared.u64 {0}, dyn_smem;", out(reg64) p, options(pure, nomem, nostack))
+        };
         p as *mut u8
     }
     #[cfg(not(target_arch = "nvptx64"))]
@@ -150,7 +152,9 @@ pub fn dyn_smem_size() -> u32 {
     {
         let n: u32;
         // SAFETY: reads a special register.
-        unsafe { asm!("mov.u32 {0}, %dynamic_smem_size;", out(reg32) n, options(pure, nomem, nostack)) };
+        unsafe {
+            asm!("mov.u32 {0}, %dynamic_smem_size;", out(reg32) n, options(pure, nomem, nostack))
+        };
         n
     }
     #[cfg(not(target_arch = "nvptx64"))]
@@ -390,12 +394,20 @@ pub fn ex2(x: f32) -> f32 {
     {
         let r: f32;
         // SAFETY: pure register arithmetic.
-        unsafe { asm!("ex2.approx.ftz.f32 {0}, {1};", out(reg32) r, in(reg32) x, options(pure, nomem, nostack)) };
+        unsafe {
+            asm!("ex2.approx.ftz.f32 {0}, {1};", out(reg32) r, in(reg32) x, options(pure, nomem, nostack))
+        };
         r
     }
     #[cfg(not(target_arch = "nvptx64"))]
     {
-        let ftz = |v: f32| if v.is_subnormal() { 0.0f32.copysign(v) } else { v };
+        let ftz = |v: f32| {
+            if v.is_subnormal() {
+                0.0f32.copysign(v)
+            } else {
+                v
+            }
+        };
         ftz(ftz(x).exp2())
     }
 }
@@ -407,7 +419,9 @@ pub fn sqrt(x: f32) -> f32 {
     {
         let r: f32;
         // SAFETY: pure register arithmetic.
-        unsafe { asm!("sqrt.rn.f32 {0}, {1};", out(reg32) r, in(reg32) x, options(pure, nomem, nostack)) };
+        unsafe {
+            asm!("sqrt.rn.f32 {0}, {1};", out(reg32) r, in(reg32) x, options(pure, nomem, nostack))
+        };
         r
     }
     #[cfg(not(target_arch = "nvptx64"))]

@@ -1,6 +1,6 @@
 //! Warp and block reductions built from the primitives.
 
-use super::{lane_id, shfl_xor_f32, st_shared_f32, ld_shared_f32, sync_threads, warp_id, WARP};
+use super::{lane_id, ld_shared_f32, shfl_xor_f32, st_shared_f32, sync_threads, warp_id, WARP};
 
 /// Sum over the 32 lanes of a warp; every lane gets the total.
 ///
@@ -36,7 +36,11 @@ pub unsafe fn block_sum(v: f32, scratch: u32, block_threads: u32) -> f32 {
     sync_threads();
     if warp == 0 {
         let n_warps = block_threads / WARP;
-        let x = if lane < n_warps { ld_shared_f32(scratch + 4 * lane) } else { 0.0 };
+        let x = if lane < n_warps {
+            ld_shared_f32(scratch + 4 * lane)
+        } else {
+            0.0
+        };
         let t = warp_sum(x);
         if lane == 0 {
             st_shared_f32(scratch + 4 * 32, t);

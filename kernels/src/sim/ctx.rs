@@ -114,7 +114,12 @@ impl BlockState {
             grid,
             n_threads,
             smem: (0..smem_bytes).map(|_| AtomicU8::new(0)).collect(),
-            bar: Mutex::new(BarState { arrived: 0, exited: 0, gen: 0, loc: None }),
+            bar: Mutex::new(BarState {
+                arrived: 0,
+                exited: 0,
+                gen: 0,
+                loc: None,
+            }),
             bar_cv: Condvar::new(),
             warps,
             error: Mutex::new(None),
@@ -140,7 +145,13 @@ impl BlockState {
         {
             let mut e = lock(&self.error);
             if e.is_none() {
-                *e = Some(SimError { kind, kernel: self.name.clone(), block: self.idx, thread, detail });
+                *e = Some(SimError {
+                    kind,
+                    kernel: self.name.clone(),
+                    block: self.idx,
+                    thread,
+                    detail,
+                });
             }
         }
         self.abort.store(true, Ordering::SeqCst);
@@ -181,7 +192,9 @@ thread_local! {
 pub fn with<R>(f: impl FnOnce(&ThreadCtx) -> R) -> R {
     CTX.with(|c| {
         let c = c.borrow();
-        let ctx = c.as_ref().expect("dfrt_kernels::gpu function called outside sim::launch");
+        let ctx = c
+            .as_ref()
+            .expect("dfrt_kernels::gpu function called outside sim::launch");
         f(ctx)
     })
 }
@@ -204,7 +217,11 @@ pub(super) fn run_thread(block: Arc<BlockState>, tid: [u32; 3], f: impl FnOnce()
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic".into());
-            block.record(SimErrorKind::Panic, Some(tid), format!("kernel code panicked: {msg}"));
+            block.record(
+                SimErrorKind::Panic,
+                Some(tid),
+                format!("kernel code panicked: {msg}"),
+            );
         }
     }
     CTX.with(|c| *c.borrow_mut() = None);
@@ -233,7 +250,9 @@ impl ThreadCtx {
         if addr % align != 0 {
             self.fail(
                 SimErrorKind::Misaligned,
-                format!("{what} at shared offset {off} (address {addr:#x}) is not {align}-byte aligned"),
+                format!(
+                    "{what} at shared offset {off} (address {addr:#x}) is not {align}-byte aligned"
+                ),
             );
         }
         off as usize
@@ -293,7 +312,10 @@ impl ThreadCtx {
                     ),
                 );
             }
-            st = w.cv.wait_timeout(st, Duration::from_millis(10)).unwrap_or_else(|e| e.into_inner()).0;
+            st =
+                w.cv.wait_timeout(st, Duration::from_millis(10))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             if st.gen != gen {
                 return Arc::clone(&st.result);
             }
@@ -333,7 +355,9 @@ pub fn barrier(loc: Loc) {
                 drop(st);
                 c.fail(
                     SimErrorKind::Barrier,
-                    format!("barrier at {loc} not reached by all threads: {a} arrived, {e} returned"),
+                    format!(
+                        "barrier at {loc} not reached by all threads: {a} arrived, {e} returned"
+                    ),
                 );
             }
             if b.abort.load(Ordering::SeqCst) {
@@ -351,7 +375,11 @@ pub fn barrier(loc: Loc) {
                     ),
                 );
             }
-            st = b.bar_cv.wait_timeout(st, Duration::from_millis(10)).unwrap_or_else(|e| e.into_inner()).0;
+            st = b
+                .bar_cv
+                .wait_timeout(st, Duration::from_millis(10))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
             if st.gen != gen {
                 return;
             }
@@ -416,13 +444,18 @@ pub fn ballot(loc: Loc, pred: bool) -> u32 {
     with(|c| {
         let all = c.exchange(Op::Ballot, loc, [pred as u32, 0, 0, 0, 0, 0, 0, 0]);
         let present = c.block.warps[(c.linear / 32) as usize].present as usize;
-        (0..present).filter(|&l| all[l][0] != 0).fold(0u32, |m, l| m | 1 << l)
+        (0..present)
+            .filter(|&l| all[l][0] != 0)
+            .fold(0u32, |m, l| m | 1 << l)
     })
 }
 
 fn need_full_warp(c: &ThreadCtx, what: &str) {
     if c.block.warps[(c.linear / 32) as usize].present != 32 {
-        c.fail(SimErrorKind::Collective, format!("{what} needs a full warp of 32 threads"));
+        c.fail(
+            SimErrorKind::Collective,
+            format!("{what} needs a full warp of 32 threads"),
+        );
     }
 }
 
@@ -438,7 +471,15 @@ pub fn mma_m16n8k16(loc: Loc, d: &mut [f32; 4], a: &[u32; 4], b: &[u32; 2]) {
         let mut bm = [[0f32; 8]; 16];
         for (l, s) in all.iter().enumerate() {
             let (g, t) = (l / 4, l % 4);
-            for (reg, (r, k)) in [(g, 2 * t), (g + 8, 2 * t), (g, 2 * t + 8), (g + 8, 2 * t + 8)].into_iter().enumerate() {
+            for (reg, (r, k)) in [
+                (g, 2 * t),
+                (g + 8, 2 * t),
+                (g, 2 * t + 8),
+                (g + 8, 2 * t + 8),
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 am[r][k] = lo(s[reg]);
                 am[r][k + 1] = hi(s[reg]);
             }
@@ -449,7 +490,15 @@ pub fn mma_m16n8k16(loc: Loc, d: &mut [f32; 4], a: &[u32; 4], b: &[u32; 2]) {
         }
         let lane = (c.linear % 32) as usize;
         let (g, t) = (lane / 4, lane % 4);
-        for (i, (r, n)) in [(g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1)].into_iter().enumerate() {
+        for (i, (r, n)) in [
+            (g, 2 * t),
+            (g, 2 * t + 1),
+            (g + 8, 2 * t),
+            (g + 8, 2 * t + 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
             // bf16 × bf16 products are exact in f32; sum them in k order.
             let acc = (0..16).fold(0f32, |s, k| s + am[r][k] * bm[k][n]);
             d[i] += acc;
@@ -489,10 +538,16 @@ pub fn cp_async_16(dst: u32, src: *const u8, src_size: u32) {
     with(|c| {
         c.check_smem(dst, 16, 16, "cp.async destination");
         if src_size > 16 {
-            c.fail(SimErrorKind::Launch, format!("cp.async src-size {src_size} > 16"));
+            c.fail(
+                SimErrorKind::Launch,
+                format!("cp.async src-size {src_size} > 16"),
+            );
         }
         if src as usize % 16 != 0 {
-            c.fail(SimErrorKind::Misaligned, format!("cp.async source {src:p} is not 16-byte aligned"));
+            c.fail(
+                SimErrorKind::Misaligned,
+                format!("cp.async source {src:p} is not 16-byte aligned"),
+            );
         }
         let mut data = [0u8; 16];
         // SAFETY: the kernel's contract (as on the GPU) is that `src` is valid for `src_size`

@@ -60,7 +60,10 @@ impl std::error::Error for SimError {}
 /// How long a thread waits at a barrier or collective before the launch fails. Override with
 /// the env var `DFRT_SIM_TIMEOUT_MS`.
 pub fn timeout() -> Duration {
-    let ms = std::env::var("DFRT_SIM_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let ms = std::env::var("DFRT_SIM_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
     Duration::from_millis(ms)
 }
 
@@ -103,13 +106,19 @@ pub unsafe fn launch<P: Copy + Send + Sync>(
     };
     let threads: u64 = block.iter().map(|&d| d as u64).product();
     if grid.contains(&0) || block.contains(&0) {
-        return Err(bad(format!("zero dimension: grid {grid:?} block {block:?}")));
+        return Err(bad(format!(
+            "zero dimension: grid {grid:?} block {block:?}"
+        )));
     }
     if threads > 1024 || block[2] > 64 || grid[1] > 65535 || grid[2] > 65535 {
-        return Err(bad(format!("launch too large: grid {grid:?} block {block:?}")));
+        return Err(bad(format!(
+            "launch too large: grid {grid:?} block {block:?}"
+        )));
     }
     if dyn_smem_bytes > MAX_DYN_SMEM {
-        return Err(bad(format!("{dyn_smem_bytes} bytes of dynamic shared memory > {MAX_DYN_SMEM}")));
+        return Err(bad(format!(
+            "{dyn_smem_bytes} bytes of dynamic shared memory > {MAX_DYN_SMEM}"
+        )));
     }
     let timeout = timeout();
     for bz in 0..grid[2] {
@@ -154,4 +163,3 @@ fn run_block<P: Copy + Send + Sync>(state: &Arc<BlockState>, kernel: unsafe fn(P
         }
     });
 }
-

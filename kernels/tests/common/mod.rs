@@ -11,9 +11,15 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(test: &str) -> Rng {
-        let seed = std::env::var("DFRT_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-        });
+        let seed = std::env::var("DFRT_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
         eprintln!("{test}: seed {seed} (replay with DFRT_TEST_SEED={seed})");
         Rng(seed | 1)
     }
@@ -49,7 +55,10 @@ pub struct Guarded {
 impl Guarded {
     /// Output buffer: everything poisoned.
     pub fn poisoned(n: usize) -> Guarded {
-        Guarded { buf: vec![f32::from_bits(POISON); n + 2 * GUARD], n }
+        Guarded {
+            buf: vec![f32::from_bits(POISON); n + 2 * GUARD],
+            n,
+        }
     }
     /// In/out buffer: `data` in the middle, guards poisoned.
     pub fn with(data: &[f32]) -> Guarded {
@@ -62,10 +71,15 @@ impl Guarded {
     }
     /// The payload; panics if a guard word was touched.
     pub fn out(&self) -> &[f32] {
-        let bad = (0..GUARD).chain(GUARD + self.n..self.n + 2 * GUARD).find(|&i| self.buf[i].to_bits() != POISON);
+        let bad = (0..GUARD)
+            .chain(GUARD + self.n..self.n + 2 * GUARD)
+            .find(|&i| self.buf[i].to_bits() != POISON);
         if let Some(i) = bad {
             let rel = i as i64 - GUARD as i64;
-            panic!("kernel wrote outside its output: index {rel} (output has {} elements)", self.n);
+            panic!(
+                "kernel wrote outside its output: index {rel} (output has {} elements)",
+                self.n
+            );
         }
         &self.buf[GUARD..GUARD + self.n]
     }
