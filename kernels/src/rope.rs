@@ -75,7 +75,7 @@ impl RopeParams {
 
     /// Checks what the kernel relies on.
     pub fn check(&self) -> Result<(), &'static str> {
-        if self.head_dim % 2 != 0 || self.head_dim < 6 {
+        if self.head_dim & 1 != 0 || self.head_dim < 6 {
             return Err("rope: head_dim must be even and at least 6");
         }
         if self.pairs() > u32::MAX as u64 {

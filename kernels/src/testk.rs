@@ -197,6 +197,7 @@ kernel! {
     ///
     /// # Safety
     /// Planted to fail; run it only in the simulator.
+    #[allow(clippy::if_same_then_else)] // two barriers on purpose: the sim tells them apart
     pub unsafe fn test_divergent_barrier(p: DivergentBarrierParams) {
         let t = thread_idx_x();
         if t < p.split {

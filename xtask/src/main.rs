@@ -1,11 +1,11 @@
 //! Developer commands.
 //!
-//! - `cargo xtask ptx`          build `kernels/` for nvptx64 with the nightly and write the
-//!                              committed `kernels/ptx/dfrt_kernels.ptx`
-//! - `cargo xtask ptx --check`  regenerate into `target/ptx-build/` and fail on any drift
-//! - `cargo xtask ptx-report`   assemble the committed PTX with ptxas for sm_90 and print
-//!                              registers / stack / spills / static smem per kernel; fails when
-//!                              a hot kernel has a stack frame or spills
+//! - `cargo xtask ptx`: build `kernels/` for nvptx64 with the nightly and write the committed
+//!   `kernels/ptx/dfrt_kernels.ptx`.
+//! - `cargo xtask ptx --check`: regenerate into `target/ptx-build/` and fail on any drift.
+//! - `cargo xtask ptx-report`: assemble the committed PTX with ptxas for sm_90 and print
+//!   registers / stack / spills / static smem per kernel; fails when a hot kernel has a stack
+//!   frame or spills.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

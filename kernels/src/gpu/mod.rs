@@ -355,6 +355,7 @@ pub unsafe fn cp_async_16(dst: u32, src: *const u8, src_size: u32) {
     asm!("cp.async.cg.shared.global [{0}], [{1}], 16, {2};", in(reg32) dst, in(reg64) src,
          in(reg32) src_size, options(nostack));
     #[cfg(not(target_arch = "nvptx64"))]
+    // SAFETY: forwarded from this function's contract.
     sim::cp_async_16(dst, src, src_size);
 }
 

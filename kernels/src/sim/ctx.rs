@@ -247,7 +247,7 @@ impl ThreadCtx {
                 ),
             );
         }
-        if addr % align != 0 {
+        if addr & (align - 1) != 0 {
             self.fail(
                 SimErrorKind::Misaligned,
                 format!(
@@ -533,8 +533,11 @@ pub fn ldmatrix(loc: Loc, addr: u32, trans: bool, out: &mut [u32]) {
 
 /// `cp.async.cg.shared.global` 16 bytes with zero-fill. The global bytes are read now; the
 /// shared bytes are written when a `wait_group` retires the op's group.
+///
+/// # Safety
+/// `src` must be valid for `src_size` bytes.
 #[track_caller]
-pub fn cp_async_16(dst: u32, src: *const u8, src_size: u32) {
+pub unsafe fn cp_async_16(dst: u32, src: *const u8, src_size: u32) {
     with(|c| {
         c.check_smem(dst, 16, 16, "cp.async destination");
         if src_size > 16 {
@@ -543,7 +546,7 @@ pub fn cp_async_16(dst: u32, src: *const u8, src_size: u32) {
                 format!("cp.async src-size {src_size} > 16"),
             );
         }
-        if src as usize % 16 != 0 {
+        if src as usize & 15 != 0 {
             c.fail(
                 SimErrorKind::Misaligned,
                 format!("cp.async source {src:p} is not 16-byte aligned"),

@@ -92,7 +92,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     let mut first_bad = None;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs();
-        if !(err <= atol + rtol * w.abs()) && first_bad.is_none() {
+        // Written so that a NaN error counts as bad.
+        let ok = err <= atol + rtol * w.abs();
+        if !ok && first_bad.is_none() {
             first_bad = Some(i);
         }
         if err.is_finite() {
