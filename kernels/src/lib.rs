@@ -40,6 +40,7 @@ pub const KERNELS: &[&str] = &[
     "rope3d_f32",
     "test_smem_oob",
     "test_divergent_barrier",
+    "test_divergent_shfl",
     "test_warp_ops",
     "test_mma_tile",
     "test_cp_async",

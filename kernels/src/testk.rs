@@ -207,3 +207,31 @@ kernel! {
         }
     }
 }
+
+/// Params of [`test_divergent_shfl`]: `mode` 0 = lanes 16..32 return before the shuffle;
+/// 1 = the two half-warps shuffle at different call sites. `out[t]` gets the result.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DivergentShflParams {
+    pub out: u64,
+    pub mode: u32,
+}
+
+kernel! {
+    /// Planted error: a warp shuffle that not every lane reaches together.
+    ///
+    /// # Safety
+    /// Planted to fail; run it only in the simulator.
+    #[allow(clippy::if_same_then_else)] // two call sites on purpose: the sim tells them apart
+    pub unsafe fn test_divergent_shfl(p: DivergentShflParams) {
+        let t = thread_idx_x();
+        let r = if lane_id() < 16 {
+            shfl_xor(t, 1)
+        } else if p.mode == 1 {
+            shfl_xor(t, 1)
+        } else {
+            return;
+        };
+        *(p.out as *mut u32).add(t as usize) = r;
+    }
+}

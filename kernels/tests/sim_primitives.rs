@@ -295,6 +295,21 @@ fn planted_divergent_barrier_is_reported() {
 }
 
 #[test]
+fn planted_divergent_shuffle_is_reported() {
+    for mode in [0u32, 1] {
+        let t0 = Instant::now();
+        let mut out = vec![0u32; 64];
+        let p = DivergentShflParams { out: out.as_mut_ptr() as u64, mode };
+        let e = launch(test_divergent_shfl, dims(1, 64, 0), p).unwrap_err();
+        eprintln!("mode {mode}: {e} ({:?})", t0.elapsed());
+        assert_eq!(e.kind, SimErrorKind::Collective, "{e}");
+        let want = if mode == 0 { "not reached by all lanes" } else { "different collectives" };
+        assert!(e.to_string().contains(want), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+    }
+}
+
+#[test]
 fn bad_launches_are_errors() {
     let p = DivergentBarrierParams { split: 0, mode: 0 };
     for d in [dims(0, 32, 0), dims(1, 2048, 0), dims(1, 32, 300 * 1024)] {

@@ -11,7 +11,7 @@
 pub mod ctx;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use ctx::BlockState;
@@ -121,45 +121,114 @@ pub unsafe fn launch<P: Copy + Send + Sync>(
         )));
     }
     let timeout = timeout();
-    for bz in 0..grid[2] {
-        for by in 0..grid[1] {
-            for bx in 0..grid[0] {
-                let state = Arc::new(BlockState::new(
-                    name.clone(),
-                    [bx, by, bz],
-                    block,
-                    grid,
-                    dyn_smem_bytes,
-                    timeout,
-                ));
-                run_block(&state, kernel.f, params);
-                if let Some(e) = state.take_error() {
-                    return Err(e);
-                }
+    let blocks = (0..grid[2])
+        .flat_map(|z| (0..grid[1]).flat_map(move |y| (0..grid[0]).map(move |x| [x, y, z])));
+    let new_block = |idx| {
+        Arc::new(BlockState::new(
+            name.clone(),
+            idx,
+            block,
+            grid,
+            dyn_smem_bytes,
+            timeout,
+        ))
+    };
+    let n_threads = threads as u32;
+    // Spawning OS threads dominates small blocks, so one set of workers (one per GPU thread of
+    // a block) runs every block of the launch in turn.
+    let pool = Pool {
+        slot: Mutex::new(Slot {
+            seq: 0,
+            block: None,
+            done: 0,
+        }),
+        start: Condvar::new(),
+        done: Condvar::new(),
+    };
+    std::thread::scope(|s| {
+        for linear in 0..n_threads {
+            let tid = [
+                linear % block[0],
+                linear / block[0] % block[1],
+                linear / (block[0] * block[1]),
+            ];
+            let pool = &pool;
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn_scoped(s, move || {
+                    let mut seen = 0;
+                    while let Some(st) = pool.next(&mut seen) {
+                        ctx::run_thread(Arc::clone(&st), tid, || {
+                            // SAFETY: the caller of `launch` vouched for the params.
+                            unsafe { (kernel.f)(params) }
+                        });
+                        drop(st);
+                        pool.finish();
+                    }
+                })
+                .expect("sim: cannot spawn a thread");
+        }
+        let mut result = Ok(());
+        for idx in blocks {
+            let state = new_block(idx);
+            pool.run(Arc::clone(&state), n_threads);
+            if let Some(e) = state.take_error() {
+                result = Err(e);
+                break;
             }
         }
-    }
-    Ok(())
+        pool.stop();
+        result
+    })
 }
 
-fn run_block<P: Copy + Send + Sync>(state: &Arc<BlockState>, kernel: unsafe fn(P), params: P) {
-    let [dx, dy, dz] = state.dim;
-    std::thread::scope(|s| {
-        for z in 0..dz {
-            for y in 0..dy {
-                for x in 0..dx {
-                    let st = Arc::clone(state);
-                    std::thread::Builder::new()
-                        .stack_size(256 * 1024)
-                        .spawn_scoped(s, move || {
-                            ctx::run_thread(st, [x, y, z], || {
-                                // SAFETY: the caller of `launch` vouched for the params.
-                                unsafe { kernel(params) }
-                            })
-                        })
-                        .expect("sim: cannot spawn a thread");
-                }
-            }
+struct Slot {
+    seq: u64,
+    /// The block to run; `None` with a new `seq` means stop.
+    block: Option<Arc<BlockState>>,
+    done: u32,
+}
+
+struct Pool {
+    slot: Mutex<Slot>,
+    start: Condvar,
+    done: Condvar,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Publishes a block and waits until every worker has finished it.
+    fn run(&self, st: Arc<BlockState>, n: u32) {
+        let mut s = self.lock();
+        s.seq += 1;
+        s.block = Some(st);
+        s.done = 0;
+        self.start.notify_all();
+        while s.done < n {
+            s = self.done.wait(s).unwrap_or_else(|e| e.into_inner());
         }
-    });
+        s.block = None;
+    }
+    fn stop(&self) {
+        let mut s = self.lock();
+        s.seq += 1;
+        s.block = None;
+        self.start.notify_all();
+    }
+    /// Waits for the next block (None: stop).
+    fn next(&self, seen: &mut u64) -> Option<Arc<BlockState>> {
+        let mut s = self.lock();
+        while s.seq == *seen {
+            s = self.start.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        *seen = s.seq;
+        s.block.clone()
+    }
+    fn finish(&self) {
+        let mut s = self.lock();
+        s.done += 1;
+        self.done.notify_one();
+    }
 }

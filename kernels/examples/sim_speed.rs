@@ -1,0 +1,42 @@
+//! Rough simulator throughput: `cargo run --release -p dfrt-kernels --example sim_speed`.
+use dfrt_kernels::elementwise::*;
+use dfrt_kernels::norm::*;
+use std::time::Instant;
+
+fn main() {
+    let (rows, cols) = (64u32, 512u32);
+    let x = vec![1.0f32; (rows * cols) as usize];
+    let mut y = vec![0f32; x.len()];
+    let p = RmsNormParams {
+        x: x.as_ptr() as u64,
+        w: 0,
+        y: y.as_mut_ptr() as u64,
+        rows,
+        cols,
+        eps: 1e-6,
+    };
+    let d = p.dims();
+    let t = Instant::now();
+    // SAFETY: buffers sized for the params.
+    unsafe { dfrt_kernels::sim::launch(d.grid, d.block, d.dyn_smem, rms_norm_f32, p) }.unwrap();
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "rms_norm {rows}x{cols}: {s:.3}s ({:.1} us/block, {} threads)",
+        s * 1e6 / rows as f64,
+        rows * 256
+    );
+    let n = 200_000u32;
+    let x = vec![0.5f32; n as usize];
+    let mut y = vec![0f32; n as usize];
+    let p = GeluParams {
+        x: x.as_ptr() as u64,
+        y: y.as_mut_ptr() as u64,
+        n,
+    };
+    let d = p.dims();
+    let t = Instant::now();
+    // SAFETY: buffers sized for the params.
+    unsafe { dfrt_kernels::sim::launch(d.grid, d.block, d.dyn_smem, gelu_tanh_f32, p) }.unwrap();
+    let s = t.elapsed().as_secs_f64();
+    println!("gelu n={n}: {s:.3}s ({} blocks)", d.grid[0]);
+}
