@@ -184,7 +184,8 @@ kernel! {
 }
 
 /// Params of [`test_divergent_barrier`]: `mode` 0 = threads `>= split` return before the
-/// barrier; 1 = threads `>= split` wait at a different barrier.
+/// barrier; 1 = threads `>= split` wait at a different barrier; 2 = threads `>= split` wait
+/// at a warp shuffle instead (a deadlock).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DivergentBarrierParams {
@@ -204,6 +205,9 @@ kernel! {
             sync_threads();
         } else if p.mode == 1 {
             sync_threads();
+        } else if p.mode == 2 {
+            // A deadlock no thread exit reveals: only the timeout can end it.
+            shfl_xor(t, 1);
         }
     }
 }

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 use dfrt_kernels::gpu::{bf16_to_f32, ex2, f32_to_bf16, pack_bf16x2, unpack_bf16x2};
-use dfrt_kernels::sim::SimErrorKind;
+use dfrt_kernels::sim::{self, SimErrorKind};
 use dfrt_kernels::testk::*;
 use dfrt_kernels::LaunchDims;
 use std::time::{Duration, Instant};
@@ -285,6 +285,33 @@ fn planted_divergent_barrier_is_reported() {
             t0.elapsed()
         );
     }
+    // A true deadlock (some threads at the barrier, the others at a shuffle) ends by timeout.
+    let t0 = Instant::now();
+    let p = DivergentBarrierParams { split: 40, mode: 2 };
+    let d = dims(1, 64, 0);
+    // SAFETY: the kernel touches no memory.
+    let e = unsafe {
+        sim::launch_with_timeout(
+            d.grid,
+            d.block,
+            0,
+            test_divergent_barrier,
+            p,
+            Duration::from_millis(300),
+        )
+    }
+    .unwrap_err();
+    eprintln!("mode 2: {e} ({:?})", t0.elapsed());
+    assert!(
+        matches!(e.kind, SimErrorKind::Barrier | SimErrorKind::Collective),
+        "{e}"
+    );
+    assert!(e.to_string().contains("within"), "{e}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
     // Every thread at the barrier: fine.
     launch(
         test_divergent_barrier,
@@ -299,13 +326,24 @@ fn planted_divergent_shuffle_is_reported() {
     for mode in [0u32, 1] {
         let t0 = Instant::now();
         let mut out = vec![0u32; 64];
-        let p = DivergentShflParams { out: out.as_mut_ptr() as u64, mode };
+        let p = DivergentShflParams {
+            out: out.as_mut_ptr() as u64,
+            mode,
+        };
         let e = launch(test_divergent_shfl, dims(1, 64, 0), p).unwrap_err();
         eprintln!("mode {mode}: {e} ({:?})", t0.elapsed());
         assert_eq!(e.kind, SimErrorKind::Collective, "{e}");
-        let want = if mode == 0 { "not reached by all lanes" } else { "different collectives" };
+        let want = if mode == 0 {
+            "not reached by all lanes"
+        } else {
+            "different collectives"
+        };
         assert!(e.to_string().contains(want), "{e}");
-        assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t0.elapsed()
+        );
     }
 }
 

@@ -96,6 +96,21 @@ pub unsafe fn launch<P: Copy + Send + Sync>(
     kernel: Kernel<P>,
     params: P,
 ) -> Result<(), SimError> {
+    launch_with_timeout(grid, block, dyn_smem_bytes, kernel, params, timeout())
+}
+
+/// [`launch`] with an explicit barrier/collective wait limit.
+///
+/// # Safety
+/// As [`launch`].
+pub unsafe fn launch_with_timeout<P: Copy + Send + Sync>(
+    grid: [u32; 3],
+    block: [u32; 3],
+    dyn_smem_bytes: u32,
+    kernel: Kernel<P>,
+    params: P,
+    timeout: Duration,
+) -> Result<(), SimError> {
     let name = kernel.name.to_string();
     let bad = |detail: String| SimError {
         kind: SimErrorKind::Launch,
@@ -120,7 +135,6 @@ pub unsafe fn launch<P: Copy + Send + Sync>(
             "{dyn_smem_bytes} bytes of dynamic shared memory > {MAX_DYN_SMEM}"
         )));
     }
-    let timeout = timeout();
     let blocks = (0..grid[2])
         .flat_map(|z| (0..grid[1]).flat_map(move |y| (0..grid[0]).map(move |x| [x, y, z])));
     let new_block = |idx| {
