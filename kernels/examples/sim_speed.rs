@@ -1,6 +1,7 @@
 //! Rough simulator throughput: `cargo run --release -p dfrt-kernels --example sim_speed`.
 use dfrt_kernels::elementwise::*;
 use dfrt_kernels::norm::*;
+use dfrt_kernels::Launch;
 use std::time::Instant;
 
 fn main() {

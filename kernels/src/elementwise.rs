@@ -1,7 +1,7 @@
 //! Elementwise kernels: GELU (tanh form) and the gated residual.
 
 use crate::gpu::{block_dim_x, block_idx_x, ex2, grid_dim_x, thread_idx_x};
-use crate::LaunchDims;
+use crate::{Launch, LaunchDims};
 
 /// Threads per block of the elementwise kernels.
 pub const EW_THREADS: u32 = 256;
@@ -17,8 +17,8 @@ pub struct GeluParams {
     pub n: u32,
 }
 
-impl GeluParams {
-    pub fn dims(&self) -> LaunchDims {
+impl Launch for GeluParams {
+    fn dims(&self) -> LaunchDims {
         LaunchDims {
             grid: [crate::grid_for(self.n, EW_THREADS), 1, 1],
             block: [EW_THREADS, 1, 1],
@@ -68,8 +68,8 @@ pub struct GatedResidualParams {
     pub rows_per_frame: u32,
 }
 
-impl GatedResidualParams {
-    pub fn dims(&self) -> LaunchDims {
+impl Launch for GatedResidualParams {
+    fn dims(&self) -> LaunchDims {
         let n = self.rows.saturating_mul(self.cols);
         LaunchDims {
             grid: [crate::grid_for(n, EW_THREADS), 1, 1],

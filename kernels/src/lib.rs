@@ -63,6 +63,22 @@ fn panic(_: &core::panic::PanicInfo) -> ! {
     unsafe { core::arch::nvptx::trap() }
 }
 
+/// Implemented (by the `kernel!` macro) for every params struct: the kernel it launches.
+pub trait Entry: Copy + Send + Sync + 'static {
+    /// The entry point's name in [`PTX`].
+    const NAME: &'static str;
+    /// The same kernel for the simulator.
+    #[cfg(not(target_arch = "nvptx64"))]
+    const SIM: sim::Kernel<Self>;
+}
+
+/// A params struct that also knows its launch shape. A host backend needs only this to launch
+/// any kernel: load `P::NAME` from [`PTX`], launch with `p.dims()`, pass `p` by value as the
+/// single argument. [`sim::run`] does the same in the simulator.
+pub trait Launch: Entry {
+    fn dims(&self) -> LaunchDims;
+}
+
 /// Grid, block and dynamic shared memory of one launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaunchDims {

@@ -4,7 +4,8 @@
 /// On the host it gives `pub const name: sim::Kernel<Params>`, which holds the kernel's name and
 /// the same body as a plain `unsafe fn(Params)`; `sim::launch` runs it once per simulated thread.
 ///
-/// The single parameter is the kernel's `#[repr(C)]` params struct, passed by value.
+/// The single parameter is the kernel's `#[repr(C)]` params struct, passed by value. The macro
+/// also implements [`crate::Entry`] for it, so each params type names exactly one kernel.
 macro_rules! kernel {
     ($(#[$meta:meta])* pub unsafe fn $name:ident($p:ident : $ty:ty) $body:block) => {
         $(#[$meta])*
@@ -19,5 +20,11 @@ macro_rules! kernel {
             unsafe fn body($p: $ty) $body
             $crate::sim::Kernel { name: stringify!($name), f: body }
         };
+
+        impl $crate::Entry for $ty {
+            const NAME: &'static str = stringify!($name);
+            #[cfg(not(target_arch = "nvptx64"))]
+            const SIM: $crate::sim::Kernel<$ty> = $name;
+        }
     };
 }

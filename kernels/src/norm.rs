@@ -2,7 +2,7 @@
 
 use crate::gpu::reduce::{block_sum, BLOCK_SUM_SCRATCH};
 use crate::gpu::{block_dim_x, block_idx_x, dyn_smem_addr, sqrt, thread_idx_x};
-use crate::LaunchDims;
+use crate::{Launch, LaunchDims};
 
 /// Threads per block of the row kernels (a multiple of 32).
 pub const ROW_THREADS: u32 = 256;
@@ -22,9 +22,9 @@ pub struct RmsNormParams {
     pub eps: f32,
 }
 
-impl RmsNormParams {
+impl Launch for RmsNormParams {
     /// One block per row.
-    pub fn dims(&self) -> LaunchDims {
+    fn dims(&self) -> LaunchDims {
         LaunchDims {
             grid: [self.rows.max(1), 1, 1],
             block: [ROW_THREADS, 1, 1],
@@ -89,9 +89,9 @@ pub struct LayerNormModParams {
     pub eps: f32,
 }
 
-impl LayerNormModParams {
+impl Launch for LayerNormModParams {
     /// One block per row.
-    pub fn dims(&self) -> LaunchDims {
+    fn dims(&self) -> LaunchDims {
         LaunchDims {
             grid: [self.rows.max(1), 1, 1],
             block: [ROW_THREADS, 1, 1],

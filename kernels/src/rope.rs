@@ -9,7 +9,7 @@
 //! numbers as the official complex128 `rope_params`), so the kernel only does the f32 rotation.
 
 use crate::gpu::{block_dim_x, block_idx_x, grid_dim_x, thread_idx_x};
-use crate::LaunchDims;
+use crate::{Launch, LaunchDims};
 
 /// Pairs per part (frame, height, width) for a head dimension.
 pub const fn rope_split(head_dim: u32) -> [u32; 3] {
@@ -91,8 +91,10 @@ impl RopeParams {
         }
         Ok(())
     }
+}
 
-    pub fn dims(&self) -> LaunchDims {
+impl Launch for RopeParams {
+    fn dims(&self) -> LaunchDims {
         let n = self.pairs().min(u32::MAX as u64) as u32;
         LaunchDims {
             grid: [crate::grid_for(n, ROPE_THREADS), 1, 1],

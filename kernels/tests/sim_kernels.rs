@@ -7,6 +7,7 @@ use common::*;
 use dfrt_kernels::elementwise::*;
 use dfrt_kernels::norm::*;
 use dfrt_kernels::rope::*;
+use dfrt_kernels::{sim, Entry, Launch};
 
 #[test]
 fn rms_norm_matches_reference() {
@@ -23,7 +24,8 @@ fn rms_norm_matches_reference() {
             cols,
             eps: 1e-6,
         };
-        launch(rms_norm_f32, p.dims(), p).unwrap();
+        // SAFETY: buffers sized for the params.
+        unsafe { sim::run(p) }.unwrap();
         let mut want = vec![0f64; x.len()];
         for r in 0..rows as usize {
             let row = &x[r * cols as usize..][..cols as usize];
@@ -269,4 +271,18 @@ fn rope3d_in_place_and_check() {
     .check()
     .is_err());
     assert!(RopeParams { head_dim: 13, ..p }.check().is_err());
+}
+
+#[test]
+fn params_name_their_kernels() {
+    assert_eq!(RmsNormParams::NAME, "rms_norm_f32");
+    assert_eq!(RopeParams::NAME, "rope3d_f32");
+    assert_eq!(GatedResidualParams::SIM.name, "gated_residual_f32");
+    for n in [
+        LayerNormModParams::NAME,
+        GeluParams::NAME,
+        GatedResidualParams::NAME,
+    ] {
+        assert!(dfrt_kernels::KERNELS.contains(&n), "{n}");
+    }
 }

@@ -99,6 +99,15 @@ pub unsafe fn launch<P: Copy + Send + Sync>(
     launch_with_timeout(grid, block, dyn_smem_bytes, kernel, params, timeout())
 }
 
+/// Launches the kernel of params `p` with its own dims (see [`crate::Launch`]).
+///
+/// # Safety
+/// As [`launch`].
+pub unsafe fn run<P: crate::Launch>(p: P) -> Result<(), SimError> {
+    let d = p.dims();
+    launch(d.grid, d.block, d.dyn_smem, P::SIM, p)
+}
+
 /// [`launch`] with an explicit barrier/collective wait limit.
 ///
 /// # Safety
