@@ -24,7 +24,7 @@ fn main() {
     println!(
         "rms_norm {rows}x{cols}: {s:.3}s ({:.1} us/block, {} threads)",
         s * 1e6 / rows as f64,
-        rows * 256
+        rows * d.block[0]
     );
     let n = 200_000u32;
     let x = vec![0.5f32; n as usize];

@@ -5,7 +5,7 @@ use crate::gpu::{block_dim_x, block_idx_x, dyn_smem_addr, sqrt, thread_idx_x};
 use crate::{Launch, LaunchDims};
 
 /// Threads per block of the row kernels (a multiple of 32).
-pub const ROW_THREADS: u32 = 256;
+pub const ROW_THREADS: u32 = 128;
 
 /// Params of [`rms_norm_f32`].
 #[repr(C)]

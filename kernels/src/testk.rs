@@ -4,8 +4,10 @@
 
 use crate::gpu::*;
 
-/// Params of [`test_warp_ops`]: per thread `vals[i]`, `args[i]` in; 5 u32 out per thread:
-/// `[shfl_xor(v, a%32), shfl_idx(v, a), shfl_up(v, a%40), shfl_down(v, a%40), ballot(v&1)]`.
+/// Params of [`test_warp_ops`]: per thread `vals[i]`, `args[i]` in; 8 u32 out per thread:
+/// `[shfl_xor(v, a%32), shfl_idx(v, a), shfl_up(v, a%40), shfl_down(v, a%40), ballot(v&1),
+/// warp_sum(x), butterfly of shfl_xor_f32 sums of x, warp_max(x)]` with `x = f32::from_bits(a)`
+/// (f32 results as bits).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct WarpOpsParams {
@@ -23,12 +25,22 @@ kernel! {
         let i = (block_idx_x() * block_dim_x() + thread_idx_x()) as usize;
         let v = *(p.vals as *const u32).add(i);
         let a = *(p.args as *const u32).add(i);
-        let o = (p.out as *mut u32).add(5 * i);
+        let o = (p.out as *mut u32).add(8 * i);
         *o = shfl_xor(v, a % 32);
         *o.add(1) = shfl_idx(v, a);
         *o.add(2) = shfl_up(v, a % 40);
         *o.add(3) = shfl_down(v, a % 40);
         *o.add(4) = ballot(v & 1 == 1);
+        let x = f32::from_bits(a);
+        *o.add(5) = reduce::warp_sum(x).to_bits();
+        let mut s = x;
+        let mut m = 16;
+        while m > 0 {
+            s += shfl_xor_f32(s, m);
+            m /= 2;
+        }
+        *o.add(6) = s.to_bits();
+        *o.add(7) = reduce::warp_max(x).to_bits();
     }
 }
 

@@ -24,8 +24,12 @@ fn shuffles_and_ballot_follow_ptx() {
     let (blocks, threads) = (2u32, 64u32);
     let n = (blocks * threads) as usize;
     let vals: Vec<u32> = (0..n).map(|_| rng.u32()).collect();
-    let args: Vec<u32> = (0..n).map(|_| rng.u32()).collect();
-    let mut out = vec![0xffff_ffffu32; 5 * n];
+    // args double as f32 bits for the reductions: finite values of mixed magnitude and sign.
+    let args: Vec<u32> = (0..n)
+        .map(|_| rng.f32(-1.0, 1.0) * 2f32.powi((rng.u32() % 20) as i32 - 10))
+        .map(f32::to_bits)
+        .collect();
+    let mut out = vec![0xffff_ffffu32; 8 * n];
     let p = WarpOpsParams {
         vals: vals.as_ptr() as u64,
         args: args.as_ptr() as u64,
@@ -51,9 +55,31 @@ fn shuffles_and_ballot_follow_ptx() {
                 .fold(0, |m, l| m | 1 << l),
         ];
         assert_eq!(
-            &out[5 * i..5 * i + 5],
+            &out[8 * i..8 * i + 5],
             &want,
             "thread {i}: [xor, idx, up, down, ballot] with arg {a}"
+        );
+        // warp_sum is the same butterfly as the explicit shuffles, bit for bit.
+        assert_eq!(
+            out[8 * i + 5],
+            out[8 * i + 6],
+            "thread {i}: warp_sum vs shuffle butterfly"
+        );
+        let xs: Vec<f64> = (0..32)
+            .map(|l| f32::from_bits(args[w0 + l]) as f64)
+            .collect();
+        let sum = f32::from_bits(out[8 * i + 5]) as f64;
+        let want_sum: f64 = xs.iter().sum();
+        let scale: f64 = xs.iter().map(|x| x.abs()).sum();
+        assert!(
+            (sum - want_sum).abs() <= 1e-5 * scale,
+            "thread {i}: warp_sum {sum} vs {want_sum}"
+        );
+        let max = xs.iter().cloned().fold(f64::MIN, f64::max);
+        assert_eq!(
+            f32::from_bits(out[8 * i + 7]) as f64,
+            max,
+            "thread {i}: warp_max"
         );
     }
 }

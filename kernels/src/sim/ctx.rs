@@ -32,6 +32,7 @@ pub enum Shfl {
 enum Op {
     Shfl(Shfl),
     Ballot,
+    AllReduce,
     Mma,
     Ldmatrix { n: usize, trans: bool },
 }
@@ -447,6 +448,17 @@ pub fn ballot(loc: Loc, pred: bool) -> u32 {
         (0..present)
             .filter(|&l| all[l][0] != 0)
             .fold(0u32, |m, l| m | 1 << l)
+    })
+}
+
+/// A warp all-reduce in one rendezvous: `f` gets all 32 lanes' values and returns each lane's
+/// result.
+pub fn warp_allreduce(loc: Loc, v: f32, f: impl FnOnce([f32; 32]) -> [f32; 32]) -> f32 {
+    with(|c| {
+        need_full_warp(c, "a warp all-reduce");
+        let all = c.exchange(Op::AllReduce, loc, [v.to_bits(), 0, 0, 0, 0, 0, 0, 0]);
+        let vals = std::array::from_fn(|l| f32::from_bits(all[l][0]));
+        f(vals)[(c.linear % 32) as usize]
     })
 }
 

@@ -11,7 +11,8 @@
 pub mod ctx;
 
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use ctx::BlockState;
@@ -158,35 +159,34 @@ pub unsafe fn launch_with_timeout<P: Copy + Send + Sync>(
     };
     let n_threads = threads as u32;
     // Spawning OS threads dominates small blocks, so one set of workers (one per GPU thread of
-    // a block) runs every block of the launch in turn.
-    let pool = Pool {
-        slot: Mutex::new(Slot {
-            seq: 0,
-            block: None,
-            done: 0,
-        }),
-        start: Condvar::new(),
-        done: Condvar::new(),
-    };
+    // a block) runs every block of the launch in turn. Each worker has its own channel, so
+    // starting a block wakes each worker once without a shared lock; the last worker to finish
+    // a block wakes the launcher.
+    let remaining = AtomicU32::new(0);
+    let (done_tx, done_rx) = mpsc::channel::<()>();
     std::thread::scope(|s| {
+        let mut workers = Vec::with_capacity(n_threads as usize);
         for linear in 0..n_threads {
             let tid = [
                 linear % block[0],
                 linear / block[0] % block[1],
                 linear / (block[0] * block[1]),
             ];
-            let pool = &pool;
+            let (tx, rx) = mpsc::channel::<Arc<BlockState>>();
+            workers.push(tx);
+            let (remaining, done_tx) = (&remaining, done_tx.clone());
             std::thread::Builder::new()
                 .stack_size(256 * 1024)
                 .spawn_scoped(s, move || {
-                    let mut seen = 0;
-                    while let Some(st) = pool.next(&mut seen) {
-                        ctx::run_thread(Arc::clone(&st), tid, || {
+                    // The channel closes (recv fails) when the launch is over.
+                    while let Ok(st) = rx.recv() {
+                        ctx::run_thread(st, tid, || {
                             // SAFETY: the caller of `launch` vouched for the params.
                             unsafe { (kernel.f)(params) }
                         });
-                        drop(st);
-                        pool.finish();
+                        if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            let _ = done_tx.send(());
+                        }
                     }
                 })
                 .expect("sim: cannot spawn a thread");
@@ -194,64 +194,18 @@ pub unsafe fn launch_with_timeout<P: Copy + Send + Sync>(
         let mut result = Ok(());
         for idx in blocks {
             let state = new_block(idx);
-            pool.run(Arc::clone(&state), n_threads);
+            remaining.store(n_threads, Ordering::Release);
+            for w in &workers {
+                // A worker only stops after its channel closes, so the send cannot fail.
+                let _ = w.send(Arc::clone(&state));
+            }
+            let _ = done_rx.recv();
             if let Some(e) = state.take_error() {
                 result = Err(e);
                 break;
             }
         }
-        pool.stop();
+        drop(workers);
         result
     })
-}
-
-struct Slot {
-    seq: u64,
-    /// The block to run; `None` with a new `seq` means stop.
-    block: Option<Arc<BlockState>>,
-    done: u32,
-}
-
-struct Pool {
-    slot: Mutex<Slot>,
-    start: Condvar,
-    done: Condvar,
-}
-
-impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    /// Publishes a block and waits until every worker has finished it.
-    fn run(&self, st: Arc<BlockState>, n: u32) {
-        let mut s = self.lock();
-        s.seq += 1;
-        s.block = Some(st);
-        s.done = 0;
-        self.start.notify_all();
-        while s.done < n {
-            s = self.done.wait(s).unwrap_or_else(|e| e.into_inner());
-        }
-        s.block = None;
-    }
-    fn stop(&self) {
-        let mut s = self.lock();
-        s.seq += 1;
-        s.block = None;
-        self.start.notify_all();
-    }
-    /// Waits for the next block (None: stop).
-    fn next(&self, seen: &mut u64) -> Option<Arc<BlockState>> {
-        let mut s = self.lock();
-        while s.seq == *seen {
-            s = self.start.wait(s).unwrap_or_else(|e| e.into_inner());
-        }
-        *seen = s.seq;
-        s.block.clone()
-    }
-    fn finish(&self) {
-        let mut s = self.lock();
-        s.done += 1;
-        self.done.notify_one();
-    }
 }
