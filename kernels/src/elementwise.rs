@@ -38,6 +38,7 @@ pub fn gelu_tanh(x: f32) -> f32 {
 }
 
 kernel! {
+    independent;
     /// `y = gelu_tanh(x)` elementwise.
     ///
     /// # Safety
@@ -80,6 +81,7 @@ impl Launch for GatedResidualParams {
 }
 
 kernel! {
+    independent;
     /// `x[r, c] += y[r, c] · gate[r / rows_per_frame, c]`.
     ///
     /// # Safety

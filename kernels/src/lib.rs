@@ -41,6 +41,7 @@ pub const KERNELS: &[&str] = &[
     "test_smem_oob",
     "test_divergent_barrier",
     "test_divergent_shfl",
+    "test_independent_barrier",
     "test_warp_ops",
     "test_mma_tile",
     "test_cp_async",

@@ -7,7 +7,14 @@
 /// The single parameter is the kernel's `#[repr(C)]` params struct, passed by value. The macro
 /// also implements [`crate::Entry`] for it, so each params type names exactly one kernel.
 macro_rules! kernel {
+    // `independent;` marks a kernel whose threads never meet (no barrier, no warp collective):
+    // the simulator may then run a block's threads one after another on one OS thread, which is
+    // far faster. A barrier or collective in such a kernel is a simulator error.
+    (independent; $($rest:tt)*) => { kernel!(@def true; $($rest)*); };
     ($(#[$meta:meta])* pub unsafe fn $name:ident($p:ident : $ty:ty) $body:block) => {
+        kernel!(@def false; $(#[$meta])* pub unsafe fn $name($p: $ty) $body);
+    };
+    (@def $indep:literal; $(#[$meta:meta])* pub unsafe fn $name:ident($p:ident : $ty:ty) $body:block) => {
         $(#[$meta])*
         #[cfg(target_arch = "nvptx64")]
         #[unsafe(no_mangle)]
@@ -18,7 +25,7 @@ macro_rules! kernel {
         #[allow(non_upper_case_globals)]
         pub const $name: $crate::sim::Kernel<$ty> = {
             unsafe fn body($p: $ty) $body
-            $crate::sim::Kernel { name: stringify!($name), f: body }
+            $crate::sim::Kernel { name: stringify!($name), f: body, independent: $indep }
         };
 
         impl $crate::Entry for $ty {

@@ -105,6 +105,7 @@ impl Launch for RopeParams {
 }
 
 kernel! {
+    independent;
     /// Rotates every (frame, h, w) token of q or k by its 3D rotary angle (see the module doc).
     ///
     /// # Safety

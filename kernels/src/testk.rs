@@ -251,3 +251,23 @@ kernel! {
         *(p.out as *mut u32).add(t as usize) = r;
     }
 }
+
+kernel! {
+    independent;
+    /// Planted error: a kernel declared `independent` that calls a barrier.
+    ///
+    /// # Safety
+    /// Planted to fail; run it only in the simulator.
+    pub unsafe fn test_independent_barrier(p: IndependentBarrierParams) {
+        if thread_idx_x() == p.thread {
+            sync_threads();
+        }
+    }
+}
+
+/// Params of [`test_independent_barrier`]: the thread that calls the barrier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct IndependentBarrierParams {
+    pub thread: u32,
+}

@@ -374,6 +374,23 @@ fn planted_divergent_shuffle_is_reported() {
 }
 
 #[test]
+fn independent_kernel_may_not_meet() {
+    let e = launch(
+        test_independent_barrier,
+        dims(2, 64, 0),
+        IndependentBarrierParams { thread: 9 },
+    )
+    .unwrap_err();
+    assert_eq!(
+        (e.kind, e.thread),
+        (SimErrorKind::Barrier, Some([9, 0, 0])),
+        "{e}"
+    );
+    assert!(e.to_string().contains("independent"), "{e}");
+    assert!(test_independent_barrier.independent && !test_warp_ops.independent);
+}
+
+#[test]
 fn bad_launches_are_errors() {
     let p = DivergentBarrierParams { split: 0, mode: 0 };
     for d in [dims(0, 32, 0), dims(1, 2048, 0), dims(1, 32, 300 * 1024)] {

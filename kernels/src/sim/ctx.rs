@@ -76,6 +76,8 @@ pub struct BlockState {
     error: Mutex<Option<SimError>>,
     abort: AtomicBool,
     timeout: Duration,
+    /// Threads run one after another (`kernel!(independent; ..)`): they must never meet.
+    independent: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,6 +94,7 @@ impl BlockState {
         grid: [u32; 3],
         smem_bytes: u32,
         timeout: Duration,
+        independent: bool,
     ) -> Self {
         let n_threads = dim[0] * dim[1] * dim[2];
         let warps = (0..n_threads.div_ceil(32))
@@ -126,6 +129,7 @@ impl BlockState {
             error: Mutex::new(None),
             abort: AtomicBool::new(false),
             timeout,
+            independent,
         }
     }
 
@@ -262,6 +266,12 @@ impl ThreadCtx {
     /// Meets the other lanes of this warp at a collective; returns every lane's slot.
     fn exchange(&self, op: Op, loc: Loc, slot: Slot) -> Arc<[Slot; 32]> {
         let b = &*self.block;
+        if b.independent {
+            self.fail(
+                SimErrorKind::Collective,
+                format!("{op:?} at {loc} in a kernel declared `independent` (its threads must never meet)"),
+            );
+        }
         let wi = self.linear / 32;
         let w = &b.warps[wi as usize];
         let lane = (self.linear % 32) as usize;
@@ -328,6 +338,12 @@ impl ThreadCtx {
 pub fn barrier(loc: Loc) {
     with(|c| {
         let b = &*c.block;
+        if b.independent {
+            c.fail(
+                SimErrorKind::Barrier,
+                format!("barrier at {loc} in a kernel declared `independent` (its threads must never meet)"),
+            );
+        }
         let mut st = lock(&b.bar);
         match st.loc {
             Some(l) if l != loc => {

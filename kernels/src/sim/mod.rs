@@ -75,6 +75,9 @@ pub const MAX_DYN_SMEM: u32 = 227 * 1024;
 pub struct Kernel<P> {
     pub name: &'static str,
     pub f: unsafe fn(P),
+    /// Declared with `kernel!(independent; ...)`: its threads never meet, so a block's threads
+    /// run one after another on the launching thread.
+    pub independent: bool,
 }
 
 impl<P> Clone for Kernel<P> {
@@ -155,9 +158,32 @@ pub unsafe fn launch_with_timeout<P: Copy + Send + Sync>(
             grid,
             dyn_smem_bytes,
             timeout,
+            kernel.independent,
         ))
     };
     let n_threads = threads as u32;
+    let tid_of = |linear: u32| {
+        [
+            linear % block[0],
+            linear / block[0] % block[1],
+            linear / (block[0] * block[1]),
+        ]
+    };
+    if kernel.independent {
+        for idx in blocks {
+            let state = new_block(idx);
+            for linear in 0..n_threads {
+                ctx::run_thread(Arc::clone(&state), tid_of(linear), || {
+                    // SAFETY: the caller of `launch` vouched for the params.
+                    unsafe { (kernel.f)(params) }
+                });
+                if let Some(e) = state.take_error() {
+                    return Err(e);
+                }
+            }
+        }
+        return Ok(());
+    }
     // Spawning OS threads dominates small blocks, so one set of workers (one per GPU thread of
     // a block) runs every block of the launch in turn. Each worker has its own channel, so
     // starting a block wakes each worker once without a shared lock; the last worker to finish
