@@ -387,7 +387,7 @@ fn independent_kernel_may_not_meet() {
         "{e}"
     );
     assert!(e.to_string().contains("independent"), "{e}");
-    assert!(test_independent_barrier.independent && !test_warp_ops.independent);
+    const { assert!(test_independent_barrier.independent && !test_warp_ops.independent) };
 }
 
 #[test]
