@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe, Location};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{SimError, SimErrorKind};
@@ -59,7 +59,43 @@ struct WarpState {
 struct Warp {
     present: u32,
     st: Mutex<WarpState>,
-    cv: Condvar,
+    cv: Waiters,
+}
+
+/// Threads parked at a rendezvous. Used instead of a `Condvar`: a release unparks each waiter
+/// once, and the releaser holds no lock while it does, so the woken threads do not all pile up
+/// on the state lock (with one OS thread per GPU thread, that herd dominated the run time).
+#[derive(Default)]
+struct Waiters(Mutex<Vec<std::thread::Thread>>);
+
+impl Waiters {
+    /// Registers this thread (while the caller still holds `guard`, so a release cannot be
+    /// missed), releases `guard`, parks for at most `dur` and takes the state lock again.
+    fn wait<'a, T>(
+        &self,
+        guard: MutexGuard<'a, T>,
+        m: &'a Mutex<T>,
+        dur: Duration,
+    ) -> MutexGuard<'a, T> {
+        let me = std::thread::current();
+        {
+            let mut w = lock(&self.0);
+            if !w.iter().any(|t| t.id() == me.id()) {
+                w.push(me);
+            }
+        }
+        drop(guard);
+        std::thread::park_timeout(dur);
+        lock(m)
+    }
+
+    /// Wakes every registered thread. Call it after releasing the state lock.
+    fn notify_all(&self) {
+        let ws = std::mem::take(&mut *lock(&self.0));
+        for t in ws {
+            t.unpark();
+        }
+    }
 }
 
 /// One simulated block: its indices, shared memory, barrier and warps.
@@ -71,7 +107,7 @@ pub struct BlockState {
     n_threads: u32,
     smem: Box<[AtomicU8]>,
     bar: Mutex<BarState>,
-    bar_cv: Condvar,
+    bar_cv: Waiters,
     warps: Vec<Warp>,
     error: Mutex<Option<SimError>>,
     abort: AtomicBool,
@@ -108,7 +144,7 @@ impl BlockState {
                     slots: [[0; 8]; 32],
                     result: Arc::new([[0; 8]; 32]),
                 }),
-                cv: Condvar::new(),
+                cv: Waiters::default(),
             })
             .collect();
         BlockState {
@@ -124,7 +160,7 @@ impl BlockState {
                 gen: 0,
                 loc: None,
             }),
-            bar_cv: Condvar::new(),
+            bar_cv: Waiters::default(),
             warps,
             error: Mutex::new(None),
             abort: AtomicBool::new(false),
@@ -294,8 +330,10 @@ impl ThreadCtx {
             st.arrived = 0;
             st.op = None;
             st.gen += 1;
+            let r = Arc::clone(&st.result);
+            drop(st);
             w.cv.notify_all();
-            return Arc::clone(&st.result);
+            return r;
         }
         let gen = st.gen;
         let deadline = Instant::now() + b.timeout;
@@ -323,10 +361,7 @@ impl ThreadCtx {
                     ),
                 );
             }
-            st =
-                w.cv.wait_timeout(st, Duration::from_millis(10))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+            st = w.cv.wait(st, &w.st, Duration::from_millis(10));
             if st.gen != gen {
                 return Arc::clone(&st.result);
             }
@@ -361,6 +396,7 @@ pub fn barrier(loc: Loc) {
             st.arrived = 0;
             st.loc = None;
             st.gen += 1;
+            drop(st);
             b.bar_cv.notify_all();
             return;
         }
@@ -392,11 +428,7 @@ pub fn barrier(loc: Loc) {
                     ),
                 );
             }
-            st = b
-                .bar_cv
-                .wait_timeout(st, Duration::from_millis(10))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = b.bar_cv.wait(st, &b.bar, Duration::from_millis(10));
             if st.gen != gen {
                 return;
             }
