@@ -153,7 +153,9 @@ impl BlockState {
             dim,
             grid,
             n_threads,
-            smem: (0..smem_bytes).map(|_| AtomicU8::new(0)).collect(),
+            // Poisoned, not zeroed: real shared memory starts undefined, and 0xff bytes read as
+            // NaN (f32 and bf16), so a read before any write shows up.
+            smem: (0..smem_bytes).map(|_| AtomicU8::new(0xff)).collect(),
             bar: Mutex::new(BarState {
                 arrived: 0,
                 exited: 0,

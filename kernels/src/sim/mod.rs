@@ -88,7 +88,8 @@ impl<P> Clone for Kernel<P> {
 impl<P> Copy for Kernel<P> {}
 
 /// Runs `kernel(params)` over `grid` × `block` threads with `dyn_smem_bytes` of dynamic shared
-/// memory (zero-filled at the start of each block; real hardware leaves it undefined).
+/// memory (filled with 0xff bytes at the start of each block, which read as NaN: real
+/// hardware leaves it undefined).
 ///
 /// # Safety
 /// The device pointers in `params` must point to host memory valid for everything the kernel
