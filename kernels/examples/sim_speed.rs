@@ -40,4 +40,33 @@ fn main() {
     unsafe { dfrt_kernels::sim::launch(d.grid, d.block, d.dyn_smem, gelu_tanh_f32, p) }.unwrap();
     let s = t.elapsed().as_secs_f64();
     println!("gelu n={n}: {s:.3}s ({} blocks)", d.grid[0]);
+
+    // One warp: 6 ldmatrix + 4 mma + 6 raw ldmatrix rendezvous and one barrier.
+    use dfrt_kernels::testk::*;
+    let z16 = vec![0u16; 16 * 32];
+    let mut f = vec![0f32; 16 * 8 * 3];
+    let mut raw = vec![0u32; 32 * 14];
+    let p = MmaTileParams {
+        a: z16.as_ptr() as u64,
+        bt: z16.as_ptr() as u64,
+        bk: z16.as_ptr() as u64,
+        c: f.as_ptr() as u64,
+        d1: f[128..].as_mut_ptr() as u64,
+        d2: f[256..].as_mut_ptr() as u64,
+        raw: raw.as_mut_ptr() as u64,
+    };
+    let reps = 50;
+    let t = Instant::now();
+    for _ in 0..reps {
+        // SAFETY: buffers sized for the kernel.
+        unsafe {
+            dfrt_kernels::sim::launch([1, 1, 1], [32, 1, 1], MMA_TILE_SMEM, test_mma_tile, p)
+        }
+        .unwrap();
+    }
+    let s = t.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "test_mma_tile (1 warp, 17 warp collectives + 1 barrier): {:.0} us/launch",
+        s * 1e6
+    );
 }
