@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 use dfrt_kernels::gpu::{bf16_to_f32, ex2, f32_to_bf16, pack_bf16x2, unpack_bf16x2};
-use dfrt_kernels::sim::{self, SimErrorKind};
+use dfrt_kernels::sim::{Engine, SimErrorKind};
 use dfrt_kernels::testk::*;
 use dfrt_kernels::LaunchDims;
 use std::time::{Duration, Instant};
@@ -20,6 +20,12 @@ fn dims(blocks: u32, threads: u32, smem: u32) -> LaunchDims {
 
 #[test]
 fn shuffles_and_ballot_follow_ptx() {
+    for engine in ENGINES {
+        shuffles_and_ballot_follow_ptx_on(engine);
+    }
+}
+
+fn shuffles_and_ballot_follow_ptx_on(engine: Engine) {
     let mut rng = Rng::new("warp_ops");
     let (blocks, threads) = (2u32, 64u32);
     let n = (blocks * threads) as usize;
@@ -35,7 +41,14 @@ fn shuffles_and_ballot_follow_ptx() {
         args: args.as_ptr() as u64,
         out: out.as_mut_ptr() as u64,
     };
-    launch(test_warp_ops, dims(blocks, threads, 0), p).unwrap();
+    launch_on(
+        engine,
+        Duration::from_secs(3),
+        test_warp_ops,
+        dims(blocks, threads, 0),
+        p,
+    )
+    .unwrap();
     for i in 0..n {
         let (w0, lane) = (i / 32 * 32, (i % 32) as u32);
         let a = args[i];
@@ -90,6 +103,12 @@ fn bf16_round(x: f32) -> f32 {
 
 #[test]
 fn mma_over_ldmatrix_tiles_equals_cpu_matmul() {
+    for engine in ENGINES {
+        mma_over_ldmatrix_tiles_equals_cpu_matmul_on(engine);
+    }
+}
+
+fn mma_over_ldmatrix_tiles_equals_cpu_matmul_on(engine: Engine) {
     let mut rng = Rng::new("mma_tile");
     // A [16][32], B [32][8] (bf16 values), C [16][8] f32.
     let a: Vec<f32> = (0..16 * 32)
@@ -117,7 +136,14 @@ fn mma_over_ldmatrix_tiles_equals_cpu_matmul() {
         d2: d2.ptr(),
         raw: raw.as_mut_ptr() as u64,
     };
-    launch(test_mma_tile, dims(1, 32, MMA_TILE_SMEM), p).unwrap();
+    launch_on(
+        engine,
+        Duration::from_secs(3),
+        test_mma_tile,
+        dims(1, 32, MMA_TILE_SMEM),
+        p,
+    )
+    .unwrap();
     let want: Vec<f64> = (0..16 * 8)
         .map(|i| {
             let (r, n) = (i / 8, i % 8);
@@ -174,6 +200,12 @@ fn mma_over_ldmatrix_tiles_equals_cpu_matmul() {
 
 #[test]
 fn cp_async_copies_and_zero_fills() {
+    for engine in ENGINES {
+        cp_async_copies_and_zero_fills_on(engine);
+    }
+}
+
+fn cp_async_copies_and_zero_fills_on(engine: Engine) {
     let mut rng = Rng::new("cp_async");
     let threads = 64u32;
     let total = (32 * threads) as usize;
@@ -191,7 +223,14 @@ fn cp_async_copies_and_zero_fills() {
             flags: flags.as_mut_ptr() as u64,
             n_valid,
         };
-        launch(test_cp_async, dims(1, threads, total as u32), p).unwrap();
+        launch_on(
+            engine,
+            Duration::from_secs(3),
+            test_cp_async,
+            dims(1, threads, total as u32),
+            p,
+        )
+        .unwrap();
         let got: Vec<u8> = out.iter().flat_map(|w| w.to_le_bytes()).collect();
         for (i, &g) in got.iter().enumerate() {
             let want = if i < n_valid as usize { src[i] } else { 0 };
@@ -236,11 +275,19 @@ fn bf16_pack_and_ex2() {
 
 #[test]
 fn planted_shared_oob_is_reported() {
+    for engine in ENGINES {
+        planted_shared_oob_is_reported_on(engine);
+    }
+}
+
+fn planted_shared_oob_is_reported_on(engine: Engine) {
     let p = SmemOobParams {
         offset: 256,
         bad_thread: 37,
     };
-    let e = launch(
+    let e = launch_on(
+        engine,
+        Duration::from_secs(3),
         test_smem_oob,
         LaunchDims {
             grid: [2, 1, 1],
@@ -265,7 +312,9 @@ fn planted_shared_oob_is_reported() {
         "{msg}"
     );
     // The last in-range word is fine.
-    launch(
+    launch_on(
+        engine,
+        Duration::from_secs(3),
         test_smem_oob,
         dims(2, 64, 256),
         SmemOobParams {
@@ -275,7 +324,9 @@ fn planted_shared_oob_is_reported() {
     )
     .unwrap();
     // Below the base is out of range too.
-    let e = launch(
+    let e = launch_on(
+        engine,
+        Duration::from_secs(3),
         test_smem_oob,
         dims(1, 64, 256),
         SmemOobParams {
@@ -294,10 +345,23 @@ fn planted_shared_oob_is_reported() {
 
 #[test]
 fn planted_divergent_barrier_is_reported() {
+    for engine in ENGINES {
+        planted_divergent_barrier_is_reported_on(engine);
+    }
+}
+
+fn planted_divergent_barrier_is_reported_on(engine: Engine) {
     for mode in [0u32, 1] {
         let t0 = Instant::now();
         let p = DivergentBarrierParams { split: 40, mode };
-        let e = launch(test_divergent_barrier, dims(1, 64, 0), p).unwrap_err();
+        let e = launch_on(
+            engine,
+            Duration::from_secs(3),
+            test_divergent_barrier,
+            dims(1, 64, 0),
+            p,
+        )
+        .unwrap_err();
         eprintln!("mode {mode}: {e} ({:?})", t0.elapsed());
         assert_eq!(e.kind, SimErrorKind::Barrier, "{e}");
         assert!(
@@ -311,35 +375,10 @@ fn planted_divergent_barrier_is_reported() {
             t0.elapsed()
         );
     }
-    // A true deadlock (some threads at the barrier, the others at a shuffle) ends by timeout.
-    let t0 = Instant::now();
-    let p = DivergentBarrierParams { split: 40, mode: 2 };
-    let d = dims(1, 64, 0);
-    // SAFETY: the kernel touches no memory.
-    let e = unsafe {
-        sim::launch_with_timeout(
-            d.grid,
-            d.block,
-            0,
-            test_divergent_barrier,
-            p,
-            Duration::from_millis(300),
-        )
-    }
-    .unwrap_err();
-    eprintln!("mode 2: {e} ({:?})", t0.elapsed());
-    assert!(
-        matches!(e.kind, SimErrorKind::Barrier | SimErrorKind::Collective),
-        "{e}"
-    );
-    assert!(e.to_string().contains("within"), "{e}");
-    assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        t0.elapsed()
-    );
     // Every thread at the barrier: fine.
-    launch(
+    launch_on(
+        engine,
+        Duration::from_secs(3),
         test_divergent_barrier,
         dims(1, 64, 0),
         DivergentBarrierParams { split: 64, mode: 0 },
@@ -348,7 +387,47 @@ fn planted_divergent_barrier_is_reported() {
 }
 
 #[test]
+fn planted_deadlock_is_reported() {
+    // A true deadlock (some threads at the barrier, the others at a shuffle): the fiber engine
+    // sees it at once, the thread engine by timeout.
+    for engine in ENGINES {
+        let t0 = Instant::now();
+        let p = DivergentBarrierParams { split: 40, mode: 2 };
+        let e = launch_on(
+            engine,
+            Duration::from_millis(300),
+            test_divergent_barrier,
+            dims(1, 64, 0),
+            p,
+        )
+        .unwrap_err();
+        eprintln!("mode 2 {engine:?}: {e} ({:?})", t0.elapsed());
+        assert!(
+            matches!(e.kind, SimErrorKind::Barrier | SimErrorKind::Collective),
+            "{e}"
+        );
+        let why = if engine == Engine::Fibers {
+            "deadlock"
+        } else {
+            "within"
+        };
+        assert!(e.to_string().contains(why), "{e}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t0.elapsed()
+        );
+    }
+}
+
+#[test]
 fn planted_divergent_shuffle_is_reported() {
+    for engine in ENGINES {
+        planted_divergent_shuffle_is_reported_on(engine);
+    }
+}
+
+fn planted_divergent_shuffle_is_reported_on(engine: Engine) {
     for mode in [0u32, 1] {
         let t0 = Instant::now();
         let mut out = vec![0u32; 64];
@@ -356,7 +435,14 @@ fn planted_divergent_shuffle_is_reported() {
             out: out.as_mut_ptr() as u64,
             mode,
         };
-        let e = launch(test_divergent_shfl, dims(1, 64, 0), p).unwrap_err();
+        let e = launch_on(
+            engine,
+            Duration::from_secs(3),
+            test_divergent_shfl,
+            dims(1, 64, 0),
+            p,
+        )
+        .unwrap_err();
         eprintln!("mode {mode}: {e} ({:?})", t0.elapsed());
         assert_eq!(e.kind, SimErrorKind::Collective, "{e}");
         let want = if mode == 0 {

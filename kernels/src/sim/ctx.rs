@@ -4,7 +4,8 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe, Location};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,15 @@ impl Waiters {
         m: &'a Mutex<T>,
         dur: Duration,
     ) -> MutexGuard<'a, T> {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if super::fiber::in_fiber() {
+            // Let the other simulated threads run; this one is resumed on the next pass.
+            drop(guard);
+            let mine = CTX.with(|c| c.borrow_mut().take());
+            super::fiber::yield_now();
+            CTX.with(|c| *c.borrow_mut() = mine);
+            return lock(m);
+        }
         let me = std::thread::current();
         {
             let mut w = lock(&self.0);
@@ -114,6 +124,10 @@ pub struct BlockState {
     timeout: Duration,
     /// Threads run one after another (`kernel!(independent; ..)`): they must never meet.
     independent: bool,
+    /// Bumped whenever a thread arrives at a rendezvous or finishes (fiber deadlock detection).
+    progress: AtomicU64,
+    /// Set by the fiber scheduler when every live thread is waiting: a deadlock.
+    stalled: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,6 +182,8 @@ impl BlockState {
             abort: AtomicBool::new(false),
             timeout,
             independent,
+            progress: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
         }
     }
 
@@ -204,7 +220,27 @@ impl BlockState {
         }
     }
 
+    pub(super) fn progress(&self) -> u64 {
+        self.progress.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn set_stalled(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// A waiter gives up: its deadline passed, or every thread is waiting (fibers).
+    fn give_up(&self, deadline: Instant) -> Option<String> {
+        if self.stalled.load(Ordering::SeqCst) {
+            Some("(deadlock: every thread of the block is waiting)".into())
+        } else if Instant::now() > deadline {
+            Some(format!("within {:?}", self.timeout))
+        } else {
+            None
+        }
+    }
+
     fn thread_exited(&self, linear: u32) {
+        self.progress.fetch_add(1, Ordering::SeqCst);
         lock(&self.bar).exited += 1;
         self.bar_cv.notify_all();
         let w = &self.warps[(linear / 32) as usize];
@@ -228,30 +264,28 @@ struct CpAsync {
 }
 
 thread_local! {
-    static CTX: RefCell<Option<ThreadCtx>> = const { RefCell::new(None) };
+    static CTX: RefCell<Option<Rc<ThreadCtx>>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with this simulated thread's context.
+/// Runs `f` with this simulated thread's context. The thread-local is not borrowed while `f`
+/// runs, so `f` may wait (and, with fibers, let other simulated threads run).
 pub fn with<R>(f: impl FnOnce(&ThreadCtx) -> R) -> R {
-    CTX.with(|c| {
-        let c = c.borrow();
-        let ctx = c
-            .as_ref()
-            .expect("dfrt_kernels::gpu function called outside sim::launch");
-        f(ctx)
-    })
+    let ctx = CTX
+        .with(|c| c.borrow().clone())
+        .expect("dfrt_kernels::gpu function called outside sim::launch");
+    f(&ctx)
 }
 
 pub(super) fn run_thread(block: Arc<BlockState>, tid: [u32; 3], f: impl FnOnce()) {
     let [dx, dy, _] = block.dim;
     let linear = tid[0] + dx * (tid[1] + dy * tid[2]);
     CTX.with(|c| {
-        *c.borrow_mut() = Some(ThreadCtx {
+        *c.borrow_mut() = Some(Rc::new(ThreadCtx {
             block: Arc::clone(&block),
             tid,
             linear,
             cp: RefCell::new(CpAsync::default()),
-        })
+        }))
     });
     if let Err(p) = catch_unwind(AssertUnwindSafe(f)) {
         if !p.is::<SimAbort>() {
@@ -327,6 +361,7 @@ impl ThreadCtx {
         }
         st.slots[lane] = slot;
         st.arrived += 1;
+        b.progress.fetch_add(1, Ordering::SeqCst);
         if st.arrived == w.present {
             st.result = Arc::new(st.slots);
             st.arrived = 0;
@@ -352,14 +387,14 @@ impl ThreadCtx {
                 drop(st);
                 resume_unwind(Box::new(SimAbort));
             }
-            if Instant::now() > deadline {
+            if let Some(why) = b.give_up(deadline) {
                 let a = st.arrived;
                 drop(st);
                 self.fail(
                     SimErrorKind::Collective,
                     format!(
-                        "{op:?} at {loc} not reached by all lanes of warp {wi} within {:?}: {a} of {} arrived",
-                        b.timeout, w.present
+                        "{op:?} at {loc} not reached by all lanes of warp {wi} {why}: {a} of {} arrived",
+                        w.present
                     ),
                 );
             }
@@ -394,6 +429,7 @@ pub fn barrier(loc: Loc) {
             None => st.loc = Some(loc),
         }
         st.arrived += 1;
+        b.progress.fetch_add(1, Ordering::SeqCst);
         if st.arrived == b.n_threads {
             st.arrived = 0;
             st.loc = None;
@@ -419,14 +455,14 @@ pub fn barrier(loc: Loc) {
                 drop(st);
                 resume_unwind(Box::new(SimAbort));
             }
-            if Instant::now() > deadline {
+            if let Some(why) = b.give_up(deadline) {
                 let a = st.arrived;
                 drop(st);
                 c.fail(
                     SimErrorKind::Barrier,
                     format!(
-                        "barrier at {loc} not reached by all threads within {:?}: {a} of {} arrived",
-                        b.timeout, b.n_threads
+                        "barrier at {loc} not reached by all threads {why}: {a} of {} arrived",
+                        b.n_threads
                     ),
                 );
             }

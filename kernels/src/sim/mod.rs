@@ -9,6 +9,8 @@
 //! give up after [`timeout`].
 
 pub mod ctx;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod fiber;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -101,7 +103,14 @@ pub unsafe fn launch<P: Copy + Send + Sync>(
     kernel: Kernel<P>,
     params: P,
 ) -> Result<(), SimError> {
-    launch_with_timeout(grid, block, dyn_smem_bytes, kernel, params, timeout())
+    launch_with(
+        Options::from_env(),
+        grid,
+        block,
+        dyn_smem_bytes,
+        kernel,
+        params,
+    )
 }
 
 /// Launches the kernel of params `p` with its own dims (see [`crate::Launch`]).
@@ -113,18 +122,54 @@ pub unsafe fn run<P: crate::Launch>(p: P) -> Result<(), SimError> {
     launch(d.grid, d.block, d.dyn_smem, P::SIM, p)
 }
 
-/// [`launch`] with an explicit barrier/collective wait limit.
+/// How the simulator runs the threads of a block that may meet at barriers or collectives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// User-mode fibers on the launching thread (x86_64 Linux): each GPU thread has its own
+    /// stack; switches happen only where a thread waits. Fast, and a deadlock is seen at once.
+    Fibers,
+    /// One OS thread per GPU thread, with real blocking waits and a timeout.
+    Threads,
+}
+
+/// Launch options.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// How long a thread waits at a barrier or collective before the launch fails.
+    pub timeout: Duration,
+    pub engine: Engine,
+}
+
+impl Options {
+    /// Timeout from `DFRT_SIM_TIMEOUT_MS` (default 3000); engine from `DFRT_SIM_ENGINE`
+    /// (`fibers` or `threads`; default fibers where supported).
+    pub fn from_env() -> Options {
+        let threads = std::env::var("DFRT_SIM_ENGINE").is_ok_and(|v| v == "threads");
+        let engine = if threads || !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+            Engine::Threads
+        } else {
+            Engine::Fibers
+        };
+        Options {
+            timeout: timeout(),
+            engine,
+        }
+    }
+}
+
+/// [`launch`] with explicit options.
 ///
 /// # Safety
 /// As [`launch`].
-pub unsafe fn launch_with_timeout<P: Copy + Send + Sync>(
+pub unsafe fn launch_with<P: Copy + Send + Sync>(
+    opts: Options,
     grid: [u32; 3],
     block: [u32; 3],
     dyn_smem_bytes: u32,
     kernel: Kernel<P>,
     params: P,
-    timeout: Duration,
 ) -> Result<(), SimError> {
+    let timeout = opts.timeout;
     let name = kernel.name.to_string();
     let bad = |detail: String| SimError {
         kind: SimErrorKind::Launch,
@@ -185,6 +230,50 @@ pub unsafe fn launch_with_timeout<P: Copy + Send + Sync>(
         }
         return Ok(());
     }
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if opts.engine == Engine::Fibers {
+        let mut blocks = blocks.peekable();
+        while let Some(&idx) = blocks.peek() {
+            let state = new_block(idx);
+            let body = |linear: usize| {
+                ctx::run_thread(Arc::clone(&state), tid_of(linear as u32), || {
+                    // SAFETY: the caller of `launch` vouched for the params.
+                    unsafe { (kernel.f)(params) }
+                })
+            };
+            if !fiber::run(n_threads as usize, &body, &|| state.progress(), &|| {
+                state.set_stalled()
+            }) {
+                // No memory for fiber stacks: run the remaining blocks on OS threads.
+                let rest: Vec<[u32; 3]> = blocks.collect();
+                return run_threads(
+                    rest.into_iter(),
+                    n_threads,
+                    &new_block,
+                    tid_of,
+                    kernel,
+                    params,
+                );
+            }
+            if let Some(e) = state.take_error() {
+                return Err(e);
+            }
+            blocks.next();
+        }
+        return Ok(());
+    }
+    run_threads(blocks, n_threads, &new_block, tid_of, kernel, params)
+}
+
+/// The OS-thread engine: one worker thread per GPU thread of a block, reused for every block.
+fn run_threads<P: Copy + Send + Sync>(
+    blocks: impl Iterator<Item = [u32; 3]>,
+    n_threads: u32,
+    new_block: &dyn Fn([u32; 3]) -> Arc<BlockState>,
+    tid_of: impl Fn(u32) -> [u32; 3],
+    kernel: Kernel<P>,
+    params: P,
+) -> Result<(), SimError> {
     // Spawning OS threads dominates small blocks, so one set of workers (one per GPU thread of
     // a block) runs every block of the launch in turn. Each worker has its own channel, so
     // starting a block wakes each worker once without a shared lock; the last worker to finish
@@ -194,11 +283,7 @@ pub unsafe fn launch_with_timeout<P: Copy + Send + Sync>(
     std::thread::scope(|s| {
         let mut workers = Vec::with_capacity(n_threads as usize);
         for linear in 0..n_threads {
-            let tid = [
-                linear % block[0],
-                linear / block[0] % block[1],
-                linear / (block[0] * block[1]),
-            ];
+            let tid = tid_of(linear);
             let (tx, rx) = mpsc::channel::<Arc<BlockState>>();
             workers.push(tx);
             let (remaining, done_tx) = (&remaining, done_tx.clone());

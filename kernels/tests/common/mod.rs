@@ -2,8 +2,9 @@
 //! and a tolerance check that prints its evidence.
 #![allow(dead_code)]
 
-use dfrt_kernels::sim::{self, Kernel, SimError};
+use dfrt_kernels::sim::{self, Engine, Kernel, Options, SimError};
 use dfrt_kernels::LaunchDims;
+use std::time::Duration;
 
 /// xorshift64*; the seed comes from `DFRT_TEST_SEED` or the clock, and is printed so a failure
 /// can be replayed.
@@ -114,4 +115,20 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
 pub fn launch<P: Copy + Send + Sync>(k: Kernel<P>, dims: LaunchDims, p: P) -> Result<(), SimError> {
     // SAFETY: the tests size every buffer for the shapes in `p`.
     unsafe { sim::launch(dims.grid, dims.block, dims.dyn_smem, k, p) }
+}
+
+/// Both simulator engines.
+pub const ENGINES: [Engine; 2] = [Engine::Fibers, Engine::Threads];
+
+/// Runs a kernel in the simulator on the given engine, with a wait limit.
+pub fn launch_on<P: Copy + Send + Sync>(
+    engine: Engine,
+    timeout: Duration,
+    k: Kernel<P>,
+    dims: LaunchDims,
+    p: P,
+) -> Result<(), SimError> {
+    let opts = Options { timeout, engine };
+    // SAFETY: the tests size every buffer for the shapes in `p`.
+    unsafe { sim::launch_with(opts, dims.grid, dims.block, dims.dyn_smem, k, p) }
 }
