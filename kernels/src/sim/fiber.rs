@@ -212,7 +212,8 @@ pub fn run(
         let mut live = false;
         for f in fibers.iter_mut().filter(|f| !f.done) {
             live = true;
-            sched.current = f as *mut Fiber<'_> as *mut Fiber<'static>;
+            // The scheduler's pointer type is lifetime-erased; the fiber outlives this pass.
+            sched.current = (f as *mut Fiber<'_>).cast();
             // SAFETY: switches to a fiber whose stack holds a frame saved by the switch (or the
             // initial frame); it switches back to `sched.sp` when it waits or finishes.
             unsafe { dfrt_sim_fiber_switch(&mut sched.sp, f.sp) };
@@ -220,7 +221,13 @@ pub fn run(
         if !live {
             break;
         }
-        if progress() == before && !stalled {
+        if progress() == before {
+            // After the stall report every waiting fiber fails and finishes, so a second
+            // pass without progress would be a simulator bug, not a kernel bug.
+            assert!(
+                !stalled,
+                "sim: fibers still stalled after the deadlock was reported"
+            );
             stalled = true;
             on_stall();
         }

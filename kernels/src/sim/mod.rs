@@ -1,12 +1,20 @@
 //! Host-only SIMT simulator: runs the kernels of this crate on the CPU.
 //!
-//! A launch runs its blocks one after another. Each block runs one OS thread per GPU thread
-//! (`std::thread::scope`); thread-locals give each thread its indices. Block barriers are real
-//! barriers; warp collectives meet at a per-warp rendezvous and are emulated to the PTX ISA lane
-//! layouts. Shared memory is bounds-checked. Anything that goes wrong (out-of-range or misaligned
-//! shared access, a barrier or collective not reached by every thread, a panic in kernel code)
-//! ends the launch with a [`SimError`] naming the kernel, block and thread, never a hang: waits
-//! give up after [`timeout`].
+//! A launch runs its blocks one after another. Every GPU thread runs the kernel body on its own
+//! stack with its own indices (a thread-local context). Two engines schedule the threads of a
+//! block ([`Engine`]):
+//! - **fibers** (default on x86_64 Linux): all threads of a block are user-mode fibers on the
+//!   launching OS thread, switched only where a thread waits; a deadlock (every live thread
+//!   waiting) is reported at once;
+//! - **threads** (`DFRT_SIM_ENGINE=threads`, and elsewhere): one OS thread per GPU thread, real
+//!   blocking waits, deadlocks found by a timeout ([`timeout`]).
+//!
+//! Kernels declared `kernel!(independent; ...)` never meet, so their threads simply run one
+//! after another. Block barriers are real barriers; warp collectives meet at a per-warp
+//! rendezvous and are emulated to the PTX ISA lane layouts. Shared memory is bounds-checked and
+//! starts poisoned. Anything that goes wrong (out-of-range or misaligned shared access, a
+//! barrier or collective not reached by every thread, a panic in kernel code) ends the launch
+//! with a [`SimError`] naming the kernel, block and thread, never a hang.
 
 pub mod ctx;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
