@@ -277,9 +277,11 @@ pub unsafe fn ballot(pred: bool) -> u32 {
 /// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`: `d = a·b + d` for one warp.
 ///
 /// Fragments (g = lane/4, t = lane%4; bf16 pairs packed low = lower index):
-/// a[0] = A(g, 2t..2t+1), a[1] = A(g+8, 2t..), a[2] = A(g, 2t+8..), a[3] = A(g+8, 2t+8..);
-/// b[0] = B(2t..2t+1, g), b[1] = B(2t+8..2t+9, g);
-/// d = [C(g,2t), C(g,2t+1), C(g+8,2t), C(g+8,2t+1)].
+/// ```text
+/// a[0] = A(g, 2t..2t+1), a[1] = A(g+8, 2t..), a[2] = A(g, 2t+8..), a[3] = A(g+8, 2t+8..)
+/// b[0] = B(2t..2t+1, g), b[1] = B(2t+8..2t+9, g)
+/// d    = [C(g,2t), C(g,2t+1), C(g+8,2t), C(g+8,2t+1)]
+/// ```
 ///
 /// # Safety
 /// All 32 lanes of the warp must execute it together.
