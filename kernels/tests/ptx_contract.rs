@@ -1,0 +1,57 @@
+//! The embedded PTX matches the crate: every kernel in `KERNELS` is an entry point and nothing
+//! else is; the params structs keep the layout the host passes by value.
+
+use dfrt_kernels::{elementwise::*, norm::*, rope::*, HOT_KERNELS, KERNELS, PTX};
+
+#[test]
+fn ptx_entries_are_the_kernel_list() {
+    let mut entries: Vec<&str> = PTX
+        .lines()
+        .filter_map(|l| l.strip_prefix(".visible .entry "))
+        .map(|l| l.trim_end_matches('(').trim())
+        .collect();
+    entries.sort();
+    let mut listed = KERNELS.to_vec();
+    listed.sort();
+    assert_eq!(
+        entries, listed,
+        "PTX entry points vs dfrt_kernels::KERNELS (run `cargo xtask ptx`?)"
+    );
+    for h in HOT_KERNELS {
+        assert!(KERNELS.contains(h), "hot kernel {h} is not in KERNELS");
+    }
+    assert!(PTX.contains(".target sm_90"), "PTX not built for sm_90");
+    assert!(
+        PTX.contains(".extern .shared .align 16 .b8 dyn_smem[]"),
+        "dynamic smem symbol missing"
+    );
+    // Register arrays that spill to local memory show up as .local; none of our kernels need it.
+    assert!(!PTX.contains(".local"), "PTX uses local memory");
+}
+
+#[test]
+fn params_layouts_are_stable() {
+    // The host passes these by value as the single kernel parameter; a layout change must be
+    // deliberate (and the host launcher updated with it).
+    use std::mem::{align_of, size_of};
+    assert_eq!(
+        (size_of::<RmsNormParams>(), align_of::<RmsNormParams>()),
+        (40, 8)
+    );
+    assert_eq!(
+        (
+            size_of::<LayerNormModParams>(),
+            align_of::<LayerNormModParams>()
+        ),
+        (48, 8)
+    );
+    assert_eq!((size_of::<RopeParams>(), align_of::<RopeParams>()), (56, 8));
+    assert_eq!((size_of::<GeluParams>(), align_of::<GeluParams>()), (24, 8));
+    assert_eq!(
+        (
+            size_of::<GatedResidualParams>(),
+            align_of::<GatedResidualParams>()
+        ),
+        (40, 8)
+    );
+}
