@@ -21,6 +21,7 @@ pub mod gpu;
 #[cfg(not(target_arch = "nvptx64"))]
 pub mod sim;
 
+pub mod calib;
 pub mod elem;
 pub mod elementwise;
 pub mod layout;
@@ -37,6 +38,9 @@ pub const PTX: &str = include_str!("../ptx/dfrt_kernels.ptx");
 pub const KERNELS: &[&str] = &[
     "add_f32",
     "add_bf16",
+    "calib_mass_f32",
+    "calib_mass_bf16",
+    "calib_mean_f32",
     "copy_rows_f32",
     "copy_rows_bf16",
     "gated_residual_f32",
@@ -81,6 +85,9 @@ pub const KERNELS: &[&str] = &[
 pub const HOT_KERNELS: &[&str] = &[
     "add_f32",
     "add_bf16",
+    "calib_mass_f32",
+    "calib_mass_bf16",
+    "calib_mean_f32",
     "copy_rows_f32",
     "copy_rows_bf16",
     "gated_residual_f32",
