@@ -21,7 +21,10 @@ pub mod gpu;
 #[cfg(not(target_arch = "nvptx64"))]
 pub mod sim;
 
+pub mod calib;
+pub mod elem;
 pub mod elementwise;
+pub mod layout;
 pub mod norm;
 pub mod rope;
 #[doc(hidden)]
@@ -33,11 +36,41 @@ pub const PTX: &str = include_str!("../ptx/dfrt_kernels.ptx");
 
 /// Every kernel entry point in `PTX`, by name.
 pub const KERNELS: &[&str] = &[
+    "add_f32",
+    "add_bf16",
+    "calib_mass_f32",
+    "calib_mass_bf16",
+    "calib_mean_f32",
+    "copy_rows_f32",
+    "copy_rows_bf16",
     "gated_residual_f32",
+    "gated_residual_bf16",
     "gelu_tanh_f32",
+    "gelu_tanh_bf16",
+    "kv_compact_f32",
+    "kv_compact_bf16",
+    "kv_write_f32",
+    "kv_write_bf16",
+    "layer_norm_f32",
+    "layer_norm_bf16",
     "layer_norm_modulate_f32",
+    "layer_norm_modulate_bf16",
+    "modulation_f32",
+    "modulation_bf16",
+    "patchify_f32",
+    "patchify_bf16",
+    "qk_norm_rope_f32",
+    "qk_norm_rope_bf16",
     "rms_norm_f32",
+    "rms_norm_bf16",
     "rope3d_f32",
+    "rope3d_bf16",
+    "silu_f32",
+    "silu_bf16",
+    "sinusoid_f32",
+    "sinusoid_bf16",
+    "unpatchify_f32",
+    "unpatchify_bf16",
     "test_smem_oob",
     "test_divergent_barrier",
     "test_divergent_shfl",
@@ -50,11 +83,41 @@ pub const KERNELS: &[&str] = &[
 /// Kernels on the hot path: `cargo xtask ptx-report` fails if any of them has a stack frame or
 /// spills. (This list is read textually by xtask; keep it one string literal per kernel.)
 pub const HOT_KERNELS: &[&str] = &[
+    "add_f32",
+    "add_bf16",
+    "calib_mass_f32",
+    "calib_mass_bf16",
+    "calib_mean_f32",
+    "copy_rows_f32",
+    "copy_rows_bf16",
     "gated_residual_f32",
+    "gated_residual_bf16",
     "gelu_tanh_f32",
+    "gelu_tanh_bf16",
+    "kv_compact_f32",
+    "kv_compact_bf16",
+    "kv_write_f32",
+    "kv_write_bf16",
+    "layer_norm_f32",
+    "layer_norm_bf16",
     "layer_norm_modulate_f32",
+    "layer_norm_modulate_bf16",
+    "modulation_f32",
+    "modulation_bf16",
+    "patchify_f32",
+    "patchify_bf16",
+    "qk_norm_rope_f32",
+    "qk_norm_rope_bf16",
     "rms_norm_f32",
+    "rms_norm_bf16",
     "rope3d_f32",
+    "rope3d_bf16",
+    "silu_f32",
+    "silu_bf16",
+    "sinusoid_f32",
+    "sinusoid_bf16",
+    "unpatchify_f32",
+    "unpatchify_bf16",
 ];
 
 #[cfg(target_arch = "nvptx64")]
