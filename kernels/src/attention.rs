@@ -444,3 +444,302 @@ kernel! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// bf16 kernels (FlashAttention-2 style)
+// ---------------------------------------------------------------------------------------------
+
+/// Query rows per block of the bf16 kernels (4 warps × one m16 slab each).
+pub const BF16_BLOCK_M: u32 = 64;
+/// Keys per K/V tile of the bf16 kernels.
+pub const BF16_BLOCK_N: u32 = 64;
+
+/// Dynamic shared memory of a bf16 kernel for head_dim `d`: Q `[64][d]` plus two K/V stages
+/// (`[64][d]` each for K and V), bf16. d = 128: 80 KiB (above the 48 KiB default: the launcher
+/// must raise the function's max dynamic shared memory); d = 64: 40 KiB.
+pub const fn attn_bf16_smem(d: u32) -> u32 {
+    2 * d * (BF16_BLOCK_M + 4 * BF16_BLOCK_N)
+}
+
+macro_rules! bf16_launch {
+    ($ty:ident, $d:expr) => {
+        impl Launch for $ty {
+            /// grid = (ceil(q_rows/64), heads), 128 threads; zero rows or heads launch one
+            /// block that returns at once.
+            fn dims(&self) -> LaunchDims {
+                let p = &self.0;
+                LaunchDims {
+                    grid: [p.q_rows.div_ceil(BF16_BLOCK_M).max(1), p.heads.max(1), 1],
+                    block: [ATTN_THREADS, 1, 1],
+                    dyn_smem: attn_bf16_smem($d),
+                }
+            }
+        }
+    };
+}
+bf16_launch!(AttnBf16D128, 128);
+bf16_launch!(AttnBf16D64, 64);
+
+/// Byte offset of 16-byte chunk `c` of row `r` in a `[rows][d]` bf16 tile with `row_bytes =
+/// 2d`. The chunk index is XORed with `r % 8`, so the 8 rows one ldmatrix phase reads (same
+/// logical chunk) and the chunks cp.async writes fall in distinct bank groups. Writer and
+/// readers use this same function.
+#[inline(always)]
+fn swz(r: u32, c: u32, row_bytes: u32) -> u32 {
+    r * row_bytes + ((c ^ (r & 7)) << 4)
+}
+
+/// Position in a head's key sequence: segment `si`, first row `t0` of the tile.
+#[derive(Clone, Copy)]
+struct Cursor {
+    si: u32,
+    t0: u32,
+}
+
+/// The first tile at or after (si, t0): skips finished and empty segments. `si == end` means
+/// no tile is left.
+#[inline(always)]
+unsafe fn settle(p: &AttnParams, mut c: Cursor, end: u32) -> Cursor {
+    while c.si < end && c.t0 >= seg(p, c.si).rows {
+        c.si += 1;
+        c.t0 = 0;
+    }
+    c
+}
+
+/// Issues the cp.async copies of one K/V tile (rows t0.. of segment si) into stage buffers
+/// `sk`/`sv` (`d` is a constant after inlining). Rows past the segment's end are zero-filled (their scores are masked, and the
+/// zeros keep P·V free of NaN). Not committed here.
+#[inline(always)]
+unsafe fn load_kv_tile(p: &AttnParams, d: u32, c: Cursor, sk: u32, sv: u32) {
+    let sg = seg(p, c.si);
+    let n = (sg.rows - c.t0).min(BF16_BLOCK_N);
+    let cpr = d / 8; // 16-byte chunks per row
+    let tid = thread_idx_x();
+    let (kb, vb) = (sg.k as *const u8, sg.v as *const u8);
+    let mut i = 0;
+    while i < BF16_BLOCK_N * cpr / ATTN_THREADS {
+        let idx = tid + i * ATTN_THREADS;
+        let (r, ch) = (idx / cpr, idx % cpr);
+        let dst = swz(r, ch, 2 * d);
+        // Out-of-range rows copy 0 bytes from the (aligned) segment start.
+        let (off, size) = if r < n {
+            (
+                ((c.t0 + r) as usize * sg.stride as usize) * 2 + ch as usize * 16,
+                16,
+            )
+        } else {
+            (0, 0)
+        };
+        cp_async_16(sk + dst, kb.add(off), size);
+        cp_async_16(sv + dst, vb.add(off), size);
+        i += 1;
+    }
+}
+
+/// The bf16 kernel body for head_dim `D = 8·NDT` (NDT n8 output tiles, NKS = D/16 k16 slices).
+///
+/// Block (x, h): query rows 64x..64x+64 of head h; warp w owns the m16 slab 16w..16w+16 and
+/// keeps its Q fragments in registers. Per 64-key tile: S = Q·Kᵀ (mma.sync m16n8k16, K via
+/// ldmatrix), tail mask, online softmax in base 2 (quad shuffles xor 1, 2; −inf guards),
+/// O += P·V with P repacked from the S accumulators as bf16 A fragments and V via
+/// ldmatrix.trans. K/V tiles are double-buffered with cp.async: tile i+1 loads while tile i
+/// computes.
+#[inline(always)]
+unsafe fn attn_bf16_body<const NDT: usize, const NKS: usize>(p: AttnParams) {
+    const { assert!(NDT == 2 * NKS && NDT % 2 == 0) };
+    let d = 8 * NDT as u32;
+    let h = block_idx_y();
+    let row0 = block_idx_x() * BF16_BLOCK_M;
+    // Block-uniform exits, before any barrier.
+    if h >= p.heads || row0 >= p.q_rows || p.head_dim != d {
+        return;
+    }
+    let (tid, lane, warp) = (thread_idx_x(), lane_id(), warp_id());
+    let rb = 2 * d; // bytes per smem row
+    let s_q = dyn_smem_addr();
+    let stage = |b: u32| {
+        let k = s_q + BF16_BLOCK_M * rb + b * 2 * BF16_BLOCK_N * rb;
+        (k, k + BF16_BLOCK_N * rb)
+    };
+
+    // Q tile (rows past q_rows zero-filled) and the first K/V tile: one group.
+    let cpr = d / 8;
+    let qb = (p.q as *const u8).add(h as usize * d as usize * 2);
+    let mut i = 0;
+    while i < BF16_BLOCK_M * cpr / ATTN_THREADS {
+        let idx = tid + i * ATTN_THREADS;
+        let (r, ch) = (idx / cpr, idx % cpr);
+        let row = row0 + r;
+        let (off, size) = if row < p.q_rows {
+            (
+                row as usize * p.q_stride as usize * 2 + ch as usize * 16,
+                16,
+            )
+        } else {
+            (0, 0)
+        };
+        cp_async_16(s_q + swz(r, ch, rb), qb.add(off), size);
+        i += 1;
+    }
+    let (s_begin, s_end) = seg_range(&p, h);
+    let mut cur = settle(&p, Cursor { si: s_begin, t0: 0 }, s_end);
+    if cur.si < s_end {
+        let (k, v) = stage(0);
+        load_kv_tile(&p, d, cur, k, v);
+    }
+    cp_async_commit();
+    cp_async_wait_group::<0>();
+    sync_threads();
+
+    // This warp's Q slab as A fragments: lane L reads row L%16, chunk 2kk + L/16.
+    let mut qf = [[0u32; 4]; NKS];
+    for kk in 0..NKS {
+        let r = 16 * warp + lane % 16;
+        qf[kk] = ldmatrix_x4(s_q + swz(r, 2 * kk as u32 + lane / 16, rb));
+    }
+
+    let t = lane % 4;
+    let mut o = [[0f32; 4]; NDT];
+    // Rows g and g+8 of the slab: running max (scaled, base 2) and this lane's partial sum.
+    let mut m = [f32::NEG_INFINITY; 2];
+    let mut l = [0f32; 2];
+    let mut buf = 0;
+    while cur.si < s_end {
+        let n = (seg(&p, cur.si).rows - cur.t0).min(BF16_BLOCK_N);
+        let next = settle(
+            &p,
+            Cursor {
+                si: cur.si,
+                t0: cur.t0 + BF16_BLOCK_N,
+            },
+            s_end,
+        );
+        if next.si < s_end {
+            let (k, v) = stage(buf ^ 1);
+            load_kv_tile(&p, d, next, k, v);
+        }
+        // Always commit (possibly an empty group) so every thread's group count agrees.
+        cp_async_commit();
+        cp_async_wait_group::<1>();
+        // Tile `cur` is in shared memory for every thread.
+        sync_threads();
+        let (sk, sv) = stage(buf);
+
+        // S = Q·Kᵀ: 16 rows × 64 keys per warp, 8 n8 tiles.
+        let mut s = [[0f32; 4]; 8];
+        for kk in 0..NKS {
+            for np in 0..4 {
+                let r = 16 * np as u32 + (lane & 7) + ((lane >> 4) << 3);
+                let b = ldmatrix_x4(sk + swz(r, 2 * kk as u32 + ((lane >> 3) & 1), rb));
+                mma_m16n8k16_bf16(&mut s[2 * np], &qf[kk], &[b[0], b[1]]);
+                mma_m16n8k16_bf16(&mut s[2 * np + 1], &qf[kk], &[b[2], b[3]]);
+            }
+        }
+
+        // Scale into base 2, mask keys past the tile's end, row max over the quad.
+        let mut mx = [f32::NEG_INFINITY; 2];
+        for nt in 0..8 {
+            for e in 0..4 {
+                let col = 8 * nt as u32 + 2 * t + (e as u32 & 1);
+                let x = if col < n {
+                    s[nt][e] * p.scale_log2
+                } else {
+                    f32::NEG_INFINITY
+                };
+                s[nt][e] = x;
+                mx[e / 2] = mx[e / 2].max(x);
+            }
+        }
+        let mut base = [0f32; 2];
+        let mut alpha = [0f32; 2];
+        for i in 0..2 {
+            mx[i] = mx[i].max(shfl_xor_f32(mx[i], 1));
+            mx[i] = mx[i].max(shfl_xor_f32(mx[i], 2));
+            let m_new = m[i].max(mx[i]);
+            // −inf guard: with no finite score yet, subtract 0, never (−inf) − (−inf).
+            base[i] = if m_new == f32::NEG_INFINITY {
+                0.0
+            } else {
+                m_new
+            };
+            alpha[i] = ex2(m[i] - base[i]);
+            m[i] = m_new;
+        }
+        let mut rs = [0f32; 2];
+        for nt in 0..8 {
+            for e in 0..4 {
+                let pv = ex2(s[nt][e] - base[e / 2]);
+                s[nt][e] = pv;
+                rs[e / 2] += pv;
+            }
+        }
+        for i in 0..2 {
+            l[i] = l[i] * alpha[i] + rs[i];
+        }
+        for dt in 0..NDT {
+            for e in 0..4 {
+                o[dt][e] *= alpha[e / 2];
+            }
+        }
+
+        // O += P·V: P's k16 slice j is n8 tiles 2j, 2j+1 of S, repacked as A fragments.
+        for j in 0..4 {
+            let a = [
+                pack_bf16x2(s[2 * j][0], s[2 * j][1]),
+                pack_bf16x2(s[2 * j][2], s[2 * j][3]),
+                pack_bf16x2(s[2 * j + 1][0], s[2 * j + 1][1]),
+                pack_bf16x2(s[2 * j + 1][2], s[2 * j + 1][3]),
+            ];
+            for dp in 0..NDT / 2 {
+                let r = 16 * j as u32 + (lane & 7) + ((lane >> 3) & 1) * 8;
+                let b = ldmatrix_x4_trans(sv + swz(r, 2 * dp as u32 + (lane >> 4), rb));
+                mma_m16n8k16_bf16(&mut o[2 * dp], &a, &[b[0], b[1]]);
+                mma_m16n8k16_bf16(&mut o[2 * dp + 1], &a, &[b[2], b[3]]);
+            }
+        }
+        // Everyone is done with this stage before the next iteration refills it.
+        sync_threads();
+        cur = next;
+        buf ^= 1;
+    }
+
+    // Row sums over the quad; a row without keys outputs 0.
+    let g = lane / 4;
+    let ob = (p.o as *mut u8).add(h as usize * d as usize * 2);
+    for i in 0..2 {
+        l[i] += shfl_xor_f32(l[i], 1);
+        l[i] += shfl_xor_f32(l[i], 2);
+        let inv = if l[i] > 0.0 { 1.0 / l[i] } else { 0.0 };
+        let row = row0 + 16 * warp + g + 8 * i as u32;
+        if row < p.q_rows {
+            let dst = ob.add(row as usize * p.q_stride as usize * 2) as *mut u32;
+            for dt in 0..NDT {
+                let v = pack_bf16x2(o[dt][2 * i] * inv, o[dt][2 * i + 1] * inv);
+                *dst.add(4 * dt + t as usize) = v;
+            }
+        }
+    }
+}
+
+kernel! {
+    /// bf16 attention, head_dim 128 (see [`attn_bf16_body`] and the module doc).
+    ///
+    /// # Safety
+    /// `check()` and `check_table()` must pass, the pointers must be valid for their shapes;
+    /// launch with `dims()` (80 KiB dynamic shared memory).
+    pub unsafe fn attn_bf16_d128(pa: AttnBf16D128) {
+        attn_bf16_body::<16, 8>(pa.0);
+    }
+}
+
+kernel! {
+    /// bf16 attention, head_dim 64 (see [`attn_bf16_body`] and the module doc).
+    ///
+    /// # Safety
+    /// `check()` and `check_table()` must pass, the pointers must be valid for their shapes;
+    /// launch with `dims()`.
+    pub unsafe fn attn_bf16_d64(pa: AttnBf16D64) {
+        attn_bf16_body::<8, 4>(pa.0);
+    }
+}

@@ -287,6 +287,18 @@ fn launch_attn(c: &Case, l: &Launched) {
                 k.check_table(starts, segs).unwrap();
                 sim::run(k)
             }
+            (Dt::Bf16, 128) => {
+                let k = AttnBf16D128(l.p);
+                k.check().unwrap();
+                k.check_table(starts, segs).unwrap();
+                sim::run(k)
+            }
+            (Dt::Bf16, 64) => {
+                let k = AttnBf16D64(l.p);
+                k.check().unwrap();
+                k.check_table(starts, segs).unwrap();
+                sim::run(k)
+            }
             (dt, d) => panic!("no {dt:?} kernel for head_dim {d}"),
         }
     };
@@ -342,34 +354,42 @@ fn run_case(rng: &mut Rng, c: &Case) -> Vec<f32> {
     got
 }
 
-/// FlashAttention's acceptance rule: max |kernel − ref| ≤ 2·max |naive − ref| + slack.
+/// FlashAttention's acceptance rule: max |kernel − ref| ≤ 2·max |naive − ref| + slack. The
+/// naive reference's max error is dominated by its bf16 rounding of S, which makes the rule
+/// loose, so the mean error must also stay at or below the naive reference's (a systematic
+/// bug, e.g. a slightly wrong scale, moves the mean long before the max).
 fn flash_rule(what: &str, got: &[f32], want: &[f64], naive: &[f32]) {
-    let max_err = |xs: &[f32]| {
-        let mut worst = (0f64, 0usize);
+    let errs = |xs: &[f32]| {
+        let (mut worst, mut at, mut sum) = (0f64, 0usize, 0f64);
         for (i, (&g, &w)) in xs.iter().zip(want).enumerate() {
             let e = (g as f64 - w).abs();
             // NaN counts as infinitely wrong.
             let e = if e.is_nan() { f64::INFINITY } else { e };
-            if e > worst.0 {
-                worst = (e, i);
+            if e > worst {
+                (worst, at) = (e, i);
             }
+            sum += e;
         }
-        worst
+        (worst, at, sum / xs.len().max(1) as f64)
     };
-    let (ek, ik) = max_err(got);
-    let (en, _) = max_err(naive);
-    // bf16 rounding of an output near 0.3, as FlashAttention's tests allow.
-    let slack = 2.0
-        * (Dt::Bf16.round(0.3 + 0.3f32 * 2f32.powi(-9)) as f64 - 0.3)
-            .abs()
-            .max(1e-3);
+    let (ek, ik, mk) = errs(got);
+    let (en, _, mn) = errs(naive);
+    // About half a bf16 ulp at 0.3..0.5 (the output's own rounding); FlashAttention's tests
+    // allow an absolute slack of this order.
+    let slack = 1e-3;
     let bound = 2.0 * en + slack;
     eprintln!(
-        "{what}: max err kernel {ek:.3e} (index {ik}), naive bf16 {en:.3e}, bound {bound:.3e}"
+        "{what}: kernel max err {ek:.3e} (index {ik}) mean {mk:.3e}; naive bf16 max {en:.3e} mean {mn:.3e}; bound {bound:.3e}"
     );
     assert!(
         ek <= bound,
         "{what}: kernel error {ek:e} at index {ik} (got {} want {}) > 2·naive {en:e} + {slack:e}",
+        got[ik],
+        want[ik]
+    );
+    assert!(
+        mk <= mn.max(1e-4),
+        "{what}: kernel mean error {mk:e} > naive bf16 mean error {mn:e} (max err {ek:e} at index {ik}: got {} want {})",
         got[ik],
         want[ik]
     );
@@ -507,6 +527,46 @@ fn f32_one_query_row() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// bf16
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn bf16_d128_mixed_segment_tables() {
+    let mut rng = Rng::new("attn bf16 d128 mixed");
+    // 70 query rows: 2 blocks of 64, the second with 6 rows; slots of 21 tokens, so tiles
+    // never fill (every tile is a tail) and the double buffer cycles through 5+ tiles.
+    let c = cache_case(&mut rng, Dt::Bf16, 128, 4, 70, 21, 19);
+    run_case(&mut rng, &c);
+}
+
+#[test]
+fn bf16_d64_mixed_segment_tables_long_segments() {
+    let mut rng = Rng::new("attn bf16 d64 mixed");
+    // Slots longer than a tile (70 = 64 + 6), chunk of 65.
+    let c = cache_case(&mut rng, Dt::Bf16, 64, 4, 33, 70, 65);
+    run_case(&mut rng, &c);
+}
+
+#[test]
+fn bf16_cross_attention() {
+    let mut rng = Rng::new("attn bf16 cross");
+    // 77 text keys = 64 + 13, one segment per head with stride heads·d.
+    let c = cross_case(&mut rng, Dt::Bf16, 128, 2, 40, 77);
+    run_case(&mut rng, &c);
+    let c = cross_case(&mut rng, Dt::Bf16, 64, 3, 65, 150);
+    run_case(&mut rng, &c);
+}
+
+#[test]
+fn bf16_one_query_row() {
+    let mut rng = Rng::new("attn bf16 one row");
+    let c = cache_case(&mut rng, Dt::Bf16, 128, 4, 1, 9, 3);
+    run_case(&mut rng, &c);
+    let c = cross_case(&mut rng, Dt::Bf16, 64, 1, 1, 1);
+    run_case(&mut rng, &c);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Both kernels: zero heads / zero rows, host checks
 // ---------------------------------------------------------------------------------------------
 
@@ -536,7 +596,7 @@ fn empty_launch(dt: Dt, d: u32, heads: u32, q_rows: u32) {
 
 #[test]
 fn zero_heads_and_zero_rows_launch_and_write_nothing() {
-    for (dt, d) in [(Dt::F32, 128)] {
+    for (dt, d) in [(Dt::F32, 128), (Dt::Bf16, 128), (Dt::Bf16, 64)] {
         empty_launch(dt, d, 0, 5);
         empty_launch(dt, d, 3, 0);
     }
