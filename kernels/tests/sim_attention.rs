@@ -150,6 +150,8 @@ struct Case {
     q_rows: u32,
     q_stride: u32,
     scale: f32,
+    /// Queries are uniform in `[q_lo, 2)`.
+    q_lo: f32,
     kv: Vec<Kv>,
     /// Segments of each head.
     table: Vec<Vec<Seg>>,
@@ -310,7 +312,7 @@ fn launch_attn(c: &Case, l: &Launched) {
 fn run_case(rng: &mut Rng, c: &Case) -> Vec<f32> {
     let (d, heads) = (c.d as usize, c.heads as usize);
     let qf: Vec<f32> = rng
-        .vec(c.q_rows as usize * c.q_stride as usize, -2.0, 2.0)
+        .vec(c.q_rows as usize * c.q_stride as usize, c.q_lo, 2.0)
         .into_iter()
         .map(|x| c.dt.round(x))
         .collect();
@@ -457,6 +459,7 @@ fn cache_case(rng: &mut Rng, dt: Dt, d: u32, heads: u32, q_rows: u32, t: u32, ch
         q_rows,
         q_stride: w,
         scale: 3.0 / (d as f32).sqrt(),
+        q_lo: -2.0,
         kv,
         table,
     }
@@ -484,6 +487,7 @@ fn cross_case(rng: &mut Rng, dt: Dt, d: u32, heads: u32, q_rows: u32, keys: u32)
         q_rows,
         q_stride: w,
         scale: 2.0 / (d as f32).sqrt(),
+        q_lo: -2.0,
         kv,
         table,
     }
@@ -567,6 +571,56 @@ fn bf16_one_query_row() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// All kernels
+// ---------------------------------------------------------------------------------------------
+
+/// Keys whose scores overflow to −inf in f32 come first (whole tiles of them), then ordinary
+/// keys: the running max is −inf after the first tiles, which must not turn into NaN
+/// ((−inf) − (−inf)). In f64 those scores are finite but so negative that their weight is 0,
+/// so the references agree.
+#[test]
+fn neg_inf_scores_before_finite_ones() {
+    let mut rng = Rng::new("attn -inf guard");
+    for (dt, d) in [(Dt::F32, 64), (Dt::Bf16, 128), (Dt::Bf16, 64)] {
+        let heads = 2u32;
+        let w = heads * d;
+        let (n_inf, n_fin) = (70u32, 30u32);
+        let mut kv = Kv::random(&mut rng, dt, ((n_inf + n_fin) * w) as usize);
+        // q > 0 and k = −3e38 (finite in bf16): every product is about −3e38, the sum
+        // overflows to −inf.
+        for x in &mut kv.kf[..(n_inf * w) as usize] {
+            *x = dt.round(-3e38);
+        }
+        kv.k = Dev::from(dt, &kv.kf);
+        let table = (0..heads)
+            .map(|h| {
+                let seg = |row: u32, rows: u32| Seg {
+                    buf: 0,
+                    off: (row * w + h * d) as usize,
+                    rows,
+                    stride: w,
+                };
+                // Two −inf segments (one spans whole tiles), then the finite keys.
+                vec![seg(0, 64), seg(64, n_inf - 64), seg(n_inf, n_fin)]
+            })
+            .collect();
+        let c = Case {
+            name: format!("{dt:?} d{d} -inf scores first"),
+            dt,
+            d,
+            heads,
+            q_rows: 17,
+            q_stride: w,
+            scale: 1.0 / (d as f32).sqrt(),
+            q_lo: 0.5,
+            kv: vec![kv],
+            table,
+        };
+        run_case(&mut rng, &c);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Both kernels: zero heads / zero rows, host checks
 // ---------------------------------------------------------------------------------------------
 
@@ -579,6 +633,7 @@ fn empty_launch(dt: Dt, d: u32, heads: u32, q_rows: u32) {
         q_rows,
         q_stride: heads * d,
         scale: 0.1,
+        q_lo: -2.0,
         kv: vec![],
         table: vec![vec![]; heads as usize],
     };
