@@ -25,8 +25,14 @@
 //!   non-decreasing entries; `scale_log2` finite.
 //! - bf16 d128 needs 80 KiB of dynamic shared memory: the launcher must raise the kernel's
 //!   `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` to `dims().dyn_smem` before launching.
-//! - `o` must not overlap `q` or any K/V row (the kernels read Q once, but other blocks may still
-//!   be reading rows that one block writes).
+//! - `o` must not overlap any K/V row (other blocks may still be reading K/V while one block
+//!   writes its output), nor `q` (in-place is not supported or tested).
+//! - `heads <= 65535` (grid.y).
+//!
+//! Launch shapes (`Launch::dims`): 128 threads; f32: grid (ceil(q_rows/16), heads), dynamic
+//! smem [`attn_f32_smem`]`(head_dim)` (43 KiB at d128); bf16: grid (ceil(q_rows/64), heads),
+//! [`attn_bf16_smem`] (80 KiB at d128, 40 KiB at d64). Zero rows or zero heads still give a
+//! one-block grid whose block returns at once.
 
 // Register arrays are indexed by loop counters that are constants after full unrolling; that is
 // what keeps them in registers, so index loops are deliberate.
@@ -105,6 +111,9 @@ impl AttnParams {
         let p = self;
         if !p.scale_log2.is_finite() {
             return Err(format!("{name}: scale_log2 {} is not finite", p.scale_log2));
+        }
+        if p.heads > 65535 {
+            return Err(format!("{name}: {} heads > 65535 (grid.y limit)", p.heads));
         }
         let width = p.heads as u64 * p.head_dim as u64;
         if (p.q_stride as u64) < width {

@@ -682,6 +682,13 @@ fn checks_reject_bad_params() {
     assert!(AttnF32(bad(&|p| p.q_stride = 255)).check().is_err());
     assert!(AttnF32(bad(&|p| p.o = 0)).check().is_err());
     assert!(AttnF32(bad(&|p| p.scale_log2 = f32::NAN)).check().is_err());
+    assert!(AttnF32(bad(&|p| {
+        p.heads = 70000;
+        p.head_dim = 1;
+        p.q_stride = 70000
+    }))
+    .check()
+    .is_err());
     // bf16 rows must be 16-byte aligned.
     assert!(AttnBf16D128(bad(&|p| p.q = 0x1008)).check().is_err());
     assert!(AttnBf16D128(bad(&|p| p.q_stride = 260)).check().is_err());
