@@ -728,7 +728,7 @@ unsafe fn attn_bf16_body<const NDT: usize, const NKS: usize>(p: AttnParams) {
 }
 
 kernel! {
-    /// bf16 attention, head_dim 128 (see [`attn_bf16_body`] and the module doc).
+    /// bf16 attention, head_dim 128 (FlashAttention-2 schedule; see the module doc).
     ///
     /// # Safety
     /// `check()` and `check_table()` must pass, the pointers must be valid for their shapes;
@@ -739,7 +739,7 @@ kernel! {
 }
 
 kernel! {
-    /// bf16 attention, head_dim 64 (see [`attn_bf16_body`] and the module doc).
+    /// bf16 attention, head_dim 64 (FlashAttention-2 schedule; see the module doc).
     ///
     /// # Safety
     /// `check()` and `check_table()` must pass, the pointers must be valid for their shapes;
