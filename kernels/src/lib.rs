@@ -21,6 +21,7 @@ pub mod gpu;
 #[cfg(not(target_arch = "nvptx64"))]
 pub mod sim;
 
+pub mod attention;
 pub mod calib;
 pub mod elem;
 pub mod elementwise;
@@ -36,6 +37,9 @@ pub const PTX: &str = include_str!("../ptx/dfrt_kernels.ptx");
 
 /// Every kernel entry point in `PTX`, by name.
 pub const KERNELS: &[&str] = &[
+    "attn_bf16_d128",
+    "attn_bf16_d64",
+    "attn_f32",
     "add_f32",
     "add_bf16",
     "calib_mass_f32",
@@ -83,6 +87,9 @@ pub const KERNELS: &[&str] = &[
 /// Kernels on the hot path: `cargo xtask ptx-report` fails if any of them has a stack frame or
 /// spills. (This list is read textually by xtask; keep it one string literal per kernel.)
 pub const HOT_KERNELS: &[&str] = &[
+    "attn_bf16_d128",
+    "attn_bf16_d64",
+    "attn_f32",
     "add_f32",
     "add_bf16",
     "calib_mass_f32",
