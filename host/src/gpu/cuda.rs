@@ -99,8 +99,15 @@ pub struct CudaDevice {
     allocs: AtomicU64,
     sync_debug: bool,
     /// Instantiated CUDA graphs, by the id [`CudaDevice::end_capture`] returned.
-    graphs: Mutex<Vec<CudaGraph>>,
+    graphs: Mutex<Graphs>,
 }
+
+/// The instantiated graphs. CUDA graph objects are not internally synchronised: every access
+/// goes through the `Mutex` above, which serialises them as the CUDA docs require.
+struct Graphs(Vec<CudaGraph>);
+// SAFETY: a CudaGraph is a pair of driver handles; moving them to another thread is allowed,
+// only concurrent use is not, and the Mutex rules that out.
+unsafe impl Send for Graphs {}
 
 fn drv(what: &str) -> impl Fn(result::DriverError) -> Error + '_ {
     move |e| Error::Device(format!("cuda: {what}: {e}"))
@@ -144,7 +151,7 @@ impl CudaDevice {
             let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
             let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(dfrt_kernels::PTX)).map_err(drv("loading the PTX module (driver too old for the PTX ISA?)"))?;
             let lt = CudaBlasLT::new(stream.clone()).map_err(|e| Error::Device(format!("cuda: creating the cuBLASLt handle: {e}")))?;
-            Ok(CudaDevice { ctx, stream, module, funcs: Mutex::new(HashMap::new()), lt, live: Mutex::new(BTreeMap::new()), allocs: AtomicU64::new(0), sync_debug, graphs: Mutex::new(Vec::new()) })
+            Ok(CudaDevice { ctx, stream, module, funcs: Mutex::new(HashMap::new()), lt, live: Mutex::new(BTreeMap::new()), allocs: AtomicU64::new(0), sync_debug, graphs: Mutex::new(Graphs(Vec::new())) })
         })
     }
 
@@ -197,14 +204,14 @@ impl CudaDevice {
         let g = self.stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(drv("end graph capture"))?;
         let g = g.ok_or_else(|| Error::Device("cuda: graph capture recorded nothing".into()))?;
         let mut gs = self.graphs.lock().unwrap();
-        gs.push(g);
-        Ok(gs.len() - 1)
+        gs.0.push(g);
+        Ok(gs.0.len() - 1)
     }
 
     /// Replays a captured graph on the stream (same pointers, same params as captured).
     pub fn replay(&self, id: usize) -> Result<()> {
         let gs = self.graphs.lock().unwrap();
-        let g = gs.get(id).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
+        let g = gs.0.get(id).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
         g.launch().map_err(drv("graph launch"))?;
         self.after("graph replay")
     }
@@ -357,7 +364,7 @@ impl Device for CudaDevice {
 impl Drop for CudaDevice {
     fn drop(&mut self) {
         let _ = self.stream.synchronize();
-        self.graphs.lock().unwrap().clear();
+        self.graphs.lock().unwrap().0.clear();
         for (p, _) in std::mem::take(&mut *self.live.lock().unwrap()) {
             // SAFETY: every entry is a live allocation of ours; the stream is idle.
             let _ = unsafe { result::free_sync(p) };
