@@ -643,3 +643,18 @@ impl<D: Device> Backend for GpuBackend<D> {
         self.guard(&q.shape, || self.try_attention(q, head_dim, ctx))
     }
 }
+
+impl<D: Device> GpuBackend<D> {
+    /// The memory plan for a run of `ckpt`'s model: checks it against the device's free memory
+    /// (failing with "needs X bytes, Y free") and reserves the whole plan as one heap region,
+    /// so neither loading nor the chunk loop allocates on the device afterwards. Call before
+    /// loading the model.
+    pub fn prepare(&self, cfg: &crate::ModelConfig, policy: &crate::cache::Policy, latent: crate::pipeline::Latent, frames: Option<usize>, ckpt: &crate::checkpoint::TensorFile) -> Result<super::MemoryPlan> {
+        let numel: usize = ckpt.tensors.values().map(|t| t.shape.iter().product::<usize>()).sum();
+        let plan = super::MemoryPlan::estimate(cfg, policy, latent, frames, self.precision, numel * self.precision.size(), ckpt.tensors.len())?;
+        let (free, total) = self.sh.dev.mem_info()?;
+        plan.check(free, total)?;
+        self.reserve(plan.total())?;
+        Ok(plan)
+    }
+}

@@ -7,9 +7,10 @@
 //! once, exactly as the CPU reference backend does.
 
 use std::alloc::Layout;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use half::bf16;
 
@@ -23,6 +24,8 @@ pub struct SimDevice {
     limit: usize,
     allocs: AtomicU64,
     launches: AtomicU64,
+    /// Per kernel (and "gemm"): calls and total time, when `DFRT_SIM_PROFILE` is set.
+    profile: Option<Mutex<HashMap<&'static str, (u64, Duration)>>>,
 }
 
 /// What a simulated device reports as its total memory unless given a limit.
@@ -42,12 +45,30 @@ impl SimDevice {
     /// A device with `bytes` of memory in all: allocations beyond it fail as out of memory,
     /// and `mem_info` reports it (to test the memory plan).
     pub fn with_limit(bytes: usize) -> Self {
-        SimDevice { live: Mutex::new(BTreeMap::new()), used: AtomicU64::new(0), limit: bytes, allocs: AtomicU64::new(0), launches: AtomicU64::new(0) }
+        SimDevice { live: Mutex::new(BTreeMap::new()), used: AtomicU64::new(0), limit: bytes, allocs: AtomicU64::new(0), launches: AtomicU64::new(0), profile: std::env::var_os("DFRT_SIM_PROFILE").map(|_| Mutex::new(HashMap::new())) }
     }
 
     /// Kernel launches so far.
     pub fn launches(&self) -> u64 {
         self.launches.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, name: &'static str, t0: Instant) {
+        if let Some(p) = &self.profile {
+            let mut m = p.lock().unwrap();
+            let e = m.entry(name).or_default();
+            e.0 += 1;
+            e.1 += t0.elapsed();
+        }
+    }
+
+    /// The profile as lines "name calls total_ms", slowest first (empty unless
+    /// `DFRT_SIM_PROFILE` is set).
+    pub fn profile_report(&self) -> String {
+        let Some(p) = &self.profile else { return String::new() };
+        let mut v: Vec<_> = p.lock().unwrap().iter().map(|(k, v)| (*k, *v)).collect();
+        v.sort_by(|a, b| b.1 .1.cmp(&a.1 .1));
+        v.iter().map(|(k, (n, t))| format!("{k:<28} {n:>7} calls {:>10.1} ms\n", t.as_secs_f64() * 1e3)).collect()
     }
 
     /// Checks that `[ptr, ptr + len)` lies inside one live allocation.
@@ -133,9 +154,12 @@ impl Device for SimDevice {
 
     unsafe fn launch<P: dfrt_kernels::Launch>(&self, p: P) -> Result<()> {
         self.launches.fetch_add(1, Ordering::Relaxed);
+        let t0 = Instant::now();
         // SAFETY: the caller guarantees the pointers in `p` are valid for the kernel; on this
         // device, device memory is host memory, which is what the simulator dereferences.
-        unsafe { dfrt_kernels::sim::run(p) }.map_err(|e| Error::Device(format!("kernel `{}`: {e}", P::NAME)))
+        let r = unsafe { dfrt_kernels::sim::run(p) }.map_err(|e| Error::Device(format!("kernel `{}`: {e}", P::NAME)));
+        self.record(P::NAME, t0);
+        r
     }
 
     fn gemm(&self, g: &Gemm) -> Result<()> {
@@ -150,6 +174,7 @@ impl Device for SimDevice {
         if n == 0 || m == 0 {
             return Ok(());
         }
+        let t0 = Instant::now();
         // Widen the inputs (bf16) or use them in place (f32).
         let widen = |p: DevPtr, len: usize| -> Vec<f32> {
             // SAFETY: `p` is valid for `len` bf16 (checked above) and bf16 has no invalid bits.
@@ -203,6 +228,7 @@ impl Device for SimDevice {
                 }
             }
         }
+        self.record("gemm", t0);
         Ok(())
     }
 
@@ -222,6 +248,9 @@ impl Device for SimDevice {
 
 impl Drop for SimDevice {
     fn drop(&mut self) {
+        if self.profile.is_some() {
+            eprint!("sim profile:\n{}", self.profile_report());
+        }
         let live = std::mem::take(&mut *self.live.lock().unwrap());
         for (p, size) in live {
             // SAFETY: every entry of `live` is an allocation of ours with this size and alignment.
