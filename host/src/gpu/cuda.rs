@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublaslt::{sys as ltsys, Activation, CudaBlasLT, Matmul, MatmulConfig, MatmulShared, Workspace};
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaGraph, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg, SyncOnDrop};
+use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg, SyncOnDrop};
 use dfrt_kernels::Launch;
 
 use super::{DevPtr, Device, Gemm};
@@ -350,6 +350,14 @@ impl Device for CudaDevice {
 
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(drv("synchronize"))
+    }
+
+    type Event = CudaEvent;
+    fn record(&self) -> Result<CudaEvent> {
+        self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("record event"))
+    }
+    fn elapsed_ms(&self, start: &CudaEvent, end: &CudaEvent) -> Result<f32> {
+        start.elapsed_ms(end).map_err(drv("event timing"))
     }
 
     fn allocations(&self) -> u64 {

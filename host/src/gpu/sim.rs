@@ -236,6 +236,15 @@ impl Device for SimDevice {
         Ok(())
     }
 
+    /// Every simulated op is synchronous, so an event is the wall-clock time of its recording.
+    type Event = Instant;
+    fn record(&self) -> Result<Instant> {
+        Ok(Instant::now())
+    }
+    fn elapsed_ms(&self, start: &Instant, end: &Instant) -> Result<f32> {
+        Ok(end.saturating_duration_since(*start).as_secs_f32() * 1e3)
+    }
+
     fn allocations(&self) -> u64 {
         self.allocs.load(Ordering::Relaxed)
     }
