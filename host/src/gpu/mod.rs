@@ -119,6 +119,16 @@ pub trait Device: Send + Sync + 'static {
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
 
+    /// Starts recording the device work queued from now on (launches, copies, GEMMs) into a
+    /// graph instead of running it. Allocation, freeing, downloads and synchronisation are
+    /// errors until [`Device::end_capture`].
+    fn begin_capture(&self) -> Result<()>;
+    /// Ends the recording; returns the graph's id.
+    fn end_capture(&self) -> Result<usize>;
+    /// Runs a recorded graph again: the same ops, params and uploaded bytes, in order. Every
+    /// buffer the graph touches must still be allocated.
+    fn replay(&self, graph: usize) -> Result<()>;
+
     /// A marker of the work queued so far (a CUDA event; a wall-clock instant on the sim).
     type Event: Send;
     fn record(&self) -> Result<Self::Event>;
