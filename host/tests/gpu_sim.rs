@@ -89,7 +89,7 @@ fn check(op: &str, got: &[f32], want: &[f32], tol: f32) {
     let (mut max_abs, mut worst) = (0f32, 0usize);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let e = (g - w).abs();
-        if !g.is_finite() || !(e <= tol * scale + 1e-7) {
+        if !g.is_finite() || e.is_nan() || e > tol * scale + 1e-7 {
             panic!("{op}: first bad index {i}: got {g} want {w} (tolerance {tol} × max|want| {scale})");
         }
         if e > max_abs {

@@ -339,6 +339,7 @@ impl<D: Device> GpuBackend<D> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn try_copy_rows(&self, dst: &GpuTensor<D>, dst_off: usize, src: &GpuTensor<D>, src_off: usize, src_stride: usize, rows: usize, cols: usize) -> Result<()> {
         if rows == 0 || cols == 0 {
             return Ok(());
@@ -435,7 +436,7 @@ impl<D: Device> GpuBackend<D> {
 
     fn try_modulation(&self, table: &GpuTensor<D>, e: &GpuTensor<D>, k: usize) -> Result<Vec<GpuTensor<D>>> {
         let kd = e.cols();
-        if k == 0 || kd % k != 0 || table.numel() != kd {
+        if k == 0 || !kd.is_multiple_of(k) || table.numel() != kd {
             return Err(Error::Device(format!("modulation: table {:?}, e {:?}, k {k}", table.shape, e.shape)));
         }
         let (d, frames) = (kd / k, e.rows());
@@ -449,7 +450,7 @@ impl<D: Device> GpuBackend<D> {
 
     fn try_rope(&self, x: &GpuTensor<D>, heads: usize, grid: [usize; 3], start_frame: usize) -> Result<GpuTensor<D>> {
         let [f, h, w] = grid;
-        if heads == 0 || x.cols() % heads != 0 || x.rows() != f * h * w {
+        if heads == 0 || !x.cols().is_multiple_of(heads) || x.rows() != f * h * w {
             return Err(Error::Device(format!("rope: x {:?} for {heads} heads on grid {grid:?}", x.shape)));
         }
         let d = x.cols() / heads;

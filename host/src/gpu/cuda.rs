@@ -190,7 +190,14 @@ impl CudaDevice {
         Ok(k)
     }
 
+    /// Makes our context current on the calling thread (driver calls act on the current one);
+    /// cheap when it already is.
+    fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv("binding the context to this thread"))
+    }
+
     fn check(&self, ptr: DevPtr, len: usize, what: &str) -> Result<()> {
+        self.bind()?;
         if len == 0 {
             return Ok(());
         }
@@ -229,7 +236,7 @@ impl Device for CudaDevice {
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {
         self.not_capturing("a device allocation")?;
         let bytes = super::heap::round_up(bytes);
-        self.ctx.bind_to_thread().map_err(drv("bind context"))?;
+        self.bind()?;
         // SAFETY: a plain allocation; the memory is only reached through the returned pointer.
         let p = unsafe { result::malloc_sync(bytes) }.map_err(|e| {
             let (free, total) = self.mem_info().unwrap_or((0, 0));
@@ -245,6 +252,7 @@ impl Device for CudaDevice {
         if self.live.lock().unwrap().remove(&ptr).is_none() {
             return Err(Error::Device(format!("cuda: free of {ptr:#x}, which is not an allocation")));
         }
+        self.bind()?;
         // Work queued on the pointer must finish first.
         self.stream.synchronize().map_err(drv("synchronize before free"))?;
         // SAFETY: `ptr` came from `malloc_sync` (it was in `live`, now removed: freed once) and

@@ -185,7 +185,7 @@ mod tests {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            if live.is_empty() || rng % 3 != 0 {
+            if live.is_empty() || !rng.is_multiple_of(3) {
                 let bytes = (rng >> 20) as usize % (6 * ALIGN) + 1;
                 if let Some(a) = h.alloc(bytes) {
                     assert_eq!(a % ALIGN as u64, 0);

@@ -36,7 +36,7 @@ impl MemoryPlan {
     pub fn estimate(cfg: &ModelConfig, policy: &Policy, latent: Latent, frames: Option<usize>, precision: Precision, weight_bytes: usize, weight_tensors: usize) -> Result<Self> {
         let e = precision.size();
         let [_, ph, pw] = cfg.patch_size;
-        if ph == 0 || pw == 0 || latent.height % ph != 0 || latent.width % pw != 0 {
+        if ph == 0 || pw == 0 || !latent.height.is_multiple_of(ph) || !latent.width.is_multiple_of(pw) {
             return Err(Error::Input(format!("latent {}×{} is not a multiple of the patch {ph}×{pw}", latent.height, latent.width)));
         }
         let tpf = (latent.height / ph) * (latent.width / pw);

@@ -74,7 +74,7 @@ impl SimDevice {
     pub fn profile_report(&self) -> String {
         let Some(p) = &self.profile else { return String::new() };
         let mut v: Vec<_> = p.lock().unwrap().iter().map(|(k, v)| (*k, *v)).collect();
-        v.sort_by(|a, b| b.1 .1.cmp(&a.1 .1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1 .1));
         v.iter().map(|(k, (n, t))| format!("{k:<28} {n:>7} calls {:>10.1} ms\n", t.as_secs_f64() * 1e3)).collect()
     }
 
