@@ -271,13 +271,23 @@ impl Backend for CpuBackend {
         let d = cols / heads;
         let [_, gh, gw] = grid;
         let tables = RopeTables::new(d);
+        // cos/sin per axis position, computed once per call instead of once per row: the
+        // angle of a pair depends on one coordinate only.
+        let gf = x.rows().div_ceil(gh * gw);
+        let axis = |n: usize, off: usize, fr: &[f64]| -> Vec<(f64, f64)> {
+            (0..n).flat_map(|p| fr.iter().map(move |&th| ((p + off) as f64 * th).sin_cos()).map(|(s, c)| (c, s))).collect()
+        };
+        let tf = axis(gf, start_frame, &tables.freqs[0]);
+        let th = axis(gh, 0, &tables.freqs[1]);
+        let tw = axis(gw, 0, &tables.freqs[2]);
+        let [nf, nh, nw] = [tables.freqs[0].len(), tables.freqs[1].len(), tables.freqs[2].len()];
         self.map_rows(x, |i, a, o| {
-            let f = start_frame + i / (gh * gw);
+            let f = i / (gh * gw);
             let hh = (i / gw) % gh;
             let ww = i % gw;
-            let angles = tables.angles(f, hh, ww);
+            let angles = tf[f * nf..(f + 1) * nf].iter().chain(&th[hh * nh..(hh + 1) * nh]).chain(&tw[ww * nw..(ww + 1) * nw]);
             for h in 0..heads {
-                for (p, &(c, s)) in angles.iter().enumerate() {
+                for (p, &(c, s)) in angles.clone().enumerate() {
                     let j = h * d + 2 * p;
                     let (re, im) = (a[j] as f64, a[j + 1] as f64);
                     o[j] = self.r((re * c - im * s) as f32);
