@@ -14,7 +14,7 @@ pub use convert::{convert_file, convert_files, expand_inputs, diffusers_to_nativ
 pub use dfrt::names::expected_tensors;
 pub use inspect::inspect;
 pub use source::Source;
-pub use synth::{synth_checkpoint, synth_tensor, synth_tensors, NamedTensor, Rng};
+pub use synth::{synth_checkpoint, synth_context, synth_tensor, synth_tensors, NamedTensor, Rng};
 
 /// Parses a dtype flag value: `f32` or `bf16`.
 pub fn parse_dtype(s: &str) -> dfrt::Result<dfrt::checkpoint::DType> {

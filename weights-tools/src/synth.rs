@@ -153,3 +153,16 @@ pub fn synth_checkpoint(path: impl AsRef<Path>, cfg: &ModelConfig, seed: u64, dt
     })?;
     Ok(bytes)
 }
+
+/// A synthetic text embedding `[text_len, text_dim]` for a config, standing in for the umT5
+/// output: the first `⌈text_len/2⌉` rows are N(0, 1), the rest exactly zero, as umT5 pads a
+/// short prompt. Written as tensor `context` (the layout `dfrt generate --context` reads).
+pub fn synth_context(path: impl AsRef<Path>, cfg: &ModelConfig, seed: u64) -> Result<()> {
+    let (l, w) = (cfg.text_len, cfg.text_dim);
+    let valid = l.div_ceil(2);
+    let mut rng = Rng::new(stream_seed(seed, "context", 0));
+    let data: Vec<f32> = (0..l * w).map(|i| if i / w < valid { rng.normal() } else { 0.0 }).collect();
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("dfrt.context_valid_len".to_string(), valid.to_string());
+    dfrt::checkpoint::write_safetensors(path, &[OutTensor::f32("context", vec![l, w], &data)], &meta)
+}
