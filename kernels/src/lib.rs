@@ -21,6 +21,7 @@ pub mod gpu;
 #[cfg(not(target_arch = "nvptx64"))]
 pub mod sim;
 
+pub mod attention;
 pub mod elementwise;
 pub mod norm;
 pub mod rope;
@@ -33,6 +34,9 @@ pub const PTX: &str = include_str!("../ptx/dfrt_kernels.ptx");
 
 /// Every kernel entry point in `PTX`, by name.
 pub const KERNELS: &[&str] = &[
+    "attn_bf16_d128",
+    "attn_bf16_d64",
+    "attn_f32",
     "gated_residual_f32",
     "gelu_tanh_f32",
     "layer_norm_modulate_f32",
@@ -50,6 +54,9 @@ pub const KERNELS: &[&str] = &[
 /// Kernels on the hot path: `cargo xtask ptx-report` fails if any of them has a stack frame or
 /// spills. (This list is read textually by xtask; keep it one string literal per kernel.)
 pub const HOT_KERNELS: &[&str] = &[
+    "attn_bf16_d128",
+    "attn_bf16_d64",
+    "attn_f32",
     "gated_residual_f32",
     "gelu_tanh_f32",
     "layer_norm_modulate_f32",
