@@ -8,15 +8,15 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use dfrt::api::{CpuModel, LoadedModel, SessionOptions};
 use dfrt::backend::cpu::CpuBackend;
 use dfrt::backend::{Backend, Precision};
 use dfrt::cache::Policy;
 use dfrt::checkpoint::{write_safetensors, OutTensor, TensorFile, CONFIG_KEY};
 use dfrt::config::FRAMES_PER_CHUNK;
 use dfrt::dummy::{stability, HeadProgram};
-use dfrt::model::Model;
 use dfrt::pipeline::inputs::{read_context, Inputs};
-use dfrt::pipeline::{Latent, Noise, Rng, Session};
+use dfrt::pipeline::{Latent, Noise};
 use dfrt::{Error, Result};
 
 #[derive(Parser)]
@@ -154,9 +154,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
     }
     let be = std::sync::Arc::new(CpuBackend::new(precision));
     let t_load = Instant::now();
-    let ckpt = TensorFile::open(&a.model)?;
-    let cfg = ckpt.config()?;
-    let model = std::sync::Arc::new(Model::load(&*be, &ckpt, &cfg)?);
+    let lm = LoadedModel::load(be.clone(), &a.model)?;
+    let cfg = lm.cfg.clone();
     let load_s = t_load.elapsed().as_secs_f64();
     policy.validate(&cfg)?;
     let program = a.heads.as_ref().map(|p| HeadProgram::load_for(p, &cfg)).transpose()?;
@@ -172,7 +171,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         let ctx = read_context(&TensorFile::open(p)?, &cfg)?;
         let frames = a.frames.unwrap_or(21);
         let latent = Latent { channels: cfg.in_dim, height: a.height, width: a.width };
-        (ctx, latent, frames, Noise::Seeded(Rng::new(a.seed)), format!("seed:{}", a.seed), Default::default())
+        (ctx, latent, frames, Noise::seeded(a.seed), format!("seed:{}", a.seed), Default::default())
     };
     if let (Some(s), Some(_)) = (spec, &a.save_heads) {
         if frames <= s.ar_start * FRAMES_PER_CHUNK {
@@ -185,14 +184,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
             )));
         }
     }
-    let mut session = Session::new(model.clone(), be.clone(), policy.clone(), latent, Some(frames), &context.data, context.rows, noise)?;
-    if let Some(d) = session.dummy_mut() {
-        d.set_seed(a.seed);
-        d.set_sampled_rows(rows)?;
-        if let Some(p) = program {
-            d.set_program(p)?;
-        }
-    }
+    // The same path as the C API (dfrt::api), so both give the same latents bit for bit.
+    let opts = SessionOptions { policy: policy.clone(), height: latent.height, width: latent.width, frames: Some(frames), seed: a.seed, heads: program, sampled_rows: rows };
+    let mut session = lm.session(&opts, &context.data, context.rows, noise)?;
 
     let chunks = frames / FRAMES_PER_CHUNK;
     let forwards = (chunks * (session.schedule.steps.len() + 1)) as u64;
@@ -281,8 +275,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
 fn calibrate(a: CalibrateArgs) -> Result<()> {
     let precision = Precision::parse(&a.dtype)?;
     let be = std::sync::Arc::new(CpuBackend::new(precision));
-    let ckpt = TensorFile::open(&a.model)?;
-    let cfg = ckpt.config()?;
+    let lm = CpuModel::load(be, &a.model)?;
+    let cfg = lm.cfg.clone();
     let policy = match &a.policy {
         Some(p) => Policy::parse_for(p, &cfg)?,
         None => Policy::parse_for(&format!("dummy:{}", cfg.num_layers * cfg.num_heads / 2), &cfg)?,
@@ -298,15 +292,14 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
     if frames < need {
         return Err(Error::Input(format!("--frames {frames}: calibration at AR step {} needs at least {need} frames", spec.ar_start)));
     }
-    let model = std::sync::Arc::new(Model::load(&*be, &ckpt, &cfg)?);
-    let latent = Latent { channels: cfg.in_dim, height: a.height, width: a.width };
+    let mut opts = SessionOptions { policy: policy.clone(), height: a.height, width: a.width, frames: Some(frames), seed: 0, heads: None, sampled_rows: Default::default() };
     let mut programs = Vec::new();
     let mut runs = Vec::new();
     for path in &a.context {
         let ctx = read_context(&TensorFile::open(path)?, &cfg)?;
         for seed in a.seed..a.seed + a.seeds {
-            let mut s = Session::new(model.clone(), be.clone(), policy.clone(), latent, Some(frames), &ctx.data, ctx.rows, Noise::Seeded(Rng::new(seed)))?;
-            s.dummy_mut().expect("dummy policy").set_seed(seed);
+            opts.seed = seed;
+            let mut s = lm.session(&opts, &ctx.data, ctx.rows, Noise::seeded(seed))?;
             while s.chunk_index() <= spec.ar_start {
                 s.next_chunk(&mut |_| {})?;
             }
