@@ -328,12 +328,12 @@ unsafe fn session_mut<'a>(s: *mut DfrtSession) -> Result<&'a mut DfrtSession, Fa
 ///
 /// # Safety
 /// `out` is NULL or valid for `cap` writes of `T`.
-unsafe fn copy_out<T: Copy>(v: &[T], out: *mut T, cap: usize, what: &str) -> Result<(), Fail> {
+unsafe fn copy_out<T: Copy>(v: &[T], out: *mut T, cap: usize, what: &str, unit: &str) -> Result<(), Fail> {
     if out.is_null() {
         return Err(Fail::null(what));
     }
     if cap < v.len() {
-        return Err(Fail::new(DFRT_ERR_BUFFER_TOO_SMALL, format!("`{what}` holds {cap} elements, {} are needed", v.len())));
+        return Err(Fail::new(DFRT_ERR_BUFFER_TOO_SMALL, format!("`{what}` holds {cap} {unit}, {} are needed", v.len())));
     }
     // SAFETY: `out` is valid for `cap >= v.len()` writes (contract); the source is a live slice
     // that cannot overlap a caller-owned buffer.
@@ -719,7 +719,7 @@ pub unsafe extern "C" fn dfrt_session_next_chunk(
             s.broken = true;
             let x = s.run.as_mut().expect("built above").next_chunk(&mut on_progress)?;
             s.broken = false;
-            copy_out(&x, out, capacity, "out")?;
+            copy_out(&x, out, capacity, "out", "floats")?;
             if let Some(w) = written.as_mut() {
                 *w = x.len();
             }
@@ -752,7 +752,7 @@ pub unsafe extern "C" fn dfrt_session_head_program(session: *const DfrtSession, 
             if buf.is_null() && capacity == 0 {
                 return Ok(());
             }
-            copy_out(&bytes, buf as *mut u8, capacity, "buf")
+            copy_out(&bytes, buf as *mut u8, capacity, "buf", "bytes")
         })
     }
 }
@@ -802,7 +802,7 @@ pub unsafe extern "C" fn dfrt_session_head_assignment(
                 return Ok(());
             }
             let v: Vec<i32> = a.groups().iter().map(|&g| g as i32).collect();
-            copy_out(&v, out, capacity, "out")
+            copy_out(&v, out, capacity, "out", "entries")
         })
     }
 }
