@@ -117,6 +117,8 @@ fn nightly() -> Res<(PathBuf, PathBuf, String)> {
 fn build_ptx() -> Res<String> {
     let root = root();
     let (_, bin, version) = nightly()?;
+    // The same toolchain nightly() checked (DFRT_NIGHTLY), not whatever `nightly` is.
+    let tc = toolchain();
     let tdir = root.join("target/ptx-build");
     eprintln!("xtask: building kernels for {TARGET} (nightly, build-std core)");
     // target-cpu goes to every crate (core too): LLVM will not inline across functions whose
@@ -129,7 +131,7 @@ fn build_ptx() -> Res<String> {
         .current_dir(&root)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         .args([
-            "+nightly",
+            tc.as_str(),
             "rustc",
             "-p",
             "dfrt-kernels",
