@@ -188,6 +188,20 @@ pub fn draws_per_chunk(latent: &Latent) -> usize {
 /// `draws` must hold exactly `frames / 3 ·` [`draws_per_chunk`] values. Filling it with
 /// `Rng::new(s).normals(len)` gives the same latents as [`Noise::seeded`]`(s)` (the chunk size
 /// is even, so the pairwise Box–Muller stream splits cleanly).
+///
+/// ```
+/// use dfrt::api::{draws_per_chunk, noise_from_draws};
+/// use dfrt::pipeline::{Latent, Noise, Rng};
+///
+/// let latent = Latent { channels: 16, height: 8, width: 8 };
+/// let len = 2 * draws_per_chunk(&latent); // 6 frames = 2 chunks
+/// let draws = Rng::new(42).normals(len);
+/// let Noise::Given { noise, renoise } = noise_from_draws(&draws, 6, &latent)? else { unreachable!() };
+/// assert_eq!(noise.len(), 6 * latent.frame_len());
+/// assert_eq!((renoise.len(), renoise[0].len()), (2, 3));
+/// assert!(noise_from_draws(&draws[1..], 6, &latent).is_err());
+/// # Ok::<(), dfrt::Error>(())
+/// ```
 pub fn noise_from_draws(draws: &[f32], frames: usize, latent: &Latent) -> Result<Noise> {
     if frames == 0 || frames % FRAMES_PER_CHUNK != 0 {
         return Err(Error::Input(format!("given noise needs a frame count that is a positive multiple of {FRAMES_PER_CHUNK}, got {frames}")));
