@@ -159,6 +159,15 @@ pub struct DfrtModel {
     inner: Arc<CpuModel>,
 }
 
+// The thread-safety rules of docs/c-api.md, checked by the compiler: a model may be shared
+// between threads, a session may move between threads.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    const fn movable<T: Send>() {}
+    shareable::<DfrtModel>();
+    movable::<DfrtSession>();
+};
+
 /// A generation session (opaque): settings, inputs and, once generation starts, the KV cache.
 /// Use from one thread at a time.
 pub struct DfrtSession {

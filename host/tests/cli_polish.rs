@@ -172,6 +172,16 @@ fn generate_json_and_log_levels_then_inspect_the_head_program() {
     assert!(err.contains("tokens/s"), "the summary stays on stderr at the default level: {err}");
     let latents = TensorFile::open(&out).unwrap().f32("latents", &[1, 6, 16, 8, 8]).unwrap();
     assert!(latents.iter().all(|x| x.is_finite()));
+    // The output carries the config but is no checkpoint: inspect describes it, exit 0.
+    let (code, stdout, err) = dfrt(&["inspect", s(&out), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let o = json(&stdout);
+    assert_eq!(o["kind"], "safetensors");
+    assert_eq!(o["config"]["num_layers"], 2);
+    assert_eq!(o["metadata"]["dfrt.policy"], "dummy:2,chunks:1,ar-start:1,packing:on");
+    assert!(o.get("ok").is_none());
+    let names: Vec<&str> = o["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["assignment", "latents"]);
 
     // -q: nothing on stderr; -v and --log-level debug: debug lines; the output is the same.
     for (flags, debug) in [(vec!["-q"], None), (vec!["-v"], Some(true)), (vec!["--log-level", "debug"], Some(true)), (vec!["--log-level", "warn"], Some(false))] {

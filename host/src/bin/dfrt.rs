@@ -509,6 +509,9 @@ fn inspect(a: InspectArgs, o: Output) -> Result<()> {
         Some(_) => Some(dfrt::api::open_checkpoint(&a.file)?.1),
         None => None,
     };
+    // Outputs of `generate` carry the config too; a checkpoint is a file with model tensors.
+    let expected = cfg.as_ref().map(dfrt::names::expected_tensors).unwrap_or_default();
+    let is_checkpoint = expected.iter().any(|(n, _)| f.tensors.contains_key(n));
     let tensors: Vec<_> = f.tensors.iter().map(|(n, i)| serde_json::json!({"name": n, "dtype": format!("{:?}", i.dtype), "shape": i.shape})).collect();
     let elements: usize = f.tensors.values().map(|i| i.shape.iter().product::<usize>()).sum();
     let data_bytes: usize = f.tensors.values().map(|i| i.end - i.start).sum();
@@ -520,9 +523,9 @@ fn inspect(a: InspectArgs, o: Output) -> Result<()> {
     // A checkpoint must hold exactly the tensors its config names, in their shapes.
     let (mut missing, mut misshapen) = (Vec::new(), Vec::new());
     let mut unexpected: Vec<&String> = Vec::new();
-    if let Some(cfg) = &cfg {
-        let want = dfrt::names::expected_tensors(cfg);
-        for (n, shape) in &want {
+    if is_checkpoint {
+        let want = &expected;
+        for (n, shape) in want {
             match f.tensors.get(n) {
                 None => missing.push(n.clone()),
                 Some(i) if &i.shape != shape => misshapen.push(format!("{n}: {:?}, expected {shape:?}", i.shape)),
@@ -532,7 +535,7 @@ fn inspect(a: InspectArgs, o: Output) -> Result<()> {
         unexpected = f.tensors.keys().filter(|n| !want.iter().any(|(w, _)| w == *n)).collect();
     }
     let ok = missing.is_empty() && misshapen.is_empty() && unexpected.is_empty();
-    let kind = if cfg.is_some() { "checkpoint" } else { "safetensors" };
+    let kind = if is_checkpoint { "checkpoint" } else { "safetensors" };
     if o.json {
         let mut j = serde_json::json!({
             "kind": kind, "path": a.file.display().to_string(), "tensor_count": f.tensors.len(),
@@ -541,6 +544,8 @@ fn inspect(a: InspectArgs, o: Output) -> Result<()> {
         if let Some(cfg) = &cfg {
             j["config"] = serde_json::to_value(cfg).expect("config serialises");
             j["fingerprint"] = dfrt::dummy::heads::fingerprint(cfg).into();
+        }
+        if is_checkpoint {
             j["ok"] = ok.into();
             j["missing"] = missing.clone().into();
             j["unexpected"] = serde_json::to_value(&unexpected).expect("names");
@@ -563,7 +568,7 @@ fn inspect(a: InspectArgs, o: Output) -> Result<()> {
         for (n, i) in &f.tensors {
             println!("  {n:<48} {:?} {:?}", i.dtype, i.shape);
         }
-        if cfg.is_some() {
+        if is_checkpoint {
             if ok {
                 println!("tensors match the config");
             } else {

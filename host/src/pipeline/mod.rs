@@ -109,6 +109,18 @@ pub struct Progress {
 
 /// Checks a session's shape against the model before any work: latent channels and size,
 /// the frame count, and that the policy can cache that many frames (`full` needs a count).
+///
+/// ```
+/// use dfrt::cache::Policy;
+/// use dfrt::pipeline::{check_geometry, Latent};
+/// let cfg = dfrt::ModelConfig::preset("tiny").unwrap();
+/// let ok = Latent { channels: 16, height: 8, width: 12 };
+/// assert!(check_geometry(&cfg, &Policy::Full, ok, Some(9)).is_ok());
+/// // Odd sizes do not split into 2×2 patches; `full` must know how many frames to keep.
+/// assert!(check_geometry(&cfg, &Policy::Full, Latent { height: 7, ..ok }, Some(9)).is_err());
+/// assert!(check_geometry(&cfg, &Policy::Full, ok, None).is_err());
+/// assert!(check_geometry(&cfg, &Policy::parse("window:6,sink:1").unwrap(), ok, None).is_ok());
+/// ```
 pub fn check_geometry(c: &crate::ModelConfig, policy: &Policy, latent: Latent, frames: Option<usize>) -> Result<()> {
     if latent.channels != c.in_dim {
         return Err(Error::Input(format!("latent has {} channels, the model takes {}", latent.channels, c.in_dim)));
