@@ -5,12 +5,12 @@
 //! `dfrt generate` takes, so a C program gets the Rust API's latents bit for bit.
 //!
 //! Conventions (the full rules are in `docs/c-api.md`):
-//! - every function returns a [`DfrtStatus`] and reports into an optional caller-owned
-//!   [`DfrtError`]; there is no global or thread-local error state;
+//! - every function returns a `DfrtStatus` and reports into an optional caller-owned
+//!   `DfrtError`; there is no global or thread-local error state;
 //! - every function runs under a panic guard: a Rust panic becomes `DFRT_ERR_PANIC`, never an
 //!   unwind into C;
 //! - handles are opaque, made by `*_load`/`*_new` and released by `*_free` (NULL-safe);
-//! - a [`DfrtModel`] is immutable and may be shared by threads; a [`DfrtSession`] is used by
+//! - a `DfrtModel` is immutable and may be shared by threads; a `DfrtSession` is used by
 //!   one thread at a time.
 //!
 //! The Rust tests of every error path are in `src/tests.rs` (unit tests: the crate builds no
@@ -30,14 +30,14 @@ use dfrt_core::dummy::HeadProgram;
 use dfrt_core::pipeline::{Noise, Progress, Session};
 use dfrt_core::Error;
 
-/// Bytes in [`DfrtError::message`], the terminating NUL included.
+/// Bytes in `DfrtError.message`, the terminating NUL included.
 pub const DFRT_ERROR_MESSAGE_LEN: usize = 1024;
 
 /// Version of this C interface; it changes when a signature or a struct layout changes.
 pub const DFRT_API_VERSION: u32 = 1;
 
 /// Result of every call. `DFRT_OK` is 0; everything else is an error, explained in the
-/// [`DfrtError`] passed to the call.
+/// `DfrtError` passed to the call.
 #[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(non_camel_case_types)]
@@ -188,8 +188,8 @@ enum NoiseSource {
     Draws(Vec<f32>),
 }
 
-/// Where a session runs. New devices add a variant here, a match arm in [`open_device`] and
-/// one in [`Engine::new`].
+/// Where a session runs. New devices add a variant here, a match arm in `open_device` and
+/// one in `Engine::new`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Device {
     Cpu,

@@ -131,6 +131,44 @@ fn c_example_matches_the_rust_api_bit_for_bit() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// The same example linked against the shared library gives the same bytes.
+#[test]
+fn c_example_links_the_shared_library_too() {
+    let d = tmp("shared");
+    let lib = static_lib();
+    let dir = lib.parent().unwrap();
+    let so = if cfg!(target_os = "macos") { "libdfrt.dylib" } else { "libdfrt.so" };
+    assert!(dir.join(so).is_file(), "{so} next to {}", lib.display());
+    let exe = d.join("generate-shared");
+    let o = Command::new(std::env::var_os("CC").unwrap_or_else(|| "cc".into()))
+        .args(["-std=c11", "-Wall", "-Werror"])
+        .arg(root().join("examples/c/generate.c"))
+        .arg("-I")
+        .arg(root().join("capi/include"))
+        .arg("-L")
+        .arg(dir)
+        .arg("-ldfrt")
+        .arg(format!("-Wl,-rpath,{}", dir.display()))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let model = d.join("tiny.safetensors");
+    dfrt_weights::synth_checkpoint(&model, &ModelConfig::preset("tiny").unwrap(), 8, DType::F32).unwrap();
+    let run = |exe: &Path, out: &Path| {
+        let o = Command::new(exe).arg(&model).arg(out).args(["--policy", "window:6,sink:1", "--seed", "4", "--frames", "6", "--quiet"]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.stderr.is_empty(), "--quiet: {}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(out).unwrap()
+    };
+    let a = run(&exe, &d.join("shared.f32"));
+    let b = run(example_exe(), &d.join("static.f32"));
+    assert_eq!(a.len(), 6 * 16 * 8 * 8 * 4);
+    assert!(a == b, "shared and static builds disagree");
+    std::fs::remove_dir_all(&d).ok();
+}
+
 #[test]
 fn c_example_reports_a_missing_model() {
     let d = tmp("missing");
