@@ -523,8 +523,15 @@ pub unsafe extern "C" fn dfrt_session_new(
             let device = if device.is_null() { "cpu" } else { text(device, "device")? };
             let device = open_device(device, cuda_stream)?;
             let frames = (frames != 0).then_some(frames);
-            let opts = SessionOptions::parse(policy, height, width, frames, &m.inner.cfg)?;
-            opts.check(&m.inner.cfg)?;
+            // Sizes must be representable before anything multiplies them (info, buffers).
+            let c = &m.inner.cfg;
+            let chunk = [c.in_dim, height, width, FRAMES_PER_CHUNK, 4].iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+            let all = chunk.and_then(|n| n.checked_mul(frames.unwrap_or(0) / FRAMES_PER_CHUNK + 1));
+            if all.is_none() {
+                return Err(Fail::new(DFRT_ERR_INVALID_ARGUMENT, format!("{height}×{width} latents × {} frames is too large to address", frames.unwrap_or(0))));
+            }
+            let opts = SessionOptions::parse(policy, height, width, frames, c)?;
+            opts.check(c)?;
             let s = DfrtSession { model: m.inner.clone(), device, opts, context: None, noise: NoiseSource::Seed(0), run: None, broken: false };
             *out = Box::into_raw(Box::new(s));
             Ok(())

@@ -204,6 +204,9 @@ fn bad_sessions_are_refused_at_creation() {
         DFRT_ERR_INVALID_ARGUMENT,
         "pass NULL",
     );
+    let big = 1usize << 40;
+    expect("huge size", call(|e| unsafe { dfrt_session_new(m.0, c"full".as_ptr(), big, big, 3, null(), null_mut(), &mut sp, e) }), DFRT_ERR_INVALID_ARGUMENT, "too large");
+    expect("huge frames", call(|e| unsafe { dfrt_session_new(m.0, c"window:6".as_ptr(), H, W, usize::MAX / 3 * 3, null(), null_mut(), &mut sp, e) }), DFRT_ERR_INVALID_ARGUMENT, "too large");
     assert!(sp.is_null());
     // A message longer than the report is truncated at a character boundary.
     let long = format!("ünknown-{}", "é".repeat(3000));
