@@ -172,6 +172,13 @@ fn generate_json_and_log_levels_then_inspect_the_head_program() {
     assert!(err.contains("tokens/s"), "the summary stays on stderr at the default level: {err}");
     let latents = TensorFile::open(&out).unwrap().f32("latents", &[1, 6, 16, 8, 8]).unwrap();
     assert!(latents.iter().all(|x| x.is_finite()));
+    // The CLI builds its session through dfrt::api, as the C API does: same latents, bit for bit.
+    let lm = dfrt::api::CpuModel::cpu(m, dfrt::backend::Precision::F32).unwrap();
+    let mut opts = dfrt::api::SessionOptions::parse("dummy:2", 8, 8, Some(6), &lm.cfg).unwrap();
+    opts.seed = 3;
+    let c = dfrt::pipeline::inputs::read_context(&TensorFile::open(ctx).unwrap(), &lm.cfg).unwrap();
+    let want = lm.session(&opts, &c.data, c.rows, dfrt::pipeline::Noise::seeded(3)).unwrap().run(&mut |_| {}).unwrap();
+    assert!(latents.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()) && latents.len() == want.len(), "CLI vs dfrt::api");
     // The output carries the config but is no checkpoint: inspect describes it, exit 0.
     let (code, stdout, err) = dfrt(&["inspect", s(&out), "--json"]);
     assert_eq!(code, 0, "{err}");
