@@ -1,6 +1,7 @@
 //! dfrt: a runtime for autoregressive video diffusion (Wan2.1 causal DiT, Self-Forcing
 //! pipeline) with the Dummy Forcing KV-cache policy.
 
+pub mod api;
 pub mod backend;
 pub mod cache;
 pub mod checkpoint;

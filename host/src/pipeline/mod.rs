@@ -107,6 +107,38 @@ pub struct Progress {
     pub chunks: Option<usize>,
 }
 
+/// Checks a session's shape against the model before any work: latent channels and size,
+/// the frame count, and that the policy can cache that many frames (`full` needs a count).
+///
+/// ```
+/// use dfrt::cache::Policy;
+/// use dfrt::pipeline::{check_geometry, Latent};
+/// let cfg = dfrt::ModelConfig::preset("tiny").unwrap();
+/// let ok = Latent { channels: 16, height: 8, width: 12 };
+/// assert!(check_geometry(&cfg, &Policy::Full, ok, Some(9)).is_ok());
+/// // Odd sizes do not split into 2×2 patches; `full` must know how many frames to keep.
+/// assert!(check_geometry(&cfg, &Policy::Full, Latent { height: 7, ..ok }, Some(9)).is_err());
+/// assert!(check_geometry(&cfg, &Policy::Full, ok, None).is_err());
+/// assert!(check_geometry(&cfg, &Policy::parse("window:6,sink:1").unwrap(), ok, None).is_ok());
+/// ```
+pub fn check_geometry(c: &crate::ModelConfig, policy: &Policy, latent: Latent, frames: Option<usize>) -> Result<()> {
+    if latent.channels != c.in_dim {
+        return Err(Error::Input(format!("latent has {} channels, the model takes {}", latent.channels, c.in_dim)));
+    }
+    let [_, ph, pw] = c.patch_size;
+    if latent.height == 0 || latent.width == 0 || latent.height % ph != 0 || latent.width % pw != 0 {
+        return Err(Error::Input(format!("latent size {}×{} must be a positive multiple of the patch {ph}×{pw}", latent.height, latent.width)));
+    }
+    if let Some(f) = frames {
+        if f == 0 || f % FRAMES_PER_CHUNK != 0 {
+            return Err(Error::Input(format!("{f} frames is not a positive multiple of the chunk ({FRAMES_PER_CHUNK} latent frames)")));
+        }
+    }
+    policy.validate(c)?;
+    policy.initial_groups(c.num_heads, frames)?;
+    Ok(())
+}
+
 /// A generation session: the state the official pipeline keeps between chunks (KV cache, text
 /// cache, noise position). [`Session::next_chunk`] produces 3 latent frames at a time, so a C
 /// API can drive it chunk by chunk.
@@ -135,18 +167,8 @@ impl<B: Backend + 'static> Session<B> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(model: Arc<Model<B>>, be: Arc<B>, policy: Policy, latent: Latent, frames: Option<usize>, context: &[f32], context_rows: usize, noise: Noise) -> Result<Self> {
         let c = &model.cfg;
-        if latent.channels != c.in_dim {
-            return Err(Error::Input(format!("latent has {} channels, the model takes {}", latent.channels, c.in_dim)));
-        }
+        check_geometry(c, &policy, latent, frames)?;
         let [_, ph, pw] = c.patch_size;
-        if latent.height == 0 || latent.width == 0 || latent.height % ph != 0 || latent.width % pw != 0 {
-            return Err(Error::Input(format!("latent size {}×{} must be a positive multiple of the patch {ph}×{pw}", latent.height, latent.width)));
-        }
-        if let Some(f) = frames {
-            if f == 0 || f % FRAMES_PER_CHUNK != 0 {
-                return Err(Error::Input(format!("{f} frames is not a positive multiple of the chunk ({FRAMES_PER_CHUNK} latent frames)")));
-            }
-        }
         if let Noise::Given { noise, renoise } = &noise {
             let f = frames.ok_or_else(|| Error::Input("given noise needs a frame count".into()))?;
             if noise.len() < f * latent.frame_len() {
