@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::{Backend, Precision, Seg};
 
+/// A host tensor: row-major f32 data (bf16 values in bf16 mode) and its shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CpuTensor {
     pub data: Vec<f32>,
@@ -17,6 +18,7 @@ pub struct CpuTensor {
 }
 
 impl CpuTensor {
+    /// Wraps data of the given shape; panics if the lengths disagree (a programming error).
     pub fn new(data: Vec<f32>, shape: &[usize]) -> Self {
         assert_eq!(data.len(), shape.iter().product::<usize>(), "data length vs shape {shape:?}");
         CpuTensor { data, shape: shape.to_vec() }
@@ -32,12 +34,15 @@ impl CpuTensor {
 /// Below this many elements an op runs on one thread (rayon's overhead dominates).
 const PAR_MIN: usize = 1 << 14;
 
+/// The reference [`Backend`]: plain f32 host math with rounding to the storage precision
+/// at the official op boundaries. See the [`crate::backend`] docs for an example.
 #[derive(Clone, Debug)]
 pub struct CpuBackend {
     precision: Precision,
 }
 
 impl CpuBackend {
+    /// A backend storing weights, activations and the KV cache at `precision`.
     pub fn new(precision: Precision) -> Self {
         CpuBackend { precision }
     }

@@ -24,7 +24,40 @@ use crate::config::FRAMES_PER_CHUNK;
 use crate::dummy::{phase1_shape, DummySpec, KvPolicy};
 use crate::{Error, ModelConfig, Result};
 
-/// A cache policy as given on the command line.
+/// A cache policy as given on the command line (`--policy`).
+///
+/// ```
+/// use dfrt::cache::Policy;
+/// use dfrt::dummy::DummySpec;
+/// use dfrt::ModelConfig;
+///
+/// assert_eq!(Policy::parse("full")?, Policy::Full);
+/// assert_eq!(Policy::parse("window:6,sink:1")?, Policy::Window { window: 6, sink: 1 });
+/// // The sink defaults to 0; the window counts the current chunk (3 frames).
+/// assert_eq!(Policy::parse("window:9")?, Policy::Window { window: 9, sink: 0 });
+/// let Policy::Dummy(spec) = Policy::parse("dummy:2,chunks:2")? else { unreachable!() };
+/// assert_eq!(spec, DummySpec { chunks: 2, ..DummySpec::new(2) });
+/// // `name` gives the canonical string, which parses back to the same policy.
+/// let p = Policy::parse("dummy:2")?;
+/// assert_eq!(Policy::parse(&p.name())?, p);
+///
+/// // Mistakes are errors that say what was expected.
+/// for (bad, says) in [
+///     ("window:2", "at least sink + 3"),
+///     ("window:6,sinks:1", "unknown window option `sinks`"),
+///     ("window:six", "not a number"),
+///     ("lru", "unknown policy `lru`"),
+///     ("dummy:two", "dummy"),
+/// ] {
+///     let e = Policy::parse(bad).unwrap_err().to_string();
+///     assert!(e.contains(says), "{bad}: {e}");
+/// }
+/// // The dummy head budget depends on the model: `tiny` has 2 layers × 2 heads.
+/// let tiny = ModelConfig::preset("tiny")?;
+/// assert!(Policy::parse_for("dummy:3", &tiny).is_ok());
+/// assert!(Policy::parse_for("dummy:5", &tiny).is_err());
+/// # Ok::<(), dfrt::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Policy {
     /// Every earlier frame.
@@ -110,6 +143,7 @@ impl Policy {
         Ok(())
     }
 
+    /// The canonical policy string (every option spelled out); it parses back to `self`.
     pub fn name(&self) -> String {
         match self {
             Policy::Full => "full".into(),

@@ -15,6 +15,39 @@
 //! `layers[l][h]` is head `h` of layer `l`; `first`/`mid`/`last` are the calibration masses
 //! behind its group. The model identity covers the configuration only: two checkpoints of
 //! the same architecture cannot be told apart by it.
+//!
+//! A program from calibration masses, saved and loaded back (what `--save-heads` and
+//! `--heads` do):
+//!
+//! ```
+//! use dfrt::dummy::{DummySpec, Group, HeadProgram, LayerScores};
+//! use dfrt::ModelConfig;
+//!
+//! let tiny = ModelConfig::preset("tiny")?; // 2 layers × 2 heads
+//! // Per layer: the attention mass of each head on the first frame, the middle, the last chunk.
+//! let scores: Vec<LayerScores> = vec![
+//!     [vec![0.60, 0.10], vec![0.10, 0.60], vec![0.30, 0.30]],
+//!     [vec![0.05, 0.30], vec![0.05, 0.20], vec![0.90, 0.50]],
+//! ];
+//! let program = HeadProgram::from_calibration(&tiny, DummySpec::new(1), &scores)?;
+//! // Layer 1 head 0 looks almost only at the current chunk: it loses least without history.
+//! let a = program.assignment();
+//! assert_eq!(a.get(1, 0), Group::Dummy);
+//! assert_eq!((a.get(0, 0), a.get(0, 1), a.get(1, 1)), (Group::Sink, Group::Neighbor, Group::Sink));
+//!
+//! let dir = std::env::temp_dir().join(format!("dfrt-doc-heads-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("heads.json");
+//! program.save(&path)?;
+//! assert_eq!(HeadProgram::load_for(&path, &tiny)?, program);
+//! // A program belongs to one model configuration and one dummy budget.
+//! let other = ModelConfig::preset("tiny4")?;
+//! let e = HeadProgram::load_for(&path, &other).unwrap_err();
+//! assert!(e.to_string().contains("different model"), "{e}");
+//! assert!(program.check_spec(&DummySpec::new(2)).is_err());
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), dfrt::Error>(())
+//! ```
 
 use std::path::Path;
 
@@ -72,6 +105,8 @@ pub struct HeadEntry {
     pub last: f32,
 }
 
+/// The head groups of one model under one dummy budget, with the calibration masses behind
+/// them; the JSON layout is in the [module docs](self).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeadProgram {
     pub format: String,
@@ -126,19 +161,23 @@ impl HeadProgram {
         Self::new(cfg, spec, scores, &a, "calibration")
     }
 
+    /// Layers listed.
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
 
+    /// Heads per layer.
     pub fn num_heads(&self) -> usize {
         self.layers.first().map_or(0, |l| l.len())
     }
 
+    /// The group of every head, as DHP returns it.
     pub fn assignment(&self) -> Assignment {
         let g = self.layers.iter().flatten().map(|e| e.group).collect();
         Assignment::new(self.num_layers(), self.num_heads(), g).expect("checked on construction")
     }
 
+    /// The calibration masses, per layer `[first, mid, last]`.
     pub fn scores(&self) -> Vec<LayerScores> {
         self.layers
             .iter()
@@ -148,6 +187,7 @@ impl HeadProgram {
             .collect()
     }
 
+    /// Pretty JSON (the file format).
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("head program serialises")
     }
@@ -160,10 +200,13 @@ impl HeadProgram {
         Ok(p)
     }
 
+    /// Writes [`HeadProgram::to_json`] to `path`.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         std::fs::write(path.as_ref(), self.to_json()).map_err(|e| Error::io(path, e))
     }
 
+    /// Reads and checks a program on its own ([`HeadProgram::from_json`]); use
+    /// [`HeadProgram::load_for`] to also check it against the model.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
