@@ -79,9 +79,13 @@ pub fn open_checkpoint(path: impl AsRef<Path>) -> Result<(TensorFile, ModelConfi
 /// A model loaded onto a backend, ready to open sessions. Immutable after loading, so it can
 /// be shared (`Arc`) by sessions on several threads.
 pub struct LoadedModel<B: Backend> {
+    /// The checkpoint it was loaded from.
     pub path: PathBuf,
+    /// The config stored in the checkpoint.
     pub cfg: ModelConfig,
+    /// The backend holding the weights; sessions run on it.
     pub be: Arc<B>,
+    /// The weights on `be`.
     pub model: Arc<Model<B>>,
 }
 
@@ -129,11 +133,39 @@ impl<B: Backend + 'static> LoadedModel<B> {
 }
 
 /// Everything about a session except its inputs (context and noise).
+///
+/// ```
+/// use dfrt::api::SessionOptions;
+/// use dfrt::dummy::{DummySpec, Group, HeadProgram};
+/// use dfrt::ModelConfig;
+///
+/// let cfg = ModelConfig::preset("tiny")?;
+/// let opts = SessionOptions::parse("full", 16, 8, Some(9), &cfg)?;
+/// assert_eq!(opts.latent(&cfg).frame_len(), 16 * 16 * 8);
+/// opts.check(&cfg)?;
+/// // The checks `session` would make, before any work: 9 frames are 3 chunks, 10 are not.
+/// assert!(SessionOptions { frames: Some(10), ..opts.clone() }.check(&cfg).is_err());
+/// assert!(SessionOptions::parse("full", 16, 8, None, &cfg)?.check(&cfg).is_err());
+/// assert!(SessionOptions::parse("dummy:9", 16, 8, Some(9), &cfg).is_err()); // 4 heads in all
+///
+/// // A reused head program must fit the model and the dummy budget of the policy.
+/// let scores = vec![[vec![0.5, 0.2], vec![0.3, 0.6], vec![0.2, 0.2]]; 2];
+/// let program = HeadProgram::from_calibration(&cfg, DummySpec::new(2), &scores)?;
+/// assert_eq!(program.assignment().counts().get(Group::Dummy), 2);
+/// let mut opts = SessionOptions::parse("dummy:2", 16, 8, Some(9), &cfg)?;
+/// opts.heads = Some(program.clone());
+/// opts.check(&cfg)?;
+/// assert!(SessionOptions { policy: dfrt::cache::Policy::parse("dummy:1")?, ..opts.clone() }.check(&cfg).is_err());
+/// assert!(SessionOptions { policy: dfrt::cache::Policy::Full, ..opts }.check(&cfg).is_err());
+/// # Ok::<(), dfrt::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
+    /// The KV-cache policy ([`Policy::parse`]).
     pub policy: Policy,
-    /// Latent height and width (latent pixels, multiples of the patch size).
+    /// Latent height (latent pixels, a multiple of the patch size; 60 for 480p).
     pub height: usize,
+    /// Latent width (latent pixels, a multiple of the patch size; 104 for 832 pixels).
     pub width: usize,
     /// Latent frames in all, a multiple of 3; None = unbounded (bounded policies only).
     pub frames: Option<usize>,
@@ -166,6 +198,7 @@ impl SessionOptions {
         Ok(())
     }
 
+    /// The latent geometry: the model's input channels at this height and width.
     pub fn latent(&self, cfg: &ModelConfig) -> Latent {
         Latent { channels: cfg.in_dim, height: self.height, width: self.width }
     }

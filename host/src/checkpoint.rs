@@ -63,10 +63,15 @@ const PAD_PREFIX: &str = "__pad.";
 /// Element types the runtime reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
+    /// IEEE f32.
     F32,
+    /// bfloat16: weights and activations of the bf16 runtime.
     BF16,
+    /// IEEE f16 (read, widened to f32).
     F16,
+    /// Bytes (the alignment padding).
     U8,
+    /// i64 (index tensors, e.g. sampled rows).
     I64,
 }
 
@@ -105,7 +110,9 @@ impl DType {
 /// One tensor's place in a mapped file.
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
+    /// Element type.
     pub dtype: DType,
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
     /// Absolute byte range in the file.
     pub start: usize,
@@ -215,9 +222,13 @@ impl TensorFile {
 
 /// A tensor to be written.
 pub struct OutTensor {
+    /// Tensor name.
     pub name: String,
+    /// Element type of `data`.
     pub dtype: DType,
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// Little-endian element bytes.
     pub data: Vec<u8>,
 }
 

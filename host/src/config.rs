@@ -42,15 +42,21 @@ pub struct ModelConfig {
     pub text_dim: usize,
     /// Number of context tokens the model sees; shorter contexts are zero padded.
     pub text_len: usize,
-    /// Latent channels in and out.
+    /// Latent channels in (16 for the Wan2.1 VAE).
     pub in_dim: usize,
+    /// Latent channels out (the predicted flow).
     pub out_dim: usize,
+    /// Attention heads per layer.
     pub num_heads: usize,
+    /// Transformer blocks.
     pub num_layers: usize,
     /// Patch size (frames, height, width). Wan uses (1, 2, 2).
     pub patch_size: [usize; 3],
+    /// Epsilon of every LayerNorm and RMSNorm.
     pub eps: f32,
+    /// RMSNorm on q and k in self- and cross-attention (`norm_q`, `norm_k`).
     pub qk_norm: bool,
+    /// LayerNorm with affine weights before cross-attention (`norm3`).
     pub cross_attn_norm: bool,
 }
 
@@ -145,6 +151,10 @@ impl ModelConfig {
     pub const PRESETS: &'static [&'static str] = &["tiny", "tiny4", "small", "wan-1.3b", "wan-14b"];
 
     /// Looks up the head count of a known model width: Wan2.1 uses head_dim 128 throughout.
+    ///
+    /// ```
+    /// assert_eq!(dfrt::ModelConfig::default_heads_for_dim(5120), 40);
+    /// ```
     pub fn default_heads_for_dim(dim: usize) -> usize {
         (dim / 128).max(1)
     }
