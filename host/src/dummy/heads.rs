@@ -58,22 +58,30 @@ use super::dhp::{program, Assignment, Group};
 use super::spec::DummySpec;
 use crate::{Error, ModelConfig, Result};
 
+/// The `format` field of every head program.
 pub const FORMAT: &str = "dfrt.head-program";
+/// The `version` field this build reads and writes.
 pub const VERSION: u32 = 1;
 
 /// Which model a program was made for.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelIdentity {
+    /// `ModelConfig::dim`.
     pub dim: usize,
+    /// `ModelConfig::num_layers`.
     pub num_layers: usize,
+    /// `ModelConfig::num_heads`.
     pub num_heads: usize,
+    /// `ModelConfig::head_dim()`.
     pub head_dim: usize,
     /// `fnv1a64:` + hex of the FNV-1a hash of the config's JSON.
     pub fingerprint: String,
+    /// The whole config (what [`HeadProgram::validate_for`] compares).
     pub config: ModelConfig,
 }
 
 impl ModelIdentity {
+    /// The identity of `cfg`.
     pub fn of(cfg: &ModelConfig) -> Self {
         ModelIdentity {
             dim: cfg.dim,
@@ -99,9 +107,13 @@ pub fn fingerprint(cfg: &ModelConfig) -> String {
 /// One head: its group and the calibration masses behind it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeadEntry {
+    /// The head's group.
     pub group: Group,
+    /// Calibration mass on the first frame(s).
     pub first: f32,
+    /// Mass on the middle frames.
     pub mid: f32,
+    /// Mass on the current chunk.
     pub last: f32,
 }
 
@@ -109,12 +121,17 @@ pub struct HeadEntry {
 /// them; the JSON layout is in the [module docs](self).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeadProgram {
+    /// Always `dfrt.head-program`.
     pub format: String,
+    /// Format version (1).
     pub version: u32,
     /// How the program was made: `calibration`, or `majority of K programs`.
     pub source: String,
+    /// The model it was made for.
     pub model: ModelIdentity,
+    /// The policy it was made under; only `num_dummy` must match a run that reuses it.
     pub spec: DummySpec,
+    /// `layers[l][h]`: head `h` of layer `l`.
     pub layers: Vec<Vec<HeadEntry>>,
 }
 
@@ -298,7 +315,9 @@ impl HeadProgram {
 /// How stable head groups are across several programs (e.g. different prompts or seeds).
 #[derive(Clone, Debug)]
 pub struct Stability {
+    /// Programs compared.
     pub programs: usize,
+    /// Heads per program (layers × heads).
     pub heads: usize,
     /// Per program: share of heads whose group equals program 0's (1.0 for program 0).
     pub keep_vs_first: Vec<f64>,
@@ -306,6 +325,7 @@ pub struct Stability {
     pub keep_vs_majority: Vec<f64>,
     /// Mean of `keep_vs_first` over programs 1.. (1.0 for a single program).
     pub mean_keep_vs_first: f64,
+    /// Mean of `keep_vs_majority` over all programs.
     pub mean_keep_vs_majority: f64,
     /// Share of heads with the same group in every program.
     pub unanimous: f64,
