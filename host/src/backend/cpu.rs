@@ -119,11 +119,13 @@ fn sgemm(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, csa: usize, b: &[f
     }
 }
 
+/// GELU, tanh approximation (`torch.nn.GELU(approximate="tanh")`), in f32.
 pub fn gelu_tanh_f32(x: f32) -> f32 {
     const C: f32 = 0.797_884_6; // sqrt(2/pi)
     0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
 }
 
+/// SiLU `x·sigmoid(x)`, in f32.
 pub fn silu_f32(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
@@ -440,10 +442,12 @@ pub fn sinusoid_f64(t: &[f32], dim: usize) -> Vec<f64> {
 /// Per-axis RoPE frequencies for head dim `d`: the `d/2` complex pairs split into
 /// `[d/2 − 2⌊d/6⌋, ⌊d/6⌋, ⌊d/6⌋]` for (frame, h, w), each with `θ_j = 1/10000^(2j/(2·pairs))`.
 pub struct RopeTables {
+    /// Frequencies of the (frame, h, w) pairs.
     pub freqs: [Vec<f64>; 3],
 }
 
 impl RopeTables {
+    /// The tables of head dim `d`.
     pub fn new(d: usize) -> Self {
         let c = d / 2;
         let parts = [c - 2 * (c / 3), c / 3, c / 3];
