@@ -128,3 +128,28 @@ fn synth_weights_keep_activations_sane() {
     let out = linear(&w["head.head.weight"], &w["head.head.bias"], &x, cfg.patch_features());
     assert!((0.5..2.0).contains(&rms(&out)), "head rms {}", rms(&out));
 }
+
+/// The README's main job feeds `synth --context-out` to `dfrt generate --context`: the
+/// embedding has the config's shape, random valid rows and zero padding rows, and depends on
+/// the seed.
+#[test]
+fn synth_context_has_the_config_shape_and_padding() {
+    let cfg = dfrt::ModelConfig::preset("tiny").unwrap();
+    let dir = std::env::temp_dir().join(format!("dfrt-synth-ctx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    dfrt_weights::synth_context(&a, &cfg, 1).unwrap();
+    dfrt_weights::synth_context(&b, &cfg, 2).unwrap();
+    let fa = dfrt::checkpoint::TensorFile::open(&a).unwrap();
+    let ca = fa.f32("context", &[cfg.text_len, cfg.text_dim]).unwrap();
+    let cb = dfrt::checkpoint::TensorFile::open(&b).unwrap().f32("context", &[cfg.text_len, cfg.text_dim]).unwrap();
+    let valid: usize = fa.metadata["dfrt.context_valid_len"].parse().unwrap();
+    assert!(valid > 0 && valid < cfg.text_len);
+    let w = cfg.text_dim;
+    assert!(ca[..valid * w].iter().all(|x| x.is_finite() && *x != 0.0), "valid rows are random");
+    assert!(ca[valid * w..].iter().all(|x| *x == 0.0), "padding rows are zero");
+    let std = (ca[..valid * w].iter().map(|x| x * x).sum::<f32>() / (valid * w) as f32).sqrt();
+    assert!((0.8..1.2).contains(&std), "std {std}");
+    assert_ne!(ca, cb, "the seed changes the context");
+    std::fs::remove_dir_all(&dir).ok();
+}

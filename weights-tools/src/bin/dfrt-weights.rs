@@ -60,6 +60,10 @@ enum Cmd {
         dtype: String,
         #[arg(short, long)]
         out: PathBuf,
+        /// Also write a synthetic text embedding `context` [text_len, text_dim] for
+        /// `dfrt generate --context`.
+        #[arg(long)]
+        context_out: Option<PathBuf>,
     },
     /// Print the config and the tensors of a runtime checkpoint, safetensors or torch file.
     Inspect {
@@ -98,7 +102,7 @@ fn run(cli: Cli) -> dfrt::Result<()> {
                 eprintln!("wrote {}: {} tensors, {} bytes of {:?}", out.display(), r.tensors, r.bytes, r.dtype);
             }
         }
-        Cmd::Synth { preset, layers, seed, dtype, out } => {
+        Cmd::Synth { preset, layers, seed, dtype, out, context_out } => {
             let mut cfg = ModelConfig::preset(&preset)?;
             if let Some(l) = layers {
                 cfg.num_layers = l;
@@ -107,6 +111,10 @@ fn run(cli: Cli) -> dfrt::Result<()> {
             let t = std::time::Instant::now();
             let bytes = synth_checkpoint(&out, &cfg, seed, dtype)?;
             eprintln!("wrote {}: preset {preset}, {} layers, seed {seed}, {bytes} bytes of {dtype:?} in {:.1} s", out.display(), cfg.num_layers, t.elapsed().as_secs_f64());
+            if let Some(c) = context_out {
+                dfrt_weights::synth::synth_context(&c, &cfg, seed)?;
+                eprintln!("wrote {}: context [{}, {}]", c.display(), cfg.text_len, cfg.text_dim);
+            }
         }
         Cmd::Inspect { file, json, stats } => {
             let text = inspect(&file, stats, json)?;
