@@ -256,6 +256,16 @@ fn golden_case(case: &str, policy: &str, dtype: &str, tol: f64) {
     if want.tensors.contains_key("assignment") {
         assert_eq!(o.i64_any("assignment").unwrap(), want.i64_any("assignment").unwrap(), "{case}: head assignment");
     }
+    if dtype == "bf16" {
+        // Against the f32 golden run of the same model: the CPU bf16 path's bound (2 %,
+        // tests/golden.rs; the official bf16 run itself is 0.9 % away from the f32 one).
+        let f32_out = golden().join(case.trim_end_matches("-bf16")).join("outputs.safetensors");
+        if f32_out.exists() {
+            let e = rel_l2(case, &o.f32("latents", &shape).unwrap(), &TensorFile::open(f32_out).unwrap().f32_any("latents").unwrap());
+            println!("{case} on sim vs the f32 golden run: latents rel L2 {e:.3e}");
+            assert!(e <= 2e-2, "{case} on sim vs f32 golden: {e:.3e}");
+        }
+    }
     std::fs::remove_dir_all(&d).ok();
 }
 
@@ -278,6 +288,33 @@ fn golden_df_tiny_f32_on_sim() {
 fn golden_tiny_full_bf16_on_sim() {
     // The CPU bf16 path's bound against the official bf16 run (see tests/golden.rs).
     golden_case("tiny-full-bf16", "full", "bf16", 1.5e-2);
+}
+
+/// bf16 on the GPU path against bf16 on the CPU, under `window` and `dummy` (which the bf16
+/// golden case does not cover): the same head assignment, latents within the bf16 bound.
+#[test]
+fn bf16_gpu_path_follows_the_cpu_bf16_path() {
+    let d = tmp("bf16-paths");
+    let ck = d.join("model.safetensors");
+    checkpoint("df-tiny", &ck);
+    let ctx = golden().join("df-tiny/inputs.safetensors");
+    for policy in ["window:6,sink:1", "dummy:3"] {
+        let run = |dev: &str| {
+            let out = d.join(format!("{dev}.safetensors"));
+            let (code, err) = dfrt(&["generate", "--device", dev, "--dtype", "bf16", "--model", ck.to_str().unwrap(), "--context", ctx.to_str().unwrap(), "--height", "8", "--width", "8", "--frames", "12", "--policy", policy, "--quiet", "--out", out.to_str().unwrap()]);
+            assert_eq!(code, 0, "{dev}: {err}");
+            TensorFile::open(out).unwrap()
+        };
+        let (cpu, sim) = (run("cpu"), run("sim"));
+        let shape = [1, 12, 16, 8, 8];
+        let e = rel_l2(policy, &sim.f32("latents", &shape).unwrap(), &cpu.f32("latents", &shape).unwrap());
+        println!("{policy} bf16: sim vs cpu latents rel L2 {e:.3e}");
+        assert!(e <= 1.5e-2, "{policy}: sim vs cpu bf16 rel L2 {e:.3e}");
+        if policy.starts_with("dummy") {
+            assert_eq!(sim.i64_any("assignment").unwrap(), cpu.i64_any("assignment").unwrap(), "head assignment");
+        }
+    }
+    std::fs::remove_dir_all(&d).ok();
 }
 
 // ---------------------------------------------------------------------------------------------
