@@ -1,7 +1,7 @@
 //! The embedded PTX matches the crate: every kernel in `KERNELS` is an entry point and nothing
 //! else is; the params structs keep the layout the host passes by value.
 
-use dfrt_kernels::{elementwise::*, norm::*, rope::*, HOT_KERNELS, KERNELS, PTX};
+use dfrt_kernels::{elem::Bf16, elementwise::*, layout::*, norm::*, rope::*, HOT_KERNELS, KERNELS, PTX};
 
 #[test]
 fn ptx_entries_are_the_kernel_list() {
@@ -52,6 +52,26 @@ fn params_layouts_are_stable() {
             size_of::<GatedResidualParams>(),
             align_of::<GatedResidualParams>()
         ),
-        (40, 8)
+        (48, 8)
     );
+    // The bf16 variants pass the same struct.
+    assert_eq!(size_of::<Bf16<RmsNormParams>>(), size_of::<RmsNormParams>());
+    let sizes = [
+        ("LayerNormParams", size_of::<LayerNormParams>(), 48),
+        ("SiluParams", size_of::<SiluParams>(), 24),
+        ("AddParams", size_of::<AddParams>(), 32),
+        ("ModulationParams", size_of::<ModulationParams>(), 40),
+        ("SinusoidParams", size_of::<SinusoidParams>(), 32),
+        ("QkNormRopeParams", size_of::<QkNormRopeParams>(), 88),
+        ("PatchifyParams", size_of::<PatchifyParams>(), 40),
+        ("UnpatchifyParams", size_of::<UnpatchifyParams>(), 40),
+        ("CopyRowsParams", size_of::<CopyRowsParams>(), 32),
+        ("HeadCopyJob", size_of::<HeadCopyJob>(), 48),
+        ("HeadCopyShape", size_of::<HeadCopyShape>(), 24),
+        ("KvWriteParams", size_of::<KvWriteParams>(), 72),
+        ("KvCompactParams", size_of::<KvCompactParams>(), 40),
+    ];
+    for (name, got, want) in sizes {
+        assert_eq!(got, want, "size of {name}");
+    }
 }

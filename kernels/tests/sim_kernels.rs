@@ -141,6 +141,7 @@ fn gated_residual_matches_reference() {
         x: xb.ptr(),
         y: y.as_ptr() as u64,
         gate: gate.as_ptr() as u64,
+        out: xb.ptr(),
         rows,
         cols,
         rows_per_frame: rpf,
