@@ -22,6 +22,7 @@ pub mod gpu;
 pub mod sim;
 
 pub mod attention;
+pub mod calib;
 pub mod elem;
 pub mod elementwise;
 pub mod layout;
@@ -41,6 +42,9 @@ pub const KERNELS: &[&str] = &[
     "attn_f32",
     "add_f32",
     "add_bf16",
+    "calib_mass_f32",
+    "calib_mass_bf16",
+    "calib_mean_f32",
     "copy_rows_f32",
     "copy_rows_bf16",
     "gated_residual_f32",
@@ -88,6 +92,9 @@ pub const HOT_KERNELS: &[&str] = &[
     "attn_f32",
     "add_f32",
     "add_bf16",
+    "calib_mass_f32",
+    "calib_mass_bf16",
+    "calib_mean_f32",
     "copy_rows_f32",
     "copy_rows_bf16",
     "gated_residual_f32",

@@ -1,7 +1,7 @@
 //! The embedded PTX matches the crate: every kernel in `KERNELS` is an entry point and nothing
 //! else is; the params structs keep the layout the host passes by value.
 
-use dfrt_kernels::{elem::Bf16, elementwise::*, layout::*, norm::*, rope::*, HOT_KERNELS, KERNELS, PTX};
+use dfrt_kernels::{calib::*, elem::Bf16, elementwise::*, layout::*, norm::*, rope::*, HOT_KERNELS, KERNELS, PTX};
 
 #[test]
 fn ptx_entries_are_the_kernel_list() {
@@ -70,6 +70,9 @@ fn params_layouts_are_stable() {
         ("HeadCopyShape", size_of::<HeadCopyShape>(), 24),
         ("KvWriteParams", size_of::<KvWriteParams>(), 72),
         ("KvCompactParams", size_of::<KvCompactParams>(), 40),
+        ("CalibSeg", size_of::<CalibSeg>(), 24),
+        ("CalibMassParams", size_of::<CalibMassParams>(), 64),
+        ("CalibMeanParams", size_of::<CalibMeanParams>(), 24),
     ];
     for (name, got, want) in sizes {
         assert_eq!(got, want, "size of {name}");
