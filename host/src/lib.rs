@@ -10,6 +10,7 @@ pub mod error;
 pub mod model;
 pub mod names;
 pub mod pipeline;
+pub mod profile;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};
