@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dummy;
 pub mod error;
+pub mod gpu;
 pub mod model;
 pub mod names;
 pub mod pipeline;

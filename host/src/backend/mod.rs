@@ -73,6 +73,12 @@ pub trait Backend {
 
     fn name(&self) -> &'static str;
     fn precision(&self) -> Precision;
+    /// The first error an op hit, for backends whose ops can fail at run time (a device fault,
+    /// out of memory). Such a backend skips every op after the first failure; callers check
+    /// this at synchronisation points (the pipeline does after every forward).
+    fn status(&self) -> Result<()> {
+        Ok(())
+    }
 
     // --- memory ---
     /// Uploads host f32 data, rounding to the storage precision.

@@ -17,7 +17,9 @@ use dfrt::dummy::{stability, HeadProgram};
 use dfrt::model::Model;
 use dfrt::pipeline::inputs::{read_context, Inputs};
 use dfrt::pipeline::{Latent, Noise, Rng, Session};
-use dfrt::{Error, Result};
+use dfrt::gpu::{CudaDevice, Device, GpuBackend, SimDevice};
+use dfrt::{Error, ModelConfig, Result};
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "dfrt", version, about = "Autoregressive video diffusion runtime (Wan causal DiT, Self-Forcing, Dummy Forcing)")]
@@ -105,7 +107,7 @@ struct GenerateArgs {
     /// Dummy Forcing: write the head program (groups and calibration masses) to this JSON file.
     #[arg(long)]
     save_heads: Option<PathBuf>,
-    /// Compute device.
+    /// Compute device: cpu (reference) | sim (the GPU path in the SIMT simulator) | cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Storage precision: f32 | bf16.
@@ -114,6 +116,9 @@ struct GenerateArgs {
     /// No progress bar and no summary line.
     #[arg(long)]
     quiet: bool,
+    /// With --device cuda: synchronise after every kernel and name the kernel that faulted.
+    #[arg(long)]
+    sync_debug: bool,
     /// Output safetensors file (tensor `latents` [1, F, C, H, W], f32).
     #[arg(long)]
     out: PathBuf,
@@ -141,6 +146,34 @@ fn peak_rss() -> Option<u64> {
 
 fn generate(a: GenerateArgs) -> Result<()> {
     let precision = Precision::parse(&a.dtype)?;
+    if a.sync_debug && a.device != "cuda" {
+        return Err(Error::Input(format!("--sync-debug is for --device cuda (device `{}` runs every op synchronously already)", a.device)));
+    }
+    match a.device.as_str() {
+        "cpu" => generate_on(a, Arc::new(CpuBackend::new(precision)), &|_, _, _, _, _| Ok(())),
+        "sim" => gpu_generate(a, GpuBackend::new(SimDevice::new(), precision)),
+        "cuda" => {
+            let dev = CudaDevice::new(0, a.sync_debug)?;
+            if !a.quiet {
+                eprintln!("dfrt: cuda device {}", dev.describe());
+            }
+            gpu_generate(a, GpuBackend::new(dev, precision))
+        }
+        d => Err(Error::Device(format!("unknown device `{d}` (expected cpu, sim or cuda)"))),
+    }
+}
+
+/// The GPU path: the memory plan is checked and reserved before the model is loaded.
+fn gpu_generate<D: Device>(a: GenerateArgs, be: GpuBackend<D>) -> Result<()> {
+    let be = Arc::new(be);
+    let planner = be.clone();
+    generate_on(a, be, &move |cfg, policy, latent, frames, ckpt| planner.prepare(cfg, policy, latent, Some(frames), ckpt).map(|_| ()))
+}
+
+type Prepare<'a> = &'a dyn Fn(&ModelConfig, &Policy, Latent, usize, &TensorFile) -> Result<()>;
+
+fn generate_on<B: Backend + 'static>(a: GenerateArgs, be: Arc<B>, prepare: Prepare<'_>) -> Result<()> {
+    let precision = be.precision();
     let policy = Policy::parse(&a.policy)?;
     let spec = match &policy {
         Policy::Dummy(s) => Some(*s),
@@ -149,15 +182,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if spec.is_none() && (a.heads.is_some() || a.save_heads.is_some()) {
         return Err(Error::Policy(format!("--heads and --save-heads need a dummy policy (--policy dummy:N), not `{}`", a.policy)));
     }
-    if a.device != "cpu" {
-        return Err(Error::Device(format!("device `{}` is not available yet (use --device cpu)", a.device)));
-    }
-    let be = std::sync::Arc::new(CpuBackend::new(precision));
     let t_load = Instant::now();
     let ckpt = TensorFile::open(&a.model)?;
     let cfg = ckpt.config()?;
-    let model = std::sync::Arc::new(Model::load(&*be, &ckpt, &cfg)?);
-    let load_s = t_load.elapsed().as_secs_f64();
     policy.validate(&cfg)?;
     let program = a.heads.as_ref().map(|p| HeadProgram::load_for(p, &cfg)).transpose()?;
 
@@ -174,6 +201,10 @@ fn generate(a: GenerateArgs) -> Result<()> {
         let latent = Latent { channels: cfg.in_dim, height: a.height, width: a.width };
         (ctx, latent, frames, Noise::Seeded(Rng::new(a.seed)), format!("seed:{}", a.seed), Default::default())
     };
+    prepare(&cfg, &policy, latent, frames, &ckpt)?;
+    let model = Arc::new(Model::load(&*be, &ckpt, &cfg)?);
+    be.status()?;
+    let load_s = t_load.elapsed().as_secs_f64();
     if let (Some(s), Some(_)) = (spec, &a.save_heads) {
         if frames <= s.ar_start * FRAMES_PER_CHUNK {
             return Err(Error::Policy(format!(

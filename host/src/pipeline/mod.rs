@@ -165,6 +165,7 @@ impl<B: Backend + 'static> Session<B> {
         let groups = policy.initial_groups(c.num_heads, frames)?;
         let cache = KvCache::new(c.num_layers, c.num_heads, c.head_dim(), tpf, be.precision(), &groups)?;
         let text = model.embed_text(&be, context, context_rows)?;
+        be.status()?;
         Ok(Session { model, be, schedule: Schedule::official(), cache, text, latent, policy, frames, noise, chunk: 0, hook: Box::new(NoHook), dummy, record: None })
     }
 
@@ -259,6 +260,7 @@ impl<B: Backend + 'static> Session<B> {
             };
             let flow_t = self.model.forward(&self.be, &x, t, &pass, &mut self.cache, &self.text, hook, want_taps.then_some(&mut taps))?;
             let flow = self.be.download(&flow_t);
+            self.be.status()?;
             // flow → x0 in f64 (official wrapper), cast back to the working dtype.
             let sigma = self.schedule.sigma(t) as f64;
             x0 = xt.iter().zip(&flow).map(|(&a, &f)| self.store_f64(a as f64 - sigma * f as f64)).collect();
@@ -284,6 +286,7 @@ impl<B: Backend + 'static> Session<B> {
             None => self.hook.as_mut(),
         };
         self.model.forward(&self.be, &x, 0.0, &pass, &mut self.cache, &self.text, hook, None)?;
+        self.be.status()?;
         progress(Progress { pass, chunks });
         self.chunk += 1;
         Ok(x0)

@@ -1,0 +1,373 @@
+//! The CUDA device: cudarc with dynamic loading (libcuda and libcublasLt are opened at run
+//! time, so this builds and type-checks on machines without CUDA), the committed PTX
+//! (`dfrt_kernels::PTX`, JIT-compiled by the driver), cuBLASLt for GEMMs.
+//!
+//! Memory is handled as raw device pointers (`cuMemAlloc`), because the kernels' params structs
+//! hold raw pointers; cudarc's event tracking is switched off and everything runs in order on
+//! one stream. cuBLASLt takes the raw pointers through [`Raw`], a pointer + length view.
+//!
+//! Not verified without a GPU (this machine has none): everything that talks to the driver.
+//! The code compiles against cudarc 0.19.10; `tests/gpu_sim.rs` has CUDA tests that print
+//! `skipped: <reason>` and return when no GPU is present.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublaslt::{sys as ltsys, Activation, CudaBlasLT, Matmul, MatmulConfig, MatmulShared, Workspace};
+use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaGraph, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg, SyncOnDrop};
+use dfrt_kernels::Launch;
+
+use super::{DevPtr, Device, Gemm};
+use crate::backend::Precision;
+use crate::{Error, Result};
+
+/// A kernel's params struct as the single by-value kernel argument. `#[repr(transparent)]`
+/// keeps `P`'s `#[repr(C)]` layout, which is exactly the `.param` struct the PTX entry takes.
+#[repr(transparent)]
+struct KernelArg<P>(P);
+
+// SAFETY: every `Launch` type is a `#[repr(C)]` `Copy` struct of plain integers and floats
+// (the kernels crate's contract, checked against the PTX signatures by its `ptx_contract`
+// test), so its bytes are a valid CUDA kernel parameter of the same layout.
+unsafe impl<P: Launch> DeviceRepr for KernelArg<P> {}
+
+/// A raw device range as a cudarc slice, so cuBLASLt's safe wrapper can take our pointers.
+/// Synchronisation is ours (one stream, in order), so the returned [`SyncOnDrop`] does nothing.
+struct Raw<'s, T> {
+    ptr: DevPtr,
+    len: usize,
+    stream: &'s Arc<CudaStream>,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<'s, T> Raw<'s, T> {
+    fn new(ptr: DevPtr, len: usize, stream: &'s Arc<CudaStream>) -> Self {
+        Raw { ptr, len, stream, _t: std::marker::PhantomData }
+    }
+}
+impl<T> DeviceSlice<T> for Raw<'_, T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn stream(&self) -> &Arc<CudaStream> {
+        self.stream
+    }
+}
+impl<T> DevicePtr<T> for Raw<'_, T> {
+    fn device_ptr<'a>(&'a self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
+        (self.ptr, SyncOnDrop::Sync(None))
+    }
+}
+impl<T> DevicePtrMut<T> for Raw<'_, T> {
+    fn device_ptr_mut<'a>(&'a mut self, _stream: &'a CudaStream) -> (sys::CUdeviceptr, SyncOnDrop<'a>) {
+        (self.ptr, SyncOnDrop::Sync(None))
+    }
+}
+
+/// cuBLASLt with exact f32 compute (`CUBLAS_COMPUTE_32F`): cudarc's own `Matmul<f32>` uses
+/// TF32, which would break the f32 path's 1e-4 contract.
+struct ExactF32<'a>(&'a CudaBlasLT);
+impl MatmulShared for ExactF32<'_> {
+    fn handle(&self) -> &ltsys::cublasLtHandle_t {
+        self.0.handle()
+    }
+    fn workspace(&self) -> &Workspace {
+        self.0.workspace()
+    }
+    fn stream(&self) -> &Arc<CudaStream> {
+        self.0.stream()
+    }
+}
+impl Matmul<f32> for ExactF32<'_> {
+    fn matrix_type() -> ltsys::cudaDataType {
+        ltsys::cudaDataType_t::CUDA_R_32F
+    }
+    fn compute_type() -> ltsys::cublasComputeType_t {
+        ltsys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+    }
+}
+
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    funcs: Mutex<HashMap<&'static str, CudaFunction>>,
+    lt: CudaBlasLT,
+    live: Mutex<BTreeMap<u64, usize>>,
+    allocs: AtomicU64,
+    sync_debug: bool,
+    /// Instantiated CUDA graphs, by the id [`CudaDevice::end_capture`] returned.
+    graphs: Mutex<Graphs>,
+}
+
+/// The instantiated graphs. CUDA graph objects are not internally synchronised: every access
+/// goes through the `Mutex` above, which serialises them as the CUDA docs require.
+struct Graphs(Vec<CudaGraph>);
+// SAFETY: a CudaGraph is a pair of driver handles; moving them to another thread is allowed,
+// only concurrent use is not, and the Mutex rules that out.
+unsafe impl Send for Graphs {}
+
+fn drv(what: &str) -> impl Fn(result::DriverError) -> Error + '_ {
+    move |e| Error::Device(format!("cuda: {what}: {e}"))
+}
+
+/// Runs a cudarc call that may panic when a library or symbol is missing (cudarc's loader
+/// panics rather than returning an error) and turns the panic into an error.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            Err(Error::Device(format!("cuda: {what}: {msg}")))
+        }
+    }
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal`: loads libcuda, creates the context and a stream, loads the PTX
+    /// module and cuBLASLt. Without a driver or GPU this is a clear [`Error::Device`].
+    /// `sync_debug` synchronises after every launch and names the kernel that faulted.
+    pub fn new(ordinal: usize, sync_debug: bool) -> Result<Self> {
+        // SAFETY: only tries to dlopen the library; nothing from it is called.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::Device("no CUDA driver: libcuda.so could not be loaded (is this a machine with an NVIDIA GPU and driver? use --device cpu or --device sim)".into()));
+        }
+        // SAFETY: as above.
+        if !unsafe { ltsys::is_culib_present() } {
+            return Err(Error::Device("CUDA driver found, but libcublasLt.so could not be loaded (install the CUDA toolkit libraries or put them on LD_LIBRARY_PATH)".into()));
+        }
+        guarded("initialisation", || {
+            let n = CudaContext::device_count().map_err(drv("counting devices"))?;
+            if n <= ordinal as i32 {
+                return Err(Error::Device(format!("no CUDA GPU {ordinal}: the driver reports {n} device(s)")));
+            }
+            let ctx = CudaContext::new(ordinal).map_err(drv("creating the context"))?;
+            // SAFETY: we use raw allocations and a single stream in order, never CudaSlices
+            // across streams (the one CudaSlice, cuBLASLt's workspace, lives on our stream).
+            unsafe { ctx.disable_event_tracking() };
+            // A stream of our own: the legacy default stream cannot be captured into graphs.
+            let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
+            let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(dfrt_kernels::PTX)).map_err(drv("loading the PTX module (driver too old for the PTX ISA?)"))?;
+            let lt = CudaBlasLT::new(stream.clone()).map_err(|e| Error::Device(format!("cuda: creating the cuBLASLt handle: {e}")))?;
+            Ok(CudaDevice { ctx, stream, module, funcs: Mutex::new(HashMap::new()), lt, live: Mutex::new(BTreeMap::new()), allocs: AtomicU64::new(0), sync_debug, graphs: Mutex::new(Graphs(Vec::new())) })
+        })
+    }
+
+    /// The GPU's name and compute capability, e.g. "NVIDIA H100 80GB HBM3 (sm_90)".
+    pub fn describe(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "?".into());
+        match self.ctx.compute_capability() {
+            Ok((a, b)) => format!("{name} (sm_{a}{b})"),
+            Err(_) => name,
+        }
+    }
+
+    fn function(&self, name: &'static str) -> Result<CudaFunction> {
+        let mut f = self.funcs.lock().unwrap();
+        if let Some(k) = f.get(name) {
+            return Ok(k.clone());
+        }
+        let k = self.module.load_function(name).map_err(|e| Error::Device(format!("cuda: kernel `{name}` is not in the PTX module: {e}")))?;
+        f.insert(name, k.clone());
+        Ok(k)
+    }
+
+    fn check(&self, ptr: DevPtr, len: usize, what: &str) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let live = self.live.lock().unwrap();
+        match live.range(..=ptr).next_back() {
+            Some((&base, &size)) if ptr + len as u64 <= base + size as u64 => Ok(()),
+            _ => Err(Error::Device(format!("cuda: {what}: range {ptr:#x}+{len} is outside every live allocation"))),
+        }
+    }
+
+    fn after(&self, what: &str) -> Result<()> {
+        if self.sync_debug {
+            self.stream.synchronize().map_err(|e| Error::Device(format!("cuda: {what} faulted: {e} (--sync-debug)")))?;
+        }
+        Ok(())
+    }
+
+    /// Starts capturing this device's stream into a CUDA graph: the launches, copies and
+    /// GEMMs queued until [`CudaDevice::end_capture`] are recorded, not run. Nothing may
+    /// allocate or synchronise meanwhile (the backend's memory plan ensures the former).
+    pub fn begin_capture(&self) -> Result<()> {
+        self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(drv("begin graph capture"))
+    }
+
+    /// Ends the capture and instantiates the graph; returns its id for [`CudaDevice::replay`].
+    pub fn end_capture(&self) -> Result<usize> {
+        let g = self.stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(drv("end graph capture"))?;
+        let g = g.ok_or_else(|| Error::Device("cuda: graph capture recorded nothing".into()))?;
+        let mut gs = self.graphs.lock().unwrap();
+        gs.0.push(g);
+        Ok(gs.0.len() - 1)
+    }
+
+    /// Replays a captured graph on the stream (same pointers, same params as captured).
+    pub fn replay(&self, id: usize) -> Result<()> {
+        let gs = self.graphs.lock().unwrap();
+        let g = gs.0.get(id).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
+        g.launch().map_err(drv("graph launch"))?;
+        self.after("graph replay")
+    }
+}
+
+impl Device for CudaDevice {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+        let bytes = super::heap::round_up(bytes);
+        self.ctx.bind_to_thread().map_err(drv("bind context"))?;
+        // SAFETY: a plain allocation; the memory is only reached through the returned pointer.
+        let p = unsafe { result::malloc_sync(bytes) }.map_err(|e| {
+            let (free, total) = self.mem_info().unwrap_or((0, 0));
+            Error::Device(format!("cuda: allocating {bytes} bytes: {e} ({free} of {total} bytes free)"))
+        })?;
+        self.live.lock().unwrap().insert(p, bytes);
+        self.allocs.fetch_add(1, Ordering::Relaxed);
+        Ok(p)
+    }
+
+    fn free(&self, ptr: DevPtr) -> Result<()> {
+        if self.live.lock().unwrap().remove(&ptr).is_none() {
+            return Err(Error::Device(format!("cuda: free of {ptr:#x}, which is not an allocation")));
+        }
+        // Work queued on the pointer must finish first.
+        self.stream.synchronize().map_err(drv("synchronize before free"))?;
+        // SAFETY: `ptr` came from `malloc_sync` (it was in `live`, now removed: freed once) and
+        // no queued work uses it any more (synchronised above).
+        unsafe { result::free_sync(ptr) }.map_err(drv("free"))
+    }
+
+    fn h2d(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.check(dst, src.len(), "h2d")?;
+        // SAFETY: the destination is inside a live allocation; the copy is finished before
+        // returning (synchronize), so `src` may be dropped afterwards.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(drv("h2d"))?;
+        self.stream.synchronize().map_err(drv("h2d"))
+    }
+
+    fn d2h(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        self.check(src, dst.len(), "d2h")?;
+        // SAFETY: the source is inside a live allocation; we wait for the copy before `dst`
+        // can be read or dropped.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }.map_err(drv("d2h"))?;
+        self.stream.synchronize().map_err(drv("d2h (an earlier kernel may have faulted; rerun with --sync-debug)"))
+    }
+
+    fn d2d(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
+        self.check(dst, bytes, "d2d destination")?;
+        self.check(src, bytes, "d2d source")?;
+        // SAFETY: both ranges are inside live allocations; stream-ordered.
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }.map_err(drv("d2d"))?;
+        self.after("d2d")
+    }
+
+    fn memset(&self, dst: DevPtr, byte: u8, bytes: usize) -> Result<()> {
+        self.check(dst, bytes, "memset")?;
+        // SAFETY: the range is inside a live allocation; stream-ordered.
+        unsafe { result::memset_d8_async(dst, byte, bytes, self.stream.cu_stream()) }.map_err(drv("memset"))?;
+        self.after("memset")
+    }
+
+    unsafe fn launch<P: Launch>(&self, p: P) -> Result<()> {
+        let f = self.function(P::NAME)?;
+        let d = p.dims();
+        if d.dyn_smem > 48 * 1024 {
+            f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, d.dyn_smem as i32)
+                .map_err(|e| Error::Device(format!("cuda: kernel `{}`: {} bytes of dynamic shared memory: {e}", P::NAME, d.dyn_smem)))?;
+        }
+        let cfg = LaunchConfig { grid_dim: (d.grid[0], d.grid[1], d.grid[2]), block_dim: (d.block[0], d.block[1], d.block[2]), shared_mem_bytes: d.dyn_smem };
+        let arg = KernelArg(p);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&arg);
+        // SAFETY: the kernel `P::NAME` takes exactly one parameter, the `#[repr(C)]` struct `P`
+        // (the kernel! macro ties each params type to its entry point), passed by value; the
+        // caller guarantees the pointers inside are valid for the kernel's accesses.
+        unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("cuda: launching kernel `{}`: {e}", P::NAME)))?;
+        if self.sync_debug {
+            self.stream.synchronize().map_err(|e| Error::Device(format!("cuda: kernel `{}` faulted: {e} (grid {:?}, block {:?}, {} B shared)", P::NAME, d.grid, d.block, d.dyn_smem)))?;
+        }
+        Ok(())
+    }
+
+    fn gemm(&self, g: &Gemm) -> Result<()> {
+        let [x, w, y, b] = g.extents();
+        for (r, what) in [(x, "x"), (w, "w"), (y, "y"), (b, "bias")] {
+            self.check(r.0, r.1, &format!("gemm operand {what}"))?;
+        }
+        if g.n == 0 || g.m == 0 {
+            return Ok(());
+        }
+        // Row-major y[n,m] = x[n,k]·w[m,k]ᵀ is column-major yᵀ[m,n] = w·xᵀ: A = w (k×m col-major,
+        // transposed), B = x (k×n col-major), C = yᵀ with leading dimension m. The bias runs
+        // along C's rows (m), which is the epilogue's broadcast direction.
+        let cfg = MatmulConfig {
+            transa: true,
+            transb: false,
+            transc: false,
+            m: g.m as u64,
+            n: g.n as u64,
+            k: g.k as u64,
+            alpha: 1.0,
+            lda: g.k as i64,
+            ldb: g.k as i64,
+            beta: 0.0,
+            ldc: g.m as i64,
+            stride_a: None,
+            stride_b: None,
+            stride_c: None,
+            stride_bias: None,
+            batch_size: None,
+        };
+        let act = g.gelu.then_some(Activation::Gelu);
+        let s = &self.stream;
+        let r = match g.dtype {
+            Precision::F32 => {
+                let (a, bb, mut c) = (Raw::<f32>::new(g.w, g.m * g.k, s), Raw::<f32>::new(g.x, g.n * g.k, s), Raw::<f32>::new(g.y, g.n * g.m, s));
+                let bias = g.bias.map(|p| Raw::<f32>::new(p, g.m, s));
+                // SAFETY: every operand range was checked against live allocations above and
+                // matches the config's shapes; the output does not alias the inputs.
+                unsafe { ExactF32(&self.lt).matmul(cfg, &a, &bb, &mut c, bias.as_ref(), act.as_ref()) }
+            }
+            Precision::Bf16 => {
+                let (a, bb, mut c) = (Raw::<half::bf16>::new(g.w, g.m * g.k, s), Raw::<half::bf16>::new(g.x, g.n * g.k, s), Raw::<half::bf16>::new(g.y, g.n * g.m, s));
+                let bias = g.bias.map(|p| Raw::<half::bf16>::new(p, g.m, s));
+                // SAFETY: as above.
+                unsafe { self.lt.matmul(cfg, &a, &bb, &mut c, bias.as_ref(), act.as_ref()) }
+            }
+        };
+        r.map_err(|e| Error::Device(format!("cuda: cuBLASLt {} GEMM {}×{}×{}: {e}", g.dtype.name(), g.n, g.k, g.m)))?;
+        self.after("gemm")
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(drv("synchronize"))
+    }
+
+    fn allocations(&self) -> u64 {
+        self.allocs.load(Ordering::Relaxed)
+    }
+
+    fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(drv("mem_get_info"))
+    }
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        let _ = self.stream.synchronize();
+        self.graphs.lock().unwrap().0.clear();
+        for (p, _) in std::mem::take(&mut *self.live.lock().unwrap()) {
+            // SAFETY: every entry is a live allocation of ours; the stream is idle.
+            let _ = unsafe { result::free_sync(p) };
+        }
+    }
+}

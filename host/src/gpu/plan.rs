@@ -1,0 +1,94 @@
+//! The memory plan: how many device bytes a run needs, computed before anything is generated.
+//!
+//! `weights` are the checkpoint's tensors; `cache` is the KV cache at full capacity under the
+//! policy (plus, for Dummy Forcing, one layer's worth for the regrouping, when old and new
+//! slots coexist); `text` is the per-prompt state (embedded context and every block's
+//! cross-attention K/V); `activations` bounds the live intermediates of one forward: in a block
+//! about a dozen `[T, dim]` tensors (residual, normed input, q/k/v before and after norm and
+//! RoPE, attention output, projection) plus the FFN's two `[T, ffn_dim]`; `tables` are the RoPE
+//! and sinusoid tables and the attention segment table. Each tensor is rounded to the heap's
+//! 256-byte blocks, and the sum carries a margin for fragmentation. A test checks the estimate
+//! against the measured peak.
+
+use crate::backend::Precision;
+use crate::cache::{KvCache, Policy};
+use crate::config::FRAMES_PER_CHUNK;
+use crate::pipeline::Latent;
+use crate::{Error, ModelConfig, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    pub weights: usize,
+    pub cache: usize,
+    pub text: usize,
+    pub activations: usize,
+    pub tables: usize,
+}
+
+/// Per-tensor rounding slack (one heap block).
+const BLOCK: usize = super::heap::ALIGN;
+
+impl MemoryPlan {
+    /// The plan for `cfg` under `policy` at `latent` resolution for `frames` latent frames
+    /// (None: unbounded, only for bounded policies). `weight_bytes` and `weight_tensors` describe
+    /// the checkpoint in the storage precision.
+    pub fn estimate(cfg: &ModelConfig, policy: &Policy, latent: Latent, frames: Option<usize>, precision: Precision, weight_bytes: usize, weight_tensors: usize) -> Result<Self> {
+        let e = precision.size();
+        let [_, ph, pw] = cfg.patch_size;
+        if ph == 0 || pw == 0 || latent.height % ph != 0 || latent.width % pw != 0 {
+            return Err(Error::Input(format!("latent {}×{} is not a multiple of the patch {ph}×{pw}", latent.height, latent.width)));
+        }
+        let tpf = (latent.height / ph) * (latent.width / pw);
+        let (d, ffn, heads, layers) = (cfg.dim, cfg.ffn_dim, cfg.num_heads, cfg.num_layers);
+        let hd = cfg.head_dim();
+        let groups = policy.initial_groups(heads, frames)?;
+        let cache_model = KvCache::<()>::new(layers, heads, hd, tpf, precision, &groups)?;
+        let slots: usize = cache_model.layers.iter().flat_map(|l| &l.groups).map(|g| 2 * (g.sink_cap + g.ring_cap)).sum();
+        let mut cache = cache_model.capacity_bytes() + slots * BLOCK;
+        if matches!(policy, Policy::Dummy(_)) {
+            cache += cache.div_ceil(layers.max(1));
+        }
+        let text = e * cfg.text_len * d * (1 + 2 * layers) + (1 + 2 * layers) * BLOCK;
+        let t = FRAMES_PER_CHUNK * tpf;
+        let pf = cfg.patch_features().max(cfg.in_dim * ph * pw);
+        let per_forward = t * (12 * d + 2 * ffn + 2 * pf) + FRAMES_PER_CHUNK * (14 * d + cfg.freq_dim + 2 * cfg.in_dim * ph * pw);
+        let text_embed = cfg.text_len * (cfg.text_dim + 3 * d);
+        let activations = e * per_forward.max(text_embed) + 64 * BLOCK;
+        let tables = 1024 * hd * 4 + cfg.freq_dim * 8 + (64 << 10).max((heads * (frames.unwrap_or(64) + 8)).next_power_of_two() * 24) + 4 * BLOCK;
+        Ok(MemoryPlan { weights: weight_bytes + weight_tensors * BLOCK, cache, text, activations, tables })
+    }
+
+    /// Bytes beyond the weights: the arena reserved for the run (with a quarter margin for
+    /// fragmentation).
+    pub fn arena(&self) -> usize {
+        let core = self.cache + self.text + self.activations + self.tables;
+        core + core / 4
+    }
+
+    /// Everything: weights plus the arena.
+    pub fn total(&self) -> usize {
+        self.weights + self.arena()
+    }
+
+    /// Fails with "needs X bytes, Y free" when the device has less than [`MemoryPlan::total`].
+    pub fn check(&self, free: usize, total: usize) -> Result<()> {
+        let need = self.total();
+        if need > free {
+            return Err(Error::Device(format!(
+                "out of device memory: the run needs {need} bytes ({:.1} MiB: weights {:.1}, KV cache {:.1}, text {:.1}, activations {:.1}, tables {:.1}, fragmentation margin {:.1}), {free} bytes free of {total}; use a smaller resolution, a bounded policy (window or dummy) or bf16",
+                mib(need),
+                mib(self.weights),
+                mib(self.cache),
+                mib(self.text),
+                mib(self.activations),
+                mib(self.tables),
+                mib(self.arena() - (self.cache + self.text + self.activations + self.tables)),
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn mib(b: usize) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
