@@ -37,6 +37,11 @@ impl Args {
         self.pairs.iter().rev().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
     }
 
+    /// Every value given for `k`, in order (a repeatable option).
+    pub fn all(&self, k: &str) -> Vec<String> {
+        self.pairs.iter().filter(|(a, _)| a == k).map(|(_, v)| v.clone()).collect()
+    }
+
     /// `--device`, else `$DFRT_BENCH_DEVICE`, else `auto`.
     pub fn device(&self) -> String {
         self.get("device").map(str::to_string).or_else(|| std::env::var("DFRT_BENCH_DEVICE").ok()).unwrap_or_else(|| "auto".into())
