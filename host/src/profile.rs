@@ -4,8 +4,9 @@
 //!   zero-sized [`Range`] whose drop does nothing, and the macro never formats its name, so a
 //!   range costs nothing at all.
 //! - Feature on: the first range opens the NVTX library at run time (`$DFRT_NVTX_LIB`, else
-//!   `libnvToolsExt.so.1` / `libnvToolsExt.so` from the loader path) and pushes/pops ranges with
-//!   `nvtxRangePushA` / `nvtxRangePop`. When the library is missing, one line goes to stderr and
+//!   from the loader path `libnvtx3interop.so.1`, CUDA 13's NVTX library (pip `nvidia-nvtx`,
+//!   `nvidia/cu13/lib/`), or CUDA 12's `libnvToolsExt.so.1`) and pushes/pops ranges with
+//!   `nvtxRangePushA` / `nvtxRangePop`; under a profiler those calls reach its injection. When the library is missing, one line goes to stderr and
 //!   every range is a no-op: profiling is optional, it never stops a run.
 //!
 //! Names are dotted (`dit.block07.self_attn`), so `ncu --nvtx --nvtx-include "dit.block07/"`
@@ -102,12 +103,12 @@ mod nvtx {
     fn open() -> Result<Lib, String> {
         let names: Vec<String> = match std::env::var("DFRT_NVTX_LIB") {
             Ok(p) if !p.is_empty() => vec![p],
-            _ => vec!["libnvToolsExt.so.1".into(), "libnvToolsExt.so".into()],
+            _ => vec!["libnvtx3interop.so.1".into(), "libnvToolsExt.so.1".into(), "libnvToolsExt.so".into()],
         };
         let mut errs = Vec::new();
         for n in &names {
-            // SAFETY: loading libnvToolsExt runs only its (trivial) initialisers; NVTX defers
-            // its real initialisation (the profiler injection) to the first call.
+            // SAFETY: loading the NVTX library runs only its (trivial) initialisers; NVTX
+            // defers its real initialisation (the profiler injection) to the first call.
             match unsafe { libloading::Library::new(n) } {
                 Ok(lib) => {
                     // SAFETY: these are the NVTX v2 C signatures of the two symbols.
@@ -121,7 +122,7 @@ mod nvtx {
                 Err(e) => errs.push(format!("{n}: {e}")),
             }
         }
-        Err(format!("no NVTX library ({}); set DFRT_NVTX_LIB to libnvToolsExt.so's path", errs.join("; ")))
+        Err(format!("no NVTX library ({}); set DFRT_NVTX_LIB to the path of libnvtx3interop.so.1 or libnvToolsExt.so.1", errs.join("; ")))
     }
 
     /// Pushes a range named by `f()`; false (nothing pushed) without the library.
