@@ -160,7 +160,7 @@ fn bad_inputs_give_readable_errors() {
     expect("policy", gen(&good, &["--policy", "sliding"]), "unknown policy `sliding`");
     expect("window", gen(&good, &["--policy", "window:3,sink:1"]), "at least sink + 3");
     expect("dtype", gen(&good, &["--dtype", "fp8"]), "unknown dtype");
-    expect("device", gen(&good, &["--device", "cuda"]), "not available yet");
+    expect("device", gen(&good, &["--device", "tpu"]), "unknown device `tpu` (expected cpu, sim or cuda)");
     expect("no file", gen(&d.join("nope.safetensors"), &[]), "nope.safetensors");
     std::fs::remove_dir_all(&d).ok();
 }

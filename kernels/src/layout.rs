@@ -432,7 +432,8 @@ kernel! {
 /// after DHP. `jobs` holds one [`HeadCopyJob`] per (new group, retained frame): source = the
 /// phase-1 slot holding that frame (all heads), destination = the new group's slot for it,
 /// `heads` = the group's heads (their positions in the phase-1 slot). Empty groups have no
-/// jobs. Block row `y` runs job `y`.
+/// jobs. Block row `y` runs job `y`. (The same kernel can also do a whole layer's cache
+/// commit in one launch, one job per (group, frame), if the host keeps such a job table.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct KvCompactParams {

@@ -9,6 +9,32 @@
 //! Host/device contract: every kernel takes exactly one argument, a `#[repr(C)]` `Copy` params
 //! struct of plain fields (device pointers as `u64`, sizes as `u32`). The host passes it by value
 //! as the single kernel parameter.
+//!
+//! # Kernels for the `Backend` ops (host/src/backend)
+//!
+//! Every op kernel has an f32-storage and a bf16-storage entry (`*_f32`, `*_bf16`; bf16 data
+//! is `u16` bits, math is f32). The bf16 entry takes [`elem::Bf16`]`(params)`, the same struct.
+//!
+//! | `Backend` op | kernel | params |
+//! |---|---|---|
+//! | `copy_rows` | `copy_rows_*` | [`layout::CopyRowsParams`] |
+//! | `layer_norm` | `layer_norm_*` | [`norm::LayerNormParams`] |
+//! | `norm_modulate` | `layer_norm_modulate_*` | [`norm::LayerNormModParams`] |
+//! | `rms_norm` | `rms_norm_*` | [`norm::RmsNormParams`] |
+//! | `rms_norm` + `rope` on q and k | `qk_norm_rope_*` | [`rope::QkNormRopeParams`] |
+//! | `gelu_tanh` / `silu` / `add` | `gelu_tanh_*` / `silu_*` / `add_*` | [`elementwise::GeluParams`] / [`elementwise::SiluParams`] / [`elementwise::AddParams`] |
+//! | `gated_residual` | `gated_residual_*` | [`elementwise::GatedResidualParams`] |
+//! | `modulation` | `modulation_*` (one `[k, frames, dim]` buffer) | [`elementwise::ModulationParams`] |
+//! | `rope` | `rope3d_*` (f32 cos/sin table from [`rope::rope_table`]) | [`rope::RopeParams`] |
+//! | `sinusoid` | `sinusoid_*` (f64 freqs from [`elementwise::sinusoid_freqs`]) | [`elementwise::SinusoidParams`] |
+//! | `patchify` / `unpatchify` | `patchify_*` / `unpatchify_*` | [`layout::PatchifyParams`] / [`layout::UnpatchifyParams`] |
+//! | cache commit (`KvCache::commit`) | `kv_write_*` | [`layout::KvWriteParams`] |
+//! | HMA compaction (`KvCache::replace_groups`) | `kv_compact_*` | [`layout::KvCompactParams`] |
+//! | calibration (`dummy::calibrate::layer_masses`) | `calib_mass_*` then `calib_mean_f32` | [`calib::CalibMassParams`], [`calib::CalibMeanParams`] |
+//!
+//! `upload`/`download`/`zeros` are copies and memsets, `linear` is cuBLASLt (a CPU GEMM on the
+//! sim device), `attention` has its own kernels. Rolling-window eviction is ring-slot
+//! bookkeeping in the host cache (no data moves); see [`layout`].
 #![cfg_attr(target_arch = "nvptx64", no_std)]
 #![cfg_attr(
     target_arch = "nvptx64",

@@ -145,6 +145,34 @@ impl<D: Device> GpuBackend<D> {
         (h.live_bytes(), h.peak_bytes(), h.capacity())
     }
 
+    /// Records the device work `f` queues into a graph (a CUDA graph on [`super::CudaDevice`],
+    /// a recorded op list on [`super::SimDevice`]) instead of running it, and returns what `f`
+    /// returned with the graph's id. Run it with [`GpuBackend::replay`].
+    ///
+    /// Inside `f` nothing may download or synchronise (a forward without taps or a calibrating
+    /// hook qualifies), and every allocation must come from the memory plan's arena. Memory
+    /// `f` used and freed stays allocated for good, because the graph writes it at every replay
+    /// (within the capture it is reused as usual: the graph replays the same order). The
+    /// tensors `f` returns hold the graph's outputs after each replay; inputs the graph reads
+    /// (weights, cache, the chunk) must stay alive, and new values can be copied into them
+    /// between replays.
+    pub fn capture<T>(&self, f: impl FnOnce(&Self) -> T) -> Result<(T, usize)> {
+        self.status()?;
+        self.sh.dev.begin_capture()?;
+        self.sh.heap.lock().unwrap().begin_capture();
+        let out = f(self);
+        self.sh.heap.lock().unwrap().end_capture();
+        let id = self.sh.dev.end_capture();
+        self.status()?;
+        Ok((out, id?))
+    }
+
+    /// Runs a captured graph.
+    pub fn replay(&self, graph: usize) -> Result<()> {
+        self.status()?;
+        self.sh.dev.replay(graph)
+    }
+
     /// Starts a new peak measurement.
     pub fn reset_peak(&self) {
         self.sh.heap.lock().unwrap().reset_peak();
@@ -311,6 +339,7 @@ impl<D: Device> GpuBackend<D> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn try_copy_rows(&self, dst: &GpuTensor<D>, dst_off: usize, src: &GpuTensor<D>, src_off: usize, src_stride: usize, rows: usize, cols: usize) -> Result<()> {
         if rows == 0 || cols == 0 {
             return Ok(());
@@ -407,7 +436,7 @@ impl<D: Device> GpuBackend<D> {
 
     fn try_modulation(&self, table: &GpuTensor<D>, e: &GpuTensor<D>, k: usize) -> Result<Vec<GpuTensor<D>>> {
         let kd = e.cols();
-        if k == 0 || kd % k != 0 || table.numel() != kd {
+        if k == 0 || !kd.is_multiple_of(k) || table.numel() != kd {
             return Err(Error::Device(format!("modulation: table {:?}, e {:?}, k {k}", table.shape, e.shape)));
         }
         let (d, frames) = (kd / k, e.rows());
@@ -421,7 +450,7 @@ impl<D: Device> GpuBackend<D> {
 
     fn try_rope(&self, x: &GpuTensor<D>, heads: usize, grid: [usize; 3], start_frame: usize) -> Result<GpuTensor<D>> {
         let [f, h, w] = grid;
-        if heads == 0 || x.cols() % heads != 0 || x.rows() != f * h * w {
+        if heads == 0 || !x.cols().is_multiple_of(heads) || x.rows() != f * h * w {
             return Err(Error::Device(format!("rope: x {:?} for {heads} heads on grid {grid:?}", x.shape)));
         }
         let d = x.cols() / heads;

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublaslt::{sys as ltsys, Activation, CudaBlasLT, Matmul, MatmulConfig, MatmulShared, Workspace};
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaGraph, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg, SyncOnDrop};
+use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg, SyncOnDrop};
 use dfrt_kernels::Launch;
 
 use super::{DevPtr, Device, Gemm};
@@ -98,16 +98,32 @@ pub struct CudaDevice {
     live: Mutex<BTreeMap<u64, usize>>,
     allocs: AtomicU64,
     sync_debug: bool,
-    /// Instantiated CUDA graphs, by the id [`CudaDevice::end_capture`] returned.
+    /// Instantiated CUDA graphs, by the id `end_capture` returned.
     graphs: Mutex<Graphs>,
 }
 
-/// The instantiated graphs. CUDA graph objects are not internally synchronised: every access
-/// goes through the `Mutex` above, which serialises them as the CUDA docs require.
-struct Graphs(Vec<CudaGraph>);
-// SAFETY: a CudaGraph is a pair of driver handles; moving them to another thread is allowed,
-// only concurrent use is not, and the Mutex rules that out.
+/// The instantiated graphs with the pinned host buffers their uploads read at every replay,
+/// and the buffers of the capture in progress. CUDA graph objects are not internally
+/// synchronised: every access goes through the `Mutex` above, which serialises them as the
+/// CUDA docs require.
+#[derive(Default)]
+struct Graphs {
+    done: Vec<(CudaGraph, Vec<Pinned>)>,
+    /// Some while a capture is open.
+    open: Option<Vec<Pinned>>,
+}
+// SAFETY: a CudaGraph is a pair of driver handles and a Pinned a host allocation; moving them
+// to another thread is allowed, only concurrent use is not, and the Mutex rules that out.
 unsafe impl Send for Graphs {}
+
+/// Page-locked host memory holding the bytes of one captured upload.
+struct Pinned(*mut std::ffi::c_void);
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `malloc_host`, freed once; its graph (which reads it) is gone.
+        let _ = unsafe { result::free_host(self.0) };
+    }
+}
 
 fn drv(what: &str) -> impl Fn(result::DriverError) -> Error + '_ {
     move |e| Error::Device(format!("cuda: {what}: {e}"))
@@ -151,7 +167,7 @@ impl CudaDevice {
             let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
             let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(dfrt_kernels::PTX)).map_err(drv("loading the PTX module (driver too old for the PTX ISA?)"))?;
             let lt = CudaBlasLT::new(stream.clone()).map_err(|e| Error::Device(format!("cuda: creating the cuBLASLt handle: {e}")))?;
-            Ok(CudaDevice { ctx, stream, module, funcs: Mutex::new(HashMap::new()), lt, live: Mutex::new(BTreeMap::new()), allocs: AtomicU64::new(0), sync_debug, graphs: Mutex::new(Graphs(Vec::new())) })
+            Ok(CudaDevice { ctx, stream, module, funcs: Mutex::new(HashMap::new()), lt, live: Mutex::new(BTreeMap::new()), allocs: AtomicU64::new(0), sync_debug, graphs: Mutex::new(Graphs::default()) })
         })
     }
 
@@ -174,7 +190,14 @@ impl CudaDevice {
         Ok(k)
     }
 
+    /// Makes our context current on the calling thread (driver calls act on the current one);
+    /// cheap when it already is.
+    fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv("binding the context to this thread"))
+    }
+
     fn check(&self, ptr: DevPtr, len: usize, what: &str) -> Result<()> {
+        self.bind()?;
         if len == 0 {
             return Ok(());
         }
@@ -185,36 +208,24 @@ impl CudaDevice {
         }
     }
 
+    fn capturing(&self) -> bool {
+        self.graphs.lock().unwrap().open.is_some()
+    }
+
+    fn not_capturing(&self, what: &str) -> Result<()> {
+        if self.capturing() {
+            return Err(Error::Device(format!("cuda: {what} is not allowed during a graph capture")));
+        }
+        Ok(())
+    }
+
     fn after(&self, what: &str) -> Result<()> {
-        if self.sync_debug {
+        if self.sync_debug && !self.capturing() {
             self.stream.synchronize().map_err(|e| Error::Device(format!("cuda: {what} faulted: {e} (--sync-debug)")))?;
         }
         Ok(())
     }
 
-    /// Starts capturing this device's stream into a CUDA graph: the launches, copies and
-    /// GEMMs queued until [`CudaDevice::end_capture`] are recorded, not run. Nothing may
-    /// allocate or synchronise meanwhile (the backend's memory plan ensures the former).
-    pub fn begin_capture(&self) -> Result<()> {
-        self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(drv("begin graph capture"))
-    }
-
-    /// Ends the capture and instantiates the graph; returns its id for [`CudaDevice::replay`].
-    pub fn end_capture(&self) -> Result<usize> {
-        let g = self.stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(drv("end graph capture"))?;
-        let g = g.ok_or_else(|| Error::Device("cuda: graph capture recorded nothing".into()))?;
-        let mut gs = self.graphs.lock().unwrap();
-        gs.0.push(g);
-        Ok(gs.0.len() - 1)
-    }
-
-    /// Replays a captured graph on the stream (same pointers, same params as captured).
-    pub fn replay(&self, id: usize) -> Result<()> {
-        let gs = self.graphs.lock().unwrap();
-        let g = gs.0.get(id).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
-        g.launch().map_err(drv("graph launch"))?;
-        self.after("graph replay")
-    }
 }
 
 impl Device for CudaDevice {
@@ -223,8 +234,9 @@ impl Device for CudaDevice {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+        self.not_capturing("a device allocation")?;
         let bytes = super::heap::round_up(bytes);
-        self.ctx.bind_to_thread().map_err(drv("bind context"))?;
+        self.bind()?;
         // SAFETY: a plain allocation; the memory is only reached through the returned pointer.
         let p = unsafe { result::malloc_sync(bytes) }.map_err(|e| {
             let (free, total) = self.mem_info().unwrap_or((0, 0));
@@ -236,9 +248,11 @@ impl Device for CudaDevice {
     }
 
     fn free(&self, ptr: DevPtr) -> Result<()> {
+        self.not_capturing("freeing device memory")?;
         if self.live.lock().unwrap().remove(&ptr).is_none() {
             return Err(Error::Device(format!("cuda: free of {ptr:#x}, which is not an allocation")));
         }
+        self.bind()?;
         // Work queued on the pointer must finish first.
         self.stream.synchronize().map_err(drv("synchronize before free"))?;
         // SAFETY: `ptr` came from `malloc_sync` (it was in `live`, now removed: freed once) and
@@ -248,6 +262,26 @@ impl Device for CudaDevice {
 
     fn h2d(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
         self.check(dst, src.len(), "h2d")?;
+        let mut g = self.graphs.lock().unwrap();
+        if let Some(staged) = &mut g.open {
+            // In a capture the copy becomes a graph node that reads its source at every replay:
+            // the bytes go to page-locked memory owned by the graph.
+            if src.is_empty() {
+                return Ok(());
+            }
+            // SAFETY: a plain page-locked allocation of src.len() bytes (0 flags).
+            let p = unsafe { result::malloc_host(src.len(), 0) }.map_err(drv("pinned staging for a captured upload"))?;
+            staged.push(Pinned(p));
+            // SAFETY: `p` holds src.len() bytes and does not overlap `src`.
+            let host = unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), p as *mut u8, src.len());
+                std::slice::from_raw_parts(p as *const u8, src.len())
+            };
+            // SAFETY: the destination is inside a live allocation; the pinned source lives as
+            // long as the graph.
+            return unsafe { result::memcpy_htod_async(dst, host, self.stream.cu_stream()) }.map_err(drv("captured h2d"));
+        }
+        drop(g);
         // SAFETY: the destination is inside a live allocation; the copy is finished before
         // returning (synchronize), so `src` may be dropped afterwards.
         unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(drv("h2d"))?;
@@ -255,6 +289,7 @@ impl Device for CudaDevice {
     }
 
     fn d2h(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        self.not_capturing("a device-to-host copy")?;
         self.check(src, dst.len(), "d2h")?;
         // SAFETY: the source is inside a live allocation; we wait for the copy before `dst`
         // can be read or dropped.
@@ -292,7 +327,7 @@ impl Device for CudaDevice {
         // (the kernel! macro ties each params type to its entry point), passed by value; the
         // caller guarantees the pointers inside are valid for the kernel's accesses.
         unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("cuda: launching kernel `{}`: {e}", P::NAME)))?;
-        if self.sync_debug {
+        if self.sync_debug && !self.capturing() {
             self.stream.synchronize().map_err(|e| Error::Device(format!("cuda: kernel `{}` faulted: {e} (grid {:?}, block {:?}, {} B shared)", P::NAME, d.grid, d.block, d.dyn_smem)))?;
         }
         Ok(())
@@ -349,7 +384,48 @@ impl Device for CudaDevice {
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.not_capturing("synchronize")?;
         self.stream.synchronize().map_err(drv("synchronize"))
+    }
+
+    /// Captures the stream (thread-local mode) into a CUDA graph.
+    fn begin_capture(&self) -> Result<()> {
+        let mut g = self.graphs.lock().unwrap();
+        if g.open.is_some() {
+            return Err(Error::Device("cuda: a graph capture is already open".into()));
+        }
+        self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(drv("begin graph capture"))?;
+        g.open = Some(Vec::new());
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<usize> {
+        let mut g = self.graphs.lock().unwrap();
+        let staged = g.open.take().ok_or_else(|| Error::Device("cuda: end_capture without begin_capture".into()))?;
+        let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(drv("end graph capture"))?;
+        let graph = graph.ok_or_else(|| Error::Device("cuda: graph capture recorded nothing".into()))?;
+        g.done.push((graph, staged));
+        Ok(g.done.len() - 1)
+    }
+
+    fn replay(&self, id: usize) -> Result<()> {
+        {
+            let g = self.graphs.lock().unwrap();
+            if g.open.is_some() {
+                return Err(Error::Device("cuda: a graph replay is not allowed during a graph capture".into()));
+            }
+            let (graph, _) = g.done.get(id).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
+            graph.launch().map_err(drv("graph launch"))?;
+        }
+        self.after("graph replay")
+    }
+
+    type Event = CudaEvent;
+    fn record(&self) -> Result<CudaEvent> {
+        self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("record event"))
+    }
+    fn elapsed_ms(&self, start: &CudaEvent, end: &CudaEvent) -> Result<f32> {
+        start.elapsed_ms(end).map_err(drv("event timing"))
     }
 
     fn allocations(&self) -> u64 {
@@ -364,7 +440,7 @@ impl Device for CudaDevice {
 impl Drop for CudaDevice {
     fn drop(&mut self) {
         let _ = self.stream.synchronize();
-        self.graphs.lock().unwrap().0.clear();
+        self.graphs.lock().unwrap().done.clear();
         for (p, _) in std::mem::take(&mut *self.live.lock().unwrap()) {
             // SAFETY: every entry is a live allocation of ours; the stream is idle.
             let _ = unsafe { result::free_sync(p) };

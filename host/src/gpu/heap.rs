@@ -26,6 +26,11 @@ pub struct Heap {
     live: BTreeMap<u64, usize>,
     live_bytes: usize,
     peak_bytes: usize,
+    /// While a graph is captured: every block handed out, so that the memory the graph uses
+    /// can be kept from later allocations ([`Heap::end_capture`]).
+    capture_log: Option<Vec<(u64, usize)>>,
+    /// Ranges kept allocated for good because a captured graph writes them at every replay.
+    held: Vec<(u64, usize)>,
 }
 
 impl Heap {
@@ -45,6 +50,9 @@ impl Heap {
             self.free.insert(addr + need as u64, size - need);
         }
         self.live.insert(addr, need);
+        if let Some(log) = &mut self.capture_log {
+            log.push((addr, need));
+        }
         self.live_bytes += need;
         self.peak_bytes = self.peak_bytes.max(self.live_bytes);
         Some(addr)
@@ -91,6 +99,52 @@ impl Heap {
         }
     }
 
+    /// Starts logging the blocks handed out (a graph capture begins). Blocks freed during the
+    /// capture may be reused within it: the graph replays the same order.
+    pub fn begin_capture(&mut self) {
+        self.capture_log = Some(Vec::new());
+    }
+
+    /// Ends the log: every byte handed out during the capture that is free now is taken out
+    /// of the free list for good, since the graph writes it at every replay. (Blocks still
+    /// live are the caller's: the graph's outputs, to be kept while the graph is used.)
+    pub fn end_capture(&mut self) {
+        let Some(mut log) = self.capture_log.take() else { return };
+        log.sort_unstable();
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        for (a, n) in log {
+            let b = a + n as u64;
+            match spans.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => spans.push((a, b)),
+            }
+        }
+        for (ia, ib) in spans {
+            // Free blocks overlapping [ia, ib): carve the overlap out.
+            let hits: Vec<(u64, usize)> = self.free.range(..ib).filter(|(&fa, &fs)| fa + fs as u64 > ia).map(|(&a, &s)| (a, s)).collect();
+            for (fa, fs) in hits {
+                let fb = fa + fs as u64;
+                let (oa, ob) = (fa.max(ia), fb.min(ib));
+                self.free.remove(&fa);
+                if fa < oa {
+                    self.free.insert(fa, (oa - fa) as usize);
+                }
+                if ob < fb {
+                    self.free.insert(ob, (fb - ob) as usize);
+                }
+                let n = (ob - oa) as usize;
+                self.held.push((oa, n));
+                self.live_bytes += n;
+            }
+        }
+        self.peak_bytes = self.peak_bytes.max(self.live_bytes);
+    }
+
+    /// Bytes kept for captured graphs.
+    pub fn held_bytes(&self) -> usize {
+        self.held.iter().map(|h| h.1).sum()
+    }
+
     /// Bytes in live blocks now, and at most so far.
     pub fn live_bytes(&self) -> usize {
         self.live_bytes
@@ -131,7 +185,7 @@ mod tests {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            if live.is_empty() || rng % 3 != 0 {
+            if live.is_empty() || !rng.is_multiple_of(3) {
                 let bytes = (rng >> 20) as usize % (6 * ALIGN) + 1;
                 if let Some(a) = h.alloc(bytes) {
                     assert_eq!(a % ALIGN as u64, 0);
@@ -155,5 +209,28 @@ mod tests {
         assert_eq!(h.largest_free(), 64 * ALIGN);
         assert_eq!(h.free.len(), 2);
         assert!(!h.release(1 << 20), "double free is refused");
+    }
+
+    #[test]
+    fn a_capture_keeps_the_memory_its_graph_uses() {
+        let mut h = Heap::default();
+        h.add_region(1 << 20, 16 * ALIGN);
+        let keep = h.alloc(ALIGN).unwrap();
+        h.begin_capture();
+        let a = h.alloc(2 * ALIGN).unwrap();
+        h.release(a);
+        let b = h.alloc(3 * ALIGN).unwrap(); // reuses a's bytes inside the capture
+        let out = h.alloc(ALIGN).unwrap();
+        h.release(b);
+        h.end_capture();
+        // The graph's scratch (a ∪ b, 3 blocks) is held; its output stays the caller's.
+        assert_eq!(h.held_bytes(), 3 * ALIGN);
+        assert_eq!(h.live_bytes(), 5 * ALIGN);
+        for _ in 0..11 {
+            let c = h.alloc(ALIGN).unwrap();
+            assert!(c + ALIGN as u64 <= a.min(b) || c >= a.max(b) + 3 * ALIGN as u64, "{c:#x} reuses the graph's memory");
+            assert!(c != keep && c != out);
+        }
+        assert!(h.alloc(ALIGN).is_none(), "exactly the held and live blocks are taken");
     }
 }

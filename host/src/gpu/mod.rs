@@ -9,6 +9,30 @@
 //!   (`dfrt_kernels::PTX`), cuBLASLt GEMMs.
 //!
 //! Everything above the trait (the op sequencing, the tensors, the memory plan) is shared.
+//!
+//! Which kernel runs each [`crate::backend::Backend`] op (`*` = `_f32` or `_bf16` by the
+//! storage precision):
+//!
+//! | op | runs on |
+//! |---|---|
+//! | `linear` | [`Device::gemm`]: cuBLASLt (bias epilogue; f32 with exact `COMPUTE_32F`, bf16 with f32 accumulation) / CPU GEMM on the sim |
+//! | `layer_norm` | `layer_norm_*` (affine or not) |
+//! | `norm_modulate` | `layer_norm_modulate_*` |
+//! | `rms_norm` | `rms_norm_*` |
+//! | `gelu_tanh`, `silu`, `add` | `gelu_tanh_*`, `silu_*`, `add_*` |
+//! | `gated_residual` | `gated_residual_*` |
+//! | `modulation` | `modulation_*` (one `[k, frames, dim]` buffer; the k results are views) |
+//! | `rope` | `rope3d_*` (cos/sin table built once per head dim in f64 on the host) |
+//! | `sinusoid` | `sinusoid_*` (f64 angles on the device) |
+//! | `patchify`, `unpatchify` | `patchify_*`, `unpatchify_*` |
+//! | `copy_rows` (cache commits, HMA regrouping) | `copy_rows_*` |
+//! | `attention` (self and cross) | `attn_f32`, or `attn_bf16_d128` / `attn_bf16_d64`; the per-head `Seg` lists become one segment table uploaded per call into a reused buffer |
+//! | `upload`, `download`, `zeros` | copies and memset |
+//!
+//! Kernels in the PTX the backend does not use yet, because the `Backend` trait has no op for
+//! them: `qk_norm_rope_*` (fused RMSNorm + RoPE), `kv_write_*` (a whole group's cache write in
+//! one launch), `kv_compact_*` (HMA in one launch), `calib_mass_*`/`calib_mean_f32` (the
+//! calibration statistic; calibration downloads q and K and runs on the host, as on the CPU).
 //! Device memory is addressed by plain `u64` device pointers, as the kernels' params structs
 //! hold them; the devices validate every range they are given for copies and GEMMs against
 //! their live allocations, so a wrong range is an error, never a wild write. Kernel launches
@@ -94,6 +118,22 @@ pub trait Device: Send + Sync + 'static {
 
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
+
+    /// Starts recording the device work queued from now on (launches, copies, GEMMs) into a
+    /// graph instead of running it. Allocation, freeing, downloads and synchronisation are
+    /// errors until [`Device::end_capture`].
+    fn begin_capture(&self) -> Result<()>;
+    /// Ends the recording; returns the graph's id.
+    fn end_capture(&self) -> Result<usize>;
+    /// Runs a recorded graph again: the same ops, params and uploaded bytes, in order. Every
+    /// buffer the graph touches must still be allocated.
+    fn replay(&self, graph: usize) -> Result<()>;
+
+    /// A marker of the work queued so far (a CUDA event; a wall-clock instant on the sim).
+    type Event: Send;
+    fn record(&self) -> Result<Self::Event>;
+    /// Milliseconds of device time between two markers (waits for `end`).
+    fn elapsed_ms(&self, start: &Self::Event, end: &Self::Event) -> Result<f32>;
 
     /// Device allocations made so far (not frees): the counter behind the "no allocation in
     /// the chunk loop" rule.

@@ -3,9 +3,10 @@
 //! `weights` are the checkpoint's tensors; `cache` is the KV cache at full capacity under the
 //! policy (plus, for Dummy Forcing, one layer's worth for the regrouping, when old and new
 //! slots coexist); `text` is the per-prompt state (embedded context and every block's
-//! cross-attention K/V); `activations` bounds the live intermediates of one forward: in a block
-//! about a dozen `[T, dim]` tensors (residual, normed input, q/k/v before and after norm and
-//! RoPE, attention output, projection) plus the FFN's two `[T, ffn_dim]`; `tables` are the RoPE
+//! cross-attention K/V); `activations` bounds the live intermediates of one forward: at a
+//! block's FFN, `Model::block` still holds about twenty `[T, dim]` tensors (the caller's
+//! residual, the normed inputs, q/k/v before and after norm and RoPE, attention outputs and
+//! projections, the cross-attention's q) plus the FFN's two `[T, ffn_dim]`; `tables` are the RoPE
 //! and sinusoid tables and the attention segment table. Each tensor is rounded to the heap's
 //! 256-byte blocks, and the sum carries a margin for fragmentation. A test checks the estimate
 //! against the measured peak.
@@ -35,7 +36,7 @@ impl MemoryPlan {
     pub fn estimate(cfg: &ModelConfig, policy: &Policy, latent: Latent, frames: Option<usize>, precision: Precision, weight_bytes: usize, weight_tensors: usize) -> Result<Self> {
         let e = precision.size();
         let [_, ph, pw] = cfg.patch_size;
-        if ph == 0 || pw == 0 || latent.height % ph != 0 || latent.width % pw != 0 {
+        if ph == 0 || pw == 0 || !latent.height.is_multiple_of(ph) || !latent.width.is_multiple_of(pw) {
             return Err(Error::Input(format!("latent {}×{} is not a multiple of the patch {ph}×{pw}", latent.height, latent.width)));
         }
         let tpf = (latent.height / ph) * (latent.width / pw);
@@ -51,7 +52,7 @@ impl MemoryPlan {
         let text = e * cfg.text_len * d * (1 + 2 * layers) + (1 + 2 * layers) * BLOCK;
         let t = FRAMES_PER_CHUNK * tpf;
         let pf = cfg.patch_features().max(cfg.in_dim * ph * pw);
-        let per_forward = t * (12 * d + 2 * ffn + 2 * pf) + FRAMES_PER_CHUNK * (14 * d + cfg.freq_dim + 2 * cfg.in_dim * ph * pw);
+        let per_forward = t * (20 * d + 2 * ffn + 2 * pf) + FRAMES_PER_CHUNK * (14 * d + cfg.freq_dim + 2 * cfg.in_dim * ph * pw);
         let text_embed = cfg.text_len * (cfg.text_dim + 3 * d);
         let activations = e * per_forward.max(text_embed) + 64 * BLOCK;
         let tables = 1024 * hd * 4 + cfg.freq_dim * 8 + (64 << 10).max((heads * (frames.unwrap_or(64) + 8)).next_power_of_two() * 24) + 4 * BLOCK;

@@ -9,7 +9,7 @@
 use std::alloc::Layout;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use half::bf16;
@@ -26,7 +26,14 @@ pub struct SimDevice {
     launches: AtomicU64,
     /// Per kernel (and "gemm"): calls and total time, when `DFRT_SIM_PROFILE` is set.
     profile: Option<Mutex<HashMap<&'static str, (u64, Duration)>>>,
+    /// The ops being recorded while a graph capture is open.
+    capture: Mutex<Option<Vec<SimOp>>>,
+    /// Recorded graphs, by id.
+    graphs: Mutex<Vec<Arc<Vec<SimOp>>>>,
 }
+
+/// One recorded device op of a simulated graph: replaying it runs it on the device again.
+type SimOp = Box<dyn Fn(&SimDevice) -> Result<()> + Send + Sync>;
 
 /// What a simulated device reports as its total memory unless given a limit.
 pub const DEFAULT_SIM_MEMORY: usize = 16 << 30;
@@ -45,7 +52,7 @@ impl SimDevice {
     /// A device with `bytes` of memory in all: allocations beyond it fail as out of memory,
     /// and `mem_info` reports it (to test the memory plan).
     pub fn with_limit(bytes: usize) -> Self {
-        SimDevice { live: Mutex::new(BTreeMap::new()), used: AtomicU64::new(0), limit: bytes, allocs: AtomicU64::new(0), launches: AtomicU64::new(0), profile: std::env::var_os("DFRT_SIM_PROFILE").map(|_| Mutex::new(HashMap::new())) }
+        SimDevice { live: Mutex::new(BTreeMap::new()), used: AtomicU64::new(0), limit: bytes, allocs: AtomicU64::new(0), launches: AtomicU64::new(0), profile: std::env::var_os("DFRT_SIM_PROFILE").map(|_| Mutex::new(HashMap::new())), capture: Mutex::new(None), graphs: Mutex::new(Vec::new()) }
     }
 
     /// Kernel launches so far.
@@ -67,8 +74,26 @@ impl SimDevice {
     pub fn profile_report(&self) -> String {
         let Some(p) = &self.profile else { return String::new() };
         let mut v: Vec<_> = p.lock().unwrap().iter().map(|(k, v)| (*k, *v)).collect();
-        v.sort_by(|a, b| b.1 .1.cmp(&a.1 .1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1 .1));
         v.iter().map(|(k, (n, t))| format!("{k:<28} {n:>7} calls {:>10.1} ms\n", t.as_secs_f64() * 1e3)).collect()
+    }
+
+    /// While a capture is open: records `op` instead of running it and returns true.
+    fn recorded(&self, op: impl Fn(&SimDevice) -> Result<()> + Send + Sync + 'static) -> bool {
+        match &mut *self.capture.lock().unwrap() {
+            Some(ops) => {
+                ops.push(Box::new(op));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn not_capturing(&self, what: &str) -> Result<()> {
+        if self.capture.lock().unwrap().is_some() {
+            return Err(Error::Device(format!("sim: {what} is not allowed during a graph capture")));
+        }
+        Ok(())
     }
 
     /// Checks that `[ptr, ptr + len)` lies inside one live allocation.
@@ -94,6 +119,7 @@ impl Device for SimDevice {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+        self.not_capturing("a device allocation")?;
         let bytes = super::heap::round_up(bytes);
         let used = self.used.load(Ordering::Relaxed) as usize;
         if used + bytes > self.limit {
@@ -114,6 +140,7 @@ impl Device for SimDevice {
     }
 
     fn free(&self, ptr: DevPtr) -> Result<()> {
+        self.not_capturing("freeing device memory")?;
         let size = self.live.lock().unwrap().remove(&ptr).ok_or_else(|| Error::Device(format!("sim: free of {ptr:#x}, which is not an allocation")))?;
         self.used.fetch_sub(size as u64, Ordering::Relaxed);
         // SAFETY: `ptr` came from `alloc` with this size and alignment (it was in `live`), and
@@ -124,6 +151,10 @@ impl Device for SimDevice {
 
     fn h2d(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
         self.check(dst, src.len(), "h2d")?;
+        let bytes = src.to_vec();
+        if self.recorded(move |d| d.h2d(dst, &bytes)) {
+            return Ok(());
+        }
         // SAFETY: the destination range is inside a live allocation (checked above); `copy`
         // allows overlap, so even a host slice aliasing device memory is fine.
         unsafe { std::ptr::copy(src.as_ptr(), dst as *mut u8, src.len()) };
@@ -131,6 +162,7 @@ impl Device for SimDevice {
     }
 
     fn d2h(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        self.not_capturing("a device-to-host copy")?;
         self.check(src, dst.len(), "d2h")?;
         // SAFETY: the source range is inside a live allocation (checked above).
         unsafe { std::ptr::copy(src as *const u8, dst.as_mut_ptr(), dst.len()) };
@@ -140,6 +172,9 @@ impl Device for SimDevice {
     fn d2d(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
         self.check(dst, bytes, "d2d destination")?;
         self.check(src, bytes, "d2d source")?;
+        if self.recorded(move |d| d.d2d(dst, src, bytes)) {
+            return Ok(());
+        }
         // SAFETY: both ranges are inside live allocations (checked above); `copy` allows overlap.
         unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
         Ok(())
@@ -147,12 +182,21 @@ impl Device for SimDevice {
 
     fn memset(&self, dst: DevPtr, byte: u8, bytes: usize) -> Result<()> {
         self.check(dst, bytes, "memset")?;
+        if self.recorded(move |d| d.memset(dst, byte, bytes)) {
+            return Ok(());
+        }
         // SAFETY: the range is inside a live allocation (checked above).
         unsafe { std::ptr::write_bytes(dst as *mut u8, byte, bytes) };
         Ok(())
     }
 
     unsafe fn launch<P: dfrt_kernels::Launch>(&self, p: P) -> Result<()> {
+        // SAFETY (of the recorded launch): the caller of `launch` vouched for the pointers in `p`
+        // for as long as the graph may be replayed (the backend keeps every block a capture
+        // touched alive while the graph exists).
+        if self.recorded(move |d| unsafe { d.launch(p) }) {
+            return Ok(());
+        }
         self.launches.fetch_add(1, Ordering::Relaxed);
         let t0 = Instant::now();
         // SAFETY: the caller guarantees the pointers in `p` are valid for the kernel; on this
@@ -169,6 +213,10 @@ impl Device for SimDevice {
         }
         if overlaps(y, x) || overlaps(y, w) || overlaps(y, b) {
             return Err(Error::Device("sim: gemm output overlaps an input".into()));
+        }
+        let rec = *g;
+        if self.recorded(move |d| d.gemm(&rec)) {
+            return Ok(());
         }
         let (n, k, m) = (g.n, g.k, g.m);
         if n == 0 || m == 0 {
@@ -233,7 +281,41 @@ impl Device for SimDevice {
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.not_capturing("synchronize")
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        let mut c = self.capture.lock().unwrap();
+        if c.is_some() {
+            return Err(Error::Device("sim: a graph capture is already open".into()));
+        }
+        *c = Some(Vec::new());
         Ok(())
+    }
+
+    fn end_capture(&self) -> Result<usize> {
+        let ops = self.capture.lock().unwrap().take().ok_or_else(|| Error::Device("sim: end_capture without begin_capture".into()))?;
+        let mut g = self.graphs.lock().unwrap();
+        g.push(Arc::new(ops));
+        Ok(g.len() - 1)
+    }
+
+    fn replay(&self, graph: usize) -> Result<()> {
+        self.not_capturing("a graph replay")?;
+        let ops = self.graphs.lock().unwrap().get(graph).cloned().ok_or_else(|| Error::Device(format!("sim: no graph {graph}")))?;
+        for op in ops.iter() {
+            op(self)?;
+        }
+        Ok(())
+    }
+
+    /// Every simulated op is synchronous, so an event is the wall-clock time of its recording.
+    type Event = Instant;
+    fn record(&self) -> Result<Instant> {
+        Ok(Instant::now())
+    }
+    fn elapsed_ms(&self, start: &Instant, end: &Instant) -> Result<f32> {
+        Ok(end.saturating_duration_since(*start).as_secs_f32() * 1e3)
     }
 
     fn allocations(&self) -> u64 {

@@ -1,0 +1,496 @@
+//! The GPU path (`GpuBackend`) on the simulated device, and on CUDA where a GPU is present.
+//!
+//! - Every backend op against the CPU reference on fresh random inputs (ggml test-backend-ops
+//!   style), in f32 and bf16.
+//! - The golden cases through `dfrt generate --device sim`: f32 within 1e-4 relative L2 of the
+//!   official latents, `tiny-full-bf16` within the CPU bf16 bound (1.5e-2).
+//! - The memory plan: no device allocation after preparation, across every chunk; the
+//!   estimate bounds the measured peak; a device that is too small fails before generating.
+//! - CUDA: the same op comparison on a real GPU, or `skipped: <reason>` without one; and
+//!   `--device cuda` without a GPU is a clear error, not a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use dfrt::backend::cpu::CpuBackend;
+use dfrt::backend::{Backend, Precision, Seg};
+use dfrt::cache::Policy;
+use dfrt::checkpoint::{write_checkpoint, OutTensor, TensorFile};
+use dfrt::gpu::{CudaDevice, Device, GpuBackend, SimDevice};
+use dfrt::model::Model;
+use dfrt::pipeline::{Latent, Noise, Rng, Session};
+use dfrt::ModelConfig;
+
+fn golden() -> PathBuf {
+    match std::env::var_os("DFRT_GOLDEN_DIR") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dfrt-gpu-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn case_config(case: &str) -> ModelConfig {
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden().join(case).join("manifest.json")).unwrap()).unwrap();
+    serde_json::from_value(m["model_config"].clone()).unwrap()
+}
+
+/// The golden weights as a runtime checkpoint (f32, config in the metadata).
+fn checkpoint(case: &str, out: &Path) {
+    let f = TensorFile::open(golden().join(case).join("weights.safetensors")).unwrap();
+    let ts: Vec<OutTensor> = f.tensors.iter().map(|(n, i)| OutTensor::f32(n.clone(), i.shape.clone(), &f.f32_any(n).unwrap())).collect();
+    write_checkpoint(out, &case_config(case), &ts).unwrap();
+}
+
+fn dfrt(args: &[&str]) -> (i32, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_dfrt")).args(args).output().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Relative L2 error; fails on any non-finite value, printing the evidence.
+fn rel_l2(name: &str, got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    if let Some(i) = got.iter().position(|x| !x.is_finite()) {
+        panic!("{name}: non-finite value at {i}: got {} want {}", got[i], want[i]);
+    }
+    let n: f64 = got.iter().zip(want).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let d: f64 = want.iter().map(|y| (*y as f64).powi(2)).sum();
+    (n / d.max(1e-300)).sqrt()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-op comparison against the CPU reference
+// ---------------------------------------------------------------------------------------------
+
+struct Rand(u64);
+impl Rand {
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+}
+
+/// Compares `got` with `want`: max |got − want| ≤ `tol` · max|want| (+ a tiny floor), printing
+/// the first bad index, both values and the max abs / rel error when it fails.
+fn check(op: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{op}: length {} vs {}", got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+    let (mut max_abs, mut worst) = (0f32, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let e = (g - w).abs();
+        if !g.is_finite() || e.is_nan() || e > tol * scale + 1e-7 {
+            panic!("{op}: first bad index {i}: got {g} want {w} (tolerance {tol} × max|want| {scale})");
+        }
+        if e > max_abs {
+            max_abs = e;
+            worst = i;
+        }
+    }
+    println!("{op:<28} max abs {max_abs:.3e} (at {worst}), max rel {:.3e}", max_abs / scale);
+}
+
+/// Every `Backend` op of `gpu` against `CpuBackend` in the same precision, on random inputs.
+fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
+    let p = gpu.precision();
+    let cpu = CpuBackend::new(p);
+    // f32 paths differ only in summation order (f32 vs f64 sums); bf16 by about one bf16 ulp
+    // where a different sum order moves a value across a rounding boundary.
+    let tol = if p == Precision::F32 { 2e-5 } else { 1.6e-2 };
+    let mut r = Rand(seed | 1);
+    let both = |r: &mut Rand, shape: &[usize]| {
+        let v = r.vec(shape.iter().product());
+        (cpu.upload(&v, shape), gpu.upload(&v, shape))
+    };
+    let name = |op: &str| format!("{}/{op}", p.name());
+    let (rows, cols, rpf) = (24, 96, 8);
+    let (xc, xg) = both(&mut r, &[rows, cols]);
+    let (yc, yg) = both(&mut r, &[rows, cols]);
+
+    let (wc, wg) = both(&mut r, &[40, cols]);
+    let (bc, bg) = both(&mut r, &[40]);
+    check(&name("linear+bias"), &gpu.download(&gpu.linear(&xg, &wg, Some(&bg))), &cpu.download(&cpu.linear(&xc, &wc, Some(&bc))), tol);
+    check(&name("linear"), &gpu.download(&gpu.linear(&xg, &wg, None)), &cpu.download(&cpu.linear(&xc, &wc, None)), tol);
+
+    let (nwc, nwg) = both(&mut r, &[cols]);
+    let (nbc, nbg) = both(&mut r, &[cols]);
+    check(&name("layer_norm"), &gpu.download(&gpu.layer_norm(&xg, 1e-6, None)), &cpu.download(&cpu.layer_norm(&xc, 1e-6, None)), tol);
+    check(&name("layer_norm affine"), &gpu.download(&gpu.layer_norm(&xg, 1e-6, Some((&nwg, &nbg)))), &cpu.download(&cpu.layer_norm(&xc, 1e-6, Some((&nwc, &nbc)))), tol);
+    let (shc, shg) = both(&mut r, &[rows / rpf, cols]);
+    let (scc, scg) = both(&mut r, &[rows / rpf, cols]);
+    check(&name("norm_modulate"), &gpu.download(&gpu.norm_modulate(&xg, 1e-6, &shg, &scg, rpf)), &cpu.download(&cpu.norm_modulate(&xc, 1e-6, &shc, &scc, rpf)), tol);
+    check(&name("rms_norm"), &gpu.download(&gpu.rms_norm(&xg, &nwg, 1e-6)), &cpu.download(&cpu.rms_norm(&xc, &nwc, 1e-6)), tol);
+    check(&name("gelu_tanh"), &gpu.download(&gpu.gelu_tanh(&xg)), &cpu.download(&cpu.gelu_tanh(&xc)), tol);
+    check(&name("silu"), &gpu.download(&gpu.silu(&xg)), &cpu.download(&cpu.silu(&xc)), tol);
+    check(&name("add"), &gpu.download(&gpu.add(&xg, &yg)), &cpu.download(&cpu.add(&xc, &yc)), 0.0);
+    check(&name("gated_residual"), &gpu.download(&gpu.gated_residual(&xg, &yg, &scg, rpf)), &cpu.download(&cpu.gated_residual(&xc, &yc, &scc, rpf)), 0.0);
+
+    let (k, frames) = (6, 3);
+    let (tc, tg) = both(&mut r, &[k, cols]);
+    let (ec, eg) = both(&mut r, &[frames, k * cols]);
+    let mg = gpu.modulation(&tg, &eg, k);
+    let mc = cpu.modulation(&tc, &ec, k);
+    assert_eq!(mg.len(), k);
+    for (i, (g, c)) in mg.iter().zip(&mc).enumerate() {
+        assert_eq!(gpu.shape(g), &[frames, cols][..]);
+        check(&name(&format!("modulation[{i}]")), &gpu.download(g), &cpu.download(c), 0.0);
+    }
+
+    // RoPE on [f·h·w, heads·d] at a frame offset; head dim 64 splits 10/11/11 pairs.
+    let (grid, heads, d) = ([3, 2, 4], 2, 64);
+    let (qc, qg) = both(&mut r, &[24, heads * d]);
+    check(&name("rope"), &gpu.download(&gpu.rope(&qg, heads, grid, 7)), &cpu.download(&cpu.rope(&qc, heads, grid, 7)), tol);
+
+    let ts = [1000.0, 937.5, 0.0];
+    check(&name("sinusoid"), &gpu.download(&gpu.sinusoid(&ts, 256)), &cpu.download(&cpu.sinusoid(&ts, 256)), if p == Precision::F32 { 1e-6 } else { tol });
+
+    let (lc, lg) = both(&mut r, &[3, 4, 6, 8]);
+    let pg = gpu.patchify(&lg, [1, 2, 2]);
+    let pc = cpu.patchify(&lc, [1, 2, 2]);
+    assert_eq!(gpu.shape(&pg), cpu.shape(&pc));
+    check(&name("patchify"), &gpu.download(&pg), &cpu.download(&pc), 0.0);
+    let (uc, ug) = both(&mut r, &[3 * 3 * 4, 2 * 2 * 5]);
+    check(&name("unpatchify"), &gpu.download(&gpu.unpatchify(&ug, [3, 3, 4], [1, 2, 2], 5)), &cpu.download(&cpu.unpatchify(&uc, [3, 3, 4], [1, 2, 2], 5)), 0.0);
+
+    // copy_rows: strided head rows into a packed slot, at offsets, over a random destination.
+    let (mut dc, mut dg) = both(&mut r, &[2, 5, d]);
+    cpu.copy_rows(&mut dc, d, &qc, d, heads * d, 5, d);
+    gpu.copy_rows(&mut dg, d, &qg, d, heads * d, 5, d);
+    check(&name("copy_rows"), &gpu.download(&dg), &cpu.download(&dc), 0.0);
+    let zg = gpu.zeros(&[3, 7]);
+    assert!(gpu.download(&zg).iter().all(|&v| v == 0.0), "zeros");
+
+    // Attention over mixed segment tables: head 0 = two slot segments (one starting mid-slot)
+    // + strided fresh rows; head 1 = fresh rows only; then cross-attention-like one segment.
+    let n = 19;
+    let (q2c, q2g) = both(&mut r, &[n, heads * d]);
+    let (skc, skg) = both(&mut r, &[2, 9, d]);
+    let (svc, svg) = both(&mut r, &[2, 9, d]);
+    let (fkc, fkg) = both(&mut r, &[13, heads * d]);
+    let (fvc, fvg) = both(&mut r, &[13, heads * d]);
+    fn ctx<'a, T>(sk: &'a T, sv: &'a T, fk: &'a T, fv: &'a T, heads: usize, d: usize) -> Vec<Vec<Seg<'a, T>>> {
+        let seg = |k, v, offset, rows, stride| Seg { k, v, offset, rows, stride, frame: None };
+        vec![
+            vec![seg(sk, sv, 0, 9, d), seg(sk, sv, 9 * d + 2 * d, 7, d), seg(fk, fv, 0, 13, heads * d)],
+            vec![seg(fk, fv, d, 13, heads * d), seg(sk, sv, 0, 0, d)],
+        ]
+    }
+    let ag = gpu.attention(&q2g, d, &ctx(&skg, &svg, &fkg, &fvg, heads, d));
+    let ac = cpu.attention(&q2c, d, &ctx(&skc, &svc, &fkc, &fvc, heads, d));
+    check(&name("attention (mixed segments)"), &gpu.download(&ag), &cpu.download(&ac), if p == Precision::F32 { 1e-5 } else { 2e-2 });
+    fn one<'a, T>(t: &'a T, u: &'a T, heads: usize, d: usize) -> Vec<Vec<Seg<'a, T>>> {
+        (0..heads).map(|h| vec![Seg { k: t, v: u, offset: h * d, rows: 13, stride: heads * d, frame: None }]).collect()
+    }
+    let ag = gpu.attention(&q2g, d, &one(&fkg, &fvg, heads, d));
+    let ac = cpu.attention(&q2c, d, &one(&fkc, &fvc, heads, d));
+    check(&name("attention (one segment)"), &gpu.download(&ag), &cpu.download(&ac), if p == Precision::F32 { 1e-5 } else { 2e-2 });
+    gpu.status().expect("no op failed");
+}
+
+#[test]
+fn ops_match_cpu_on_sim_f32() {
+    compare_ops(&GpuBackend::new(SimDevice::new(), Precision::F32), 11);
+}
+
+#[test]
+fn ops_match_cpu_on_sim_bf16() {
+    compare_ops(&GpuBackend::new(SimDevice::new(), Precision::Bf16), 12);
+}
+
+#[test]
+fn failed_ops_are_sticky_errors_not_panics() {
+    let be = GpuBackend::new(SimDevice::new(), Precision::Bf16);
+    let q = be.upload(&[0.5; 4 * 2 * 48], &[4, 96]);
+    // bf16 attention exists for head dims 64 and 128 only.
+    let ctx: Vec<Vec<Seg<'_, _>>> = (0..2).map(|h| vec![Seg { k: &q, v: &q, offset: h * 48, rows: 4, stride: 96, frame: None }]).collect();
+    let o = be.attention(&q, 48, &ctx);
+    let err = be.status().unwrap_err().to_string();
+    assert!(err.contains("head_dim 48"), "{err}");
+    // Every later op is skipped and the first error stays.
+    let y = be.gelu_tanh(&o);
+    assert_eq!(be.shape(&y), &[4, 96][..]);
+    assert!(be.download(&y).iter().all(|v| v.is_nan()));
+    assert_eq!(be.status().unwrap_err().to_string(), err);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Golden cases through the CLI on the simulated device
+// ---------------------------------------------------------------------------------------------
+
+fn golden_case(case: &str, policy: &str, dtype: &str, tol: f64) {
+    let d = tmp(case);
+    let ck = d.join("model.safetensors");
+    checkpoint(case, &ck);
+    let out = d.join("out.safetensors");
+    let inputs = golden().join(case).join("inputs.safetensors");
+    let t0 = std::time::Instant::now();
+    let (code, err) = dfrt(&["generate", "--device", "sim", "--dtype", dtype, "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--policy", policy, "--quiet", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let o = TensorFile::open(&out).unwrap();
+    let want = TensorFile::open(golden().join(case).join("outputs.safetensors")).unwrap();
+    let shape = want.info("latents").unwrap().shape.clone();
+    let e = rel_l2(case, &o.f32("latents", &shape).unwrap(), &want.f32_any("latents").unwrap());
+    println!("{case} ({policy}, {dtype}) on sim: latents rel L2 {e:.3e} in {:.1?}", t0.elapsed());
+    assert!(e <= tol, "{case} on sim: latents rel L2 {e:.3e} > {tol:.1e}");
+    assert_eq!(o.metadata["dfrt.device"], "sim");
+    if want.tensors.contains_key("assignment") {
+        assert_eq!(o.i64_any("assignment").unwrap(), want.i64_any("assignment").unwrap(), "{case}: head assignment");
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn golden_tiny_full_f32_on_sim() {
+    golden_case("tiny-full", "full", "f32", 1e-4);
+}
+
+#[test]
+fn golden_tiny_window_f32_on_sim() {
+    golden_case("tiny-window", "window:6,sink:1", "f32", 1e-4);
+}
+
+#[test]
+fn golden_df_tiny_f32_on_sim() {
+    golden_case("df-tiny", "dummy:3", "f32", 1e-4);
+}
+
+#[test]
+fn golden_tiny_full_bf16_on_sim() {
+    // The CPU bf16 path's bound against the official bf16 run (see tests/golden.rs).
+    golden_case("tiny-full-bf16", "full", "bf16", 1.5e-2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory plan
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `chunks` chunks of the tiny golden model at 8×8 latents on the sim device after
+/// `prepare`; returns the device allocation count after preparation and after every chunk,
+/// the measured peak of live bytes beyond the weights, and the plan.
+fn alloc_counts(policy: &str, dtype: Precision, chunks: usize) -> (u64, Vec<u64>, usize, dfrt::gpu::MemoryPlan) {
+    let case = if policy.starts_with("dummy") { "df-tiny" } else { "tiny-full" };
+    let cfg = case_config(case);
+    let weights = TensorFile::open(golden().join(case).join("weights.safetensors")).unwrap();
+    let be = Arc::new(GpuBackend::new(SimDevice::new(), dtype));
+    let policy = Policy::parse_for(policy, &cfg).unwrap();
+    let latent = Latent { channels: cfg.in_dim, height: 8, width: 8 };
+    let frames = 3 * chunks;
+    let plan = be.prepare(&cfg, &policy, latent, Some(frames), &weights).unwrap();
+    let after_prepare = be.allocations();
+    let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
+    let (weights_live, _, _) = be.heap_stats();
+    be.reset_peak();
+    let ctx = Rand(5).vec(3 * cfg.text_dim);
+    let mut s = Session::new(model, be.clone(), policy, latent, Some(frames), &ctx, 3, Noise::Seeded(Rng::new(9))).unwrap();
+    let mut counts = Vec::new();
+    while !s.done() {
+        let x = s.next_chunk(&mut |_| {}).unwrap();
+        assert!(x.iter().all(|v| v.is_finite()));
+        counts.push(be.allocations());
+    }
+    let (_, peak, _) = be.heap_stats();
+    (after_prepare, counts, peak - weights_live, plan)
+}
+
+#[test]
+fn chunk_loop_makes_no_device_allocation() {
+    for (policy, dtype) in [("full", Precision::F32), ("window:6,sink:1", Precision::Bf16), ("dummy:3", Precision::F32)] {
+        let t0 = std::time::Instant::now();
+        let (prep, counts, peak, plan) = alloc_counts(policy, dtype, 4);
+        println!("{policy} {dtype:?}: allocations after prepare {prep}, after each chunk {counts:?}; peak beyond weights {peak} B, plan {} B ({:.1?})", plan.arena(), t0.elapsed());
+        assert_eq!(prep, 1, "{policy}: the plan reserves one region");
+        assert!(counts.iter().all(|&c| c == prep), "{policy}: device allocations in the chunk loop: {counts:?} (after prepare: {prep})");
+        assert!(peak <= plan.cache + plan.text + plan.activations + plan.tables, "{policy}: measured peak {peak} exceeds the estimate {plan:?}");
+    }
+}
+
+#[test]
+fn without_a_plan_the_pool_still_stops_allocating_after_warm_up() {
+    // No reservation: the heap grows region by region during the first chunks; under a bounded
+    // policy it must stop once the cache is full and every activation size has been seen.
+    let cfg = case_config("tiny-full");
+    let weights = TensorFile::open(golden().join("tiny-full").join("weights.safetensors")).unwrap();
+    let be = Arc::new(GpuBackend::new(SimDevice::new(), Precision::F32));
+    let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
+    let latent = Latent { channels: cfg.in_dim, height: 8, width: 8 };
+    let ctx = Rand(6).vec(2 * cfg.text_dim);
+    let policy = Policy::parse("window:6,sink:1").unwrap();
+    let mut s = Session::new(model, be.clone(), policy, latent, Some(15), &ctx, 2, Noise::Seeded(Rng::new(1))).unwrap();
+    let mut counts = Vec::new();
+    while !s.done() {
+        s.next_chunk(&mut |_| {}).unwrap();
+        counts.push(be.allocations());
+    }
+    println!("window, no plan: allocations after each chunk {counts:?}");
+    // The ring is full after chunk 2 (1 sink + 2 ring frames + the current chunk); from then on
+    // blocks are recycled.
+    assert!(counts[2..].windows(2).all(|w| w[0] == w[1]), "allocations after warm-up: {counts:?}");
+}
+
+#[test]
+fn a_device_too_small_fails_before_generating() {
+    let cfg = case_config("tiny-full");
+    let weights = TensorFile::open(golden().join("tiny-full").join("weights.safetensors")).unwrap();
+    let latent = Latent { channels: cfg.in_dim, height: 16, width: 16 };
+    let plan = dfrt::gpu::MemoryPlan::estimate(&cfg, &Policy::Full, latent, Some(9), Precision::F32, 0, 0).unwrap();
+    let be = GpuBackend::new(SimDevice::with_limit(plan.arena() / 2), Precision::F32);
+    let err = be.prepare(&cfg, &Policy::Full, latent, Some(9), &weights).unwrap_err().to_string();
+    println!("{err}");
+    assert!(err.contains("needs") && err.contains("bytes free of"), "{err}");
+    assert_eq!(be.allocations(), 0, "nothing was allocated");
+    // The same through the CLI: exit code 1 and the message, no output file.
+    let d = tmp("oom");
+    let ck = d.join("model.safetensors");
+    checkpoint("tiny-full", &ck);
+    let out = d.join("out.safetensors");
+    // A full-policy 3000-frame video does not fit the simulated device's 16 GiB.
+    let ctx = golden().join("tiny-full/inputs.safetensors");
+    let (code, err) = dfrt(&["generate", "--device", "sim", "--model", ck.to_str().unwrap(), "--context", ctx.to_str().unwrap(), "--height", "512", "--width", "512", "--frames", "3000", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("out of device memory") && err.contains("bytes free"), "{err}");
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&d).ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// CUDA
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn cuda_ops_match_cpu() {
+    for p in [Precision::F32, Precision::Bf16] {
+        let dev = match CudaDevice::new(0, true) {
+            Ok(d) => d,
+            Err(e) => {
+                println!("skipped: {e}");
+                return;
+            }
+        };
+        println!("cuda device: {}", dev.describe());
+        compare_ops(&GpuBackend::new(dev, p), 21);
+    }
+}
+
+#[test]
+fn cuda_golden_cases() {
+    if let Err(e) = CudaDevice::new(0, false) {
+        println!("skipped: {e}");
+        return;
+    }
+    for (case, policy, dtype, tol) in [("tiny-full", "full", "f32", 1e-4), ("tiny-window", "window:6,sink:1", "f32", 1e-4), ("df-tiny", "dummy:3", "f32", 1e-4), ("tiny-full-bf16", "full", "bf16", 1.5e-2)] {
+        let d = tmp(&format!("cuda-{case}"));
+        let ck = d.join("model.safetensors");
+        checkpoint(case, &ck);
+        let out = d.join("out.safetensors");
+        let inputs = golden().join(case).join("inputs.safetensors");
+        let (code, err) = dfrt(&["generate", "--device", "cuda", "--dtype", dtype, "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--policy", policy, "--out", out.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        println!("{err}");
+        let want = TensorFile::open(golden().join(case).join("outputs.safetensors")).unwrap();
+        let shape = want.info("latents").unwrap().shape.clone();
+        let e = rel_l2(case, &TensorFile::open(&out).unwrap().f32("latents", &shape).unwrap(), &want.f32_any("latents").unwrap());
+        println!("{case} on cuda: latents rel L2 {e:.3e}");
+        assert!(e <= tol, "{case} on cuda: {e:.3e} > {tol:.1e}");
+    }
+}
+
+#[test]
+fn cuda_device_without_a_gpu_is_a_clear_error() {
+    let d = tmp("nocuda");
+    let ck = d.join("model.safetensors");
+    checkpoint("tiny-full", &ck);
+    let inputs = golden().join("tiny-full/inputs.safetensors");
+    let out = d.join("out.safetensors");
+    let (code, err) = dfrt(&["generate", "--device", "cuda", "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--frames", "3", "--out", out.to_str().unwrap()]);
+    if CudaDevice::new(0, false).is_ok() {
+        println!("skipped: a GPU is present (the run exited {code})");
+        return;
+    }
+    assert_eq!(code, 1, "exit code; stderr: {err}");
+    assert!(err.starts_with("error: device:") && !err.contains("panicked"), "{err}");
+    println!("{err}");
+    let (code, err) = dfrt(&["generate", "--device", "tpu", "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown device `tpu`"), "{err}");
+    let (code, err) = dfrt(&["generate", "--device", "sim", "--sync-debug", "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--sync-debug is for --device cuda"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graphs
+// ---------------------------------------------------------------------------------------------
+
+/// Captures one denoising forward (chunk 1 over the cache of chunk 0) into a graph, replays
+/// it, and checks the output against the same forward run eagerly: bit-identical, again after
+/// a second replay, and after new input data is copied into the captured input tensor. The
+/// capture and the replays allocate nothing on the device.
+fn graph_replays_a_forward<D: Device>(dev: D, precision: Precision) {
+    use dfrt::model::{NoHook, PassInfo};
+    let cfg = case_config("tiny-full");
+    let weights = TensorFile::open(golden().join("tiny-full").join("weights.safetensors")).unwrap();
+    let be = Arc::new(GpuBackend::new(dev, precision));
+    let latent = Latent { channels: cfg.in_dim, height: 8, width: 8 };
+    be.prepare(&cfg, &Policy::Full, latent, Some(6), &weights).unwrap();
+    let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
+    let ctx = Rand(7).vec(3 * cfg.text_dim);
+    let mut s = Session::new(model.clone(), be.clone(), Policy::Full, latent, Some(6), &ctx, 3, Noise::Seeded(Rng::new(3))).unwrap();
+    s.next_chunk(&mut |_| {}).unwrap();
+    let allocs = be.allocations();
+    let shape = [3, cfg.in_dim, 8, 8];
+    let n: usize = shape.iter().product();
+    let (a, b) = (Rand(8).vec(n), Rand(9).vec(n));
+    let pass = PassInfo { chunk: 1, step: Some(1), start_frame: 3, frames: 3, commit: false };
+    let mut eager = |x: &[f32]| {
+        let xt = be.upload(x, &shape);
+        let f = model.forward(&*be, &xt, 937.5, &pass, &mut s.cache, &s.text, &mut NoHook, None).unwrap();
+        be.download(&f)
+    };
+    let (want_a, want_b) = (eager(&a), eager(&b));
+    let mut x = be.upload(&a, &shape);
+    let (flow, graph) = be.capture(|be| model.forward(be, &x, 937.5, &pass, &mut s.cache, &s.text, &mut NoHook, None)).unwrap();
+    let flow = flow.unwrap();
+    for round in 0..2 {
+        be.replay(graph).unwrap();
+        assert_eq!(be.download(&flow), want_a, "replay {round} differs from the eager forward");
+    }
+    // New input data in the captured input tensor → the replay computes the new forward.
+    let bt = be.upload(&b, &shape);
+    be.copy_rows(&mut x, 0, &bt, 0, 8, n / 8, 8);
+    be.replay(graph).unwrap();
+    assert_eq!(be.download(&flow), want_b, "replay with new inputs");
+    be.status().unwrap();
+    assert_eq!(be.allocations(), allocs, "capture and replay allocate nothing on the device");
+    // Downloads are refused inside a capture, as on CUDA.
+    let err = be.capture(|be| be.download(&flow)).unwrap_err().to_string();
+    assert!(err.contains("not allowed during a graph capture"), "{err}");
+}
+
+#[test]
+fn graph_capture_replays_a_forward_on_sim() {
+    graph_replays_a_forward(SimDevice::new(), Precision::F32);
+}
+
+#[test]
+fn cuda_graph_capture_replays_a_forward() {
+    for p in [Precision::F32, Precision::Bf16] {
+        match CudaDevice::new(0, false) {
+            Ok(d) => graph_replays_a_forward(d, p),
+            Err(e) => {
+                println!("skipped: {e}");
+                return;
+            }
+        }
+    }
+}
