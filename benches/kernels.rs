@@ -6,8 +6,8 @@
 //! The device is `--device`, else `$DFRT_BENCH_DEVICE`, else `auto` (cuda when a GPU answers,
 //! otherwise sim). On cuda the default size is `full` (the real shapes, see
 //! `support/kernel_cases.rs`); each entry rotates over enough buffer copies to defeat the L2,
-//! captures the timed launches into one CUDA graph (so launch overhead is left out) and
-//! reports time per launch. On sim the default size is `tiny` and the times are the CPU
+//! captures the timed launches into one CUDA graph (so launch overhead is left out), times a
+//! replay with CUDA events and reports time per launch. On sim the default size is `tiny` and the times are the CPU
 //! simulator's: they show that every entry builds, launches and writes its whole output, and
 //! are NOT GPU figures. Every run checks that each output was fully written (finite).
 
@@ -16,8 +16,8 @@ mod kernel_cases;
 #[path = "support/report.rs"]
 mod report;
 
-use dfrt::gpu::{CudaDevice, Device, SimDevice};
-use kernel_cases::{Built, Row, RunOpts, Shapes};
+use dfrt::gpu::{CudaDevice, SimDevice};
+use kernel_cases::{Row, RunOpts, Shapes};
 use report::{ms, Args};
 
 fn main() {
@@ -53,39 +53,16 @@ fn real_main() -> Result<(), String> {
         Some(dev) => {
             let card = dev.describe();
             println!("device: cuda, {card}; size {size}; times per launch from a CUDA graph of back-to-back launches, L2 defeated by rotating buffers");
-            let opts = RunOpts { warmup: 3, min_reps: 10, max_reps: 2000, target_secs: 0.2, rotate_bytes: 128 << 20, filter };
-            let timer = |d: &CudaDevice, b: &Built<CudaDevice>, reps: usize| graph_time(d, b, reps);
-            finish(&a, "cuda", &card, size, None, |on| kernel_cases::run(&dev, &shapes, &opts, Some(&timer), on))
+            let opts = RunOpts { warmup: 3, min_reps: 10, max_reps: 2000, target_secs: 0.2, rotate_bytes: 128 << 20, filter, graph: true };
+            finish(&a, "cuda", &card, size, None, |on| kernel_cases::run(&dev, &shapes, &opts, on))
         }
         None => {
             let dev = SimDevice::new();
             println!("{}", report::SIM_NOTE);
-            let opts = RunOpts { warmup: 0, min_reps: 1, max_reps: 1, target_secs: 0.0, rotate_bytes: 0, filter };
-            finish(&a, "sim", "SIMT simulator (CPU)", size, Some(report::SIM_NOTE), |on| kernel_cases::run(&dev, &shapes, &opts, None, on))
+            let opts = RunOpts { warmup: 0, min_reps: 1, max_reps: 1, target_secs: 0.0, rotate_bytes: 0, filter, graph: false };
+            finish(&a, "sim", "SIMT simulator (CPU)", size, Some(report::SIM_NOTE), |on| kernel_cases::run(&dev, &shapes, &opts, on))
         }
     }
-}
-
-/// Captures `reps` launches into a CUDA graph, replays it once to warm up, then times one
-/// replay between synchronisations.
-fn graph_time(d: &CudaDevice, b: &Built<CudaDevice>, reps: usize) -> dfrt::Result<f64> {
-    d.synchronize()?;
-    d.begin_capture()?;
-    let mut captured = Ok(());
-    for i in 0..reps {
-        captured = (b.launch)(d, i);
-        if captured.is_err() {
-            break;
-        }
-    }
-    let id = d.end_capture()?;
-    captured?;
-    d.replay(id)?;
-    d.synchronize()?;
-    let t0 = std::time::Instant::now();
-    d.replay(id)?;
-    d.synchronize()?;
-    Ok(t0.elapsed().as_secs_f64() / reps as f64)
 }
 
 type RunFn<'a> = dyn FnMut(&Row) + 'a;

@@ -35,11 +35,11 @@ fn kernel_table_covers_every_hot_kernel() {
 #[test]
 fn every_kernel_entry_runs_on_sim() {
     let dev = SimDevice::new();
-    let opts = RunOpts { warmup: 0, min_reps: 1, max_reps: 1, target_secs: 0.0, rotate_bytes: 0, filter: None };
+    let opts = RunOpts { warmup: 0, min_reps: 1, max_reps: 1, target_secs: 0.0, rotate_bytes: 0, filter: None, graph: false };
     let mut seen = 0;
     // `run` launches each entry, checks that its outputs were fully written (they start as
     // NaN poison), then times it.
-    let rows = kernel_cases::run(&dev, &Shapes::tiny(), &opts, None, &mut |_| seen += 1).unwrap();
+    let rows = kernel_cases::run(&dev, &Shapes::tiny(), &opts, &mut |_| seen += 1).unwrap();
     assert_eq!(rows.len(), kernel_cases::specs::<SimDevice>(&Shapes::tiny()).len());
     assert_eq!(seen, rows.len());
     for r in &rows {
@@ -51,6 +51,15 @@ fn every_kernel_entry_runs_on_sim() {
     // Every case frees what it allocated.
     let (free, total) = dev.mem_info().unwrap();
     assert_eq!(free, total, "bench cases leaked device memory");
+
+    // The graph timer (used on cuda) through the simulator's recorded graphs.
+    let opts = RunOpts { min_reps: 3, max_reps: 3, filter: Some("gelu".into()), graph: true, ..opts };
+    let rows = kernel_cases::run(&dev, &Shapes::tiny(), &opts, &mut |_| {}).unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!((r.timer, r.reps), ("graph", 3), "{r:?}");
+        assert!(r.secs > 0.0, "{r:?}");
+    }
 }
 
 fn tiny_ckpt() -> (TensorFile, ModelConfig) {

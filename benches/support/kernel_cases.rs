@@ -764,20 +764,36 @@ impl Row {
     }
 }
 
-/// Times `reps` launches of a case on the device's queue as a whole (returns seconds per
-/// launch); a GPU device may do it with a CUDA graph to leave the launch cost out.
-pub type Timer<D> = dyn Fn(&D, &Built<D>, usize) -> Result<f64>;
-
-/// Back-to-back launches between two synchronisations (includes launch overhead where a
-/// kernel is shorter than its launch).
+/// Back-to-back launches, timed with device events around them (includes launch overhead
+/// where a kernel is shorter than its launch).
 pub fn time_loop<D: Device>(dev: &D, b: &Built<D>, reps: usize) -> Result<f64> {
-    dev.synchronize()?;
-    let t0 = std::time::Instant::now();
+    let e0 = dev.record()?;
     for i in 0..reps {
         (b.launch)(dev, i)?;
     }
+    let e1 = dev.record()?;
+    Ok(dev.elapsed_ms(&e0, &e1)? as f64 / 1e3 / reps as f64)
+}
+
+/// The same launches captured into one graph, replayed once to warm up and once timed with
+/// device events: the launch overhead is left out.
+pub fn time_graph<D: Device>(dev: &D, b: &Built<D>, reps: usize) -> Result<f64> {
     dev.synchronize()?;
-    Ok(t0.elapsed().as_secs_f64() / reps as f64)
+    dev.begin_capture()?;
+    let mut captured = Ok(());
+    for i in 0..reps {
+        captured = (b.launch)(dev, i);
+        if captured.is_err() {
+            break;
+        }
+    }
+    let g = dev.end_capture()?;
+    captured?;
+    dev.replay(g)?;
+    let e0 = dev.record()?;
+    dev.replay(g)?;
+    let e1 = dev.record()?;
+    Ok(dev.elapsed_ms(&e0, &e1)? as f64 / 1e3 / reps as f64)
 }
 
 pub struct RunOpts {
@@ -789,10 +805,12 @@ pub struct RunOpts {
     pub rotate_bytes: usize,
     /// Only kernels whose name contains this.
     pub filter: Option<String>,
+    /// Time a captured graph of the launches ([`time_graph`]) rather than a launch loop.
+    pub graph: bool,
 }
 
 /// Builds, checks and times every entry of [`specs`] (filtered), calling `on_row` as each ends.
-pub fn run<D: Device>(dev: &D, s: &Shapes, o: &RunOpts, timer: Option<&Timer<D>>, on_row: &mut dyn FnMut(&Row)) -> Result<Vec<Row>> {
+pub fn run<D: Device>(dev: &D, s: &Shapes, o: &RunOpts, on_row: &mut dyn FnMut(&Row)) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for spec in specs::<D>(s) {
         if o.filter.as_ref().is_some_and(|f| !spec.kernel.contains(f.as_str())) {
@@ -812,13 +830,16 @@ pub fn run<D: Device>(dev: &D, s: &Shapes, o: &RunOpts, timer: Option<&Timer<D>>
         b.check_outputs(spec.kernel)?;
         let est = time_loop(dev, &built, 1)?;
         let reps = if o.target_secs > 0.0 { ((o.target_secs / est.max(1e-7)) as usize).clamp(o.min_reps, o.max_reps) } else { o.min_reps };
-        let (secs, how) = match timer.map(|t| t(dev, &built, reps)) {
-            Some(Ok(t)) => (t, "graph"),
-            Some(Err(e)) => {
-                eprintln!("bench {}: graph timing failed ({e}); timing a launch loop", spec.kernel);
-                (time_loop(dev, &built, reps)?, "loop")
+        let (secs, how) = if o.graph {
+            match time_graph(dev, &built, reps) {
+                Ok(t) => (t, "graph"),
+                Err(e) => {
+                    eprintln!("bench {}: graph timing failed ({e}); timing a launch loop", spec.kernel);
+                    (time_loop(dev, &built, reps)?, "loop")
+                }
             }
-            None => (time_loop(dev, &built, reps)?, "loop"),
+        } else {
+            (time_loop(dev, &built, reps)?, "loop")
         };
         b.free_all()?;
         let row = Row { kernel: spec.kernel, dtype: spec.ty.name(), shape: built.shape, formula: spec.formula, secs, bytes: built.bytes, flops: built.flops, copies, reps, timer: how };
