@@ -6,12 +6,17 @@
 #   scripts/gpu-bench.sh            # -> dist/ (ignored by git; carry it: carry=["dist"])
 #
 # Env: DIST (default dist), TEST_BINS (test targets to ship, default "gpu_sim"),
-#      GOLDEN_CASES (default "tiny-full tiny-full-bf16"), DFRT_GOLDEN_DIR (default ../shared/golden).
+#      GOLDEN_CASES (default: all four public cases), DFRT_GOLDEN_DIR (default ../shared/golden),
+#      GOLDEN_SLIM (default 1: outputs.safetensors keeps only `latents`, all the CUDA golden
+#      test compares; 0 ships the files whole).
+# To fit a device call (64 MiB with the tree), binaries travel gzipped and golden files that
+# are byte-identical to one already shipped travel once (gpu-run.sh restores both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIST=${DIST:-dist}
 TEST_BINS=${TEST_BINS:-gpu_sim}
-GOLDEN_CASES=${GOLDEN_CASES:-tiny-full tiny-full-bf16}
+GOLDEN_CASES=${GOLDEN_CASES:-tiny-full tiny-full-bf16 tiny-window df-tiny}
+GOLDEN_SLIM=${GOLDEN_SLIM:-1}
 GOLDEN=${DFRT_GOLDEN_DIR:-../shared/golden}
 LIMIT_MB=60  # the device call carries 64 MiB in all (the tree included)
 
@@ -32,9 +37,10 @@ for line in sys.stdin:
 '
 }
 
-ship() {  # ship SRC DST: a stripped copy (debug info makes the binaries several times larger)
+ship() {  # ship SRC DST: a stripped, gzipped copy as DST.gz (debug info and size)
   cp "$1" "$2"
   strip --strip-debug "$2" 2>/dev/null || true
+  gzip -9 -f "$2"
 }
 
 echo "== benches (release)"
@@ -65,9 +71,41 @@ if [ -n "$dfrt_test_bin" ] && [ -x "$dfrt_test_bin" ]; then
   echo "$dfrt_test_bin" > "$DIST/bin-paths.txt"
 fi
 
-echo "== golden cases: $GOLDEN_CASES"
+echo "== golden cases: $GOLDEN_CASES (slim: $GOLDEN_SLIM)"
+: > "$DIST/golden/dups.txt"
 for c in $GOLDEN_CASES; do
-  if [ -d "$GOLDEN/$c" ]; then cp -r "$GOLDEN/$c" "$DIST/golden/"; else echo "warning: no golden case $GOLDEN/$c"; fi
+  if [ ! -d "$GOLDEN/$c" ]; then echo "warning: no golden case $GOLDEN/$c"; continue; fi
+  mkdir -p "$DIST/golden/$c"
+  for f in "$GOLDEN/$c"/*; do
+    b=$(basename "$f")
+    if [ "$GOLDEN_SLIM" = 1 ] && [ "$b" = outputs.safetensors ]; then
+      # Keep only `latents` (safetensors: u64 header length, JSON header, data).
+      python3 - "$f" "$DIST/golden/$c/$b" <<'PY'
+import json, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+b = open(src, "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+keep = {k: v for k, v in h.items() if k in ("latents", "__metadata__")}
+lo, hi = keep["latents"]["data_offsets"]
+data = b[8 + n + lo:8 + n + hi]
+keep["latents"] = dict(keep["latents"], data_offsets=[0, len(data)])
+hj = json.dumps(keep).encode()
+hj += b" " * (-len(hj) % 8)
+open(dst, "wb").write(struct.pack("<Q", len(hj)) + hj + data)
+PY
+      continue
+    fi
+    dup=""
+    for g in "$DIST"/golden/*/"$b"; do
+      [ -f "$g" ] && cmp -s "$f" "$g" && { dup=$g; break; }
+    done
+    if [ -n "$dup" ]; then
+      echo "${dup#"$DIST"/golden/} $c/$b" >> "$DIST/golden/dups.txt"
+    else
+      cp "$f" "$DIST/golden/$c/$b"
+    fi
+  done
 done
 [ -f "$GOLDEN/README.md" ] && cp "$GOLDEN/README.md" "$DIST/golden/"
 

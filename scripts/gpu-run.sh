@@ -38,6 +38,17 @@ step() {  # step NAME TIMEOUT CMD...: runs, logs, never stops the script
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
 } | tee "$LOG"
 
+# Unpack what gpu-bench.sh packed: gzipped binaries, golden files shipped once.
+BIN=${BIN:-/tmp/dfrt-dist}
+rm -rf "$BIN" && mkdir -p "$BIN/bin" "$BIN/tests"
+for f in "$DIST"/bin/*.gz "$DIST"/tests/*.gz; do
+  [ -f "$f" ] || continue
+  d="$BIN/$(basename "$(dirname "$f")")/$(basename "$f" .gz)"
+  gunzip -c "$f" > "$d" && chmod +x "$d"
+done
+if [ -s "$DIST/golden/dups.txt" ]; then
+  while read -r src dst; do cp -n "$DIST/golden/$src" "$DIST/golden/$dst"; done < "$DIST/golden/dups.txt"
+fi
 export DFRT_GOLDEN_DIR="$DIST/golden"
 export DFRT_BENCH_TMP=${DFRT_BENCH_TMP:-/tmp}
 # NVTX for the profile example: CUDA 13's library from the pip wheel, or CUDA 12's.
@@ -51,22 +62,23 @@ fi
 #    the shipped build back there.
 if [ -s "$DIST/bin-paths.txt" ]; then
   p=$(cat "$DIST/bin-paths.txt")
-  mkdir -p "$(dirname "$p")" && cp "$DIST/tests/dfrt" "$p" && chmod +x "$p"
+  # (Where it exists, as on the build machine, it is the same build: leave it.)
+  [ -e "$p" ] || { mkdir -p "$(dirname "$p")" && cp "$BIN/tests/dfrt" "$p" && chmod +x "$p"; }
 fi
-for t in "$DIST"/tests/*; do
+for t in "$BIN"/tests/*; do
   name=$(basename "$t")
   [ "$name" = dfrt ] && continue
   step "test $name (cuda)" "$T" "$t" cuda --test-threads=1 --nocapture
 done
 
 # 2. compute-sanitizer on the test that runs every op's kernels on CUDA.
-if command -v compute-sanitizer >/dev/null && [ -x "$DIST/tests/gpu_sim" ]; then
+if command -v compute-sanitizer >/dev/null && [ -x "$BIN/tests/gpu_sim" ]; then
   step "compute-sanitizer memcheck" "$T" compute-sanitizer --tool memcheck --error-exitcode 9 \
-    "$DIST/tests/gpu_sim" cuda_ops_match_cpu --test-threads=1 --nocapture
+    "$BIN/tests/gpu_sim" cuda_ops_match_cpu --test-threads=1 --nocapture
 fi
 
 # 3. Kernels, then the peer on the same attention shapes, back to back on the same card.
-step "kernel bench" "$T" "$DIST/bin/kernels" --device cuda --json "$OUT/kernels.json"
+step "kernel bench" "$T" "$BIN/bin/kernels" --device cuda --json "$OUT/kernels.json"
 step "sdpa peer" 120 python3 "$DIST/sdpa_peer.py" --json "$OUT/sdpa.json"
 
 # 4. End to end (the first run synthesises the 1.3B weights into $DFRT_BENCH_TMP).
@@ -78,13 +90,13 @@ for r in 480p 720p 1080p; do
     case $r in 480p) extra="--chunks 7" ;; 720p) extra="--chunks 3" ;; 1080p) extra="--chunks 2" ;; esac
   fi
   # shellcheck disable=SC2086
-  step "e2e $r" "$T" "$DIST/bin/e2e" --device cuda --res "$r" $extra --json "$OUT/e2e-$r.json"
+  step "e2e $r" "$T" "$BIN/bin/e2e" --device cuda --res "$r" $extra --json "$OUT/e2e-$r.json"
 done
 
 # 5. ncu over block 7 of one forward of the profile example (NVTX ranges; see docs/profiling.md).
 if [ "${RUN_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
   step "ncu block07" "$T" ncu --nvtx --nvtx-include "dit.block07/" --launch-count 40 --section SpeedOfLight \
-    --csv --log-file "$OUT/ncu-block07.csv" "$DIST/bin/profile" --device cuda --chunks 1
+    --csv --log-file "$OUT/ncu-block07.csv" "$BIN/bin/profile" --device cuda --chunks 1
 fi
 
 echo "== done, exit $status; files in $OUT:" | tee -a "$LOG"
