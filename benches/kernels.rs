@@ -59,6 +59,9 @@ fn real_main() -> Result<(), String> {
         None => {
             let dev = SimDevice::new();
             println!("{}", report::SIM_NOTE);
+            if size == "full" {
+                eprintln!("warning: the simulator at the full shapes runs for hours (attention over 32760 keys); --size tiny is the check");
+            }
             let opts = RunOpts { warmup: 0, min_reps: 1, max_reps: 1, target_secs: 0.0, rotate_bytes: 0, filter, graph: false };
             finish(&a, "sim", "SIMT simulator (CPU)", size, Some(report::SIM_NOTE), |on| kernel_cases::run(&dev, &shapes, &opts, on))
         }
