@@ -13,7 +13,8 @@
 
 #![allow(dead_code)]
 
-use dfrt::gpu::{DevPtr, Device};
+use dfrt::backend::Precision;
+use dfrt::gpu::{DevPtr, Device, Gemm};
 use dfrt::pipeline::Rng;
 use dfrt::{Error, Result};
 use dfrt_kernels::attention::{attn_flops, AttnBf16D128, AttnBf16D64, AttnF32, AttnParams, KvSeg};
@@ -685,11 +686,44 @@ fn kv_compact<D: Device>(b: &mut Bench<'_, D>, ty: Ty, _: usize) -> Result<Built
     Ok(by_ty(ty, format!("{n_jobs} jobs x {gh} heads: tpf {tpf} d {d}"), bytes, None, ps))
 }
 
+/// The GEMMs of a block (`Device::gemm`: cuBLASLt on cuda), `y [n, m] = x [n, k] · w [m, k]ᵀ + b`:
+/// `arg` selects the projection (0: q/k/v/o, 1: FFN up with GELU, 2: FFN down). Not kernels of
+/// ours, but most of a forward's time, so the table shows them beside the kernels.
+fn gemm<D: Device>(b: &mut Bench<'_, D>, ty: Ty, arg: usize) -> Result<Built<D>> {
+    let (t, d, f) = (b.s.tokens(), b.s.dim, b.s.ffn);
+    let (k, m, gelu, what) = match arg {
+        0 => (d, d, false, "q/k/v/o"),
+        1 => (d, f, true, "ffn up + GELU"),
+        _ => (f, d, false, "ffn down"),
+    };
+    let e = ty.size();
+    let bytes = ((t * k + m * k + t * m + m) * e) as f64;
+    let flops = 2.0 * (t * k * m) as f64;
+    let dtype = if ty == Ty::F32 { Precision::F32 } else { Precision::Bf16 };
+    let mut gs = Vec::new();
+    for _ in 0..b.copies(bytes) {
+        let x = b.rand(ty, t * k, 1.0)?;
+        let w = b.rand(ty, m * k, (k as f32).sqrt().recip())?;
+        let bias = b.rand(ty, m, 0.1)?;
+        let y = b.out(ty, t * m)?;
+        gs.push(Gemm { dtype, x, w, y, bias: Some(bias), gelu, n: t, k, m });
+    }
+    Ok(Built {
+        name: "gemm",
+        shape: format!("{what}: n {t} k {k} m {m}"),
+        bytes,
+        flops: Some(flops),
+        launch: Box::new(move |dv: &D, i| dv.gemm(&gs[i % gs.len()])),
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // The table
 // ---------------------------------------------------------------------------------------------
 
 const ATTN: &str = "FLOPs 4·Lq·Lk·H·d";
+/// The name of the GEMM entries (`Device::gemm`, not a kernel of ours).
+pub const GEMM: &str = "gemm";
 const ROW2: &str = "bytes (2·rows·cols + cols)·e";
 
 /// Every entry, in report order. `shapes.attn_lk` decides the self-attention key counts.
@@ -730,6 +764,9 @@ pub fn specs<D: Device>(s: &Shapes) -> Vec<Spec<D>> {
     for (f, b16, formula, build) in pairs {
         push(f, F32, 0, formula, build);
         push(b16, Bf16, 0, formula, build);
+    }
+    for arg in 0..3 {
+        push(GEMM, Bf16, arg, "FLOPs 2·n·k·m", gemm::<D>);
     }
     v
 }
