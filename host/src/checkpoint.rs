@@ -5,6 +5,41 @@
 //!
 //! safetensors forbids holes in the data buffer, so alignment is kept with zero-filled `U8`
 //! padding tensors named `__pad.N`; readers skip them.
+//!
+//! Write a checkpoint with [`write_checkpoint`], read it with [`TensorFile`]:
+//!
+//! ```
+//! use dfrt::checkpoint::{write_checkpoint, DType, OutTensor, TensorFile, ALIGN};
+//! use dfrt::ModelConfig;
+//!
+//! let dir = std::env::temp_dir().join(format!("dfrt-doc-ckpt-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("two.safetensors");
+//!
+//! let cfg = ModelConfig::preset("tiny")?;
+//! let w: Vec<f32> = (0..6).map(|i| (i as f32 - 2.5) * 0.375).collect();
+//! write_checkpoint(&path, &cfg, &[
+//!     OutTensor::f32("head.head.bias", vec![2, 3], &w),
+//!     OutTensor::bf16("head.modulation", vec![6], &w),
+//!     OutTensor::i64("steps", vec![2], &[7, -1]),
+//! ])?;
+//!
+//! let f = TensorFile::open(&path)?;
+//! assert_eq!(f.config()?, cfg);
+//! // Every tensor starts on a 256-byte boundary; padding tensors are not listed.
+//! assert!(f.tensors.values().all(|t| t.start % ALIGN == 0));
+//! assert_eq!(f.tensors.len(), 3);
+//! // f32 reads back exactly, and bf16 is widened to f32 (these values are exact in bf16).
+//! assert_eq!(f.f32("head.head.bias", &[2, 3])?, w);
+//! assert_eq!(f.info("head.modulation")?.dtype, DType::BF16);
+//! assert_eq!(f.f32_any("head.modulation")?, w);
+//! assert_eq!(f.i64_any("steps")?, vec![7, -1]);
+//! // A wrong shape or a missing name is an error that names the tensor.
+//! assert!(f.f32("head.head.bias", &[3, 2]).unwrap_err().to_string().contains("head.head.bias"));
+//! assert!(f.f32_any("nope").is_err());
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), dfrt::Error>(())
+//! ```
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -19,6 +54,7 @@ use crate::{Error, ModelConfig, Result};
 pub const CONFIG_KEY: &str = "dfrt.config";
 /// Metadata key holding the format version.
 pub const FORMAT_KEY: &str = "dfrt.format";
+/// The format version written under [`FORMAT_KEY`].
 pub const FORMAT_VERSION: &str = "1";
 /// Alignment of every tensor's data, in bytes, from the start of the file.
 pub const ALIGN: usize = 256;
@@ -27,14 +63,20 @@ const PAD_PREFIX: &str = "__pad.";
 /// Element types the runtime reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
+    /// IEEE f32.
     F32,
+    /// bfloat16: weights and activations of the bf16 runtime.
     BF16,
+    /// IEEE f16 (read, widened to f32).
     F16,
+    /// Bytes (the alignment padding).
     U8,
+    /// i64 (index tensors, e.g. sampled rows).
     I64,
 }
 
 impl DType {
+    /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
             DType::F32 => 4,
@@ -43,6 +85,7 @@ impl DType {
             DType::I64 => 8,
         }
     }
+    /// The dtype's name in a safetensors header (`F32`, `BF16`, ...).
     pub fn safetensors_name(self) -> &'static str {
         match self {
             DType::F32 => "F32",
@@ -67,7 +110,9 @@ impl DType {
 /// One tensor's place in a mapped file.
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
+    /// Element type.
     pub dtype: DType,
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
     /// Absolute byte range in the file.
     pub start: usize,
@@ -120,10 +165,12 @@ impl TensorFile {
         Ok(TensorFile { path: path.to_path_buf(), mmap, tensors, metadata })
     }
 
+    /// Dtype, shape and byte range of a tensor; an error if there is none of that name.
     pub fn info(&self, name: &str) -> Result<&TensorInfo> {
         self.tensors.get(name).ok_or_else(|| Error::tensor(name, format!("missing from {}", self.path.display())))
     }
 
+    /// The raw little-endian bytes of a tensor, straight from the mapping.
     pub fn bytes(&self, name: &str) -> Result<&[u8]> {
         let i = self.info(name)?;
         Ok(&self.mmap[i.start..i.end])
@@ -175,20 +222,27 @@ impl TensorFile {
 
 /// A tensor to be written.
 pub struct OutTensor {
+    /// Tensor name.
     pub name: String,
+    /// Element type of `data`.
     pub dtype: DType,
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// Little-endian element bytes.
     pub data: Vec<u8>,
 }
 
 impl OutTensor {
+    /// An F32 tensor.
     pub fn f32(name: impl Into<String>, shape: Vec<usize>, v: &[f32]) -> Self {
         OutTensor { name: name.into(), dtype: DType::F32, shape, data: bytemuck::cast_slice(v).to_vec() }
     }
+    /// A BF16 tensor: each value rounded to nearest even.
     pub fn bf16(name: impl Into<String>, shape: Vec<usize>, v: &[f32]) -> Self {
         let data = v.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect();
         OutTensor { name: name.into(), dtype: DType::BF16, shape, data }
     }
+    /// An I64 tensor.
     pub fn i64(name: impl Into<String>, shape: Vec<usize>, v: &[i64]) -> Self {
         OutTensor { name: name.into(), dtype: DType::I64, shape, data: bytemuck::cast_slice(v).to_vec() }
     }
@@ -257,7 +311,10 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[OutTensor], metadata
     }
 }
 
-/// Writes a runtime checkpoint: tensors plus the config in the metadata.
+/// Writes a runtime checkpoint: tensors plus the config in the metadata (key
+/// [`CONFIG_KEY`]). The config is validated; the tensors are written as given (use
+/// [`crate::names::expected_tensors`] for the set a model needs). See the [module
+/// example](self).
 pub fn write_checkpoint(path: impl AsRef<Path>, config: &ModelConfig, tensors: &[OutTensor]) -> Result<()> {
     config.validate()?;
     let mut meta = BTreeMap::new();

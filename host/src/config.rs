@@ -2,6 +2,22 @@
 //!
 //! The runtime checkpoint stores this as JSON under the safetensors metadata key
 //! [`crate::checkpoint::CONFIG_KEY`]. Field names follow the official `WanModel` arguments.
+//!
+//! ```
+//! use dfrt::ModelConfig;
+//!
+//! let wan = ModelConfig::preset("wan-1.3b")?;
+//! assert_eq!((wan.dim, wan.num_heads, wan.num_layers, wan.head_dim()), (1536, 12, 30, 128));
+//! // 16 latent channels × a 1×2×2 patch come out of the head per token.
+//! assert_eq!(wan.patch_features(), 64);
+//!
+//! // The JSON form is what a checkpoint carries; parsing validates it.
+//! let tiny = ModelConfig::preset("tiny")?;
+//! assert_eq!(ModelConfig::from_json(&tiny.to_json())?, tiny);
+//! let bad = tiny.to_json().replace("\"num_heads\":2", "\"num_heads\":3");
+//! assert!(ModelConfig::from_json(&bad).unwrap_err().to_string().contains("not divisible"));
+//! # Ok::<(), dfrt::Error>(())
+//! ```
 
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +26,10 @@ use crate::{Error, Result};
 /// Latent frames per autoregressive chunk (Self-Forcing's `num_frame_per_block`).
 pub const FRAMES_PER_CHUNK: usize = 3;
 
+/// The architecture of a Wan2.1-family DiT: everything needed to know the tensor names and
+/// shapes ([`crate::names::expected_tensors`]) and to run the model. Build one with
+/// [`ModelConfig::preset`], read one from a checkpoint ([`crate::checkpoint::TensorFile::config`]),
+/// or fill the fields and call [`ModelConfig::validate`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     /// Hidden size of the residual stream.
@@ -22,19 +42,26 @@ pub struct ModelConfig {
     pub text_dim: usize,
     /// Number of context tokens the model sees; shorter contexts are zero padded.
     pub text_len: usize,
-    /// Latent channels in and out.
+    /// Latent channels in (16 for the Wan2.1 VAE).
     pub in_dim: usize,
+    /// Latent channels out (the predicted flow).
     pub out_dim: usize,
+    /// Attention heads per layer.
     pub num_heads: usize,
+    /// Transformer blocks.
     pub num_layers: usize,
     /// Patch size (frames, height, width). Wan uses (1, 2, 2).
     pub patch_size: [usize; 3],
+    /// Epsilon of every LayerNorm and RMSNorm.
     pub eps: f32,
+    /// RMSNorm on q and k in self- and cross-attention (`norm_q`, `norm_k`).
     pub qk_norm: bool,
+    /// LayerNorm with affine weights before cross-attention (`norm3`).
     pub cross_attn_norm: bool,
 }
 
 impl ModelConfig {
+    /// Width of one attention head: `dim / num_heads` (128 for every Wan2.1 model).
     pub fn head_dim(&self) -> usize {
         self.dim / self.num_heads
     }
@@ -69,7 +96,22 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Known configurations, by name.
+    /// Known configurations, by name (see [`ModelConfig::PRESETS`]): `tiny` (2 layers, dim 256:
+    /// the public golden cases), `tiny4` (the same with 4 layers), `small` (CPU benchmarks),
+    /// `wan-1.3b` and `wan-14b` (the released Wan2.1 T2V models).
+    ///
+    /// ```
+    /// use dfrt::ModelConfig;
+    ///
+    /// for name in ModelConfig::PRESETS {
+    ///     ModelConfig::preset(name)?.validate()?;
+    /// }
+    /// let tiny = ModelConfig::preset("tiny")?;
+    /// assert_eq!((tiny.dim, tiny.num_heads, tiny.num_layers, tiny.text_dim), (256, 2, 2, 64));
+    /// let e = ModelConfig::preset("wan-7b").unwrap_err();
+    /// assert!(e.to_string().contains("unknown preset `wan-7b`"), "{e}");
+    /// # Ok::<(), dfrt::Error>(())
+    /// ```
     pub fn preset(name: &str) -> Result<Self> {
         let base = ModelConfig {
             dim: 1536,
@@ -105,17 +147,24 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// The names [`ModelConfig::preset`] knows.
     pub const PRESETS: &'static [&'static str] = &["tiny", "tiny4", "small", "wan-1.3b", "wan-14b"];
 
     /// Looks up the head count of a known model width: Wan2.1 uses head_dim 128 throughout.
+    ///
+    /// ```
+    /// assert_eq!(dfrt::ModelConfig::default_heads_for_dim(5120), 40);
+    /// ```
     pub fn default_heads_for_dim(dim: usize) -> usize {
         (dim / 128).max(1)
     }
 
+    /// The compact JSON stored under [`crate::checkpoint::CONFIG_KEY`].
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("config serialises")
     }
 
+    /// Parses the JSON of [`ModelConfig::to_json`] and [validates](ModelConfig::validate) it.
     pub fn from_json(s: &str) -> Result<Self> {
         let cfg: ModelConfig =
             serde_json::from_str(s).map_err(|e| Error::Config(format!("bad config JSON: {e}")))?;

@@ -7,6 +7,17 @@ use crate::ModelConfig;
 /// Every tensor of the native Wan2.1 DiT state dict for `cfg`, in the official module order
 /// (patch embedding, text/time embeddings, blocks, head). `norm_q`/`norm_k` exist only with
 /// `qk_norm`, `norm3` only with `cross_attn_norm` (otherwise those modules are parameterless).
+///
+/// ```
+/// let cfg = dfrt::ModelConfig::preset("wan-1.3b")?;
+/// let t = dfrt::names::expected_tensors(&cfg);
+/// assert_eq!(t[0], ("patch_embedding.weight".to_string(), vec![1536, 16, 1, 2, 2]));
+/// assert!(t.contains(&("blocks.29.self_attn.norm_q.weight".to_string(), vec![1536])));
+/// // About 1.4 billion parameters (the DiT of "1.3B").
+/// let params: usize = t.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+/// assert!((1_400_000_000..1_450_000_000).contains(&params), "{params}");
+/// # Ok::<(), dfrt::Error>(())
+/// ```
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let d = cfg.dim;
     let [pt, ph, pw] = cfg.patch_size;

@@ -47,8 +47,10 @@ fn checkpoint(case: &str, out: &Path) {
     write_checkpoint(out, &case_config(case), &ts).unwrap();
 }
 
+/// The CLI under test: `$DFRT_BIN` (a binary carried to a GPU machine), else the one cargo built.
 fn dfrt(args: &[&str]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_dfrt")).args(args).output().unwrap();
+    let bin = std::env::var_os("DFRT_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dfrt")));
+    let o = Command::new(bin).args(args).output().unwrap();
     (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 

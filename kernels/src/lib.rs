@@ -10,6 +10,84 @@
 //! struct of plain fields (device pointers as `u64`, sizes as `u32`). The host passes it by value
 //! as the single kernel parameter.
 //!
+//! # Running a kernel in the simulator
+//!
+//! On the host every kernel is a [`sim::Kernel`] constant, and every params struct knows its
+//! launch shape ([`Launch`]), so [`sim::run`] launches it exactly as a GPU backend would,
+//! on host memory. Poison the output first: a value the kernel forgets to write stays NaN.
+//!
+//! ```
+//! use dfrt_kernels::norm::{RmsNormParams, ROW_THREADS};
+//! use dfrt_kernels::{sim, Launch};
+//!
+//! let (rows, cols) = (3usize, 200usize);
+//! let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 250.0).collect();
+//! let w: Vec<f32> = (0..cols).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
+//! let mut y = vec![f32::NAN; rows * cols];
+//! let p = RmsNormParams {
+//!     x: x.as_ptr() as u64,
+//!     w: w.as_ptr() as u64,
+//!     y: y.as_mut_ptr() as u64,
+//!     rows: rows as u32,
+//!     cols: cols as u32,
+//!     eps: 1e-6,
+//! };
+//! // One block of ROW_THREADS threads per row.
+//! assert_eq!((p.dims().grid, p.dims().block), ([3, 1, 1], [ROW_THREADS, 1, 1]));
+//! // SAFETY: x, w and y are live host buffers of rows × cols (cols for w) f32, as the kernel
+//! // requires, and nothing else touches them during the launch.
+//! unsafe { sim::run(p) }.expect("launch");
+//!
+//! for r in 0..rows {
+//!     let row = &x[r * cols..(r + 1) * cols];
+//!     let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / cols as f64;
+//!     let inv = 1.0 / (ms + 1e-6).sqrt();
+//!     for c in 0..cols {
+//!         let want = (row[c] as f64 * inv) * w[c] as f64;
+//!         let got = y[r * cols + c];
+//!         assert!((got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "[{r}, {c}]: {got} vs {want}");
+//!     }
+//! }
+//!
+//! // A bad launch is an error naming the kernel, never a hang or a crash.
+//! // SAFETY: the grid is empty, so the kernel body never runs.
+//! let e = unsafe { sim::launch([0, 1, 1], [ROW_THREADS, 1, 1], 0, dfrt_kernels::norm::rms_norm_f32, p) }.unwrap_err();
+//! assert_eq!(e.kind, sim::SimErrorKind::Launch);
+//! assert_eq!(e.kernel, "rms_norm_f32");
+//! ```
+//!
+//! # Adding a kernel
+//!
+//! 1. **Params.** In the module of its kind (`norm`, `elementwise`, `layout`, ...), declare a
+//!    `#[repr(C)] #[derive(Clone, Copy, Debug)]` struct of plain fields: device pointers as
+//!    `u64`, sizes as `u32`, scalars as `f32`. It is the kernel's only argument, passed by
+//!    value, so host and device must agree on its layout.
+//! 2. **Launch shape.** `impl Launch for YourParams`: grid, block and dynamic shared memory
+//!    from the params alone (use [`grid_for`] for grid-stride loops). Backends and the
+//!    simulator launch through this, so it is the one place the shape is decided.
+//! 3. **Body.** Declare the entry point with the crate's `kernel!` macro:
+//!    ```text
+//!    kernel! {
+//!        /// What it computes. # Safety: which pointers must be valid for what.
+//!        pub unsafe fn your_op_f32(p: YourParams) { your_op::<f32>(p) }
+//!    }
+//!    ```
+//!    Write the body once, generic over [`elem::Elem`], and add the bf16 entry taking
+//!    [`elem::Bf16`]`<YourParams>`. Use only [`gpu`] for thread indices, shared memory,
+//!    barriers and warp collectives, so the same source runs in the simulator. Use
+//!    `kernel!(independent; ...)` when the threads never meet (no barrier, no collective):
+//!    the simulator then runs them one after another, much faster. The macro implements
+//!    [`Entry`] for the params type, which ties it to exactly one kernel name.
+//! 4. **Lists.** Add the entry names to [`KERNELS`], and to [`HOT_KERNELS`] if they run on
+//!    the hot path (then `cargo xtask ptx-report` fails on any stack frame or spill).
+//! 5. **PTX.** Run `cargo xtask ptx` (needs the nightly with rust-src and llvm-tools) to
+//!    rebuild the committed `ptx/dfrt_kernels.ptx`; `cargo xtask ptx --check` (CI) fails if
+//!    the committed file is stale, and the `ptx_contract` test checks that [`PTX`]'s entry
+//!    points are exactly [`KERNELS`].
+//! 6. **Tests.** Run the kernel in the simulator on fresh random data with a poisoned output
+//!    (as above) against a plain-Rust reference that follows the CPU backend op
+//!    (`host/src/backend/cpu.rs`), in f32 and bf16, as `kernels/tests/sim_ops.rs` does.
+//!
 //! # Kernels for the `Backend` ops (host/src/backend)
 //!
 //! Every op kernel has an f32-storage and a bf16-storage entry (`*_f32`, `*_bf16`; bf16 data
@@ -173,19 +251,30 @@ pub trait Entry: Copy + Send + Sync + 'static {
 /// any kernel: load `P::NAME` from [`PTX`], launch with `p.dims()`, pass `p` by value as the
 /// single argument. [`sim::run`] does the same in the simulator.
 pub trait Launch: Entry {
+    /// The launch shape for these params.
     fn dims(&self) -> LaunchDims;
 }
 
 /// Grid, block and dynamic shared memory of one launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaunchDims {
+    /// Blocks in x, y, z.
     pub grid: [u32; 3],
+    /// Threads per block in x, y, z.
     pub block: [u32; 3],
+    /// Bytes of dynamic shared memory per block.
     pub dyn_smem: u32,
 }
 
 /// Blocks for a grid-stride loop over `n` items with `threads` per block (capped: the loop
 /// covers the rest).
+///
+/// ```
+/// use dfrt_kernels::grid_for;
+/// assert_eq!(grid_for(1000, 256), 4);
+/// assert_eq!(grid_for(0, 256), 1); // never an empty grid
+/// assert_eq!(grid_for(u32::MAX, 256), 4096);
+/// ```
 pub const fn grid_for(n: u32, threads: u32) -> u32 {
     let b = n.div_ceil(threads);
     if b == 0 {

@@ -36,7 +36,9 @@ pub struct ConvertOptions {
 /// What a conversion did, for the user.
 #[derive(Clone, Debug)]
 pub struct ConvertReport {
+    /// The config written into the checkpoint.
     pub config: ModelConfig,
+    /// The dtype of every written tensor.
     pub dtype: DType,
     /// The `generator`/`generator_ema` group taken, if the file had groups.
     pub group: Option<String>,
@@ -46,7 +48,9 @@ pub struct ConvertReport {
     pub dropped: Vec<(String, String)>,
     /// Remarks: defaults taken, non-tensor entries skipped.
     pub notes: Vec<String>,
+    /// Tensors written.
     pub tensors: usize,
+    /// Bytes of tensor data written.
     pub bytes: usize,
 }
 
@@ -198,9 +202,11 @@ const DIT_PREFIXES: [&str; 7] = ["blocks.", "head.", "patch_embedding.", "text_e
 
 /// The mapping from native names to source tensors, with the report.
 pub struct Plan {
+    /// The inferred (or given) config.
     pub config: ModelConfig,
     /// (native name, shape, source file index, index into its `Source::tensors`) in native order.
     pub tensors: Vec<(String, Vec<usize>, usize, usize)>,
+    /// What the conversion will report.
     pub report: ConvertReport,
 }
 

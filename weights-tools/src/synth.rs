@@ -38,12 +38,14 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// A generator whose state is expanded from `seed` by SplitMix64.
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
         let s = [splitmix(&mut x), splitmix(&mut x), splitmix(&mut x), splitmix(&mut x)];
         Rng { s, spare: None }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;
         let r = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
@@ -62,6 +64,7 @@ impl Rng {
         ((self.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
+    /// A standard normal draw (Box–Muller; the second of each pair is kept for the next call).
     pub fn normal(&mut self) -> f32 {
         if let Some(z) = self.spare.take() {
             return z;
@@ -119,12 +122,16 @@ pub fn synth_tensor(cfg: &ModelConfig, seed: u64, name: &str, shape: &[usize]) -
 /// A named f32 tensor.
 #[derive(Clone, Debug)]
 pub struct NamedTensor {
+    /// Native Wan name.
     pub name: String,
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// Row-major values.
     pub data: Vec<f32>,
 }
 
 impl NamedTensor {
+    /// The tensor encoded for writing in `dtype` (a float type: F32, BF16 or F16).
     pub fn to_out(&self, dtype: DType) -> Result<OutTensor> {
         Ok(OutTensor { name: self.name.clone(), dtype, shape: self.shape.clone(), data: encode(&self.data, dtype)? })
     }

@@ -82,18 +82,27 @@ fn clean_cmd(prog: &str) -> Command {
     c
 }
 
-const NIGHTLY_HELP: &str = "the nightly toolchain with rust-src and llvm-tools is needed: \
-     rustup toolchain install nightly --component rust-src llvm-tools \
-     (or name an installed one with DFRT_NIGHTLY=<toolchain>)";
+/// What to do when the nightly is missing or incomplete: install the one asked for (the
+/// committed PTX is made by the pin in `.ci/run`), or name an installed one.
+fn nightly_help() -> String {
+    let tc = std::env::var("DFRT_NIGHTLY").unwrap_or_else(|_| "nightly".into());
+    format!(
+        "the `{tc}` toolchain with rust-src and llvm-tools is needed; install it with\n  \
+         rustup toolchain install {tc} --profile minimal --component rust-src,llvm-tools\n\
+         (the committed PTX is made by nightly-2026-05-19, see .ci/run; name another installed \
+         toolchain with DFRT_NIGHTLY=<toolchain>)"
+    )
+}
 
 /// The nightly's sysroot, its LLVM tools directory and its version line.
 fn nightly() -> Res<(PathBuf, PathBuf, String)> {
     let tc = toolchain();
     let sysroot = run(clean_cmd("rustc").args([tc.as_str(), "--print", "sysroot"]))
-        .map_err(|e| format!("{NIGHTLY_HELP}\n({e})"))?;
+        // Only the head of rustup's answer: it may append a backtrace.
+        .map_err(|e| format!("{}\n({})", nightly_help(), e.lines().take(4).collect::<Vec<_>>().join("\n")))?;
     let sysroot = PathBuf::from(sysroot.trim());
     if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
-        return Err(format!("the nightly has no rust-src; {NIGHTLY_HELP}"));
+        return Err(format!("the nightly has no rust-src; {}", nightly_help()));
     }
     let vv = run(clean_cmd("rustc").args([tc.as_str(), "-vV"]))?;
     let field = |k: &str| {
@@ -108,7 +117,7 @@ fn nightly() -> Res<(PathBuf, PathBuf, String)> {
     );
     let bin = sysroot.join("lib/rustlib").join(host).join("bin");
     if !bin.join("llvm-link").is_file() {
-        return Err(format!("the nightly has no llvm-tools; {NIGHTLY_HELP}"));
+        return Err(format!("the nightly has no llvm-tools; {}", nightly_help()));
     }
     Ok((sysroot, bin, version))
 }
@@ -117,6 +126,8 @@ fn nightly() -> Res<(PathBuf, PathBuf, String)> {
 fn build_ptx() -> Res<String> {
     let root = root();
     let (_, bin, version) = nightly()?;
+    // The same toolchain nightly() checked (DFRT_NIGHTLY), not whatever `nightly` is.
+    let tc = toolchain();
     let tdir = root.join("target/ptx-build");
     eprintln!("xtask: building kernels for {TARGET} (nightly, build-std core)");
     // target-cpu goes to every crate (core too): LLVM will not inline across functions whose
@@ -129,7 +140,7 @@ fn build_ptx() -> Res<String> {
         .current_dir(&root)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         .args([
-            "+nightly",
+            tc.as_str(),
             "rustc",
             "-p",
             "dfrt-kernels",

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::{Backend, Precision, Seg};
 
+/// A host tensor: row-major f32 data (bf16 values in bf16 mode) and its shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CpuTensor {
     pub data: Vec<f32>,
@@ -17,6 +18,7 @@ pub struct CpuTensor {
 }
 
 impl CpuTensor {
+    /// Wraps data of the given shape; panics if the lengths disagree (a programming error).
     pub fn new(data: Vec<f32>, shape: &[usize]) -> Self {
         assert_eq!(data.len(), shape.iter().product::<usize>(), "data length vs shape {shape:?}");
         CpuTensor { data, shape: shape.to_vec() }
@@ -32,12 +34,15 @@ impl CpuTensor {
 /// Below this many elements an op runs on one thread (rayon's overhead dominates).
 const PAR_MIN: usize = 1 << 14;
 
+/// The reference [`Backend`]: plain f32 host math with rounding to the storage precision
+/// at the official op boundaries. See the [`crate::backend`] docs for an example.
 #[derive(Clone, Debug)]
 pub struct CpuBackend {
     precision: Precision,
 }
 
 impl CpuBackend {
+    /// A backend storing weights, activations and the KV cache at `precision`.
     pub fn new(precision: Precision) -> Self {
         CpuBackend { precision }
     }
@@ -114,11 +119,13 @@ fn sgemm(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, csa: usize, b: &[f
     }
 }
 
+/// GELU, tanh approximation (`torch.nn.GELU(approximate="tanh")`), in f32.
 pub fn gelu_tanh_f32(x: f32) -> f32 {
     const C: f32 = 0.797_884_6; // sqrt(2/pi)
     0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
 }
 
+/// SiLU `x·sigmoid(x)`, in f32.
 pub fn silu_f32(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
@@ -435,10 +442,12 @@ pub fn sinusoid_f64(t: &[f32], dim: usize) -> Vec<f64> {
 /// Per-axis RoPE frequencies for head dim `d`: the `d/2` complex pairs split into
 /// `[d/2 − 2⌊d/6⌋, ⌊d/6⌋, ⌊d/6⌋]` for (frame, h, w), each with `θ_j = 1/10000^(2j/(2·pairs))`.
 pub struct RopeTables {
+    /// Frequencies of the (frame, h, w) pairs.
     pub freqs: [Vec<f64>; 3],
 }
 
 impl RopeTables {
+    /// The tables of head dim `d`.
     pub fn new(d: usize) -> Self {
         let c = d / 2;
         let parts = [c - 2 * (c / 3), c / 3, c / 3];

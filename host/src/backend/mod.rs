@@ -11,6 +11,37 @@
 //! - Storage precision is [`Precision`]: with `Bf16` every op result is rounded to bf16 at the
 //!   same op boundaries the official PyTorch bf16 run rounds at; math and accumulation are f32
 //!   (f64 where the official code uses f64: RoPE, the time sinusoid).
+//!
+//! The contract of an implementation:
+//! - Ops are functions: they read their inputs and return a new tensor (only
+//!   [`Backend::copy_rows`] writes in place). Results depend only on the inputs and the
+//!   precision, so two runs of a session give the same latents.
+//! - Shapes are checked by the caller; an op may panic on inconsistent shapes (a bug in the
+//!   model code, never a user error, which the model reports as [`crate::Error`] first).
+//! - Every op's result is rounded to [`Backend::precision`] once, at the point the official
+//!   PyTorch op rounds; the doc of each op says where. A backend is tested against the CPU
+//!   reference op by op.
+//!
+//! One op on the CPU reference backend:
+//!
+//! ```
+//! use dfrt::backend::{cpu::CpuBackend, Backend, Precision};
+//!
+//! let be = CpuBackend::new(Precision::F32);
+//! // Two rows of RMSNorm with a learned weight: x / sqrt(mean(x²) + eps) · w.
+//! let x = be.upload(&[3.0, -4.0, 0.5, 1.5, 2.0, -1.0], &[2, 3]);
+//! let w = be.upload(&[1.0, 0.5, 2.0], &[3]);
+//! let y = be.download(&be.rms_norm(&x, &w, 1e-6));
+//! assert_eq!(be.shape(&x), &[2, 3]);
+//! let rms0 = ((9.0 + 16.0 + 0.25) / 3.0 + 1e-6f64).sqrt();
+//! assert!((y[1] as f64 - (-4.0 / rms0 * 0.5)).abs() < 1e-6, "{y:?}");
+//! assert!(y.iter().all(|v| v.is_finite()));
+//!
+//! // In bf16 storage every value a tensor holds is a bf16 value.
+//! let be16 = CpuBackend::new(Precision::Bf16);
+//! let t = be16.download(&be16.upload(&[1.0 + 1.0 / 512.0, 0.1], &[2]));
+//! assert_eq!(t, vec![1.0, 0.10009765625]);
+//! ```
 
 pub mod cpu;
 

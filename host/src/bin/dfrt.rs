@@ -8,15 +8,15 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use dfrt::api::{CpuModel, LoadedModel, SessionOptions};
 use dfrt::backend::cpu::CpuBackend;
 use dfrt::backend::{Backend, Precision};
 use dfrt::cache::Policy;
 use dfrt::checkpoint::{write_safetensors, OutTensor, TensorFile, CONFIG_KEY};
 use dfrt::config::FRAMES_PER_CHUNK;
 use dfrt::dummy::{stability, HeadProgram};
-use dfrt::model::Model;
 use dfrt::pipeline::inputs::{read_context, Inputs};
-use dfrt::pipeline::{Latent, Noise, Rng, Session};
+use dfrt::pipeline::{Latent, Noise};
 use dfrt::gpu::{CudaDevice, Device, GpuBackend, SimDevice};
 use dfrt::{Error, ModelConfig, Result};
 use std::sync::Arc;
@@ -26,6 +26,60 @@ use std::sync::Arc;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    out: Output,
+}
+
+/// Output options, accepted before or after the subcommand.
+#[derive(clap::Args, Clone, Copy)]
+struct Output {
+    /// Machine-readable output: one JSON document on stdout (on failure: {"error": …}).
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output on stderr (-v: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Errors only: no progress bar, no summary.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Log level on stderr (overrides -v/-q).
+    #[arg(long, global = true, value_enum)]
+    log_level: Option<Level>,
+}
+
+/// Log levels, least to most verbose.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl Output {
+    fn level(&self) -> Level {
+        match (self.log_level, self.quiet, self.verbose) {
+            (Some(l), _, _) => l,
+            (None, true, _) => Level::Error,
+            (None, false, 0) => Level::Info,
+            (None, false, _) => Level::Debug,
+        }
+    }
+    fn enabled(&self, l: Level) -> bool {
+        l <= self.level()
+    }
+    /// A log line on stderr at level `l`.
+    fn log(&self, l: Level, msg: impl std::fmt::Display) {
+        if self.enabled(l) {
+            let tag = match l {
+                Level::Error => "error: ",
+                Level::Warn => "warning: ",
+                Level::Info => "",
+                Level::Debug => "debug: ",
+            };
+            eprintln!("dfrt: {tag}{msg}");
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -35,6 +89,17 @@ enum Cmd {
     /// Dummy Forcing offline calibration: run each context up to and including the calibration
     /// step, report how stable the head groups are across contexts, write the majority program.
     Calibrate(CalibrateArgs),
+    /// Build, devices, PTX target and kernel list.
+    Info,
+    /// Describe a runtime checkpoint (config, tensors, consistency), a head program (groups
+    /// per layer) or any safetensors file (tensors, metadata).
+    Inspect(InspectArgs),
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    /// A .safetensors file or a head-program .json file.
+    file: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -69,9 +134,6 @@ struct CalibrateArgs {
     /// Where to write the majority head program (JSON, usable with `generate --heads`).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -113,9 +175,6 @@ struct GenerateArgs {
     /// Storage precision: f32 | bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// No progress bar and no summary line.
-    #[arg(long)]
-    quiet: bool,
     /// With --device cuda: synchronise after every kernel and name the kernel that faulted.
     #[arg(long)]
     sync_debug: bool,
@@ -126,13 +185,31 @@ struct GenerateArgs {
 
 fn main() {
     let cli = Cli::parse();
+    let o = cli.out;
     let r = match cli.cmd {
-        Cmd::Generate(a) => generate(a),
-        Cmd::Calibrate(a) => calibrate(a),
+        Cmd::Generate(a) => generate(a, o),
+        Cmd::Calibrate(a) => calibrate(a, o),
+        Cmd::Info => info(o),
+        Cmd::Inspect(a) => inspect(a, o),
     };
     if let Err(e) = r {
+        if o.json {
+            println!("{}", serde_json::json!({"error": {"kind": error_kind(&e), "message": e.to_string()}}));
+        }
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::Io { .. } => "io",
+        Error::Checkpoint { .. } => "checkpoint",
+        Error::Tensor { .. } => "tensor",
+        Error::Config(_) => "config",
+        Error::Policy(_) => "policy",
+        Error::Input(_) => "input",
+        Error::Device(_) => "device",
     }
 }
 
@@ -144,35 +221,38 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn generate(a: GenerateArgs) -> Result<()> {
+fn generate(a: GenerateArgs, o: Output) -> Result<()> {
     let precision = Precision::parse(&a.dtype)?;
     if a.sync_debug && a.device != "cuda" {
         return Err(Error::Input(format!("--sync-debug is for --device cuda (device `{}` runs every op synchronously already)", a.device)));
     }
     match a.device.as_str() {
-        "cpu" => generate_on(a, Arc::new(CpuBackend::new(precision)), &|_, _, _, _, _| Ok(())),
-        "sim" => gpu_generate(a, GpuBackend::new(SimDevice::new(), precision)),
+        "cpu" => generate_on(a, o, Arc::new(CpuBackend::new(precision)), &|_, _, _, _, _| Ok(())),
+        "sim" => gpu_generate(a, o, GpuBackend::new(SimDevice::new(), precision)),
         "cuda" => {
             let dev = CudaDevice::new(0, a.sync_debug)?;
-            if !a.quiet {
-                eprintln!("dfrt: cuda device {}", dev.describe());
-            }
-            gpu_generate(a, GpuBackend::new(dev, precision))
+            o.log(Level::Info, format_args!("cuda device {}", dev.describe()));
+            gpu_generate(a, o, GpuBackend::new(dev, precision))
         }
         d => Err(Error::Device(format!("unknown device `{d}` (expected cpu, sim or cuda)"))),
     }
 }
 
 /// The GPU path: the memory plan is checked and reserved before the model is loaded.
-fn gpu_generate<D: Device>(a: GenerateArgs, be: GpuBackend<D>) -> Result<()> {
+fn gpu_generate<D: Device>(a: GenerateArgs, o: Output, be: GpuBackend<D>) -> Result<()> {
     let be = Arc::new(be);
     let planner = be.clone();
-    generate_on(a, be, &move |cfg, policy, latent, frames, ckpt| planner.prepare(cfg, policy, latent, Some(frames), ckpt).map(|_| ()))
+    generate_on(a, o, be, &move |cfg, policy, latent, frames, ckpt| {
+        let plan = planner.prepare(cfg, policy, latent, Some(frames), ckpt)?;
+        o.log(Level::Debug, format_args!("memory plan: {plan:?}, {} bytes reserved", plan.total()));
+        Ok(())
+    })
 }
 
+/// Runs before the model is loaded, with the run's shape (the GPU memory plan).
 type Prepare<'a> = &'a dyn Fn(&ModelConfig, &Policy, Latent, usize, &TensorFile) -> Result<()>;
 
-fn generate_on<B: Backend + 'static>(a: GenerateArgs, be: Arc<B>, prepare: Prepare<'_>) -> Result<()> {
+fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, prepare: Prepare<'_>) -> Result<()> {
     let precision = be.precision();
     let policy = Policy::parse(&a.policy)?;
     let spec = match &policy {
@@ -183,8 +263,7 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, be: Arc<B>, prepare: Prepa
         return Err(Error::Policy(format!("--heads and --save-heads need a dummy policy (--policy dummy:N), not `{}`", a.policy)));
     }
     let t_load = Instant::now();
-    let ckpt = TensorFile::open(&a.model)?;
-    let cfg = ckpt.config()?;
+    let (ckpt, cfg) = dfrt::api::open_checkpoint(&a.model)?;
     policy.validate(&cfg)?;
     let program = a.heads.as_ref().map(|p| HeadProgram::load_for(p, &cfg)).transpose()?;
 
@@ -199,12 +278,14 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, be: Arc<B>, prepare: Prepa
         let ctx = read_context(&TensorFile::open(p)?, &cfg)?;
         let frames = a.frames.unwrap_or(21);
         let latent = Latent { channels: cfg.in_dim, height: a.height, width: a.width };
-        (ctx, latent, frames, Noise::Seeded(Rng::new(a.seed)), format!("seed:{}", a.seed), Default::default())
+        (ctx, latent, frames, Noise::seeded(a.seed), format!("seed:{}", a.seed), Default::default())
     };
     prepare(&cfg, &policy, latent, frames, &ckpt)?;
-    let model = Arc::new(Model::load(&*be, &ckpt, &cfg)?);
+    drop(ckpt);
+    let lm = LoadedModel::load(be.clone(), &a.model)?;
     be.status()?;
     let load_s = t_load.elapsed().as_secs_f64();
+    o.log(Level::Debug, format_args!("loaded {} in {load_s:.2} s: {} layers × {} heads, dim {}, {}", a.model.display(), cfg.num_layers, cfg.num_heads, cfg.dim, precision.name()));
     if let (Some(s), Some(_)) = (spec, &a.save_heads) {
         if frames <= s.ar_start * FRAMES_PER_CHUNK {
             return Err(Error::Policy(format!(
@@ -216,18 +297,13 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, be: Arc<B>, prepare: Prepa
             )));
         }
     }
-    let mut session = Session::new(model.clone(), be.clone(), policy.clone(), latent, Some(frames), &context.data, context.rows, noise)?;
-    if let Some(d) = session.dummy_mut() {
-        d.set_seed(a.seed);
-        d.set_sampled_rows(rows)?;
-        if let Some(p) = program {
-            d.set_program(p)?;
-        }
-    }
+    // The same path as the C API (dfrt::api), so both give the same latents bit for bit.
+    let opts = SessionOptions { policy: policy.clone(), height: latent.height, width: latent.width, frames: Some(frames), seed: a.seed, heads: program, sampled_rows: rows };
+    let mut session = lm.session(&opts, &context.data, context.rows, noise)?;
 
     let chunks = frames / FRAMES_PER_CHUNK;
     let forwards = (chunks * (session.schedule.steps.len() + 1)) as u64;
-    let bar = if a.quiet || !std::io::stderr().is_terminal() {
+    let bar = if !o.enabled(Level::Info) || !std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(forwards), ProgressDrawTarget::hidden())
     } else {
         let b = ProgressBar::new(forwards);
@@ -248,6 +324,7 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, be: Arc<B>, prepare: Prepa
             bar.inc(1);
         })?;
         chunk_ms.push(tc.elapsed().as_secs_f64() * 1e3);
+        o.log(Level::Debug, format_args!("chunk {}/{chunks}: {:.1} ms", chunk_ms.len(), chunk_ms[chunk_ms.len() - 1]));
         latents.extend(x);
     }
     bar.finish_and_clear();
@@ -279,21 +356,27 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, be: Arc<B>, prepare: Prepa
         };
         meta.insert("dfrt.heads".into(), how);
     }
-    meta.insert(
-        "dfrt.timings".into(),
-        serde_json::json!({
-            "load_s": load_s, "generate_s": gen_s, "chunk_ms": chunk_ms,
-            "latent_tokens": tokens, "tokens_per_s": tok_s, "peak_rss_bytes": peak, "kv_cache_bytes": kv,
-        })
-        .to_string(),
-    );
+    let timings = serde_json::json!({
+        "load_s": load_s, "generate_s": gen_s, "chunk_ms": chunk_ms,
+        "latent_tokens": tokens, "tokens_per_s": tok_s, "peak_rss_bytes": peak, "kv_cache_bytes": kv,
+    });
+    meta.insert("dfrt.timings".into(), timings.to_string());
     let shape = vec![1, frames, latent.channels, latent.height, latent.width];
     let mut tensors = vec![OutTensor::f32("latents", shape, &latents)];
     if let Some(asg) = &assignment {
         tensors.push(OutTensor::i64("assignment", vec![asg.num_layers, asg.num_heads], &asg.to_i64()));
     }
     write_safetensors(&a.out, &tensors, &meta)?;
-    if !a.quiet {
+    if o.json {
+        let j = serde_json::json!({
+            "out": a.out.display().to_string(), "frames": frames, "chunks": chunks, "forwards": forwards,
+            "latent_shape": [1, frames, latent.channels, latent.height, latent.width],
+            "policy": policy.name(), "dtype": precision.name(), "device": be.name(), "source": meta["dfrt.source"],
+            "heads": meta.get("dfrt.heads"), "kv_footprint": foot.metadata(), "timings": timings,
+        });
+        println!("{}", serde_json::to_string_pretty(&j).expect("json"));
+    }
+    if o.enabled(Level::Info) {
         eprintln!(
             "dfrt: {frames} frames ({tokens} latent tokens, {chunks} chunks, {} forwards) in {gen_s:.2} s: {tok_s:.0} tokens/s, {:.1} ms/chunk; policy {}, {}, KV cache {:.1} MiB, peak memory {}; wrote {}",
             forwards,
@@ -309,11 +392,11 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, be: Arc<B>, prepare: Prepa
     Ok(())
 }
 
-fn calibrate(a: CalibrateArgs) -> Result<()> {
+fn calibrate(a: CalibrateArgs, o: Output) -> Result<()> {
     let precision = Precision::parse(&a.dtype)?;
     let be = std::sync::Arc::new(CpuBackend::new(precision));
-    let ckpt = TensorFile::open(&a.model)?;
-    let cfg = ckpt.config()?;
+    let lm = CpuModel::load(be, &a.model)?;
+    let cfg = lm.cfg.clone();
     let policy = match &a.policy {
         Some(p) => Policy::parse_for(p, &cfg)?,
         None => Policy::parse_for(&format!("dummy:{}", cfg.num_layers * cfg.num_heads / 2), &cfg)?,
@@ -329,15 +412,14 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
     if frames < need {
         return Err(Error::Input(format!("--frames {frames}: calibration at AR step {} needs at least {need} frames", spec.ar_start)));
     }
-    let model = std::sync::Arc::new(Model::load(&*be, &ckpt, &cfg)?);
-    let latent = Latent { channels: cfg.in_dim, height: a.height, width: a.width };
+    let mut opts = SessionOptions { policy: policy.clone(), height: a.height, width: a.width, frames: Some(frames), seed: 0, heads: None, sampled_rows: Default::default() };
     let mut programs = Vec::new();
     let mut runs = Vec::new();
     for path in &a.context {
         let ctx = read_context(&TensorFile::open(path)?, &cfg)?;
         for seed in a.seed..a.seed + a.seeds {
-            let mut s = Session::new(model.clone(), be.clone(), policy.clone(), latent, Some(frames), &ctx.data, ctx.rows, Noise::Seeded(Rng::new(seed)))?;
-            s.dummy_mut().expect("dummy policy").set_seed(seed);
+            opts.seed = seed;
+            let mut s = lm.session(&opts, &ctx.data, ctx.rows, Noise::seeded(seed))?;
             while s.chunk_index() <= spec.ar_start {
                 s.next_chunk(&mut |_| {})?;
             }
@@ -351,7 +433,7 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
     if let Some(out) = &a.out {
         st.majority.save(out)?;
     }
-    if a.json {
+    if o.json {
         let j = serde_json::json!({
             "policy": spec.to_string(), "programs": st.programs, "heads": st.heads,
             "keep_vs_first": st.keep_vs_first, "keep_vs_majority": st.keep_vs_majority,
@@ -379,4 +461,202 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
 fn counts_json(p: &HeadProgram) -> serde_json::Value {
     let c = p.assignment().counts();
     serde_json::json!({"sink": c.sink, "neighbor": c.neighbor, "dummy": c.dummy})
+}
+
+/// One compute device as `dfrt info` reports it.
+struct DeviceInfo {
+    name: &'static str,
+    available: bool,
+    status: &'static str,
+}
+
+/// The devices of this build. CUDA is not probed here (that would load the driver): `dfrt
+/// generate --device cuda` opens GPU 0 and says clearly when there is none.
+fn devices() -> Vec<DeviceInfo> {
+    vec![
+        DeviceInfo { name: "cpu", available: true, status: "available (reference backend, f32 and bf16)" },
+        DeviceInfo { name: "sim", available: true, status: "available (the GPU backend on the SIMT simulator: the PTX kernels' source on the CPU, CPU GEMM; slow, for tests)" },
+        DeviceInfo { name: "cuda", available: false, status: "built (cudarc, libcuda loaded at run time), not probed: `generate --device cuda` opens GPU 0" },
+    ]
+}
+
+/// `.version`, `.target` and the toolchain comment of the committed PTX.
+fn ptx_facts(ptx: &str) -> (Option<&str>, Option<&str>, Option<&str>) {
+    let field = |key: &str| ptx.lines().find_map(|l| l.trim().strip_prefix(key).map(str::trim));
+    (field(".version "), field(".target "), field("// Toolchain: "))
+}
+
+fn info(o: Output) -> Result<()> {
+    let ptx = dfrt_kernels::PTX;
+    let (version, target, toolchain) = ptx_facts(ptx);
+    let kernels: Vec<_> = dfrt_kernels::KERNELS
+        .iter()
+        .map(|k| (*k, dfrt_kernels::HOT_KERNELS.contains(k), ptx.contains(&format!(".entry {k}("))))
+        .collect();
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let devs = devices();
+    if o.json {
+        let j = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "build": {"profile": profile, "arch": std::env::consts::ARCH, "os": std::env::consts::OS},
+            "devices": devs.iter().map(|d| serde_json::json!({"name": d.name, "available": d.available, "status": d.status})).collect::<Vec<_>>(),
+            "ptx": {"target": target, "isa_version": version, "toolchain": toolchain, "bytes": ptx.len(),
+                    "kernels": kernels.iter().map(|(k, hot, present)| serde_json::json!({"name": k, "hot": hot, "in_ptx": present})).collect::<Vec<_>>()},
+        });
+        println!("{}", serde_json::to_string_pretty(&j).expect("json"));
+        return Ok(());
+    }
+    println!("dfrt {} ({profile} build, {}-{})", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH, std::env::consts::OS);
+    println!("devices:");
+    for d in &devs {
+        println!("  {:<5} {}", d.name, d.status);
+    }
+    println!(
+        "PTX: target {}, ISA {}, {} bytes, built by {}",
+        target.unwrap_or("?"),
+        version.unwrap_or("?"),
+        ptx.len(),
+        toolchain.unwrap_or("?")
+    );
+    println!("kernels ({}, hot: no spills or stack allowed):", kernels.len());
+    for (k, hot, present) in &kernels {
+        println!("  {k}{}{}", if *hot { "  [hot]" } else { "" }, if *present { "" } else { "  MISSING from the PTX: run `cargo xtask ptx`" });
+    }
+    Ok(())
+}
+
+fn inspect(a: InspectArgs, o: Output) -> Result<()> {
+    let bytes = std::fs::read(&a.file).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Input(format!("{}: no such file (inspect takes a checkpoint .safetensors or a head-program .json)", a.file.display())),
+        _ => Error::io(&a.file, e),
+    })?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return inspect_heads(&a.file, o);
+    }
+    let f = TensorFile::open(&a.file).map_err(|e| match e {
+        Error::Checkpoint { path, msg } => Error::Checkpoint {
+            path,
+            msg: format!("{msg}; inspect takes a safetensors file (checkpoint, inputs, outputs) or a head-program JSON"),
+        },
+        e => e,
+    })?;
+    let cfg = match f.metadata.get(CONFIG_KEY) {
+        Some(_) => Some(dfrt::api::open_checkpoint(&a.file)?.1),
+        None => None,
+    };
+    // Outputs of `generate` carry the config too; a checkpoint is a file with model tensors.
+    let expected = cfg.as_ref().map(dfrt::names::expected_tensors).unwrap_or_default();
+    let is_checkpoint = expected.iter().any(|(n, _)| f.tensors.contains_key(n));
+    let tensors: Vec<_> = f.tensors.iter().map(|(n, i)| serde_json::json!({"name": n, "dtype": format!("{:?}", i.dtype), "shape": i.shape})).collect();
+    let elements: usize = f.tensors.values().map(|i| i.shape.iter().product::<usize>()).sum();
+    let data_bytes: usize = f.tensors.values().map(|i| i.end - i.start).sum();
+    let mut dtypes = BTreeMap::new();
+    for i in f.tensors.values() {
+        *dtypes.entry(format!("{:?}", i.dtype)).or_insert(0usize) += 1;
+    }
+    let others: BTreeMap<&String, &String> = f.metadata.iter().filter(|(k, _)| k.as_str() != CONFIG_KEY).collect();
+    // A checkpoint must hold exactly the tensors its config names, in their shapes.
+    let (mut missing, mut misshapen) = (Vec::new(), Vec::new());
+    let mut unexpected: Vec<&String> = Vec::new();
+    if is_checkpoint {
+        let want = &expected;
+        for (n, shape) in want {
+            match f.tensors.get(n) {
+                None => missing.push(n.clone()),
+                Some(i) if &i.shape != shape => misshapen.push(format!("{n}: {:?}, expected {shape:?}", i.shape)),
+                _ => {}
+            }
+        }
+        unexpected = f.tensors.keys().filter(|n| !want.iter().any(|(w, _)| w == *n)).collect();
+    }
+    let ok = missing.is_empty() && misshapen.is_empty() && unexpected.is_empty();
+    let kind = if is_checkpoint { "checkpoint" } else { "safetensors" };
+    if o.json {
+        let mut j = serde_json::json!({
+            "kind": kind, "path": a.file.display().to_string(), "tensor_count": f.tensors.len(),
+            "elements": elements, "data_bytes": data_bytes, "dtypes": dtypes, "tensors": tensors, "metadata": others,
+        });
+        if let Some(cfg) = &cfg {
+            j["config"] = serde_json::to_value(cfg).expect("config serialises");
+            j["fingerprint"] = dfrt::dummy::heads::fingerprint(cfg).into();
+        }
+        if is_checkpoint {
+            j["ok"] = ok.into();
+            j["missing"] = missing.clone().into();
+            j["unexpected"] = serde_json::to_value(&unexpected).expect("names");
+            j["misshapen"] = misshapen.clone().into();
+        }
+        println!("{}", serde_json::to_string_pretty(&j).expect("json"));
+    } else {
+        println!("{}: {kind}, {} tensors, {elements} values, {data_bytes} bytes ({})", a.file.display(), f.tensors.len(), dtypes.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "));
+        if let Some(c) = &cfg {
+            println!(
+                "config: dim {}, ffn {}, {} layers × {} heads (head dim {}), text {}×{}, in/out {}/{} channels, patch {:?}, eps {}, qk_norm {}, cross_attn_norm {}",
+                c.dim, c.ffn_dim, c.num_layers, c.num_heads, c.head_dim(), c.text_len, c.text_dim, c.in_dim, c.out_dim, c.patch_size, c.eps, c.qk_norm, c.cross_attn_norm
+            );
+            println!("fingerprint: {}", dfrt::dummy::heads::fingerprint(c));
+        }
+        for (k, v) in &others {
+            let v: String = if v.chars().count() > 100 { v.chars().take(100).chain("…".chars()).collect() } else { v.to_string() };
+            println!("metadata {k}: {v}");
+        }
+        for (n, i) in &f.tensors {
+            println!("  {n:<48} {:?} {:?}", i.dtype, i.shape);
+        }
+        if is_checkpoint {
+            if ok {
+                println!("tensors match the config");
+            } else {
+                println!("tensors do NOT match the config: {} missing, {} unexpected, {} misshapen", missing.len(), unexpected.len(), misshapen.len());
+                for m in missing.iter().take(10) {
+                    println!("  missing {m}");
+                }
+                for m in unexpected.iter().take(10) {
+                    println!("  unexpected {m}");
+                }
+                for m in misshapen.iter().take(10) {
+                    println!("  misshapen {m}");
+                }
+            }
+        }
+    }
+    if !ok {
+        // The report is the output; the exit status says the checkpoint is not usable.
+        o.log(Level::Error, format_args!("{}: not a usable checkpoint; {}", a.file.display(), dfrt::api::CHECKPOINT_HINT));
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn inspect_heads(path: &std::path::Path, o: Output) -> Result<()> {
+    let p = HeadProgram::load(path)?;
+    let a = p.assignment();
+    let c = a.counts();
+    let layers: Vec<_> = (0..a.num_layers)
+        .map(|l| {
+            let g = a.layer(l);
+            let n = |x: dfrt::dummy::Group| g.iter().filter(|&&y| y == x).count();
+            (n(dfrt::dummy::Group::Sink), n(dfrt::dummy::Group::Neighbor), n(dfrt::dummy::Group::Dummy), g)
+        })
+        .collect();
+    if o.json {
+        let j = serde_json::json!({
+            "kind": "head-program", "path": path.display().to_string(), "source": p.source,
+            "model": {"dim": p.model.dim, "num_layers": p.model.num_layers, "num_heads": p.model.num_heads, "head_dim": p.model.head_dim, "fingerprint": p.model.fingerprint},
+            "spec": p.spec, "counts": {"sink": c.sink, "neighbor": c.neighbor, "dummy": c.dummy},
+            "layers": layers.iter().enumerate().map(|(l, (s, nb, d, g))| serde_json::json!({
+                "layer": l, "sink": s, "neighbor": nb, "dummy": d, "groups": g.iter().map(|x| x.name()).collect::<Vec<_>>()
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&j).expect("json"));
+        return Ok(());
+    }
+    println!("{}: head program ({}), policy {}", path.display(), p.source, p.spec);
+    println!("model: {} layers × {} heads, dim {}, {}", p.model.num_layers, p.model.num_heads, p.model.dim, p.model.fingerprint);
+    println!("heads: sink {}, neighbor {}, dummy {} (S sink, N neighbor, D dummy)", c.sink, c.neighbor, c.dummy);
+    for (l, (s, nb, d, g)) in layers.iter().enumerate() {
+        let letters: String = g.iter().map(|x| x.name()[..1].to_uppercase()).collect();
+        println!("  layer {l:>3}: sink {s:>3}  neighbor {nb:>3}  dummy {d:>3}  {letters}");
+    }
+    Ok(())
 }

@@ -24,7 +24,40 @@ use crate::config::FRAMES_PER_CHUNK;
 use crate::dummy::{phase1_shape, DummySpec, KvPolicy};
 use crate::{Error, ModelConfig, Result};
 
-/// A cache policy as given on the command line.
+/// A cache policy as given on the command line (`--policy`).
+///
+/// ```
+/// use dfrt::cache::Policy;
+/// use dfrt::dummy::DummySpec;
+/// use dfrt::ModelConfig;
+///
+/// assert_eq!(Policy::parse("full")?, Policy::Full);
+/// assert_eq!(Policy::parse("window:6,sink:1")?, Policy::Window { window: 6, sink: 1 });
+/// // The sink defaults to 0; the window counts the current chunk (3 frames).
+/// assert_eq!(Policy::parse("window:9")?, Policy::Window { window: 9, sink: 0 });
+/// let Policy::Dummy(spec) = Policy::parse("dummy:2,chunks:2")? else { unreachable!() };
+/// assert_eq!(spec, DummySpec { chunks: 2, ..DummySpec::new(2) });
+/// // `name` gives the canonical string, which parses back to the same policy.
+/// let p = Policy::parse("dummy:2")?;
+/// assert_eq!(Policy::parse(&p.name())?, p);
+///
+/// // Mistakes are errors that say what was expected.
+/// for (bad, says) in [
+///     ("window:2", "at least sink + 3"),
+///     ("window:6,sinks:1", "unknown window option `sinks`"),
+///     ("window:six", "not a number"),
+///     ("lru", "unknown policy `lru`"),
+///     ("dummy:two", "dummy"),
+/// ] {
+///     let e = Policy::parse(bad).unwrap_err().to_string();
+///     assert!(e.contains(says), "{bad}: {e}");
+/// }
+/// // The dummy head budget depends on the model: `tiny` has 2 layers × 2 heads.
+/// let tiny = ModelConfig::preset("tiny")?;
+/// assert!(Policy::parse_for("dummy:3", &tiny).is_ok());
+/// assert!(Policy::parse_for("dummy:5", &tiny).is_err());
+/// # Ok::<(), dfrt::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Policy {
     /// Every earlier frame.
@@ -110,6 +143,7 @@ impl Policy {
         Ok(())
     }
 
+    /// The canonical policy string (every option spelled out); it parses back to `self`.
     pub fn name(&self) -> String {
         match self {
             Policy::Full => "full".into(),
@@ -141,8 +175,11 @@ impl Policy {
 /// frame indices) its sink and ring slots start with, copied from the layer's current slots.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupSpec {
+    /// Heads of the layer in this group, ascending.
     pub heads: Vec<usize>,
+    /// Sink slots (filled first, never evicted).
     pub sink_cap: usize,
+    /// Ring slots (the oldest is overwritten when full).
     pub ring_cap: usize,
     /// Frames for the sink slots, in order (at most `sink_cap`).
     pub sink_frames: Vec<usize>,
@@ -151,6 +188,7 @@ pub struct GroupSpec {
 }
 
 impl GroupSpec {
+    /// A group with these capacities and no frames yet.
     pub fn empty(heads: Vec<usize>, sink_cap: usize, ring_cap: usize) -> Self {
         GroupSpec { heads, sink_cap, ring_cap, sink_frames: vec![], ring_frames: vec![] }
     }
@@ -158,15 +196,21 @@ impl GroupSpec {
 
 /// One stored frame for a group's heads.
 pub struct Slot<T> {
+    /// Absolute latent frame index.
     pub frame: usize,
+    /// Post-RoPE keys `[heads_in_group, tokens_per_frame, head_dim]`.
     pub k: T,
+    /// Values, same layout.
     pub v: T,
 }
 
 /// A head group of one layer.
 pub struct Group<T> {
+    /// Heads of the layer in this group, ascending.
     pub heads: Vec<usize>,
+    /// Sink slots.
     pub sink_cap: usize,
+    /// Ring slots.
     pub ring_cap: usize,
     sinks: Vec<Slot<T>>,
     /// Ring storage; slots are allocated on first use, so memory never exceeds the capacity.
@@ -191,12 +235,15 @@ impl<T> Group<T> {
         self.slots().map(|s| s.frame).collect()
     }
 
+    /// Slots holding a frame now.
     pub fn slot_count(&self) -> usize {
         self.sinks.len() + self.ring.len()
     }
 }
 
+/// The cache of one layer: its head groups.
 pub struct LayerCache<T> {
+    /// The groups; every head of the layer is in exactly one.
     pub groups: Vec<Group<T>>,
     /// For each head of the layer: (group index, position within the group).
     head_slot: Vec<(usize, usize)>,
@@ -204,16 +251,57 @@ pub struct LayerCache<T> {
 
 /// Where the current chunk's K/V live: rows `frame·tpf + t` of `[frames·tpf, heads·d]`.
 pub struct Fresh<'a, T> {
+    /// Post-RoPE keys of the chunk.
     pub k: &'a T,
+    /// Values of the chunk.
     pub v: &'a T,
+    /// Absolute index of the chunk's first frame.
     pub start_frame: usize,
+    /// Frames in the chunk.
     pub frames: usize,
 }
 
+/// The self-attention KV cache of every layer (see the [module docs](self)).
+///
+/// A rolling `window:6,sink:1` cache: 1 sink slot and a ring of 6 − 1 − 3 = 2 frames.
+///
+/// ```
+/// use dfrt::backend::{cpu::CpuBackend, Backend, Precision};
+/// use dfrt::cache::{Fresh, KvCache, Policy};
+///
+/// let be = CpuBackend::new(Precision::F32);
+/// let (heads, d, tpf) = (2, 4, 3);
+/// let groups = Policy::parse("window:6,sink:1")?.initial_groups(heads, None)?;
+/// let mut cache = KvCache::new(1, heads, d, tpf, Precision::F32, &groups)?;
+/// for chunk in 0..3 {
+///     // The clean pass of each chunk commits its 3 frames ([frames·tpf, heads·d]).
+///     let n = 3 * tpf * heads * d;
+///     let k = be.upload(&(0..n).map(|i| (i + chunk * n) as f32 * 0.01).collect::<Vec<_>>(), &[3 * tpf, heads * d]);
+///     let v = be.upload(&(0..n).map(|i| -((i + chunk * n) as f32) * 0.02).collect::<Vec<_>>(), &[3 * tpf, heads * d]);
+///     let fresh = Fresh { k: &k, v: &v, start_frame: 3 * chunk, frames: 3 };
+///     if chunk == 2 {
+///         // Chunk 2 attends frame 0 (the sink), frames 4 and 5 (the ring), then itself.
+///         assert_eq!(cache.head_frames(0, 1), vec![0, 4, 5]);
+///         let ctx = cache.context(0, &fresh);
+///         let frames: Vec<_> = ctx[1].iter().map(|s| s.frame.unwrap()).collect();
+///         assert_eq!(frames, vec![0, 4, 5, 6, 7, 8]);
+///     }
+///     cache.commit(&be, 0, &fresh);
+/// }
+/// assert_eq!(cache.head_frames(0, 0), vec![0, 7, 8]);
+/// // Full: 3 slots × 2 heads × K and V × 3 tokens × 4 dims × 4 bytes.
+/// assert_eq!(cache.bytes(), cache.capacity_bytes());
+/// assert_eq!(cache.bytes(), 3 * heads * 2 * tpf * d * 4);
+/// # Ok::<(), dfrt::Error>(())
+/// ```
 pub struct KvCache<T> {
+    /// Heads per layer.
     pub heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
+    /// Tokens of one latent frame (`(H/ph)·(W/pw)`).
     pub tokens_per_frame: usize,
+    /// Per layer: its groups.
     pub layers: Vec<LayerCache<T>>,
     precision: Precision,
 }

@@ -52,9 +52,13 @@ pub fn num_sampled_rows(chunk_tokens: usize, ar_start: usize) -> usize {
 /// the key of head `h` at token `t` is `data[h·head_stride + t·token_stride ..][..head_dim]`.
 #[derive(Clone, Copy, Debug)]
 pub struct KeySegment<'a> {
+    /// The keys (host f32).
     pub data: &'a [f32],
+    /// Tokens in the segment.
     pub tokens: usize,
+    /// Elements from one token to the next.
     pub token_stride: usize,
+    /// Elements from one head to the next.
     pub head_stride: usize,
 }
 
@@ -213,10 +217,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

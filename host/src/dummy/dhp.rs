@@ -19,8 +19,10 @@ pub enum Group {
 }
 
 impl Group {
+    /// Every group, in the order of their numbers.
     pub const ALL: [Group; 3] = [Group::Sink, Group::Neighbor, Group::Dummy];
 
+    /// The group of an `assignment` value (0, 1, 2); None for anything else.
     pub fn from_i64(v: i64) -> Option<Group> {
         match v {
             0 => Some(Group::Sink),
@@ -30,6 +32,7 @@ impl Group {
         }
     }
 
+    /// `sink`, `neighbor` or `dummy` (the name in head-program JSON).
     pub fn name(self) -> &'static str {
         match self {
             Group::Sink => "sink",
@@ -42,12 +45,16 @@ impl Group {
 /// Heads per group, over all layers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GroupCounts {
+    /// Sink heads.
     pub sink: usize,
+    /// Neighbor heads.
     pub neighbor: usize,
+    /// Dummy heads.
     pub dummy: usize,
 }
 
 impl GroupCounts {
+    /// The count of group `g`.
     pub fn get(&self, g: Group) -> usize {
         match g {
             Group::Sink => self.sink,
@@ -55,6 +62,7 @@ impl GroupCounts {
             Group::Dummy => self.dummy,
         }
     }
+    /// Heads in all.
     pub fn total(&self) -> usize {
         self.sink + self.neighbor + self.dummy
     }
@@ -63,7 +71,9 @@ impl GroupCounts {
 /// The group of every head, `[layers][heads]`, stored row-major.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assignment {
+    /// Layers.
     pub num_layers: usize,
+    /// Heads per layer.
     pub num_heads: usize,
     groups: Vec<Group>,
 }
@@ -94,6 +104,7 @@ impl Assignment {
         self.groups.iter().map(|&g| g as i64).collect()
     }
 
+    /// The group of `head` in `layer` (panics out of range, like indexing).
     pub fn get(&self, layer: usize, head: usize) -> Group {
         self.groups[layer * self.num_heads + head]
     }
@@ -112,6 +123,7 @@ impl Assignment {
         (0..self.num_heads).filter(|&h| self.get(layer, h) == group).collect()
     }
 
+    /// Heads per group over all layers.
     pub fn counts(&self) -> GroupCounts {
         let mut c = GroupCounts::default();
         for g in &self.groups {
@@ -140,6 +152,24 @@ impl Assignment {
 /// If a sum is zero (no head puts any mass there) the normalised values are taken as 0.
 /// Errors: layers with different head counts, non-finite or negative masses, or a budget
 /// above the head count.
+///
+/// ```
+/// use dfrt::dummy::{program, Group, LayerScores};
+///
+/// // 1 layer × 3 heads; per region [first, mid, last] the mass of each head.
+/// let scores: Vec<LayerScores> = vec![[vec![0.7, 0.1, 0.2], vec![0.2, 0.8, 0.1], vec![0.1, 0.1, 0.7]]];
+/// // p0n = [0.7, 0.1, 0.2], p1n = [0.18, 0.73, 0.09]: head 2 has the lowest cost max(p0n, p1n).
+/// let a = program(&scores, 1)?;
+/// assert_eq!((a.get(0, 0), a.get(0, 1), a.get(0, 2)), (Group::Sink, Group::Neighbor, Group::Dummy));
+/// assert_eq!(a.to_i64(), vec![0, 1, 2]);
+/// // No dummies: every head keeps the history it attends most.
+/// assert_eq!(program(&scores, 0)?.counts().dummy, 0);
+/// assert!(program(&scores, 4).is_err()); // only 3 heads
+/// let mut bad = scores.clone();
+/// bad[0][1][2] = f32::NAN;
+/// assert!(program(&bad, 1).is_err());
+/// # Ok::<(), dfrt::Error>(())
+/// ```
 pub fn program(scores: &[LayerScores], num_dummy: usize) -> Result<Assignment> {
     let num_layers = scores.len();
     let num_heads = scores.first().map_or(0, |s| s[0].len());

@@ -15,6 +15,39 @@
 //! `layers[l][h]` is head `h` of layer `l`; `first`/`mid`/`last` are the calibration masses
 //! behind its group. The model identity covers the configuration only: two checkpoints of
 //! the same architecture cannot be told apart by it.
+//!
+//! A program from calibration masses, saved and loaded back (what `--save-heads` and
+//! `--heads` do):
+//!
+//! ```
+//! use dfrt::dummy::{DummySpec, Group, HeadProgram, LayerScores};
+//! use dfrt::ModelConfig;
+//!
+//! let tiny = ModelConfig::preset("tiny")?; // 2 layers × 2 heads
+//! // Per layer: the attention mass of each head on the first frame, the middle, the last chunk.
+//! let scores: Vec<LayerScores> = vec![
+//!     [vec![0.60, 0.10], vec![0.10, 0.60], vec![0.30, 0.30]],
+//!     [vec![0.05, 0.30], vec![0.05, 0.20], vec![0.90, 0.50]],
+//! ];
+//! let program = HeadProgram::from_calibration(&tiny, DummySpec::new(1), &scores)?;
+//! // Layer 1 head 0 looks almost only at the current chunk: it loses least without history.
+//! let a = program.assignment();
+//! assert_eq!(a.get(1, 0), Group::Dummy);
+//! assert_eq!((a.get(0, 0), a.get(0, 1), a.get(1, 1)), (Group::Sink, Group::Neighbor, Group::Sink));
+//!
+//! let dir = std::env::temp_dir().join(format!("dfrt-doc-heads-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("heads.json");
+//! program.save(&path)?;
+//! assert_eq!(HeadProgram::load_for(&path, &tiny)?, program);
+//! // A program belongs to one model configuration and one dummy budget.
+//! let other = ModelConfig::preset("tiny4")?;
+//! let e = HeadProgram::load_for(&path, &other).unwrap_err();
+//! assert!(e.to_string().contains("different model"), "{e}");
+//! assert!(program.check_spec(&DummySpec::new(2)).is_err());
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), dfrt::Error>(())
+//! ```
 
 use std::path::Path;
 
@@ -25,22 +58,30 @@ use super::dhp::{program, Assignment, Group};
 use super::spec::DummySpec;
 use crate::{Error, ModelConfig, Result};
 
+/// The `format` field of every head program.
 pub const FORMAT: &str = "dfrt.head-program";
+/// The `version` field this build reads and writes.
 pub const VERSION: u32 = 1;
 
 /// Which model a program was made for.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelIdentity {
+    /// `ModelConfig::dim`.
     pub dim: usize,
+    /// `ModelConfig::num_layers`.
     pub num_layers: usize,
+    /// `ModelConfig::num_heads`.
     pub num_heads: usize,
+    /// `ModelConfig::head_dim()`.
     pub head_dim: usize,
     /// `fnv1a64:` + hex of the FNV-1a hash of the config's JSON.
     pub fingerprint: String,
+    /// The whole config (what [`HeadProgram::validate_for`] compares).
     pub config: ModelConfig,
 }
 
 impl ModelIdentity {
+    /// The identity of `cfg`.
     pub fn of(cfg: &ModelConfig) -> Self {
         ModelIdentity {
             dim: cfg.dim,
@@ -66,20 +107,31 @@ pub fn fingerprint(cfg: &ModelConfig) -> String {
 /// One head: its group and the calibration masses behind it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeadEntry {
+    /// The head's group.
     pub group: Group,
+    /// Calibration mass on the first frame(s).
     pub first: f32,
+    /// Mass on the middle frames.
     pub mid: f32,
+    /// Mass on the current chunk.
     pub last: f32,
 }
 
+/// The head groups of one model under one dummy budget, with the calibration masses behind
+/// them; the JSON layout is in the [module docs](self).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeadProgram {
+    /// Always `dfrt.head-program`.
     pub format: String,
+    /// Format version (1).
     pub version: u32,
     /// How the program was made: `calibration`, or `majority of K programs`.
     pub source: String,
+    /// The model it was made for.
     pub model: ModelIdentity,
+    /// The policy it was made under; only `num_dummy` must match a run that reuses it.
     pub spec: DummySpec,
+    /// `layers[l][h]`: head `h` of layer `l`.
     pub layers: Vec<Vec<HeadEntry>>,
 }
 
@@ -126,19 +178,23 @@ impl HeadProgram {
         Self::new(cfg, spec, scores, &a, "calibration")
     }
 
+    /// Layers listed.
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
 
+    /// Heads per layer.
     pub fn num_heads(&self) -> usize {
         self.layers.first().map_or(0, |l| l.len())
     }
 
+    /// The group of every head, as DHP returns it.
     pub fn assignment(&self) -> Assignment {
         let g = self.layers.iter().flatten().map(|e| e.group).collect();
         Assignment::new(self.num_layers(), self.num_heads(), g).expect("checked on construction")
     }
 
+    /// The calibration masses, per layer `[first, mid, last]`.
     pub fn scores(&self) -> Vec<LayerScores> {
         self.layers
             .iter()
@@ -148,6 +204,7 @@ impl HeadProgram {
             .collect()
     }
 
+    /// Pretty JSON (the file format).
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("head program serialises")
     }
@@ -160,10 +217,13 @@ impl HeadProgram {
         Ok(p)
     }
 
+    /// Writes [`HeadProgram::to_json`] to `path`.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         std::fs::write(path.as_ref(), self.to_json()).map_err(|e| Error::io(path, e))
     }
 
+    /// Reads and checks a program on its own ([`HeadProgram::from_json`]); use
+    /// [`HeadProgram::load_for`] to also check it against the model.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -255,7 +315,9 @@ impl HeadProgram {
 /// How stable head groups are across several programs (e.g. different prompts or seeds).
 #[derive(Clone, Debug)]
 pub struct Stability {
+    /// Programs compared.
     pub programs: usize,
+    /// Heads per program (layers × heads).
     pub heads: usize,
     /// Per program: share of heads whose group equals program 0's (1.0 for program 0).
     pub keep_vs_first: Vec<f64>,
@@ -263,6 +325,7 @@ pub struct Stability {
     pub keep_vs_majority: Vec<f64>,
     /// Mean of `keep_vs_first` over programs 1.. (1.0 for a single program).
     pub mean_keep_vs_first: f64,
+    /// Mean of `keep_vs_majority` over all programs.
     pub mean_keep_vs_majority: f64,
     /// Share of heads with the same group in every program.
     pub unanimous: f64,

@@ -52,10 +52,13 @@ pub enum HmaSource {
 /// One head group of one layer after HMA.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupLayout {
+    /// Which group.
     pub group: Group,
     /// Head indices of the layer, ascending. May be empty: the group is then skipped.
     pub heads: Vec<usize>,
+    /// Its slot capacities.
     pub shape: SlotShape,
+    /// Which of the layer's current frames it starts with.
     pub source: HmaSource,
 }
 

@@ -21,6 +21,7 @@ use crate::{Error, ModelConfig, Result};
 
 /// The Dummy Forcing state of one video.
 pub struct DummyForcing {
+    /// The policy settings of the run.
     pub spec: DummySpec,
     cfg: ModelConfig,
     /// A program given with `--heads`: calibration is skipped.

@@ -7,6 +7,36 @@ use crate::{Error, ModelConfig, Result};
 
 /// Settings of the Dummy Forcing policy. The defaults (L 1, K 1, packing on) are those of the
 /// official Self-Forcing configuration.
+///
+/// ```
+/// use dfrt::dummy::DummySpec;
+///
+/// let s = DummySpec::parse("dummy:180")?;
+/// assert_eq!(s, DummySpec::new(180));
+/// assert_eq!((s.chunks, s.ar_start, s.packing), (1, 1, true));
+/// assert_eq!(s.to_string(), "dummy:180,chunks:1,ar-start:1,packing:on");
+///
+/// let s = DummySpec::parse("dummy:4,ar-start:2,chunks:3,packing:off")?;
+/// assert_eq!((s.local_frames(), s.dummy_frames()), (9, 0));
+/// assert_eq!(DummySpec::parse(&s.to_string())?, s);
+///
+/// for (bad, says) in [
+///     ("dummy:4,chunks:0", "chunks must be at least 1"),
+///     ("dummy:4,ar-start:0", "ar-start must be at least 1"),
+///     ("dummy:4,packing:maybe", "packing must be `on` or `off`"),
+///     ("dummy:4,chunks:2,chunks:3", "given twice"),
+///     ("dummy:4,window:6", "unknown option `window`"),
+///     ("dummy:-1", "non-negative integer"),
+/// ] {
+///     let e = DummySpec::parse(bad).unwrap_err().to_string();
+///     assert!(e.contains(says), "{bad}: {e}");
+/// }
+/// // The budget is checked against a model: 30 layers × 12 heads = 360 heads in Wan2.1 1.3B.
+/// let wan = dfrt::ModelConfig::preset("wan-1.3b")?;
+/// assert!(DummySpec::parse_for("dummy:360", &wan).is_ok());
+/// assert!(DummySpec::parse_for("dummy:361", &wan).is_err());
+/// # Ok::<(), dfrt::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DummySpec {
     /// Dummy heads over all layers together (the official `num_dummy`; a global budget).
@@ -23,9 +53,12 @@ pub struct DummySpec {
 }
 
 impl DummySpec {
+    /// The official `local_context_length`.
     pub const DEFAULT_CHUNKS: usize = 1;
+    /// The official `ar_start`.
     pub const DEFAULT_AR_START: usize = 1;
 
+    /// `num_dummy` dummy heads with the official defaults for everything else.
     pub fn new(num_dummy: usize) -> Self {
         DummySpec { num_dummy, chunks: Self::DEFAULT_CHUNKS, ar_start: Self::DEFAULT_AR_START, packing: true }
     }

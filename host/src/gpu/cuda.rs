@@ -4,7 +4,7 @@
 //!
 //! Memory is handled as raw device pointers (`cuMemAlloc`), because the kernels' params structs
 //! hold raw pointers; cudarc's event tracking is switched off and everything runs in order on
-//! one stream. cuBLASLt takes the raw pointers through [`Raw`], a pointer + length view.
+//! one stream. cuBLASLt takes the raw pointers through `Raw`, a pointer + length view.
 //!
 //! Not verified without a GPU (this machine has none): everything that talks to the driver.
 //! The code compiles against cudarc 0.19.10; `tests/gpu_sim.rs` has CUDA tests that print

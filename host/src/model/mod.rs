@@ -1,5 +1,12 @@
 //! The Wan2.1 causal DiT (Self-Forcing's `CausalWanModel`, inference path), written once
 //! against [`Backend`] ops.
+//!
+//! [`Model::load`] uploads a checkpoint's weights ([`ModelWeights`]) to a backend;
+//! [`Model::embed_text`] runs the text embedding once per session; [`Model::forward`] runs one
+//! pass of a chunk (patchify, the blocks with self-attention over the KV cache and
+//! cross-attention to the text, the head, unpatchify). A [`ForwardHook`] sees every layer's
+//! self-attention inputs: that is how Dummy Forcing calibrates. Sessions
+//! ([`crate::pipeline::Session`]) drive it; see the crate-level quick start.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,38 @@
 //! Reading run inputs: an `--inputs` file laid out like the golden `inputs.safetensors`
 //! (`noise`, `context`, `renoise.{c}.{s}`, optional `sampled_rows.{layer}`), or a lone
 //! `--context` file.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use dfrt::checkpoint::{write_safetensors, OutTensor, TensorFile};
+//! use dfrt::pipeline::{inputs::Inputs, Noise, Rng};
+//!
+//! let dir = std::env::temp_dir().join(format!("dfrt-doc-inputs-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("inputs.safetensors");
+//! let cfg = dfrt::ModelConfig::preset("tiny")?;
+//! let (c, h, w) = (cfg.in_dim, 4, 6);
+//! let mut rng = Rng::new(21);
+//! let chunk = vec![1, 3, c, h, w];
+//! let mut t = vec![
+//!     OutTensor::f32("context", vec![1, 5, cfg.text_dim], &rng.normals(5 * cfg.text_dim)),
+//!     OutTensor::f32("noise", vec![1, 3, c, h, w], &rng.normals(3 * c * h * w)),
+//!     OutTensor::i64("sampled_rows.0", vec![2], &[3, 17]),
+//! ];
+//! for s in 0..3 {
+//!     t.push(OutTensor::f32(format!("renoise.0.{s}"), chunk.clone(), &rng.normals(3 * c * h * w)));
+//! }
+//! write_safetensors(&path, &t, &BTreeMap::new())?;
+//!
+//! let inputs = Inputs::read(&TensorFile::open(&path)?, &cfg)?;
+//! assert_eq!((inputs.context.rows, inputs.frames, inputs.latent.width), (5, 3, 6));
+//! assert_eq!(inputs.sampled_rows[&0], vec![3, 17]);
+//! let Noise::Given { noise, renoise } = inputs.noise(3)? else { unreachable!() };
+//! assert_eq!((noise.len(), renoise[0].len()), (3 * c * h * w, 3));
+//! assert!(inputs.noise(6).is_err()); // the file holds one chunk
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), dfrt::Error>(())
+//! ```
 
 use std::collections::BTreeMap;
 
@@ -11,7 +43,9 @@ use crate::{Error, ModelConfig, Result};
 
 /// A text embedding `[rows, text_dim]`.
 pub struct Context {
+    /// Row-major `[rows, text_dim]`.
     pub data: Vec<f32>,
+    /// Rows (tokens); at most the model's `text_len`.
     pub rows: usize,
 }
 
@@ -34,9 +68,11 @@ pub fn read_context(f: &TensorFile, cfg: &ModelConfig) -> Result<Context> {
 
 /// Everything an `--inputs` file gives.
 pub struct Inputs {
+    /// Tensor `context`.
     pub context: Context,
     /// Frames the noise covers.
     pub frames: usize,
+    /// The geometry of `noise`.
     pub latent: Latent,
     noise: Vec<f32>,
     renoise: Vec<Vec<Vec<f32>>>,
@@ -45,6 +81,8 @@ pub struct Inputs {
 }
 
 impl Inputs {
+    /// Reads and checks every tensor against `cfg`: `noise` `[1, F, C, H, W]`, a
+    /// `renoise.{c}.{s}` for each chunk and step 0..3, optional `sampled_rows.{layer}`.
     pub fn read(f: &TensorFile, cfg: &ModelConfig) -> Result<Self> {
         let context = read_context(f, cfg)?;
         let ns = f.info("noise")?.shape.clone();

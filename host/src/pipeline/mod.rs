@@ -1,6 +1,61 @@
 //! The Self-Forcing inference loop (official `CausalInferencePipeline.inference`), chunk by
 //! chunk: 4 denoising steps at the warped timesteps, flow → x0, re-noising between steps, and
 //! the t = 0 clean pass that writes the KV cache.
+//!
+//! The denoising timesteps are Self-Forcing's `[1000, 750, 500, 250]` warped by the shifted
+//! flow-matching schedule (shift 5):
+//!
+//! ```
+//! use dfrt::pipeline::Schedule;
+//!
+//! let s = Schedule::official();
+//! assert_eq!(s.steps, vec![1000.0, 937.5, 833.333_3, 625.0]);
+//! // σ(t) = t / 1000 on the schedule's own timesteps.
+//! let sigmas: Vec<f32> = s.steps.iter().map(|&t| s.sigma(t)).collect();
+//! assert_eq!(sigmas, vec![1.0, 0.9375, 0.833_333_3, 0.625]);
+//! // Without the shift the warp is the identity.
+//! assert_eq!(Schedule::new(1.0, &[1000, 500]).steps, vec![1000.0, 500.0]);
+//! ```
+//!
+//! A [`Session`] built by hand on the CPU backend (the [`crate::api`] module does the same
+//! with fewer arguments), here under Dummy Forcing with one dummy head: the heads are
+//! calibrated in the clean pass of chunk 1, after which the cache is regrouped.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use dfrt::backend::{cpu::CpuBackend, Precision};
+//! use dfrt::cache::Policy;
+//! use dfrt::checkpoint::{DType, TensorFile};
+//! use dfrt::model::Model;
+//! use dfrt::pipeline::{Latent, Noise, Rng, Session};
+//! use dfrt::ModelConfig;
+//!
+//! let dir = std::env::temp_dir().join(format!("dfrt-doc-session-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("tiny.safetensors");
+//! let cfg = ModelConfig::preset("tiny")?;
+//! dfrt_weights::synth_checkpoint(&path, &cfg, 3, DType::F32)?;
+//!
+//! let be = Arc::new(CpuBackend::new(Precision::F32));
+//! let model = Arc::new(Model::load(&*be, &TensorFile::open(&path)?, &cfg)?);
+//! let latent = Latent { channels: cfg.in_dim, height: 4, width: 6 };
+//! let rows = 5;
+//! let context = Rng::new(9).normals(rows * cfg.text_dim);
+//! let policy = Policy::parse_for("dummy:1", &cfg)?;
+//! let mut session = Session::new(model, be, policy, latent, Some(6), &context, rows, Noise::Seeded(Rng::new(4)))?;
+//!
+//! let first = session.next_chunk(&mut |_| {})?;
+//! assert_eq!(first.len(), 3 * latent.frame_len());
+//! assert!(session.dummy().unwrap().assignment().is_none()); // not calibrated yet
+//! let second = session.next_chunk(&mut |_| {})?;
+//! assert!(second.iter().chain(&first).all(|x| x.is_finite()));
+//! assert!(session.done());
+//! assert_eq!(session.dummy().unwrap().assignment().unwrap().counts().dummy, 1);
+//! // Asking for more than the frame count is an error, not a panic.
+//! assert!(session.next_chunk(&mut |_| {}).is_err());
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), dfrt::Error>(())
+//! ```
 
 pub mod inputs;
 pub mod rng;
@@ -107,6 +162,38 @@ pub struct Progress {
     pub chunks: Option<usize>,
 }
 
+/// Checks a session's shape against the model before any work: latent channels and size,
+/// the frame count, and that the policy can cache that many frames (`full` needs a count).
+///
+/// ```
+/// use dfrt::cache::Policy;
+/// use dfrt::pipeline::{check_geometry, Latent};
+/// let cfg = dfrt::ModelConfig::preset("tiny").unwrap();
+/// let ok = Latent { channels: 16, height: 8, width: 12 };
+/// assert!(check_geometry(&cfg, &Policy::Full, ok, Some(9)).is_ok());
+/// // Odd sizes do not split into 2×2 patches; `full` must know how many frames to keep.
+/// assert!(check_geometry(&cfg, &Policy::Full, Latent { height: 7, ..ok }, Some(9)).is_err());
+/// assert!(check_geometry(&cfg, &Policy::Full, ok, None).is_err());
+/// assert!(check_geometry(&cfg, &Policy::parse("window:6,sink:1").unwrap(), ok, None).is_ok());
+/// ```
+pub fn check_geometry(c: &crate::ModelConfig, policy: &Policy, latent: Latent, frames: Option<usize>) -> Result<()> {
+    if latent.channels != c.in_dim {
+        return Err(Error::Input(format!("latent has {} channels, the model takes {}", latent.channels, c.in_dim)));
+    }
+    let [_, ph, pw] = c.patch_size;
+    if latent.height == 0 || latent.width == 0 || latent.height % ph != 0 || latent.width % pw != 0 {
+        return Err(Error::Input(format!("latent size {}×{} must be a positive multiple of the patch {ph}×{pw}", latent.height, latent.width)));
+    }
+    if let Some(f) = frames {
+        if f == 0 || f % FRAMES_PER_CHUNK != 0 {
+            return Err(Error::Input(format!("{f} frames is not a positive multiple of the chunk ({FRAMES_PER_CHUNK} latent frames)")));
+        }
+    }
+    policy.validate(c)?;
+    policy.initial_groups(c.num_heads, frames)?;
+    Ok(())
+}
+
 /// A generation session: the state the official pipeline keeps between chunks (KV cache, text
 /// cache, noise position). [`Session::next_chunk`] produces 3 latent frames at a time, so a C
 /// API can drive it chunk by chunk.
@@ -135,18 +222,8 @@ impl<B: Backend + 'static> Session<B> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(model: Arc<Model<B>>, be: Arc<B>, policy: Policy, latent: Latent, frames: Option<usize>, context: &[f32], context_rows: usize, noise: Noise) -> Result<Self> {
         let c = &model.cfg;
-        if latent.channels != c.in_dim {
-            return Err(Error::Input(format!("latent has {} channels, the model takes {}", latent.channels, c.in_dim)));
-        }
+        check_geometry(c, &policy, latent, frames)?;
         let [_, ph, pw] = c.patch_size;
-        if latent.height == 0 || latent.width == 0 || latent.height % ph != 0 || latent.width % pw != 0 {
-            return Err(Error::Input(format!("latent size {}×{} must be a positive multiple of the patch {ph}×{pw}", latent.height, latent.width)));
-        }
-        if let Some(f) = frames {
-            if f == 0 || f % FRAMES_PER_CHUNK != 0 {
-                return Err(Error::Input(format!("{f} frames is not a positive multiple of the chunk ({FRAMES_PER_CHUNK} latent frames)")));
-            }
-        }
         if let Noise::Given { noise, renoise } = &noise {
             let f = frames.ok_or_else(|| Error::Input("given noise needs a frame count".into()))?;
             if noise.len() < f * latent.frame_len() {

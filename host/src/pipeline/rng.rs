@@ -10,7 +10,22 @@
 //! - a uniform in (0, 1] is `(u + 1) / 2^32` for a 32-bit `u`;
 //! - normals come in pairs from two uniforms `u1, u2`: `r = sqrt(−2 ln u1)`,
 //!   `z0 = r cos(2π u2)`, `z1 = r sin(2π u2)` (in f64, then cast to f32); an odd count drops z1.
+//!
+//! ```
+//! use dfrt::pipeline::Rng;
+//!
+//! let mut r = Rng::new(42);
+//! let all = r.clone().normals(6);
+//! // Draws come in pairs, so even-sized pieces continue the same stream.
+//! let mut parts = r.normals(2);
+//! parts.extend(r.normals(4));
+//! assert_eq!(parts, all);
+//! assert_ne!(Rng::new(43).normals(6), all);
+//! let u = Rng::new(1).uniform();
+//! assert!(u > 0.0 && u <= 1.0);
+//! ```
 
+/// The seeded generator behind [`crate::pipeline::Noise::Seeded`] (PCG32 + Box–Muller).
 #[derive(Clone, Debug)]
 pub struct Rng {
     state: u64,
@@ -21,6 +36,7 @@ const MUL: u64 = 6364136223846793005;
 const STREAM: u64 = 0xda3e39cb94b95bdb;
 
 impl Rng {
+    /// A generator seeded as described in the [module docs](self).
     pub fn new(seed: u64) -> Self {
         let mut r = Rng { state: 0, inc: (STREAM << 1) | 1 };
         r.next_u32();
@@ -29,6 +45,7 @@ impl Rng {
         r
     }
 
+    /// The next 32 random bits (one PCG32 step).
     pub fn next_u32(&mut self) -> u32 {
         let old = self.state;
         self.state = old.wrapping_mul(MUL).wrapping_add(self.inc);

@@ -47,11 +47,15 @@ pub enum SimErrorKind {
 /// A failed simulated launch. `Display` names the kernel, block, thread and what happened.
 #[derive(Clone, Debug)]
 pub struct SimError {
+    /// What went wrong.
     pub kind: SimErrorKind,
+    /// The kernel's entry-point name.
     pub kernel: String,
+    /// The block (x, y, z) where it happened.
     pub block: [u32; 3],
     /// The thread that detected the problem, where one did.
     pub thread: Option<[u32; 3]>,
+    /// A human-readable description (addresses, sizes, the panic message).
     pub detail: String,
 }
 
@@ -83,7 +87,9 @@ pub const MAX_DYN_SMEM: u32 = 227 * 1024;
 
 /// A kernel as the simulator sees it: its entry-point name and its body.
 pub struct Kernel<P> {
+    /// The entry-point name (as in the PTX).
     pub name: &'static str,
+    /// The kernel body, run once per simulated thread.
     pub f: unsafe fn(P),
     /// Declared with `kernel!(independent; ...)`: its threads never meet, so a block's threads
     /// run one after another on the launching thread.
@@ -145,6 +151,7 @@ pub enum Engine {
 pub struct Options {
     /// How long a thread waits at a barrier or collective before the launch fails.
     pub timeout: Duration,
+    /// How a block's threads are scheduled.
     pub engine: Engine,
 }
 
