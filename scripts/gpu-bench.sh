@@ -7,8 +7,8 @@
 #
 # Env: DIST (default dist), TEST_BINS (test targets to ship, default "gpu_sim"),
 #      GOLDEN_CASES (default: all four public cases), DFRT_GOLDEN_DIR (default ../shared/golden),
-#      GOLDEN_SLIM (default 1: outputs.safetensors keeps only `latents`, all the CUDA golden
-#      test compares; 0 ships the files whole).
+#      GOLDEN_SLIM (default 1: outputs.safetensors keeps only `latents` and `assignment`, what
+#      the CUDA golden test compares; 0 ships the files whole).
 # To fit a device call (64 MiB with the tree), binaries travel gzipped and golden files that
 # are byte-identical to one already shipped travel once (gpu-run.sh restores both).
 set -euo pipefail
@@ -54,7 +54,6 @@ ship target/release/examples/profile "$DIST/bin/profile"
 
 echo "== test binaries: $TEST_BINS"
 cargo test --workspace --no-run --message-format=json 2>/dev/null | executables > "$DIST/.tests"
-: > "$DIST/bin-paths.txt"
 for t in $TEST_BINS; do
   exe=$(awk -F'\t' -v n="$t" '$1 == n { print $2 }' "$DIST/.tests" | tail -1)
   if [ -z "$exe" ]; then
@@ -63,12 +62,10 @@ for t in $TEST_BINS; do
   fi
   ship "$exe" "$DIST/tests/$t"
 done
-# Integration tests find the CLI at the absolute path cargo compiled in (CARGO_BIN_EXE_dfrt):
-# record it, and ship that build of the CLI, so gpu-run.sh can put it back at the same path.
+# The tests run the CLI named by $DFRT_BIN (gpu-run.sh sets it): ship the test build of it.
 dfrt_test_bin=$(awk -F'\t' '$1 == "dfrt" { print $2 }' "$DIST/.tests" | tail -1)
 if [ -n "$dfrt_test_bin" ] && [ -x "$dfrt_test_bin" ]; then
   ship "$dfrt_test_bin" "$DIST/tests/dfrt"
-  echo "$dfrt_test_bin" > "$DIST/bin-paths.txt"
 fi
 
 echo "== golden cases: $GOLDEN_CASES (slim: $GOLDEN_SLIM)"
@@ -79,18 +76,23 @@ for c in $GOLDEN_CASES; do
   for f in "$GOLDEN/$c"/*; do
     b=$(basename "$f")
     if [ "$GOLDEN_SLIM" = 1 ] && [ "$b" = outputs.safetensors ]; then
-      # Keep only `latents` (safetensors: u64 header length, JSON header, data).
+      # Keep only what the CUDA golden test compares (safetensors: u64 header length, JSON
+      # header, data).
       python3 - "$f" "$DIST/golden/$c/$b" <<'PY'
 import json, struct, sys
 src, dst = sys.argv[1], sys.argv[2]
 b = open(src, "rb").read()
 n = struct.unpack("<Q", b[:8])[0]
 h = json.loads(b[8:8 + n])
-keep = {k: v for k, v in h.items() if k in ("latents", "__metadata__")}
-lo, hi = keep["latents"]["data_offsets"]
-data = b[8 + n + lo:8 + n + hi]
-keep["latents"] = dict(keep["latents"], data_offsets=[0, len(data)])
-hj = json.dumps(keep).encode()
+out, data = {}, b""
+for k in ("latents", "assignment"):
+    if k in h:
+        lo, hi = h[k]["data_offsets"]
+        out[k] = dict(h[k], data_offsets=[len(data), len(data) + hi - lo])
+        data += b[8 + n + lo:8 + n + hi]
+if "__metadata__" in h:
+    out["__metadata__"] = h["__metadata__"]
+hj = json.dumps(out).encode()
 hj += b" " * (-len(hj) % 8)
 open(dst, "wb").write(struct.pack("<Q", len(hj)) + hj + data)
 PY

@@ -58,13 +58,8 @@ if [ -z "${DFRT_NVTX_LIB:-}" ]; then
   export DFRT_NVTX_LIB
 fi
 
-# 1. CUDA tests. The tests run the CLI from the absolute path cargo compiled into them: put
-#    the shipped build back there.
-if [ -s "$DIST/bin-paths.txt" ]; then
-  p=$(cat "$DIST/bin-paths.txt")
-  # (Where it exists, as on the build machine, it is the same build: leave it.)
-  [ -e "$p" ] || { mkdir -p "$(dirname "$p")" && cp "$BIN/tests/dfrt" "$p" && chmod +x "$p"; }
-fi
+# 1. CUDA tests; they run the shipped CLI build through $DFRT_BIN.
+export DFRT_BIN="$BIN/tests/dfrt"
 for t in "$BIN"/tests/*; do
   name=$(basename "$t")
   [ "$name" = dfrt ] && continue
