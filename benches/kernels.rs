@@ -7,9 +7,10 @@
 //! otherwise sim). On cuda the default size is `full` (the real shapes, see
 //! `support/kernel_cases.rs`); each entry rotates over enough buffer copies to defeat the L2,
 //! captures the timed launches into one CUDA graph (so launch overhead is left out), times a
-//! replay with CUDA events and reports time per launch. On sim the default size is `tiny` and the times are the CPU
-//! simulator's: they show that every entry builds, launches and writes its whole output, and
-//! are NOT GPU figures. Every run checks that each output was fully written (finite).
+//! replay with CUDA events and reports time per launch. On sim the default size is `tiny` and
+//! the times are the CPU simulator's: they show that every entry builds, launches and writes
+//! its whole output, and are NOT GPU figures. Every run checks that each output was fully
+//! written (finite).
 
 #[path = "support/kernel_cases.rs"]
 mod kernel_cases;
