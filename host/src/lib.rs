@@ -79,6 +79,7 @@ pub mod gpu;
 pub mod model;
 pub mod names;
 pub mod pipeline;
+pub mod profile;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};

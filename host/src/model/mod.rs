@@ -227,6 +227,7 @@ impl<B: Backend> Model<B> {
             return Err(Error::Input(format!("chunk has {tpf} tokens per frame, the cache was built for {}", cache.tokens_per_frame)));
         }
         let eps = c.eps;
+        let _r = crate::profile::range("dit.forward");
 
         // Patch embedding (Conv3d k = stride = patch) as a GEMM over patches.
         let mut h = be.linear(&be.patchify(x, c.patch_size), &w.patch.w, Some(&w.patch.b));
@@ -246,10 +247,13 @@ impl<B: Backend> Model<B> {
         }
 
         // Head: its 2-row modulation uses e (not e0).
+        let rh = crate::profile::range("dit.head");
         let shift = be.modulation(&w.head_mod[0], &e, 1).pop().unwrap();
         let scale = be.modulation(&w.head_mod[1], &e, 1).pop().unwrap();
         let out = be.linear(&be.norm_modulate(&h, eps, &shift, &scale, tpf), &w.head.w, Some(&w.head.b));
         let flow = be.unpatchify(&out, grid, c.patch_size, c.out_dim);
+        drop(rh);
+        let _rp = crate::profile::range("dit.after_forward");
         hook.after_forward(be, pass, cache)?;
         Ok(flow)
     }
@@ -270,11 +274,13 @@ impl<B: Backend> Model<B> {
     ) -> Result<B::Tensor> {
         let c = &self.cfg;
         let b = &self.w.blocks[l];
+        let _r = crate::nvtx_range!("dit.block{l:02}");
         let (heads, hd, eps) = (c.num_heads, c.head_dim(), c.eps);
         let tpf = grid[1] * grid[2];
         let m = be.modulation(&b.modulation, e0, 6);
 
         // Self-attention over the cache plus the current chunk.
+        let ra = crate::nvtx_range!("dit.block{l:02}.self_attn");
         let xn = be.norm_modulate(h, eps, &m[0], &m[1], tpf);
         let mut q = be.linear(&xn, &b.q.w, Some(&b.q.b));
         let mut k = be.linear(&xn, &b.k.w, Some(&b.k.b));
@@ -295,18 +301,22 @@ impl<B: Backend> Model<B> {
             if hook.wants_attention(pass) {
                 hook.on_self_attention(be, pass, l, &q, hd, &ctx)?;
             }
+            let _r = crate::nvtx_range!("dit.block{l:02}.self_attn.attention");
             be.attention(&q, hd, &ctx)
         };
         if l == 0 {
             tap(be, &mut taps, "l0.attn_out", &a);
         }
         if pass.commit {
+            let _r = crate::nvtx_range!("dit.block{l:02}.kv_commit");
             cache.commit(be, l, &fresh);
         }
         let y = be.linear(&a, &b.o.w, Some(&b.o.b));
         let mut h = be.gated_residual(h, &y, &m[2], tpf);
+        drop(ra);
 
         // Cross-attention over the per-prompt K/V (no RoPE, no mask).
+        let rc = crate::nvtx_range!("dit.block{l:02}.cross_attn");
         let hn = match &b.norm3 {
             Some((nw, nb)) => be.layer_norm(&h, eps, Some((nw, nb))),
             None => h_clone(be, &h),
@@ -321,8 +331,10 @@ impl<B: Backend> Model<B> {
             (0..heads).map(|hh| vec![Seg { k: ck, v: cv, offset: hh * hd, rows, stride: heads * hd, frame: None }]).collect();
         let ca = be.attention(&cq, hd, &cctx);
         h = be.add(&h, &be.linear(&ca, &b.co.w, Some(&b.co.b)));
+        drop(rc);
 
         // FFN.
+        let _rf = crate::nvtx_range!("dit.block{l:02}.ffn");
         let xn = be.norm_modulate(&h, eps, &m[3], &m[4], tpf);
         let y = be.linear(&be.gelu_tanh(&be.linear(&xn, &b.ffn0.w, Some(&b.ffn0.b))), &b.ffn2.w, Some(&b.ffn2.b));
         h = be.gated_residual(&h, &y, &m[5], tpf);

@@ -1,0 +1,161 @@
+//! End-to-end benchmark: FPS, ms per chunk and KV bytes for each cache policy and resolution,
+//! with synthetic weights (`dfrt_weights::synth_checkpoint`, bf16).
+//!
+//!   cargo bench --bench e2e -- [--device auto|cuda|sim|cpu] [--model PRESET|FILE]
+//!       [--res 480p,720p,1080p] [--policy P]... [--chunks N] [--dtype bf16|f32] [--json FILE]
+//!
+//! Defaults on cuda: the full Wan2.1 1.3B config, 480p (latent 60x104), 720p (90x160) and
+//! 1080p (136x240: 1080/8 = 135 is not a multiple of the 2x2 patch, so 1088 rows, the nearest
+//! valid size), policies `full`, `window:12,sink:3`, `dummy:180`, 7 chunks (21 latent frames).
+//! On sim or cpu (no GPU): the `tiny` preset at a tiny latent (8x12), 3 chunks, and
+//! `dummy:<half the heads>`: those times only show that the path runs (NOT GPU figures).
+//!
+//! Counting (see support/e2e_run.rs): 1 latent frame = 4 video frames; FPS = video frames /
+//! diffusion time (the chunk loop: 3 denoising forwards + 1 cache-writing forward per chunk).
+//! "ms/chunk" is the mean over chunks after the first (the first carries one-time costs such
+//! as PTX JIT and cuBLASLt heuristics; under `dummy` chunk 1 also calibrates and compacts).
+
+#[path = "support/e2e_run.rs"]
+mod e2e_run;
+#[path = "support/report.rs"]
+mod report;
+
+use std::path::PathBuf;
+
+use dfrt::backend::cpu::CpuBackend;
+use dfrt::backend::Precision;
+use dfrt::checkpoint::{DType, TensorFile};
+use dfrt::gpu::{CudaDevice, GpuBackend, SimDevice};
+use dfrt::ModelConfig;
+use e2e_run::{default_policies, run_one, E2eBackend, E2eRow, Res};
+use report::{Args, ms};
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("e2e bench: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The checkpoint: a file, or a preset synthesised once into the temp dir (reused by later
+/// runs: same preset, seed and dtype give the same file).
+fn checkpoint(model: &str) -> Result<(PathBuf, ModelConfig), String> {
+    if model.ends_with(".safetensors") {
+        let f = TensorFile::open(model).map_err(|e| e.to_string())?;
+        return Ok((PathBuf::from(model), f.config().map_err(|e| e.to_string())?));
+    }
+    let cfg = ModelConfig::preset(model).map_err(|e| e.to_string())?;
+    let dir = std::env::var_os("DFRT_BENCH_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!("dfrt-bench-{model}-bf16.safetensors"));
+    let ok = TensorFile::open(&path).ok().and_then(|f| f.config().ok()).is_some_and(|c| c == cfg);
+    if !ok {
+        eprintln!("synthesising {model} weights (bf16) into {} ...", path.display());
+        let t = std::time::Instant::now();
+        let tmp = path.with_extension("partial");
+        dfrt_weights::synth_checkpoint(&tmp, &cfg, 1, DType::BF16).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+        eprintln!("  done in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    Ok((path, cfg))
+}
+
+fn real_main() -> Result<(), String> {
+    let a = Args::parse(&["device", "model", "res", "policy", "chunks", "dtype", "json"])?;
+    let want = a.device();
+    let cuda = match want.as_str() {
+        "cuda" => Some(CudaDevice::new(0, false).map_err(|e| e.to_string())?.describe()),
+        "auto" => match CudaDevice::new(0, false) {
+            Ok(d) => Some(d.describe()),
+            Err(e) => {
+                eprintln!("no GPU ({e}); running on sim");
+                None
+            }
+        },
+        "sim" | "cpu" => None,
+        d => return Err(format!("unknown device `{d}` (auto, cuda, sim or cpu)")),
+    };
+    let device = match (&cuda, want.as_str()) {
+        (Some(_), _) => "cuda",
+        (None, "cpu") => "cpu",
+        _ => "sim",
+    };
+    let big = cuda.is_some();
+    let model = a.get("model").unwrap_or(if big { "wan-1.3b" } else { "tiny" });
+    let res: Vec<Res> = a.get("res").unwrap_or(if big { "480p,720p,1080p" } else { "tiny" }).split(',').map(Res::parse).collect::<dfrt::Result<_>>().map_err(|e| e.to_string())?;
+    let chunks: usize = a.get("chunks").map(|c| c.parse().map_err(|_| format!("bad --chunks `{c}`"))).transpose()?.unwrap_or(if big { 7 } else { 3 });
+    if chunks == 0 {
+        return Err("--chunks must be at least 1".into());
+    }
+    let precision = Precision::parse(a.get("dtype").unwrap_or("bf16")).map_err(|e| e.to_string())?;
+    let (path, cfg) = checkpoint(model)?;
+    let mut policies = a.all("policy");
+    if policies.is_empty() {
+        policies = default_policies(&cfg);
+    }
+    let ckpt = TensorFile::open(&path).map_err(|e| e.to_string())?;
+    let card = cuda.clone().unwrap_or_else(|| if device == "cpu" { "CPU reference backend".into() } else { "SIMT simulator (CPU)".into() });
+    println!("device: {device} ({card}); model {model} (synthetic bf16 weights), dtype {}, {chunks} chunks = {} latent frames = {} video frames", precision.name(), chunks * 3, chunks * 12);
+    if !big {
+        println!("{}", report::SIM_NOTE.replace("device sim", &format!("device {device}")));
+    }
+    let mut rows = Vec::new();
+    for r in &res {
+        for p in &policies {
+            let row = match device {
+                "cuda" => go(&|| Ok(GpuBackend::new(CudaDevice::new(0, false)?, precision)), &ckpt, &cfg, r, p, chunks)?,
+                "sim" => go(&|| Ok(GpuBackend::new(SimDevice::new(), precision)), &ckpt, &cfg, r, p, chunks)?,
+                _ => go(&|| Ok(CpuBackend::new(precision)), &ckpt, &cfg, r, p, chunks)?,
+            };
+            rows.push(row);
+        }
+    }
+    let mb = |b: f64| if b < 1e7 { format!("{:.3}", b / 1e6) } else { format!("{:.1}", b / 1e6) };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.res.clone(),
+                format!("{}x{}", r.lat_h, r.lat_w),
+                r.policy.clone(),
+                format!("{:.2}", r.fps()),
+                ms(r.steady_ms() / 1e3),
+                ms(r.chunk_ms[0] / 1e3),
+                mb(r.kv_bytes as f64),
+                format!("{:.1}%", 100.0 * r.kv_policy_bytes as f64 / r.kv_full_bytes as f64),
+                r.loop_allocs.map_or("-".into(), |n| n.to_string()),
+            ]
+        })
+        .collect();
+    print!("{}", report::table(&["res", "latent", "policy", "FPS", "ms/chunk", "chunk0 ms", "KV MB", "KV vs full", "loop allocs"], &cells, &[3, 4, 5, 6, 7, 8]));
+    println!("FPS = 4 video frames per latent frame / diffusion time; KV MB = cache bytes allocated after the last chunk; KV vs full = the policy's accounting against `full` at the same frames");
+    if let Some(p) = a.json() {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "res": r.res, "latent": [r.lat_h, r.lat_w], "video": [r.lat_h * 8, r.lat_w * 8], "policy": r.policy,
+                    "chunks": r.chunks, "latent_frames": r.latent_frames, "video_frames": r.video_frames,
+                    "diffusion_s": r.secs, "fps": r.fps(), "ms_per_chunk": r.steady_ms(), "chunk_ms": r.chunk_ms,
+                    "kv_bytes": r.kv_bytes, "kv_policy_bytes": r.kv_policy_bytes, "kv_full_bytes": r.kv_full_bytes,
+                    "loop_allocs": r.loop_allocs, "heap_peak": r.heap_peak,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "bench": "e2e", "device": device, "card": card, "model": model, "dtype": precision.name(),
+            "unix_time": report::unix_time(), "note": (!big).then_some(report::SIM_NOTE),
+            "counting": "1 latent frame = 4 video frames; FPS = video frames / diffusion time (chunk loop)",
+            "rows": rows,
+        });
+        report::write_json(&p, &v)?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn go<B: E2eBackend>(make: &dyn Fn() -> dfrt::Result<B>, ckpt: &TensorFile, cfg: &ModelConfig, r: &Res, p: &str, chunks: usize) -> Result<E2eRow, String> {
+    eprintln!("  {} ({}x{} latent) {p} ...", r.name, r.lat_h, r.lat_w);
+    let row = run_one(make, ckpt, cfg, r, p, chunks).map_err(|e| format!("{} {p}: {e}", r.name))?;
+    eprintln!("    {:.2} FPS, {} ms/chunk, chunk ms {:?}", row.fps(), ms(row.steady_ms() / 1e3), row.chunk_ms.iter().map(|m| m.round() as i64).collect::<Vec<_>>());
+    Ok(row)
+}

@@ -1,0 +1,177 @@
+//! End-to-end runs for `benches/e2e.rs` (and its test in `tests/benches.rs`): one generation per
+//! (resolution, policy) with synthetic weights, timed chunk by chunk.
+//!
+//! Counting: a chunk is 3 latent frames; one latent frame is 4 video frames (the Wan VAE's
+//! temporal stride; its causal first frame decodes to 1, so 21 latent frames are 81 frames of
+//! video, not 84: FPS here counts the steady 4 per latent frame). FPS = video frames / diffusion
+//! time, where the diffusion time is the chunk loop only (4 forwards per chunk: 3 denoising
+//! steps and the clean pass that writes the KV cache), without model loading, text encoding or
+//! VAE decoding.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dfrt::backend::cpu::CpuBackend;
+use dfrt::backend::Backend;
+use dfrt::cache::Policy;
+use dfrt::checkpoint::TensorFile;
+use dfrt::config::FRAMES_PER_CHUNK;
+use dfrt::gpu::{Device, GpuBackend};
+use dfrt::model::Model;
+use dfrt::pipeline::{Latent, Noise, Rng, Session};
+use dfrt::{Error, ModelConfig, Result};
+
+/// Video frames per latent frame (see the module doc).
+pub const VIDEO_FRAMES_PER_LATENT: usize = 4;
+
+/// A resolution: its latent size (video / 8) and a note on how it was chosen.
+#[derive(Clone, Debug)]
+pub struct Res {
+    pub name: &'static str,
+    pub lat_h: usize,
+    pub lat_w: usize,
+    pub note: &'static str,
+}
+
+impl Res {
+    pub fn video(&self) -> (usize, usize) {
+        (self.lat_h * 8, self.lat_w * 8)
+    }
+
+    pub fn parse(s: &str) -> Result<Res> {
+        Ok(match s {
+            "480p" => Res { name: "480p", lat_h: 60, lat_w: 104, note: "832x480, the Self-Forcing / Wan2.1 1.3B size" },
+            "720p" => Res { name: "720p", lat_h: 90, lat_w: 160, note: "1280x720" },
+            // 1080 / 8 = 135 latent rows, not a multiple of the 2x2 patch. Wan2.1 has no 1080p
+            // size; the nearest valid height is 136 latent rows = 1088 pixels (1080 padded to
+            // 16, as video codecs store 1080p).
+            "1080p" => Res { name: "1080p", lat_h: 136, lat_w: 240, note: "1920x1088: 1080/8 = 135 is not patchable (2x2); nearest valid" },
+            "tiny" => Res { name: "tiny", lat_h: 8, lat_w: 12, note: "tiny (simulator/CPU check, not a real size)" },
+            _ => {
+                // `HxW` latent sizes for experiments.
+                let (h, w) = s.split_once('x').ok_or_else(|| Error::Input(format!("unknown resolution `{s}` (480p, 720p, 1080p, tiny or HxW latent)")))?;
+                let p = |v: &str| v.parse::<usize>().map_err(|_| Error::Input(format!("bad latent size `{s}`")));
+                Res { name: "custom", lat_h: p(h)?, lat_w: p(w)?, note: "custom latent size" }
+            }
+        })
+    }
+}
+
+/// What the bench needs beyond [`Backend`]: the GPU memory plan and allocation counter.
+pub trait E2eBackend: Backend + 'static {
+    /// Reserves the memory plan before the model is loaded (GPU backends).
+    fn prepare(&self, _cfg: &ModelConfig, _policy: &Policy, _latent: Latent, _frames: usize, _ckpt: &TensorFile) -> Result<()> {
+        Ok(())
+    }
+    /// Device allocations so far (GPU backends).
+    fn device_allocs(&self) -> Option<u64> {
+        None
+    }
+    /// Peak bytes of the device heap (GPU backends).
+    fn heap_peak(&self) -> Option<usize> {
+        None
+    }
+}
+
+impl E2eBackend for CpuBackend {}
+
+impl<D: Device> E2eBackend for GpuBackend<D> {
+    fn prepare(&self, cfg: &ModelConfig, policy: &Policy, latent: Latent, frames: usize, ckpt: &TensorFile) -> Result<()> {
+        GpuBackend::prepare(self, cfg, policy, latent, Some(frames), ckpt).map(|_| ())
+    }
+    fn device_allocs(&self) -> Option<u64> {
+        Some(self.allocations())
+    }
+    fn heap_peak(&self) -> Option<usize> {
+        Some(self.heap_stats().1)
+    }
+}
+
+/// One measured generation.
+#[derive(Clone, Debug)]
+pub struct E2eRow {
+    pub res: String,
+    pub lat_h: usize,
+    pub lat_w: usize,
+    pub policy: String,
+    pub chunks: usize,
+    pub latent_frames: usize,
+    pub video_frames: usize,
+    /// Diffusion time (the chunk loop).
+    pub secs: f64,
+    pub chunk_ms: Vec<f64>,
+    /// KV cache bytes allocated at the end, and the policy's accounting (with `full`'s).
+    pub kv_bytes: usize,
+    pub kv_policy_bytes: u64,
+    pub kv_full_bytes: u64,
+    /// Device allocations during the chunk loop (must be 0 on the GPU path) and heap peak.
+    pub loop_allocs: Option<u64>,
+    pub heap_peak: Option<usize>,
+}
+
+impl E2eRow {
+    pub fn fps(&self) -> f64 {
+        self.video_frames as f64 / self.secs
+    }
+    /// Mean ms per chunk after the first (which carries one-time costs), or the first alone.
+    pub fn steady_ms(&self) -> f64 {
+        let rest = &self.chunk_ms[1.min(self.chunk_ms.len() - 1)..];
+        rest.iter().sum::<f64>() / rest.len() as f64
+    }
+}
+
+/// The policy names of the bench, for a config: `dummy:180` is half the heads of the 1.3B
+/// model; a smaller model gets half of its own heads (`dummy:N` must fit the model).
+pub fn default_policies(cfg: &ModelConfig) -> Vec<String> {
+    let half = cfg.num_layers * cfg.num_heads / 2;
+    vec!["full".into(), "window:12,sink:3".into(), format!("dummy:{half}")]
+}
+
+/// Generates `chunks` chunks at `res` under `policy` with a fresh backend from `make`.
+pub fn run_one<B: E2eBackend>(make: &dyn Fn() -> Result<B>, ckpt: &TensorFile, cfg: &ModelConfig, res: &Res, policy: &str, chunks: usize) -> Result<E2eRow> {
+    let be = Arc::new(make()?);
+    let policy = Policy::parse_for(policy, cfg)?;
+    let latent = Latent { channels: cfg.in_dim, height: res.lat_h, width: res.lat_w };
+    let frames = chunks * FRAMES_PER_CHUNK;
+    be.prepare(cfg, &policy, latent, frames, ckpt)?;
+    let model = Arc::new(Model::load(&*be, ckpt, cfg)?);
+    be.status()?;
+    let context = Rng::new(7).normals(cfg.text_len * cfg.text_dim);
+    let mut s = Session::new(model, be.clone(), policy.clone(), latent, Some(frames), &context, cfg.text_len, Noise::Seeded(Rng::new(1)))?;
+    let a0 = be.device_allocs();
+    let t0 = Instant::now();
+    let mut chunk_ms = Vec::new();
+    while !s.done() {
+        let tc = Instant::now();
+        let x = s.next_chunk(&mut |_| {})?;
+        chunk_ms.push(tc.elapsed().as_secs_f64() * 1e3);
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Device(format!("e2e {} {}: chunk {} latent element {i} is {}", res.name, policy.name(), chunk_ms.len() - 1, x[i])));
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    be.status()?;
+    let loop_allocs = match (a0, be.device_allocs()) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let foot = s.kv_footprint()?;
+    Ok(E2eRow {
+        res: res.name.to_string(),
+        lat_h: res.lat_h,
+        lat_w: res.lat_w,
+        policy: policy.name(),
+        chunks,
+        latent_frames: frames,
+        video_frames: frames * VIDEO_FRAMES_PER_LATENT,
+        secs,
+        chunk_ms,
+        kv_bytes: s.cache.bytes(),
+        kv_policy_bytes: foot.total_bytes,
+        kv_full_bytes: foot.full_bytes,
+        loop_allocs,
+        heap_peak: be.heap_peak(),
+    })
+}

@@ -1,0 +1,94 @@
+//! The benches run here (no GPU): the kernel table covers every hot kernel and every entry runs
+//! on the simulator at the tiny size with its whole output written; the e2e bench generates a
+//! tiny config on the CPU backend and on the simulated GPU path.
+
+#[path = "../benches/support/e2e_run.rs"]
+mod e2e_run;
+#[path = "../benches/support/kernel_cases.rs"]
+mod kernel_cases;
+
+use std::collections::BTreeSet;
+
+use dfrt::backend::cpu::CpuBackend;
+use dfrt::backend::Precision;
+use dfrt::checkpoint::{DType, TensorFile};
+use dfrt::gpu::{Device, GpuBackend, SimDevice};
+use dfrt::ModelConfig;
+use kernel_cases::{RunOpts, Shapes};
+
+#[test]
+fn kernel_table_covers_every_hot_kernel() {
+    let specs = kernel_cases::specs::<SimDevice>(&Shapes::full());
+    let have: BTreeSet<&str> = specs.iter().map(|s| s.kernel).collect();
+    let missing: Vec<&str> = dfrt_kernels::HOT_KERNELS.iter().copied().filter(|k| !have.contains(k)).collect();
+    assert!(missing.is_empty(), "hot kernels without a bench entry: {missing:?}");
+    for s in &specs {
+        assert!(s.kernel == kernel_cases::GEMM || dfrt_kernels::KERNELS.contains(&s.kernel), "bench entry `{}` is not a kernel", s.kernel);
+        assert!(!s.formula.is_empty(), "bench entry `{}` states no formula", s.kernel);
+    }
+    // The attention shapes of the issue: Lq 4680 against Lk 6240, 9360 and 32760.
+    assert_eq!(Shapes::full().tokens(), 4680);
+    let lks: Vec<usize> = specs.iter().filter(|s| s.kernel == "attn_bf16_d128" && s.arg > 0).map(|s| s.arg).collect();
+    assert_eq!(lks, [6240, 9360, 32760]);
+}
+
+#[test]
+fn every_kernel_entry_runs_on_sim() {
+    let dev = SimDevice::new();
+    let opts = RunOpts { warmup: 0, min_reps: 1, max_reps: 1, target_secs: 0.0, rotate_bytes: 0, filter: None, graph: false };
+    let mut seen = 0;
+    // `run` launches each entry, checks that its outputs were fully written (they start as
+    // NaN poison), then times it.
+    let rows = kernel_cases::run(&dev, &Shapes::tiny(), &opts, &mut |_| seen += 1).unwrap();
+    assert_eq!(rows.len(), kernel_cases::specs::<SimDevice>(&Shapes::tiny()).len());
+    assert_eq!(seen, rows.len());
+    for r in &rows {
+        assert!(r.secs > 0.0 && r.bytes > 0.0, "{} {}: {} s, {} bytes", r.kernel, r.shape, r.secs, r.bytes);
+    }
+    let attn = rows.iter().find(|r| r.kernel == "attn_bf16_d128").unwrap();
+    // 4·Lq·Lk·H·d at Lq 48, Lk 64, H 2, d 128.
+    assert_eq!(attn.flops, Some((4 * 48 * 64 * 2 * 128) as f64));
+    // Every case frees what it allocated.
+    let (free, total) = dev.mem_info().unwrap();
+    assert_eq!(free, total, "bench cases leaked device memory");
+
+    // The graph timer (used on cuda) through the simulator's recorded graphs.
+    let opts = RunOpts { min_reps: 3, max_reps: 3, filter: Some("gelu".into()), graph: true, ..opts };
+    let rows = kernel_cases::run(&dev, &Shapes::tiny(), &opts, &mut |_| {}).unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!((r.timer, r.reps), ("graph", 3), "{r:?}");
+        assert!(r.secs > 0.0, "{r:?}");
+    }
+}
+
+fn tiny_ckpt() -> (TensorFile, ModelConfig) {
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let path = std::env::temp_dir().join(format!("dfrt-test-benches-{}.safetensors", std::process::id()));
+    dfrt_weights::synth_checkpoint(&path, &cfg, 3, DType::BF16).unwrap();
+    let f = TensorFile::open(&path).unwrap();
+    // The file stays mapped; unlinking it now leaves nothing behind.
+    std::fs::remove_file(&path).ok();
+    (f, cfg)
+}
+
+#[test]
+fn e2e_runs_tiny_on_cpu_and_sim() {
+    let (ckpt, cfg) = tiny_ckpt();
+    let res = e2e_run::Res::parse("tiny").unwrap();
+    let policies = e2e_run::default_policies(&cfg);
+    assert_eq!(policies[2], "dummy:2");
+    for p in &policies {
+        let r = e2e_run::run_one(&|| Ok(CpuBackend::new(Precision::Bf16)), &ckpt, &cfg, &res, p, 2).unwrap();
+        assert_eq!((r.chunk_ms.len(), r.latent_frames, r.video_frames), (2, 6, 24));
+        assert!(r.fps() > 0.0 && r.kv_bytes > 0 && r.kv_policy_bytes <= r.kv_full_bytes, "{r:?}");
+    }
+    // The GPU path in the simulator, under the policy that exercises the most (calibration and
+    // compaction after chunk 1): no device allocation inside the chunk loop.
+    let r = e2e_run::run_one(&|| Ok(GpuBackend::new(SimDevice::new(), Precision::Bf16)), &ckpt, &cfg, &res, "dummy:2", 2).unwrap();
+    assert_eq!(r.loop_allocs, Some(0), "{r:?}");
+    assert!(r.kv_policy_bytes < r.kv_full_bytes, "{r:?}");
+    // 1080p is not patchable at 135 latent rows; the bench uses the nearest valid size.
+    let hd = e2e_run::Res::parse("1080p").unwrap();
+    assert_eq!((hd.lat_h % 2, hd.video()), (0, (1088, 1920)));
+}
