@@ -161,6 +161,14 @@ fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
     let (qc, qg) = both(&mut r, &[24, heads * d]);
     check(&name("rope"), &gpu.download(&gpu.rope(&qg, heads, grid, 7)), &cpu.download(&cpu.rope(&qc, heads, grid, 7)), tol);
 
+    let (kc, kg) = both(&mut r, &[24, heads * d]);
+    let (wqc, wqg) = both(&mut r, &[heads * d]);
+    let (wkc, wkg) = both(&mut r, &[heads * d]);
+    let (gq, gk) = gpu.qk_norm_rope(&qg, &kg, &wqg, &wkg, 1e-6, heads, grid, 4);
+    let (cq, ck) = cpu.qk_norm_rope(&qc, &kc, &wqc, &wkc, 1e-6, heads, grid, 4);
+    check(&name("qk_norm_rope q"), &gpu.download(&gq), &cpu.download(&cq), tol);
+    check(&name("qk_norm_rope k"), &gpu.download(&gk), &cpu.download(&ck), tol);
+
     let ts = [1000.0, 937.5, 0.0];
     check(&name("sinusoid"), &gpu.download(&gpu.sinusoid(&ts, 256)), &cpu.download(&cpu.sinusoid(&ts, 256)), if p == Precision::F32 { 1e-6 } else { tol });
 

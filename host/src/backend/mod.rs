@@ -147,6 +147,15 @@ pub trait Backend {
     /// 3D RoPE on `x [f·h·w, heads·d]` (pairs `(2i, 2i+1)` as complex numbers), with the frame
     /// position `start_frame + local frame`; angles and the rotation in f64.
     fn rope(&self, x: &Self::Tensor, heads: usize, grid: [usize; 3], start_frame: usize) -> Self::Tensor;
+    /// The self-attention prologue: `rope(rms_norm(q, wq, eps))` and the same for k, as one op
+    /// so that a backend can fuse it (the GPU backend runs one `qk_norm_rope` kernel); the
+    /// default composes the two ops, with their rounding points.
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_rope(&self, q: &Self::Tensor, k: &Self::Tensor, wq: &Self::Tensor, wk: &Self::Tensor, eps: f32, heads: usize, grid: [usize; 3], start_frame: usize) -> (Self::Tensor, Self::Tensor) {
+        let q = self.rope(&self.rms_norm(q, wq, eps), heads, grid, start_frame);
+        let k = self.rope(&self.rms_norm(k, wk, eps), heads, grid, start_frame);
+        (q, k)
+    }
     /// Sinusoidal embedding `[cos | sin]` of each timestep, computed in f64, then stored.
     fn sinusoid(&self, t: &[f32], dim: usize) -> Self::Tensor;
 

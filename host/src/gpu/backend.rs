@@ -19,7 +19,7 @@ use dfrt_kernels::elem::Bf16;
 use dfrt_kernels::elementwise::{AddParams, GatedResidualParams, GeluParams, ModulationParams, SiluParams, SinusoidParams};
 use dfrt_kernels::layout::{CopyRowsParams, PatchifyParams, UnpatchifyParams};
 use dfrt_kernels::norm::{LayerNormModParams, LayerNormParams, RmsNormParams};
-use dfrt_kernels::rope::RopeParams;
+use dfrt_kernels::rope::{QkNormRopeParams, RopeParams};
 use dfrt_kernels::{Entry, Launch};
 use half::bf16;
 
@@ -462,6 +462,38 @@ impl<D: Device> GpuBackend<D> {
         Ok(y)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn try_qk_norm_rope(&self, q: &GpuTensor<D>, k: &GpuTensor<D>, wq: &GpuTensor<D>, wk: &GpuTensor<D>, eps: f32, heads: usize, grid: [usize; 3], start_frame: usize) -> Result<(GpuTensor<D>, GpuTensor<D>)> {
+        let [f, h, w] = grid;
+        let cols = q.cols();
+        if heads == 0 || !cols.is_multiple_of(heads) || q.rows() != f * h * w || k.shape != q.shape || wq.numel() != cols || wk.numel() != cols {
+            return Err(Error::Device(format!("qk_norm_rope: q {:?}, k {:?}, weights {:?}/{:?} for {heads} heads on grid {grid:?}", q.shape, k.shape, wq.shape, wk.shape)));
+        }
+        let d = cols / heads;
+        let (table, table_rows) = self.rope_table(d, (start_frame + f).max(h).max(w))?;
+        let (qo, ko) = (self.new_tensor(&q.shape)?, self.new_tensor(&k.shape)?);
+        let p = QkNormRopeParams {
+            q: q.ptr,
+            k: k.ptr,
+            wq: wq.ptr,
+            wk: wk.ptr,
+            q_out: qo.ptr,
+            k_out: ko.ptr,
+            table,
+            f: u32_of(f, "frames")?,
+            h: u32_of(h, "h")?,
+            w: u32_of(w, "w")?,
+            heads: u32_of(heads, "heads")?,
+            head_dim: u32_of(d, "head_dim")?,
+            start_frame: u32_of(start_frame, "start_frame")?,
+            table_rows: u32_of(table_rows, "rope rows")?,
+            eps,
+        };
+        p.check().map_err(|e| Error::Device(e.into()))?;
+        self.launch_ew(p)?;
+        Ok((qo, ko))
+    }
+
     fn try_sinusoid(&self, t: &[f32], dim: usize) -> Result<GpuTensor<D>> {
         let freqs = self.sinusoid_freqs(dim)?;
         let tt = self.alloc(&[t.len().max(1)], Precision::F32)?;
@@ -654,6 +686,16 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
     fn rope(&self, x: &GpuTensor<D>, heads: usize, grid: [usize; 3], start_frame: usize) -> GpuTensor<D> {
         self.guard(&x.shape, || self.try_rope(x, heads, grid, start_frame))
+    }
+    fn qk_norm_rope(&self, q: &GpuTensor<D>, k: &GpuTensor<D>, wq: &GpuTensor<D>, wk: &GpuTensor<D>, eps: f32, heads: usize, grid: [usize; 3], start_frame: usize) -> (GpuTensor<D>, GpuTensor<D>) {
+        let unbacked = || (GpuTensor::unbacked(&q.shape, self.precision), GpuTensor::unbacked(&k.shape, self.precision));
+        if self.failed() {
+            return unbacked();
+        }
+        self.try_qk_norm_rope(q, k, wq, wk, eps, heads, grid, start_frame).unwrap_or_else(|e| {
+            self.fail(e);
+            unbacked()
+        })
     }
     fn sinusoid(&self, t: &[f32], dim: usize) -> GpuTensor<D> {
         self.guard(&[t.len(), dim], || self.try_sinusoid(t, dim))

@@ -23,6 +23,7 @@
 //! | `gated_residual` | `gated_residual_*` |
 //! | `modulation` | `modulation_*` (one `[k, frames, dim]` buffer; the k results are views) |
 //! | `rope` | `rope3d_*` (cos/sin table built once per head dim in f64 on the host) |
+//! | `qk_norm_rope` (RMSNorm of q and k, then RoPE) | `qk_norm_rope_*`: one launch for both |
 //! | `sinusoid` | `sinusoid_*` (f64 angles on the device) |
 //! | `patchify`, `unpatchify` | `patchify_*`, `unpatchify_*` |
 //! | `copy_rows` (cache commits, HMA regrouping) | `copy_rows_*` |
@@ -30,8 +31,7 @@
 //! | `upload`, `download`, `zeros` | copies and memset |
 //!
 //! Kernels in the PTX the backend does not use yet, because the `Backend` trait has no op for
-//! them: `qk_norm_rope_*` (fused RMSNorm + RoPE), `kv_write_*` (a whole group's cache write in
-//! one launch), `kv_compact_*` (HMA in one launch), `calib_mass_*`/`calib_mean_f32` (the
+//! them: `kv_write_*` (a whole group's cache write in one launch), `kv_compact_*` (HMA in one launch), `calib_mass_*`/`calib_mean_f32` (the
 //! calibration statistic; calibration downloads q and K and runs on the host, as on the CPU).
 //! Device memory is addressed by plain `u64` device pointers, as the kernels' params structs
 //! hold them; the devices validate every range they are given for copies and GEMMs against

@@ -282,15 +282,13 @@ impl<B: Backend> Model<B> {
         // Self-attention over the cache plus the current chunk.
         let ra = crate::nvtx_range!("dit.block{l:02}.self_attn");
         let xn = be.norm_modulate(h, eps, &m[0], &m[1], tpf);
-        let mut q = be.linear(&xn, &b.q.w, Some(&b.q.b));
-        let mut k = be.linear(&xn, &b.k.w, Some(&b.k.b));
+        let q = be.linear(&xn, &b.q.w, Some(&b.q.b));
+        let k = be.linear(&xn, &b.k.w, Some(&b.k.b));
         let v = be.linear(&xn, &b.v.w, Some(&b.v.b));
-        if let (Some(nq), Some(nk)) = (&b.norm_q, &b.norm_k) {
-            q = be.rms_norm(&q, nq, eps);
-            k = be.rms_norm(&k, nk, eps);
-        }
-        let q = be.rope(&q, heads, grid, pass.start_frame);
-        let k = be.rope(&k, heads, grid, pass.start_frame);
+        let (q, k) = match (&b.norm_q, &b.norm_k) {
+            (Some(nq), Some(nk)) => be.qk_norm_rope(&q, &k, nq, nk, eps, heads, grid, pass.start_frame),
+            _ => (be.rope(&q, heads, grid, pass.start_frame), be.rope(&k, heads, grid, pass.start_frame)),
+        };
         if l == 0 {
             tap(be, &mut taps, "l0.q_roped", &q);
             tap(be, &mut taps, "l0.k_roped", &k);
