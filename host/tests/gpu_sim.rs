@@ -185,6 +185,16 @@ fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
     cpu.copy_rows(&mut dc, d, &qc, d, heads * d, 5, d);
     gpu.copy_rows(&mut dg, d, &qg, d, heads * d, 5, d);
     check(&name("copy_rows"), &gpu.download(&dg), &cpu.download(&dc), 0.0);
+    // write_heads: heads 1 and 0 (in that order) of frame 1 of a [2 frames·5 rows, heads·d]
+    // chunk into a head-major slot [2, 5, d] over random contents.
+    let (ckc, ckg) = both(&mut r, &[10, heads * d]);
+    let (cvc, cvg) = both(&mut r, &[10, heads * d]);
+    let (mut skc, mut skg) = both(&mut r, &[2, 5, d]);
+    let (mut svc, mut svg) = both(&mut r, &[2, 5, d]);
+    cpu.write_heads(&mut skc, &mut svc, &ckc, &cvc, 5 * heads * d, heads * d, &[1, 0], 5, d);
+    gpu.write_heads(&mut skg, &mut svg, &ckg, &cvg, 5 * heads * d, heads * d, &[1, 0], 5, d);
+    check(&name("write_heads k"), &gpu.download(&skg), &cpu.download(&skc), 0.0);
+    check(&name("write_heads v"), &gpu.download(&svg), &cpu.download(&svc), 0.0);
     let zg = gpu.zeros(&[3, 7]);
     assert!(gpu.download(&zg).iter().all(|&v| v == 0.0), "zeros");
 

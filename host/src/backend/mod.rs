@@ -122,6 +122,18 @@ pub trait Backend {
     /// the copy behind cache commits (strided head rows → packed slot) and regrouping.
     fn copy_rows(&self, dst: &mut Self::Tensor, dst_off: usize, src: &Self::Tensor, src_off: usize, src_stride: usize, rows: usize, cols: usize);
 
+    /// The cache write of one frame for a head group: for each `(i, &h)` of `heads`, the
+    /// `rows` rows of head `h` of `k` and `v` (row `r` at `src_off + r·src_stride + h·d`, `d`
+    /// wide) go to rows `i·rows·d + r·d` of `dst_k` and `dst_v`. The default is
+    /// [`Backend::copy_rows`] per head and tensor; the GPU backend does all in one launch.
+    #[allow(clippy::too_many_arguments)]
+    fn write_heads(&self, dst_k: &mut Self::Tensor, dst_v: &mut Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, src_off: usize, src_stride: usize, heads: &[usize], rows: usize, d: usize) {
+        for (i, &h) in heads.iter().enumerate() {
+            self.copy_rows(dst_k, i * rows * d, k, src_off + h * d, src_stride, rows, d);
+            self.copy_rows(dst_v, i * rows * d, v, src_off + h * d, src_stride, rows, d);
+        }
+    }
+
     // --- dense ---
     /// `x [n, k] · wᵀ (w [m, k]) + b [m]` → `[n, m]`, f32 accumulation.
     fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, b: Option<&Self::Tensor>) -> Self::Tensor;

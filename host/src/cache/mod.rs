@@ -401,11 +401,7 @@ impl<T> KvCache<T> {
             for f in 0..fresh.frames {
                 let frame = fresh.start_frame + f;
                 let write = |slot_k: &mut T, slot_v: &mut T| {
-                    for (pi, &h) in heads.iter().enumerate() {
-                        let src = f * tpf * nh * d + h * d;
-                        be.copy_rows(slot_k, pi * tpf * d, fresh.k, src, nh * d, tpf, d);
-                        be.copy_rows(slot_v, pi * tpf * d, fresh.v, src, nh * d, tpf, d);
-                    }
+                    be.write_heads(slot_k, slot_v, fresh.k, fresh.v, f * tpf * nh * d, nh * d, &heads, tpf, d);
                 };
                 if g.sinks.len() < g.sink_cap {
                     let (mut k, mut v) = (be.zeros(&[gh, tpf, d]), be.zeros(&[gh, tpf, d]));

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use dfrt_kernels::attention::{AttnBf16D128, AttnBf16D64, AttnF32, AttnParams, KvSeg};
 use dfrt_kernels::elem::Bf16;
 use dfrt_kernels::elementwise::{AddParams, GatedResidualParams, GeluParams, ModulationParams, SiluParams, SinusoidParams};
-use dfrt_kernels::layout::{CopyRowsParams, PatchifyParams, UnpatchifyParams};
+use dfrt_kernels::layout::{CopyRowsParams, HeadCopyJob, HeadCopyShape, KvWriteParams, PatchifyParams, UnpatchifyParams};
 use dfrt_kernels::norm::{LayerNormModParams, LayerNormParams, RmsNormParams};
 use dfrt_kernels::rope::{QkNormRopeParams, RopeParams};
 use dfrt_kernels::{Entry, Launch};
@@ -104,6 +104,8 @@ pub struct GpuBackend<D: Device> {
     freqs: Mutex<HashMap<usize, GpuTensor<D>>>,
     /// The attention segment table buffer (seg_start then KvSeg entries), reused every call.
     seg_table: Mutex<Option<GpuTensor<D>>>,
+    /// Head index lists of the cache groups (u32, device memory), uploaded once per list.
+    head_lists: Mutex<HashMap<Vec<u32>, GpuTensor<D>>>,
 }
 
 fn u32_of(v: usize, what: &str) -> Result<u32> {
@@ -119,6 +121,7 @@ impl<D: Device> GpuBackend<D> {
             rope: Mutex::new(HashMap::new()),
             freqs: Mutex::new(HashMap::new()),
             seg_table: Mutex::new(None),
+            head_lists: Mutex::new(HashMap::new()),
         }
     }
 
@@ -349,6 +352,45 @@ impl<D: Device> GpuBackend<D> {
             return Err(Error::Device(format!("copy_rows: {rows}×{cols} rows out of range (dst {:?} at {dst_off}, src {:?} at {src_off} stride {src_stride})", dst.shape, src.shape)));
         }
         let p = CopyRowsParams { dst: dst.at(dst_off), src: src.at(src_off), dst_stride: u32_of(cols, "cols")?, src_stride: u32_of(src_stride, "src_stride")?, rows: u32_of(rows, "rows")?, cols: u32_of(cols, "cols")? };
+        p.check().map_err(|e| Error::Device(e.into()))?;
+        self.launch_ew(p)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn try_write_heads(&self, dst_k: &GpuTensor<D>, dst_v: &GpuTensor<D>, k: &GpuTensor<D>, v: &GpuTensor<D>, src_off: usize, src_stride: usize, heads: &[usize], rows: usize, d: usize) -> Result<()> {
+        if heads.is_empty() || rows == 0 || d == 0 {
+            return Ok(());
+        }
+        let maxh = *heads.iter().max().unwrap();
+        let src_end = src_off + maxh * d + (rows - 1) * src_stride + d;
+        if src_end > k.numel() || src_end > v.numel() || heads.len() * rows * d > dst_k.numel().min(dst_v.numel()) || src_stride < d {
+            return Err(Error::Device(format!("write_heads: {} heads × {rows}×{d} from {:?} at {src_off} (stride {src_stride}) into {:?}", heads.len(), k.shape, dst_k.shape)));
+        }
+        let list: Vec<u32> = heads.iter().map(|&h| u32_of(h, "head")).collect::<Result<_>>()?;
+        let heads_ptr = {
+            let mut m = self.head_lists.lock().unwrap();
+            match m.get(&list) {
+                Some(t) => t.ptr,
+                None => {
+                    let t = self.alloc(&[list.len()], Precision::F32)?;
+                    self.sh.dev.h2d(t.ptr, bytemuck::cast_slice(&list))?;
+                    let p = t.ptr;
+                    m.insert(list.clone(), t);
+                    p
+                }
+            }
+        };
+        let p = KvWriteParams {
+            job: HeadCopyJob { src_k: k.at(src_off), src_v: v.at(src_off), dst_k: dst_k.ptr, dst_v: dst_v.ptr, heads: heads_ptr, n_heads: u32_of(heads.len(), "heads")?, _pad: 0 },
+            shape: HeadCopyShape {
+                rows: u32_of(rows, "rows")?,
+                head_dim: u32_of(d, "head_dim")?,
+                src_row_stride: u32_of(src_stride, "src_stride")?,
+                src_head_stride: u32_of(d, "head_dim")?,
+                dst_row_stride: u32_of(d, "head_dim")?,
+                dst_head_stride: u32_of(rows * d, "rows·head_dim")?,
+            },
+        };
         p.check().map_err(|e| Error::Device(e.into()))?;
         self.launch_ew(p)
     }
@@ -644,6 +686,15 @@ impl<D: Device> Backend for GpuBackend<D> {
             return;
         }
         if let Err(e) = self.try_copy_rows(dst, dst_off, src, src_off, src_stride, rows, cols) {
+            self.fail(e);
+        }
+    }
+
+    fn write_heads(&self, dst_k: &mut GpuTensor<D>, dst_v: &mut GpuTensor<D>, k: &GpuTensor<D>, v: &GpuTensor<D>, src_off: usize, src_stride: usize, heads: &[usize], rows: usize, d: usize) {
+        if self.failed() {
+            return;
+        }
+        if let Err(e) = self.try_write_heads(dst_k, dst_v, k, v, src_off, src_stride, heads, rows, d) {
             self.fail(e);
         }
     }

@@ -26,12 +26,13 @@
 //! | `qk_norm_rope` (RMSNorm of q and k, then RoPE) | `qk_norm_rope_*`: one launch for both |
 //! | `sinusoid` | `sinusoid_*` (f64 angles on the device) |
 //! | `patchify`, `unpatchify` | `patchify_*`, `unpatchify_*` |
-//! | `copy_rows` (cache commits, HMA regrouping) | `copy_rows_*` |
+//! | `write_heads` (cache commits: a group's heads of one frame) | `kv_write_*`: one launch for K and V of all the group's heads |
+//! | `copy_rows` (HMA regrouping, copies) | `copy_rows_*` |
 //! | `attention` (self and cross) | `attn_f32`, or `attn_bf16_d128` / `attn_bf16_d64`; the per-head `Seg` lists become one segment table uploaded per call into a reused buffer |
 //! | `upload`, `download`, `zeros` | copies and memset |
 //!
 //! Kernels in the PTX the backend does not use yet, because the `Backend` trait has no op for
-//! them: `kv_write_*` (a whole group's cache write in one launch), `kv_compact_*` (HMA in one launch), `calib_mass_*`/`calib_mean_f32` (the
+//! them: `kv_compact_*` (HMA in one launch), `calib_mass_*`/`calib_mean_f32` (the
 //! calibration statistic; calibration downloads q and K and runs on the host, as on the CPU).
 //! Device memory is addressed by plain `u64` device pointers, as the kernels' params structs
 //! hold them; the devices validate every range they are given for copies and GEMMs against
