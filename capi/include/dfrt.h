@@ -47,7 +47,7 @@ enum DfrtStatus
   DFRT_ERR_CHECKPOINT = 4,
   // The cache policy string is malformed or does not fit the model.
   DFRT_ERR_POLICY = 5,
-  // The device is unknown or not available in this build.
+  // The device is unknown, absent (no CUDA driver or GPU), or too small for the run.
   DFRT_ERR_DEVICE = 6,
   // The call is not allowed in the session's current state (no context yet, settings
   // changed after generation started, a head program asked for before calibration, a
@@ -175,9 +175,12 @@ DfrtStatus dfrt_model_info(const struct DfrtModel *model, struct DfrtModelInfo *
 // - `height`, `width`: latent size (multiples of the patch size, see `dfrt_model_info`).
 // - `frames`: latent frames in all, a multiple of 3; 0 = unbounded (window and dummy
 //   policies with seeded noise only; generate until you stop).
-// - `device`: `"cpu"` (`"sim"` and `"cuda"` are reserved and report `DFRT_ERR_DEVICE` in
-//   this build); NULL means `"cpu"`.
-// - `cuda_stream`: a caller-owned `cudaStream_t` for `"cuda"`; must be NULL otherwise.
+// - `device`: `"cpu"` (the reference backend), `"sim"` (the GPU backend with its kernels in
+//   the SIMT simulator; slow, for tests) or `"cuda"` (GPU 0; `DFRT_ERR_DEVICE` here when no
+//   driver or GPU is present); NULL means `"cpu"`. A GPU session checks its memory plan and
+//   loads its own copy of the weights onto the device when its first chunk starts.
+// - `cuda_stream`: must be NULL (a caller-provided stream is not supported yet; the `"cuda"`
+//   session uses a stream of its own).
 //
 // The session starts with no text embedding (`dfrt_session_set_context` is required), noise
 // seed 0, and for `dummy` row-sampler seed 0. `*out` receives the session (NULL on failure).

@@ -22,11 +22,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dfrt_core::api::{draws_per_chunk, noise_from_draws, CpuModel, SessionOptions};
+use dfrt_core::api::{draws_per_chunk, noise_from_draws, CpuModel, LoadedModel, SessionOptions};
 use dfrt_core::backend::cpu::CpuBackend;
 use dfrt_core::backend::Precision;
 use dfrt_core::config::FRAMES_PER_CHUNK;
+use dfrt_core::backend::Backend;
 use dfrt_core::dummy::HeadProgram;
+use dfrt_core::gpu::{CudaDevice, Device as GpuDevice, GpuBackend, SimDevice};
 use dfrt_core::pipeline::{Noise, Progress, Session};
 use dfrt_core::Error;
 
@@ -53,7 +55,7 @@ pub enum DfrtStatus {
     DFRT_ERR_CHECKPOINT = 4,
     /// The cache policy string is malformed or does not fit the model.
     DFRT_ERR_POLICY = 5,
-    /// The device is unknown or not available in this build.
+    /// The device is unknown, absent (no CUDA driver or GPU), or too small for the run.
     DFRT_ERR_DEVICE = 6,
     /// The call is not allowed in the session's current state (no context yet, settings
     /// changed after generation started, a head program asked for before calibration, a
@@ -193,32 +195,60 @@ enum NoiseSource {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Device {
     Cpu,
+    /// The GPU backend on the SIMT simulator (the PTX kernels' source on the CPU).
+    Sim,
+    /// The GPU backend on CUDA device 0 (its own stream).
+    Cuda,
 }
 
 /// A running session on its device.
 enum Engine {
     Cpu(Session<CpuBackend>),
+    Sim(Session<GpuBackend<SimDevice>>),
+    Cuda(Session<GpuBackend<CudaDevice>>),
+}
+
+/// A session on the GPU backend: the memory plan is checked and reserved first (so a device
+/// that is too small fails here, with the bytes needed and free), then the weights are loaded
+/// onto the device from the model's checkpoint (each GPU session holds its own copy).
+fn gpu_session<D: GpuDevice>(dev: D, model: &CpuModel, opts: &SessionOptions, ctx: &[f32], rows: usize, noise: Noise) -> Result<Session<GpuBackend<D>>, Fail> {
+    let be = Arc::new(GpuBackend::new(dev, model.be.precision()));
+    opts.check(&model.cfg)?;
+    let (ckpt, cfg) = dfrt_core::api::open_checkpoint(&model.path)?;
+    be.prepare(&cfg, &opts.policy, opts.latent(&cfg), opts.frames, &ckpt)?;
+    drop(ckpt);
+    let lm = LoadedModel::load(be.clone(), &model.path)?;
+    be.status()?;
+    Ok(lm.session(opts, ctx, rows, noise)?)
 }
 
 impl Engine {
     fn new(device: Device, model: &CpuModel, opts: &SessionOptions, ctx: &[f32], rows: usize, noise: Noise) -> Result<Self, Fail> {
         match device {
             Device::Cpu => Ok(Engine::Cpu(model.session(opts, ctx, rows, noise)?)),
+            Device::Sim => Ok(Engine::Sim(gpu_session(SimDevice::new(), model, opts, ctx, rows, noise)?)),
+            Device::Cuda => Ok(Engine::Cuda(gpu_session(CudaDevice::new(0, false)?, model, opts, ctx, rows, noise)?)),
         }
     }
     fn next_chunk(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<Vec<f32>, Fail> {
         match self {
             Engine::Cpu(s) => Ok(s.next_chunk(progress)?),
+            Engine::Sim(s) => Ok(s.next_chunk(progress)?),
+            Engine::Cuda(s) => Ok(s.next_chunk(progress)?),
         }
     }
     fn chunk_index(&self) -> usize {
         match self {
             Engine::Cpu(s) => s.chunk_index(),
+            Engine::Sim(s) => s.chunk_index(),
+            Engine::Cuda(s) => s.chunk_index(),
         }
     }
     fn head_program(&self) -> Option<&HeadProgram> {
         match self {
             Engine::Cpu(s) => s.dummy().and_then(|d| d.program()),
+            Engine::Sim(s) => s.dummy().and_then(|d| d.program()),
+            Engine::Cuda(s) => s.dummy().and_then(|d| d.program()),
         }
     }
 }
@@ -232,8 +262,23 @@ fn open_device(name: &str, cuda_stream: *mut c_void) -> Result<Device, Fail> {
             }
             Ok(Device::Cpu)
         }
-        "sim" | "cuda" => Err(Fail::new(DFRT_ERR_DEVICE, format!("device `{name}` is not available in this build (available: cpu)"))),
-        _ => Err(Fail::new(DFRT_ERR_DEVICE, format!("unknown device `{name}` (known: cpu, sim, cuda; available in this build: cpu)"))),
+        "sim" => {
+            if !cuda_stream.is_null() {
+                return Err(Fail::new(DFRT_ERR_INVALID_ARGUMENT, "a CUDA stream was given for device `sim`; pass NULL"));
+            }
+            Ok(Device::Sim)
+        }
+        "cuda" => {
+            if !cuda_stream.is_null() {
+                // The CUDA backend creates and owns its stream (and its graphs); running on a
+                // caller's stream needs an external-stream wrapper that this build lacks.
+                return Err(Fail::new(DFRT_ERR_DEVICE, "a caller-provided CUDA stream is not supported yet: pass NULL and the session uses its own stream"));
+            }
+            // Fail at creation, not at the first chunk, on a machine without a GPU.
+            CudaDevice::new(0, false)?;
+            Ok(Device::Cuda)
+        }
+        _ => Err(Fail::new(DFRT_ERR_DEVICE, format!("unknown device `{name}` (known: cpu, sim, cuda)"))),
     }
 }
 
@@ -488,9 +533,12 @@ pub unsafe extern "C" fn dfrt_model_info(model: *const DfrtModel, out: *mut Dfrt
 /// - `height`, `width`: latent size (multiples of the patch size, see `dfrt_model_info`).
 /// - `frames`: latent frames in all, a multiple of 3; 0 = unbounded (window and dummy
 ///   policies with seeded noise only; generate until you stop).
-/// - `device`: `"cpu"` (`"sim"` and `"cuda"` are reserved and report `DFRT_ERR_DEVICE` in
-///   this build); NULL means `"cpu"`.
-/// - `cuda_stream`: a caller-owned `cudaStream_t` for `"cuda"`; must be NULL otherwise.
+/// - `device`: `"cpu"` (the reference backend), `"sim"` (the GPU backend with its kernels in
+///   the SIMT simulator; slow, for tests) or `"cuda"` (GPU 0; `DFRT_ERR_DEVICE` here when no
+///   driver or GPU is present); NULL means `"cpu"`. A GPU session checks its memory plan and
+///   loads its own copy of the weights onto the device when its first chunk starts.
+/// - `cuda_stream`: must be NULL (a caller-provided stream is not supported yet; the `"cuda"`
+///   session uses a stream of its own).
 ///
 /// The session starts with no text embedding (`dfrt_session_set_context` is required), noise
 /// seed 0, and for `dummy` row-sampler seed 0. `*out` receives the session (NULL on failure).

@@ -195,7 +195,17 @@ fn bad_sessions_are_refused_at_creation() {
     let mut sp = null_mut();
     expect("odd height", call(|e| unsafe { dfrt_session_new(m.0, c"full".as_ptr(), 7, W, 3, null(), null_mut(), &mut sp, e) }), DFRT_ERR_INVALID_ARGUMENT, "patch");
     expect("zero width", call(|e| unsafe { dfrt_session_new(m.0, c"full".as_ptr(), H, 0, 3, null(), null_mut(), &mut sp, e) }), DFRT_ERR_INVALID_ARGUMENT, "patch");
-    expect("cuda", call(|e| unsafe { dfrt_session_new(m.0, c"full".as_ptr(), H, W, 3, c"cuda".as_ptr(), null_mut(), &mut sp, e) }), DFRT_ERR_DEVICE, "not available");
+    let cuda = call(|e| unsafe { dfrt_session_new(m.0, c"full".as_ptr(), H, W, 3, c"cuda".as_ptr(), null_mut(), &mut sp, e) });
+    match CudaDevice::new(0, false) {
+        Err(_) => expect("cuda without a GPU", cuda, DFRT_ERR_DEVICE, "CUDA"),
+        Ok(_) => {
+            assert_eq!(cuda.0, DFRT_OK, "cuda with a GPU: {}", cuda.1);
+            unsafe { dfrt_session_free(sp) };
+        }
+    }
+    let mut fake = 0u8;
+    let stream = &mut fake as *mut u8 as *mut c_void;
+    expect("stream on sim", call(|e| unsafe { dfrt_session_new(m.0, c"full".as_ptr(), H, W, 3, c"sim".as_ptr(), stream, &mut sp, e) }), DFRT_ERR_INVALID_ARGUMENT, "pass NULL");
     expect("tpu", call(|e| unsafe { dfrt_session_new(m.0, c"full".as_ptr(), H, W, 3, c"tpu".as_ptr(), null_mut(), &mut sp, e) }), DFRT_ERR_DEVICE, "unknown device");
     let mut fake_stream = 0u8;
     expect(
@@ -400,4 +410,29 @@ fn sessions_outlive_their_model_handle() {
         assert!(buf.iter().all(|x| x.is_finite()));
     }
     assert_eq!(info(&s).chunks_done, 4);
+}
+
+/// `device = "sim"`: the GPU backend (the PTX kernels in the simulator) behind the same calls;
+/// its latents match the CPU reference's within the f32 golden bound.
+#[test]
+fn a_sim_session_matches_the_cpu_session() {
+    let m = load();
+    let ctx = context(16, 9);
+    let run = |dev: &CStr| {
+        let mut sp = null_mut();
+        let (st, msg) = call(|e| unsafe { dfrt_session_new(m.0, c"window:6,sink:1".as_ptr(), H, W, 6, dev.as_ptr(), null_mut(), &mut sp, e) });
+        assert_eq!(st, DFRT_OK, "{msg}");
+        let s = Sess(sp);
+        assert_eq!(set_ctx(&s, &ctx, 16).0, DFRT_OK);
+        assert_eq!(call(|e| unsafe { dfrt_session_set_seed(s.0, 21, e) }).0, DFRT_OK);
+        run_all(&s).0
+    };
+    let (cpu, sim) = (run(c"cpu"), run(c"sim"));
+    assert_eq!(cpu.len(), sim.len());
+    assert!(sim.iter().all(|x| x.is_finite()), "non-finite latents on sim");
+    let num: f64 = cpu.iter().zip(&sim).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let den: f64 = cpu.iter().map(|a| (*a as f64).powi(2)).sum();
+    let rel = (num / den).sqrt();
+    println!("sim vs cpu through the C API: rel L2 {rel:.3e}");
+    assert!(rel <= 1e-4, "sim vs cpu rel L2 {rel:.3e}");
 }
