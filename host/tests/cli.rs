@@ -1,50 +1,14 @@
 //! Runs the built `dfrt` binary: the golden cases through `generate --inputs`, the seeded path,
 //! and every bad input the issue lists, each with a readable error.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use dfrt::checkpoint::{write_checkpoint, write_safetensors, OutTensor, TensorFile};
+use dfrt::checkpoint::{write_safetensors, OutTensor, TensorFile};
 use dfrt::ModelConfig;
 
-fn golden() -> PathBuf {
-    match std::env::var_os("DFRT_GOLDEN_DIR") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
-    }
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dfrt-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn case_config(case: &str) -> ModelConfig {
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden().join(case).join("manifest.json")).unwrap()).unwrap();
-    serde_json::from_value(m["model_config"].clone()).unwrap()
-}
-
-/// The golden weights as a runtime checkpoint, with `edit` applied to the tensor list.
-fn checkpoint(case: &str, out: &Path, edit: impl FnOnce(&mut Vec<OutTensor>)) {
-    let f = TensorFile::open(golden().join(case).join("weights.safetensors")).unwrap();
-    let mut ts: Vec<OutTensor> = f.tensors.iter().map(|(n, i)| OutTensor::f32(n.clone(), i.shape.clone(), &f.f32_any(n).unwrap())).collect();
-    edit(&mut ts);
-    write_checkpoint(out, &case_config(case), &ts).unwrap();
-}
-
-fn dfrt(args: &[&str]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_dfrt")).args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    assert!(a.iter().all(|x| x.is_finite()), "non-finite output");
-    let n: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let d: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (n / d).sqrt()
-}
+mod common;
+use common::{case_config, checkpoint, dfrt, golden, rel_l2, tmp};
 
 #[test]
 fn golden_cases_through_the_cli() {
@@ -61,7 +25,7 @@ fn golden_cases_through_the_cli() {
         let want = TensorFile::open(golden().join(case).join("outputs.safetensors")).unwrap();
         let shape = want.info("latents").unwrap().shape.clone();
         let got = o.f32("latents", &shape).unwrap();
-        let e = rel_l2(&got, &want.f32_any("latents").unwrap());
+        let e = rel_l2(case, &got, &want.f32_any("latents").unwrap());
         println!("{case} via CLI: latents rel L2 {e:.3e}");
         assert!(e <= 1e-4, "{case}: rel L2 {e}");
         assert_eq!(o.metadata["dfrt.policy"], policy);
@@ -92,7 +56,7 @@ fn seeded_generation_is_deterministic() {
     let b = run("3", "b.safetensors");
     let c = run("4", "c.safetensors");
     assert_eq!(a, b);
-    assert!(rel_l2(&a, &c) > 0.1);
+    assert!(rel_l2("seed 0 vs seed 1", &a, &c) > 0.1);
     let std = (a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / a.len() as f64).sqrt();
     assert!(std > 0.1 && std < 10.0, "latent std {std}");
     std::fs::remove_dir_all(&d).ok();
@@ -190,7 +154,7 @@ fn dummy_golden_and_head_program_round_trip() {
     let want = TensorFile::open(golden().join("df-tiny/outputs.safetensors")).unwrap();
     let o1 = TensorFile::open(&out1).unwrap();
     let lat1 = o1.f32("latents", &[1, 15, 16, 16, 16]).unwrap();
-    let e = rel_l2(&lat1, &want.f32_any("latents").unwrap());
+    let e = rel_l2("df-tiny", &lat1, &want.f32_any("latents").unwrap());
     println!("df-tiny via CLI: latents rel L2 {e:.3e}");
     assert!(e <= 1e-4, "rel L2 {e}");
     assert_eq!(o1.info("assignment").unwrap().shape, vec![4, 2]);
@@ -232,7 +196,7 @@ fn dummy_golden_and_head_program_round_trip() {
     let lat3 = o3.f32("latents", &[1, 9, 16, 16, 16]).unwrap();
     let n6 = 6 * 16 * 16 * 16;
     assert_eq!(lat3[..n6], lat1[..n6], "chunks 0–1 precede the regrouping");
-    assert!(rel_l2(&lat3[n6..], &lat1[n6..9 * 4096]) > 1e-3, "other groups change chunk 2");
+    assert!(rel_l2("edited program, chunk 2", &lat3[n6..], &lat1[n6..9 * 4096]) > 1e-3, "other groups change chunk 2");
     std::fs::remove_dir_all(&d).ok();
 }
 

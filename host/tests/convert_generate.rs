@@ -14,22 +14,8 @@ use dfrt::checkpoint::{DType, TensorFile};
 use dfrt::ModelConfig;
 use dfrt_weights::{convert_file, ConvertOptions};
 
-fn golden() -> PathBuf {
-    match std::env::var_os("DFRT_GOLDEN_DIR") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
-    }
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    if let Some(i) = a.iter().position(|x| !x.is_finite()) {
-        panic!("non-finite output at {i}: {}", a[i]);
-    }
-    let n: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let d: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (n / d).sqrt()
-}
+mod common;
+use common::{golden, rel_l2};
 
 /// The `--policy` and `--dtype` a manifest describes.
 fn policy_and_dtype(m: &serde_json::Value) -> (String, &'static str) {
@@ -89,7 +75,7 @@ fn every_golden_case_through_convert_and_generate() {
         let want = TensorFile::open(case.join("outputs.safetensors")).unwrap();
         let shape = want.info("latents").unwrap().shape.clone();
         let got = TensorFile::open(&out).unwrap();
-        let e = rel_l2(&got.f32("latents", &shape).unwrap(), &want.f32_any("latents").unwrap());
+        let e = rel_l2(&name, &got.f32("latents", &shape).unwrap(), &want.f32_any("latents").unwrap());
         let tol = if dtype == "bf16" { 1.5e-2 } else { 1e-4 };
         println!("{name}: convert → generate --policy {policy} --dtype {dtype}: latents rel L2 {e:.3e} (bound {tol:.1e})");
         assert!(e <= tol, "{name}: latents rel L2 {e:.3e} > {tol:.1e}");

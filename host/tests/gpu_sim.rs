@@ -9,61 +9,18 @@
 //! - CUDA: the same op comparison on a real GPU, or `skipped: <reason>` without one; and
 //!   `--device cuda` without a GPU is a clear error, not a panic.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use dfrt::backend::cpu::CpuBackend;
 use dfrt::backend::{Backend, Precision, Seg};
 use dfrt::cache::Policy;
-use dfrt::checkpoint::{write_checkpoint, OutTensor, TensorFile};
+use dfrt::checkpoint::TensorFile;
 use dfrt::gpu::{CudaDevice, Device, Gemm, GpuBackend, SimDevice};
 use dfrt::model::Model;
 use dfrt::pipeline::{Latent, Noise, Rng, Session};
-use dfrt::ModelConfig;
 
-fn golden() -> PathBuf {
-    match std::env::var_os("DFRT_GOLDEN_DIR") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
-    }
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dfrt-gpu-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn case_config(case: &str) -> ModelConfig {
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden().join(case).join("manifest.json")).unwrap()).unwrap();
-    serde_json::from_value(m["model_config"].clone()).unwrap()
-}
-
-/// The golden weights as a runtime checkpoint (f32, config in the metadata).
-fn checkpoint(case: &str, out: &Path) {
-    let f = TensorFile::open(golden().join(case).join("weights.safetensors")).unwrap();
-    let ts: Vec<OutTensor> = f.tensors.iter().map(|(n, i)| OutTensor::f32(n.clone(), i.shape.clone(), &f.f32_any(n).unwrap())).collect();
-    write_checkpoint(out, &case_config(case), &ts).unwrap();
-}
-
-/// The CLI under test: `$DFRT_BIN` (a binary carried to a GPU machine), else the one cargo built.
-fn dfrt(args: &[&str]) -> (i32, String) {
-    let bin = std::env::var_os("DFRT_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dfrt")));
-    let o = Command::new(bin).args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
-}
-
-/// Relative L2 error; fails on any non-finite value, printing the evidence.
-fn rel_l2(name: &str, got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len(), "{name}: length");
-    if let Some(i) = got.iter().position(|x| !x.is_finite()) {
-        panic!("{name}: non-finite value at {i}: got {} want {}", got[i], want[i]);
-    }
-    let n: f64 = got.iter().zip(want).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let d: f64 = want.iter().map(|y| (*y as f64).powi(2)).sum();
-    (n / d.max(1e-300)).sqrt()
-}
+mod common;
+use common::{case_config, checkpoint, dfrt, golden, rel_l2, tmp};
 
 // ---------------------------------------------------------------------------------------------
 // Per-op comparison against the CPU reference
@@ -258,7 +215,7 @@ fn failed_ops_are_sticky_errors_not_panics() {
 fn golden_case(case: &str, policy: &str, dtype: &str, tol: f64) {
     let d = tmp(case);
     let ck = d.join("model.safetensors");
-    checkpoint(case, &ck);
+    checkpoint(case, &ck, |_| {});
     let out = d.join("out.safetensors");
     let inputs = golden().join(case).join("inputs.safetensors");
     let t0 = std::time::Instant::now();
@@ -314,7 +271,7 @@ fn golden_tiny_full_bf16_on_sim() {
 fn bf16_gpu_path_follows_the_cpu_bf16_path() {
     let d = tmp("bf16-paths");
     let ck = d.join("model.safetensors");
-    checkpoint("df-tiny", &ck);
+    checkpoint("df-tiny", &ck, |_| {});
     let ctx = golden().join("df-tiny/inputs.safetensors");
     for policy in ["window:6,sink:1", "dummy:3"] {
         let run = |dev: &str| {
@@ -416,7 +373,7 @@ fn a_device_too_small_fails_before_generating() {
     // The same through the CLI: exit code 1 and the message, no output file.
     let d = tmp("oom");
     let ck = d.join("model.safetensors");
-    checkpoint("tiny-full", &ck);
+    checkpoint("tiny-full", &ck, |_| {});
     let out = d.join("out.safetensors");
     // A full-policy 3000-frame video does not fit the simulated device's 16 GiB.
     let ctx = golden().join("tiny-full/inputs.safetensors");
@@ -455,7 +412,7 @@ fn cuda_golden_cases() {
     for (case, policy, dtype, tol) in [("tiny-full", "full", "f32", 1e-4), ("tiny-window", "window:6,sink:1", "f32", 1e-4), ("df-tiny", "dummy:3", "f32", 1e-4), ("tiny-full-bf16", "full", "bf16", 1.5e-2)] {
         let d = tmp(&format!("cuda-{case}"));
         let ck = d.join("model.safetensors");
-        checkpoint(case, &ck);
+        checkpoint(case, &ck, |_| {});
         let out = d.join("out.safetensors");
         let inputs = golden().join(case).join("inputs.safetensors");
         let (code, err) = dfrt(&["generate", "--device", "cuda", "--dtype", dtype, "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--policy", policy, "--out", out.to_str().unwrap()]);
@@ -473,7 +430,7 @@ fn cuda_golden_cases() {
 fn cuda_device_without_a_gpu_is_a_clear_error() {
     let d = tmp("nocuda");
     let ck = d.join("model.safetensors");
-    checkpoint("tiny-full", &ck);
+    checkpoint("tiny-full", &ck, |_| {});
     let inputs = golden().join("tiny-full/inputs.safetensors");
     let out = d.join("out.safetensors");
     let (code, err) = dfrt(&["generate", "--device", "cuda", "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--frames", "3", "--out", out.to_str().unwrap()]);

@@ -3,7 +3,6 @@
 //! growing after warm-up, every head attends exactly the frames its group keeps, and the
 //! accounting of `dummy::kv_footprint` equals the bytes the cache really allocates.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use dfrt::backend::cpu::CpuBackend;
@@ -15,12 +14,8 @@ use dfrt::model::Model;
 use dfrt::pipeline::{Latent, Noise, Rng, Session};
 use dfrt::ModelConfig;
 
-fn golden() -> PathBuf {
-    match std::env::var_os("DFRT_GOLDEN_DIR") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
-    }
-}
+mod common;
+use common::golden;
 
 fn tiny_model(layers: usize) -> (Arc<CpuBackend>, Arc<Model<CpuBackend>>) {
     let cfg = ModelConfig { num_layers: layers, ..ModelConfig::preset("tiny4").unwrap() };
