@@ -209,6 +209,25 @@ pub fn program(scores: &[LayerScores], num_dummy: usize) -> Result<Assignment> {
     Assignment::new(num_layers, num_heads, groups)
 }
 
+/// Random per-head masses (each head's three masses sum to 1, none zero), for tests here and
+/// in the head-program module.
+#[cfg(test)]
+pub(crate) fn random_scores(rng: &mut crate::dummy::calibrate::SplitMix64, layers: usize, heads: usize) -> Vec<LayerScores> {
+    (0..layers)
+        .map(|_| {
+            let mut s: LayerScores = [vec![], vec![], vec![]];
+            for _ in 0..heads {
+                let w: Vec<f64> = (0..3).map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 + 0.01).collect();
+                let z: f64 = w.iter().sum();
+                for k in 0..3 {
+                    s[k].push((w[k] / z) as f32);
+                }
+            }
+            s
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,22 +239,6 @@ mod tests {
             Some(p) => p.into(),
             None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
         }
-    }
-
-    fn random_scores(rng: &mut SplitMix64, layers: usize, heads: usize) -> Vec<LayerScores> {
-        (0..layers)
-            .map(|_| {
-                let mut s: LayerScores = [vec![], vec![], vec![]];
-                for _ in 0..heads {
-                    let w: Vec<f64> = (0..3).map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 + 0.01).collect();
-                    let z: f64 = w.iter().sum();
-                    for k in 0..3 {
-                        s[k].push((w[k] / z) as f32);
-                    }
-                }
-                s
-            })
-            .collect()
     }
 
     #[test]

@@ -415,25 +415,10 @@ pub fn stability(programs: &[HeadProgram]) -> Result<Stability> {
 mod tests {
     use super::*;
     use crate::dummy::calibrate::SplitMix64;
+    use crate::dummy::dhp::random_scores;
 
     fn cfg() -> ModelConfig {
         ModelConfig { num_layers: 5, num_heads: 4, dim: 512, ..ModelConfig::preset("tiny").unwrap() }
-    }
-
-    fn random_scores(rng: &mut SplitMix64, layers: usize, heads: usize) -> Vec<LayerScores> {
-        (0..layers)
-            .map(|_| {
-                let mut s: LayerScores = [vec![], vec![], vec![]];
-                for _ in 0..heads {
-                    let w: Vec<f64> = (0..3).map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 + 0.01).collect();
-                    let z: f64 = w.iter().sum();
-                    for k in 0..3 {
-                        s[k].push((w[k] / z) as f32);
-                    }
-                }
-                s
-            })
-            .collect()
     }
 
     #[test]
