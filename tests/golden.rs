@@ -58,15 +58,21 @@ fn load_case(dir: &Path) -> Case {
     Case { cfg, policy, precision, dir: dir.to_path_buf(), manifest }
 }
 
-/// Runs a case chunk by chunk; returns the recorded tensors plus the layer-0 cache after
-/// every chunk's clean pass (`cache_k.{c}`, `cache_v.{c}`).
-fn run_case(case: &Case) -> (dfrt::model::Taps, Vec<(usize, Vec<usize>, Vec<f32>, Vec<f32>)>) {
+/// A CPU session for a case: its weights, and every input and random draw from its inputs file.
+fn open_session(case: &Case) -> (std::sync::Arc<CpuBackend>, Inputs, Session<CpuBackend>) {
     let be = std::sync::Arc::new(CpuBackend::new(case.precision));
     let weights = TensorFile::open(case.dir.join("weights.safetensors")).unwrap();
     let model = std::sync::Arc::new(Model::load(&*be, &weights, &case.cfg).unwrap());
     let inputs = Inputs::read(&TensorFile::open(case.dir.join("inputs.safetensors")).unwrap(), &case.cfg).unwrap();
     let frames = inputs.frames;
-    let mut s = Session::new(model.clone(), be.clone(), case.policy.clone(), inputs.latent, Some(frames), &inputs.context.data, inputs.context.rows, inputs.noise(frames).unwrap()).unwrap();
+    let s = Session::new(model, be.clone(), case.policy.clone(), inputs.latent, Some(frames), &inputs.context.data, inputs.context.rows, inputs.noise(frames).unwrap()).unwrap();
+    (be, inputs, s)
+}
+
+/// Runs a case chunk by chunk; returns the recorded tensors plus the layer-0 cache after
+/// every chunk's clean pass (`cache_k.{c}`, `cache_v.{c}`).
+fn run_case(case: &Case) -> (dfrt::model::Taps, Vec<(usize, Vec<usize>, Vec<f32>, Vec<f32>)>) {
+    let (be, _, mut s) = open_session(case);
     s.record = Some(Default::default());
     let mut latents = Vec::new();
     let mut caches = Vec::new();
@@ -180,12 +186,8 @@ fn check_dummy_case(name: &str, case: &Case) {
     let Policy::Dummy(spec) = case.policy else { unreachable!() };
     assert_eq!(case.precision, Precision::F32, "{name}: Dummy Forcing golden cases are f32");
     let t0 = std::time::Instant::now();
-    let be = std::sync::Arc::new(CpuBackend::new(case.precision));
-    let weights = TensorFile::open(case.dir.join("weights.safetensors")).unwrap();
-    let model = std::sync::Arc::new(Model::load(&*be, &weights, &case.cfg).unwrap());
-    let inputs = Inputs::read(&TensorFile::open(case.dir.join("inputs.safetensors")).unwrap(), &case.cfg).unwrap();
+    let (be, inputs, mut s) = open_session(case);
     let frames = inputs.frames;
-    let mut s = Session::new(model.clone(), be.clone(), case.policy.clone(), inputs.latent, Some(frames), &inputs.context.data, inputs.context.rows, inputs.noise(frames).unwrap()).unwrap();
     assert!(!inputs.sampled_rows.is_empty(), "{name}: inputs have no sampled_rows");
     s.dummy_mut().unwrap().set_sampled_rows(inputs.sampled_rows.clone()).unwrap();
     s.record = Some(Default::default());
