@@ -2,7 +2,8 @@
 //! with synthetic weights (`dfrt_weights::synth_checkpoint`, bf16).
 //!
 //!   cargo bench --bench e2e -- [--device auto|cuda|sim|cpu] [--model PRESET|FILE]
-//!       [--res 480p,720p,1080p] [--policy P]... [--chunks N] [--dtype bf16|f32] [--json FILE]
+//!       [--res 480p,720p,1080p] [--policy P]... [--chunks N] [--dtype bf16|f32]
+//!       [--graphs on|off|both] [--json FILE]
 //!
 //! Defaults on cuda: the full Wan2.1 1.3B config, 480p (latent 60x104), 720p (90x160) and
 //! 1080p (136x240: 1080/8 = 135 is not a multiple of the 2x2 patch, so 1088 rows, the nearest
@@ -12,7 +13,9 @@
 //!
 //! Counting (see support/e2e_run.rs): 1 latent frame = 4 video frames; FPS = video frames /
 //! diffusion time (the chunk loop: 3 denoising forwards + 1 cache-writing forward per chunk).
-//! "ms/chunk" is the mean over chunks after the first (the first carries one-time costs such
+//! `--graphs` (GPU devices): each chunk's denoising forward recorded once as a graph and
+//! replayed at its steps (`on`, the default, as `dfrt generate`), direct launches (`off`), or
+//! both side by side. "ms/chunk" is the mean over chunks after the first (the first carries one-time costs such
 //! as PTX JIT and cuBLASLt heuristics; under `dummy` chunk 1 also calibrates and compacts).
 
 #[path = "support/e2e_run.rs"]
@@ -60,7 +63,7 @@ fn checkpoint(model: &str) -> Result<(PathBuf, ModelConfig), String> {
 }
 
 fn real_main() -> Result<(), String> {
-    let a = Args::parse(&["device", "model", "res", "policy", "chunks", "dtype", "json"])?;
+    let a = Args::parse(&["device", "model", "res", "policy", "chunks", "dtype", "graphs", "json"])?;
     let want = a.device();
     let cuda = match want.as_str() {
         "cuda" => Some(CudaDevice::new(0, false).map_err(|e| e.to_string())?.describe()),
@@ -87,6 +90,12 @@ fn real_main() -> Result<(), String> {
         return Err("--chunks must be at least 1".into());
     }
     let precision = Precision::parse(a.get("dtype").unwrap_or("bf16")).map_err(|e| e.to_string())?;
+    let modes: &[bool] = match a.get("graphs").unwrap_or("on") {
+        "on" => &[true],
+        "off" => &[false],
+        "both" => &[false, true],
+        g => return Err(format!("bad --graphs `{g}` (on, off or both)")),
+    };
     let (path, cfg) = checkpoint(model)?;
     let mut policies = a.all("policy");
     if policies.is_empty() {
@@ -101,12 +110,14 @@ fn real_main() -> Result<(), String> {
     let mut rows = Vec::new();
     for r in &res {
         for p in &policies {
-            let row = match device {
-                "cuda" => go(&|| Ok(GpuBackend::new(CudaDevice::new(0, false)?, precision)), &ckpt, &cfg, r, p, chunks)?,
-                "sim" => go(&|| Ok(GpuBackend::new(SimDevice::new(), precision)), &ckpt, &cfg, r, p, chunks)?,
-                _ => go(&|| Ok(CpuBackend::new(precision)), &ckpt, &cfg, r, p, chunks)?,
-            };
-            rows.push(row);
+            for &g in if device == "cpu" { &[false][..] } else { modes } {
+                let row = match device {
+                    "cuda" => go(&|| Ok(GpuBackend::new(CudaDevice::new(0, false)?, precision)), &ckpt, &cfg, r, p, chunks, g)?,
+                    "sim" => go(&|| Ok(GpuBackend::new(SimDevice::new(), precision)), &ckpt, &cfg, r, p, chunks, g)?,
+                    _ => go(&|| Ok(CpuBackend::new(precision)), &ckpt, &cfg, r, p, chunks, g)?,
+                };
+                rows.push(row);
+            }
         }
     }
     let mb = |b: f64| if b < 1e7 { format!("{:.3}", b / 1e6) } else { format!("{:.1}", b / 1e6) };
@@ -117,6 +128,7 @@ fn real_main() -> Result<(), String> {
                 r.res.clone(),
                 format!("{}x{}", r.lat_h, r.lat_w),
                 r.policy.clone(),
+                graphs_cell(r.graphs).into(),
                 format!("{:.2}", r.fps()),
                 ms(r.steady_ms() / 1e3),
                 ms(r.chunk_ms[0] / 1e3),
@@ -126,7 +138,7 @@ fn real_main() -> Result<(), String> {
             ]
         })
         .collect();
-    print!("{}", report::table(&["res", "latent", "policy", "FPS", "ms/chunk", "chunk0 ms", "KV MB", "KV vs full", "loop allocs"], &cells, &[3, 4, 5, 6, 7, 8]));
+    print!("{}", report::table(&["res", "latent", "policy", "graphs", "FPS", "ms/chunk", "chunk0 ms", "KV MB", "KV vs full", "loop allocs"], &cells, &[4, 5, 6, 7, 8, 9]));
     println!("FPS = 4 video frames per latent frame / diffusion time; KV MB = cache bytes allocated after the last chunk; KV vs full = the policy's accounting against `full` at the same frames");
     if let Some(p) = a.json() {
         let rows: Vec<serde_json::Value> = rows
@@ -137,7 +149,7 @@ fn real_main() -> Result<(), String> {
                     "chunks": r.chunks, "latent_frames": r.latent_frames, "video_frames": r.video_frames,
                     "diffusion_s": r.secs, "fps": r.fps(), "ms_per_chunk": r.steady_ms(), "chunk_ms": r.chunk_ms,
                     "kv_bytes": r.kv_bytes, "kv_policy_bytes": r.kv_policy_bytes, "kv_full_bytes": r.kv_full_bytes,
-                    "loop_allocs": r.loop_allocs, "heap_peak": r.heap_peak,
+                    "loop_allocs": r.loop_allocs, "heap_peak": r.heap_peak, "graphs": r.graphs,
                 })
             })
             .collect();
@@ -153,9 +165,18 @@ fn real_main() -> Result<(), String> {
     Ok(())
 }
 
-fn go<B: E2eBackend>(make: &dyn Fn() -> dfrt::Result<B>, ckpt: &TensorFile, cfg: &ModelConfig, r: &Res, p: &str, chunks: usize) -> Result<E2eRow, String> {
-    eprintln!("  {} ({}x{} latent) {p} ...", r.name, r.lat_h, r.lat_w);
-    let row = run_one(make, ckpt, cfg, r, p, chunks).map_err(|e| format!("{} {p}: {e}", r.name))?;
+fn graphs_cell(g: Option<bool>) -> &'static str {
+    match g {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "-",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn go<B: E2eBackend>(make: &dyn Fn() -> dfrt::Result<B>, ckpt: &TensorFile, cfg: &ModelConfig, r: &Res, p: &str, chunks: usize, graphs: bool) -> Result<E2eRow, String> {
+    eprintln!("  {} ({}x{} latent) {p}, graphs {} ...", r.name, r.lat_h, r.lat_w, if graphs { "on" } else { "off" });
+    let row = run_one(make, ckpt, cfg, r, p, chunks, graphs).map_err(|e| format!("{} {p}: {e}", r.name))?;
     eprintln!("    {:.2} FPS, {} ms/chunk, chunk ms {:?}", row.fps(), ms(row.steady_ms() / 1e3), row.chunk_ms.iter().map(|m| m.round() as i64).collect::<Vec<_>>());
     Ok(row)
 }

@@ -69,8 +69,9 @@ def e2e_section(es):
             kv = r["kv_bytes"] / 1e6
             ratio = 100.0 * r["kv_policy_bytes"] / r["kv_full_bytes"] if r["kv_full_bytes"] else float("nan")
             allocs = "-" if r.get("loop_allocs") is None else r["loop_allocs"]
-            rows.append([r["res"], lat, r["policy"], r["chunks"], f"{r['fps']:.2f}", fmt_ms(r["ms_per_chunk"]), fmt_ms(r["chunk_ms"][0]), f"{kv:.1f}", f"{ratio:.1f}%", allocs])
-    head = ["res", "latent", "policy", "chunks", "FPS", "ms/chunk", "chunk 0 ms", "KV MB", "KV vs full", "loop allocs"]
+            graphs = {True: "on", False: "off"}.get(r.get("graphs"), "-")
+            rows.append([r["res"], lat, r["policy"], graphs, r["chunks"], f"{r['fps']:.2f}", fmt_ms(r["ms_per_chunk"]), fmt_ms(r["chunk_ms"][0]), f"{kv:.1f}", f"{ratio:.1f}%", allocs])
+    head = ["res", "latent", "policy", "graphs", "chunks", "FPS", "ms/chunk", "chunk 0 ms", "KV MB", "KV vs full", "loop allocs"]
     return md_table(head, rows)
 
 

@@ -82,7 +82,7 @@ for r in 480p 720p 1080p; do
   extra=${!var:-}
   [ "$extra" = skip ] && continue
   if [ -z "$extra" ]; then
-    case $r in 480p) extra="--chunks 7" ;; 720p) extra="--chunks 3" ;; 1080p) extra="--chunks 2" ;; esac
+    case $r in 480p) extra="--chunks 7 --graphs both" ;; 720p) extra="--chunks 3" ;; 1080p) extra="--chunks 2" ;; esac
   fi
   # shellcheck disable=SC2086
   step "e2e $r" "$T" "$BIN/bin/e2e" --device cuda --res "$r" $extra --json "$OUT/e2e-$r.json"

@@ -79,13 +79,13 @@ fn e2e_runs_tiny_on_cpu_and_sim() {
     let policies = e2e_run::default_policies(&cfg);
     assert_eq!(policies[2], "dummy:2");
     for p in &policies {
-        let r = e2e_run::run_one(&|| Ok(CpuBackend::new(Precision::Bf16)), &ckpt, &cfg, &res, p, 2).unwrap();
+        let r = e2e_run::run_one(&|| Ok(CpuBackend::new(Precision::Bf16)), &ckpt, &cfg, &res, p, 2, true).unwrap();
         assert_eq!((r.chunk_ms.len(), r.latent_frames, r.video_frames), (2, 6, 24));
         assert!(r.fps() > 0.0 && r.kv_bytes > 0 && r.kv_policy_bytes <= r.kv_full_bytes, "{r:?}");
     }
     // The GPU path in the simulator, under the policy that exercises the most (calibration and
     // compaction after chunk 1): no device allocation inside the chunk loop.
-    let r = e2e_run::run_one(&|| Ok(GpuBackend::new(SimDevice::new(), Precision::Bf16)), &ckpt, &cfg, &res, "dummy:2", 2).unwrap();
+    let r = e2e_run::run_one(&|| Ok(GpuBackend::new(SimDevice::new(), Precision::Bf16)), &ckpt, &cfg, &res, "dummy:2", 2, true).unwrap();
     assert_eq!(r.loop_allocs, Some(0), "{r:?}");
     assert!(r.kv_policy_bytes < r.kv_full_bytes, "{r:?}");
     // 1080p is not patchable at 135 latent rows; the bench uses the nearest valid size.

@@ -109,6 +109,8 @@ pub struct E2eRow {
     /// Device allocations during the chunk loop (must be 0 on the GPU path) and heap peak.
     pub loop_allocs: Option<u64>,
     pub heap_peak: Option<usize>,
+    /// Whether the denoising forwards ran as recorded graphs (None: the backend has none).
+    pub graphs: Option<bool>,
 }
 
 impl E2eRow {
@@ -129,8 +131,10 @@ pub fn default_policies(cfg: &ModelConfig) -> Vec<String> {
     vec!["full".into(), "window:12,sink:3".into(), format!("dummy:{half}")]
 }
 
-/// Generates `chunks` chunks at `res` under `policy` with a fresh backend from `make`.
-pub fn run_one<B: E2eBackend>(make: &dyn Fn() -> Result<B>, ckpt: &TensorFile, cfg: &ModelConfig, res: &Res, policy: &str, chunks: usize) -> Result<E2eRow> {
+/// Generates `chunks` chunks at `res` under `policy` with a fresh backend from `make`, with
+/// the denoising forwards as recorded graphs (where the backend has them) or direct launches.
+#[allow(clippy::too_many_arguments)]
+pub fn run_one<B: E2eBackend>(make: &dyn Fn() -> Result<B>, ckpt: &TensorFile, cfg: &ModelConfig, res: &Res, policy: &str, chunks: usize, graphs: bool) -> Result<E2eRow> {
     let be = Arc::new(make()?);
     let policy = Policy::parse_for(policy, cfg)?;
     let latent = Latent { channels: cfg.in_dim, height: res.lat_h, width: res.lat_w };
@@ -140,6 +144,7 @@ pub fn run_one<B: E2eBackend>(make: &dyn Fn() -> Result<B>, ckpt: &TensorFile, c
     be.status()?;
     let context = Rng::new(7).normals(cfg.text_len * cfg.text_dim);
     let mut s = Session::new(model, be.clone(), policy.clone(), latent, Some(frames), &context, cfg.text_len, Noise::Seeded(Rng::new(1)))?;
+    s.set_graphs(graphs);
     let a0 = be.device_allocs();
     let t0 = Instant::now();
     let mut chunk_ms = Vec::new();
@@ -173,5 +178,6 @@ pub fn run_one<B: E2eBackend>(make: &dyn Fn() -> Result<B>, ckpt: &TensorFile, c
         kv_full_bytes: foot.full_bytes,
         loop_allocs,
         heap_peak: be.heap_peak(),
+        graphs: be.supports_graphs().then_some(s.graphs()),
     })
 }

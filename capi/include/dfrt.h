@@ -179,8 +179,13 @@ DfrtStatus dfrt_model_info(const struct DfrtModel *model, struct DfrtModelInfo *
 //   the SIMT simulator; slow, for tests) or `"cuda"` (GPU 0; `DFRT_ERR_DEVICE` here when no
 //   driver or GPU is present); NULL means `"cpu"`. A GPU session checks its memory plan and
 //   loads its own copy of the weights onto the device when its first chunk starts.
-// - `cuda_stream`: must be NULL (a caller-provided stream is not supported yet; the `"cuda"`
-//   session uses a stream of its own).
+// - `cuda_stream`: NULL, or for `"cuda"` a `cudaStream_t` / `CUstream` of GPU 0 that the
+//   caller created (the runtime API's primary context; the legacy default stream is refused,
+//   since it cannot be captured into CUDA graphs). Every kernel, copy and graph replay of the
+//   session is queued on it, in order with the caller's own work on that stream, and
+//   `dfrt_session_next_chunk` returns after its chunk's work on the stream is complete. The
+//   stream must stay alive until the session is freed. NULL: the session uses a stream of
+//   its own. `DFRT_ERR_INVALID_ARGUMENT` for a stream with `"cpu"` or `"sim"`.
 //
 // The session starts with no text embedding (`dfrt_session_set_context` is required), noise
 // seed 0, and for `dummy` row-sampler seed 0. `*out` receives the session (NULL on failure).

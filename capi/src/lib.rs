@@ -197,8 +197,19 @@ enum Device {
     Cpu,
     /// The GPU backend on the SIMT simulator (the PTX kernels' source on the CPU).
     Sim,
-    /// The GPU backend on CUDA device 0 (its own stream).
-    Cuda,
+    /// The GPU backend on CUDA device 0: on a stream of its own (0), or on the caller's
+    /// `cudaStream_t` (its address, kept as an integer so that the session stays `Send`).
+    Cuda { stream: usize },
+}
+
+/// Opens CUDA device 0 on its own stream, or on the caller's.
+fn cuda_device(stream: usize) -> Result<CudaDevice, Fail> {
+    if stream == 0 {
+        return Ok(CudaDevice::new(0, false)?);
+    }
+    // SAFETY: `dfrt_session_new`'s contract: the caller's stream is live and outlives the
+    // session (documented in the header); `with_stream` checks it belongs to GPU 0's context.
+    Ok(unsafe { CudaDevice::with_stream(0, false, stream as *mut c_void) }?)
 }
 
 /// A running session on its device.
@@ -227,7 +238,7 @@ impl Engine {
         match device {
             Device::Cpu => Ok(Engine::Cpu(model.session(opts, ctx, rows, noise)?)),
             Device::Sim => Ok(Engine::Sim(gpu_session(SimDevice::new(), model, opts, ctx, rows, noise)?)),
-            Device::Cuda => Ok(Engine::Cuda(gpu_session(CudaDevice::new(0, false)?, model, opts, ctx, rows, noise)?)),
+            Device::Cuda { stream } => Ok(Engine::Cuda(gpu_session(cuda_device(stream)?, model, opts, ctx, rows, noise)?)),
         }
     }
     fn next_chunk(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<Vec<f32>, Fail> {
@@ -269,14 +280,11 @@ fn open_device(name: &str, cuda_stream: *mut c_void) -> Result<Device, Fail> {
             Ok(Device::Sim)
         }
         "cuda" => {
-            if !cuda_stream.is_null() {
-                // The CUDA backend creates and owns its stream (and its graphs); running on a
-                // caller's stream needs an external-stream wrapper that this build lacks.
-                return Err(Fail::new(DFRT_ERR_DEVICE, "a caller-provided CUDA stream is not supported yet: pass NULL and the session uses its own stream"));
-            }
-            // Fail at creation, not at the first chunk, on a machine without a GPU.
-            CudaDevice::new(0, false)?;
-            Ok(Device::Cuda)
+            let stream = cuda_stream as usize;
+            // Fail at creation, not at the first chunk, on a machine without a GPU or with a
+            // stream of another context.
+            cuda_device(stream)?;
+            Ok(Device::Cuda { stream })
         }
         _ => Err(Fail::new(DFRT_ERR_DEVICE, format!("unknown device `{name}` (known: cpu, sim, cuda)"))),
     }
@@ -537,8 +545,13 @@ pub unsafe extern "C" fn dfrt_model_info(model: *const DfrtModel, out: *mut Dfrt
 ///   the SIMT simulator; slow, for tests) or `"cuda"` (GPU 0; `DFRT_ERR_DEVICE` here when no
 ///   driver or GPU is present); NULL means `"cpu"`. A GPU session checks its memory plan and
 ///   loads its own copy of the weights onto the device when its first chunk starts.
-/// - `cuda_stream`: must be NULL (a caller-provided stream is not supported yet; the `"cuda"`
-///   session uses a stream of its own).
+/// - `cuda_stream`: NULL, or for `"cuda"` a `cudaStream_t` / `CUstream` of GPU 0 that the
+///   caller created (the runtime API's primary context; the legacy default stream is refused,
+///   since it cannot be captured into CUDA graphs). Every kernel, copy and graph replay of the
+///   session is queued on it, in order with the caller's own work on that stream, and
+///   `dfrt_session_next_chunk` returns after its chunk's work on the stream is complete. The
+///   stream must stay alive until the session is freed. NULL: the session uses a stream of
+///   its own. `DFRT_ERR_INVALID_ARGUMENT` for a stream with `"cpu"` or `"sim"`.
 ///
 /// The session starts with no text embedding (`dfrt_session_set_context` is required), noise
 /// seed 0, and for `dummy` row-sampler seed 0. `*out` receives the session (NULL on failure).

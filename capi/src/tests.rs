@@ -205,6 +205,11 @@ fn bad_sessions_are_refused_at_creation() {
     }
     let mut fake = 0u8;
     let stream = &mut fake as *mut u8 as *mut c_void;
+    if CudaDevice::new(0, false).is_err() {
+        // Without a driver a caller's stream fails at creation like any CUDA session (the
+        // stream is never touched). With a GPU, tests/gpu_sim.rs runs a session on a stream.
+        expect("stream on cuda without a GPU", call(|e| unsafe { dfrt_session_new(m.0, c"full".as_ptr(), H, W, 3, c"cuda".as_ptr(), stream, &mut sp, e) }), DFRT_ERR_DEVICE, "CUDA");
+    }
     expect("stream on sim", call(|e| unsafe { dfrt_session_new(m.0, c"full".as_ptr(), H, W, 3, c"sim".as_ptr(), stream, &mut sp, e) }), DFRT_ERR_INVALID_ARGUMENT, "pass NULL");
     expect("tpu", call(|e| unsafe { dfrt_session_new(m.0, c"full".as_ptr(), H, W, 3, c"tpu".as_ptr(), null_mut(), &mut sp, e) }), DFRT_ERR_DEVICE, "unknown device");
     let mut fake_stream = 0u8;

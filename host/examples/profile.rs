@@ -48,6 +48,11 @@ struct Args {
     width: usize,
     #[arg(long, default_value = "bf16")]
     dtype: String,
+    /// Replay each chunk's denoising forward from a recorded graph (as `dfrt generate` does).
+    /// Off by default here: kernels replayed from a graph carry only the NVTX ranges open at
+    /// the replay, so per-block ranges need direct launches.
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    graphs: String,
 }
 
 fn main() {
@@ -113,6 +118,7 @@ fn run<B: Backend + 'static>(a: &Args, ckpt: &TensorFile, be: Arc<B>, prepare: P
     be.status()?;
     let context = Rng::new(7).normals(cfg.text_len * cfg.text_dim);
     let mut s = Session::new(model, be.clone(), policy, latent, Some(frames), &context, cfg.text_len, Noise::Seeded(Rng::new(1)))?;
+    s.set_graphs(a.graphs == "on");
     while !s.done() {
         let c = s.chunk_index();
         let _r = dfrt::nvtx_range!("chunk{c:02}");

@@ -30,6 +30,7 @@ fn golden_cases_through_the_cli() {
         assert!(e <= 1e-4, "{case}: rel L2 {e}");
         assert_eq!(o.metadata["dfrt.policy"], policy);
         assert!(o.metadata["dfrt.timings"].contains("tokens_per_s"));
+        assert_eq!(o.metadata["dfrt.graphs"], "n/a", "the CPU backend has no graphs");
         assert_eq!(o.config().unwrap(), case_config(case));
         std::fs::remove_dir_all(&d).ok();
     }

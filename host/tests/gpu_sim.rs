@@ -6,8 +6,10 @@
 //!   official latents, `tiny-full-bf16` within the CPU bf16 bound (1.5e-2).
 //! - The memory plan: no device allocation after preparation, across every chunk; the
 //!   estimate bounds the measured peak; a device that is too small fails before generating.
-//! - CUDA: the same op comparison on a real GPU, or `skipped: <reason>` without one; and
-//!   `--device cuda` without a GPU is a clear error, not a panic.
+//! - Graphs: a captured forward replays bit for bit; sessions that replay each chunk's
+//!   denoising forward from a graph give the latents of direct launches, bit for bit.
+//! - CUDA: the same op comparison on a real GPU, or `skipped: <reason>` without one; a session
+//!   on a caller's stream; and `--device cuda` without a GPU is a clear error, not a panic.
 
 use std::sync::Arc;
 
@@ -228,6 +230,7 @@ fn golden_case(case: &str, policy: &str, dtype: &str, tol: f64) {
     println!("{case} ({policy}, {dtype}) on sim: latents rel L2 {e:.3e} in {:.1?}", t0.elapsed());
     assert!(e <= tol, "{case} on sim: latents rel L2 {e:.3e} > {tol:.1e}");
     assert_eq!(o.metadata["dfrt.device"], "sim");
+    assert_eq!(o.metadata["dfrt.graphs"], "on", "the golden cases run the graph path (sessions_replay_graphs_* checks it against direct launches)");
     if want.tensors.contains_key("assignment") {
         assert_eq!(o.i64_any("assignment").unwrap(), want.i64_any("assignment").unwrap(), "{case}: head assignment");
     }
@@ -515,4 +518,95 @@ fn cuda_graph_capture_replays_a_forward() {
             }
         }
     }
+}
+
+/// The pipeline's graph path (each chunk's denoising forward recorded once and replayed at
+/// its 4 steps) against direct launches: the same latents bit for bit under every policy,
+/// 4 replays per chunk, no graph left alive after a chunk, and still no device allocation in
+/// the chunk loop.
+fn graphs_match_direct_launches<D: Device>(make: &dyn Fn() -> D) {
+    for (policy, dtype) in [("full", Precision::F32), ("window:6,sink:1", Precision::Bf16), ("dummy:3", Precision::F32)] {
+        let case = if policy.starts_with("dummy") { "df-tiny" } else { "tiny-full" };
+        let cfg = case_config(case);
+        let weights = TensorFile::open(golden().join(case).join("weights.safetensors")).unwrap();
+        let latent = Latent { channels: cfg.in_dim, height: 8, width: 8 };
+        let ctx = Rand(11).vec(3 * cfg.text_dim);
+        let frames = 9;
+        let run = |graphs: bool| {
+            let be = Arc::new(GpuBackend::new(make(), dtype));
+            let pol = Policy::parse_for(policy, &cfg).unwrap();
+            be.prepare(&cfg, &pol, latent, Some(frames), &weights).unwrap();
+            let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
+            let mut s = Session::new(model, be.clone(), pol, latent, Some(frames), &ctx, 3, Noise::Seeded(Rng::new(5))).unwrap();
+            assert!(s.graphs(), "graphs are on by default on a GPU backend");
+            s.set_graphs(graphs);
+            let allocs = be.allocations();
+            let mut out = Vec::new();
+            while !s.done() {
+                out.extend(s.next_chunk(&mut |_| {}).unwrap());
+                assert_eq!(be.device().live_graphs(), 0, "{policy}: a graph outlived its chunk");
+                assert_eq!(be.allocations(), allocs, "{policy}: device allocation in the chunk loop");
+            }
+            (out, be.graph_replays(), s.dummy().and_then(|d| d.assignment()).map(|a| a.to_i64()))
+        };
+        let t0 = std::time::Instant::now();
+        let (direct, n0, a0) = run(false);
+        let (graphed, n1, a1) = run(true);
+        println!("{policy} {dtype:?}: {n1} graph replays over {} chunks, latents identical: {} ({:.1?})", frames / 3, direct == graphed, t0.elapsed());
+        assert_eq!(n0, 0, "graphs off: no replay");
+        assert_eq!(n1 as usize, 4 * frames / 3, "one replay per denoising step");
+        assert!(graphed.iter().all(|v| v.is_finite()));
+        assert!(direct == graphed, "{policy}: graph replay changed the latents (rel L2 {:.3e})", rel_l2(policy, &graphed, &direct));
+        assert_eq!(a0, a1, "{policy}: head assignment");
+    }
+}
+
+#[test]
+fn sessions_replay_graphs_with_the_latents_of_direct_launches() {
+    graphs_match_direct_launches(&SimDevice::new);
+}
+
+#[test]
+fn cuda_sessions_replay_graphs_with_the_latents_of_direct_launches() {
+    if let Err(e) = CudaDevice::new(0, false) {
+        println!("skipped: {e}");
+        return;
+    }
+    graphs_match_direct_launches(&|| CudaDevice::new(0, false).unwrap());
+}
+
+/// A session on a stream the caller created gives the latents of one on the device's own
+/// stream, and its work is queued on that stream. Without a GPU: only the refusal of the
+/// legacy default stream, which needs no driver.
+#[test]
+fn cuda_session_on_a_caller_stream() {
+    // SAFETY: a null stream is refused before anything touches it.
+    let err = unsafe { CudaDevice::with_stream(0, false, std::ptr::null_mut()) }.err().expect("the legacy stream is refused").to_string();
+    assert!(err.contains("legacy default stream"), "{err}");
+    if let Err(e) = CudaDevice::new(0, false) {
+        println!("skipped: {e}");
+        return;
+    }
+    let ctx = cudarc::driver::CudaContext::new(0).unwrap();
+    let stream = ctx.new_stream().unwrap();
+    let raw = stream.cu_stream() as *mut std::ffi::c_void;
+    let cfg = case_config("tiny-window");
+    let weights = TensorFile::open(golden().join("tiny-window").join("weights.safetensors")).unwrap();
+    let latent = Latent { channels: cfg.in_dim, height: 8, width: 8 };
+    let ctxv = Rand(12).vec(3 * cfg.text_dim);
+    let run = |dev: CudaDevice| {
+        let be = Arc::new(GpuBackend::new(dev, Precision::Bf16));
+        let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
+        let pol = Policy::parse_for("window:6,sink:1", &cfg).unwrap();
+        let mut s = Session::new(model, be, pol, latent, Some(9), &ctxv, 3, Noise::Seeded(Rng::new(2))).unwrap();
+        s.run(&mut |_| {}).unwrap()
+    };
+    let own = run(CudaDevice::new(0, false).unwrap());
+    // SAFETY: `stream` lives until the end of this test, after the device is dropped.
+    let dev = unsafe { CudaDevice::with_stream(0, false, raw) }.unwrap();
+    assert_eq!(dev.cu_stream(), raw, "work goes to the caller's stream");
+    let theirs = run(dev);
+    assert!(own.iter().all(|v| v.is_finite()));
+    assert!(own == theirs, "caller's stream vs own stream: rel L2 {:.3e}", rel_l2("stream", &theirs, &own));
+    stream.synchronize().unwrap();
 }

@@ -111,6 +111,30 @@ pub trait Backend {
         Ok(())
     }
 
+    // --- graphs (optional; GPU backends) ---
+    /// Whether [`Backend::capture_graph`] works on this backend. The pipeline then records a
+    /// chunk's denoising forward once and replays it at every step (a CUDA graph on CUDA).
+    fn supports_graphs(&self) -> bool {
+        false
+    }
+    /// Records the device work `f` queues into a graph instead of running it; returns the
+    /// tensor `f` returned (it holds the graph's output after each replay, not before) and
+    /// the graph's id. Inside `f` nothing may download. Tensors `f` reads that were made
+    /// before the capture are the graph's inputs: they must stay alive, and new values may
+    /// be written into them ([`Backend::copy_rows`]) between replays.
+    fn capture_graph(&self, f: &mut dyn FnMut(&Self) -> Result<Self::Tensor>) -> Result<(Self::Tensor, usize)> {
+        let _ = f;
+        Err(crate::Error::Device(format!("backend `{}` cannot record graphs", self.name())))
+    }
+    /// Runs a recorded graph once.
+    fn replay_graph(&self, graph: usize) -> Result<()> {
+        Err(crate::Error::Device(format!("backend `{}` has no graph {graph}", self.name())))
+    }
+    /// Destroys a recorded graph and frees what it holds.
+    fn drop_graph(&self, graph: usize) -> Result<()> {
+        Err(crate::Error::Device(format!("backend `{}` has no graph {graph}", self.name())))
+    }
+
     // --- memory ---
     /// Uploads host f32 data, rounding to the storage precision.
     fn upload(&self, data: &[f32], shape: &[usize]) -> Self::Tensor;

@@ -178,6 +178,10 @@ struct GenerateArgs {
     /// With --device cuda: synchronise after every kernel and name the kernel that faulted.
     #[arg(long)]
     sync_debug: bool,
+    /// GPU devices: run each chunk's denoising forwards as one recorded graph replayed at every
+    /// step (a CUDA graph on cuda), or launch every kernel directly. Same latents either way.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    graphs: String,
     /// Output safetensors file (tensor `latents` [1, F, C, H, W], f32).
     #[arg(long)]
     out: PathBuf,
@@ -300,6 +304,8 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
     // The same path as the C API (dfrt::api), so both give the same latents bit for bit.
     let opts = SessionOptions { policy: policy.clone(), height: latent.height, width: latent.width, frames: Some(frames), seed: a.seed, heads: program, sampled_rows: rows };
     let mut session = lm.session(&opts, &context.data, context.rows, noise)?;
+    session.set_graphs(a.graphs == "on");
+    let graphs = if !be.supports_graphs() { "n/a" } else if session.graphs() { "on" } else { "off" };
 
     let chunks = frames / FRAMES_PER_CHUNK;
     let forwards = (chunks * (session.schedule.steps.len() + 1)) as u64;
@@ -346,6 +352,7 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
     meta.insert("dfrt.dtype".into(), precision.name().into());
     meta.insert("dfrt.device".into(), be.name().into());
     meta.insert("dfrt.source".into(), source);
+    meta.insert("dfrt.graphs".into(), graphs.into());
     meta.extend(foot.metadata());
     meta.insert("dfrt.kv_bytes.allocated".into(), kv.to_string());
     if let Some(d) = session.dummy() {
@@ -372,13 +379,13 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
             "out": a.out.display().to_string(), "frames": frames, "chunks": chunks, "forwards": forwards,
             "latent_shape": [1, frames, latent.channels, latent.height, latent.width],
             "policy": policy.name(), "dtype": precision.name(), "device": be.name(), "source": meta["dfrt.source"],
-            "heads": meta.get("dfrt.heads"), "kv_footprint": foot.metadata(), "timings": timings,
+            "heads": meta.get("dfrt.heads"), "graphs": graphs, "kv_footprint": foot.metadata(), "timings": timings,
         });
         println!("{}", serde_json::to_string_pretty(&j).expect("json"));
     }
     if o.enabled(Level::Info) {
         eprintln!(
-            "dfrt: {frames} frames ({tokens} latent tokens, {chunks} chunks, {} forwards) in {gen_s:.2} s: {tok_s:.0} tokens/s, {:.1} ms/chunk; policy {}, {}, KV cache {:.1} MiB, peak memory {}; wrote {}",
+            "dfrt: {frames} frames ({tokens} latent tokens, {chunks} chunks, {} forwards) in {gen_s:.2} s: {tok_s:.0} tokens/s, {:.1} ms/chunk; policy {}, {}, graphs {graphs}, KV cache {:.1} MiB, peak memory {}; wrote {}",
             forwards,
             gen_s * 1e3 / chunks as f64,
             policy.name(),

@@ -106,6 +106,13 @@ pub struct GpuBackend<D: Device> {
     seg_table: Mutex<Option<GpuTensor<D>>>,
     /// Head index lists of the cache groups (u32, device memory), uploaded once per list.
     head_lists: Mutex<HashMap<Vec<u32>, GpuTensor<D>>>,
+    /// Heap ranges each live graph holds (given back when it is dropped).
+    graph_mem: Mutex<HashMap<usize, Vec<(u64, usize)>>>,
+    /// Graph replays, for reports and tests.
+    graph_runs: std::sync::atomic::AtomicU64,
+    /// Whether a memory plan's arena is reserved: graphs need one, since a capture cannot
+    /// allocate device memory.
+    reserved: std::sync::atomic::AtomicBool,
 }
 
 fn u32_of(v: usize, what: &str) -> Result<u32> {
@@ -122,6 +129,9 @@ impl<D: Device> GpuBackend<D> {
             freqs: Mutex::new(HashMap::new()),
             seg_table: Mutex::new(None),
             head_lists: Mutex::new(HashMap::new()),
+            graph_mem: Mutex::new(HashMap::new()),
+            graph_runs: std::sync::atomic::AtomicU64::new(0),
+            reserved: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -134,6 +144,7 @@ impl<D: Device> GpuBackend<D> {
         let bytes = round_up(bytes);
         let p = self.sh.dev.alloc(bytes)?;
         self.sh.heap.lock().unwrap().add_region(p, bytes);
+        self.reserved.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -159,21 +170,49 @@ impl<D: Device> GpuBackend<D> {
     /// tensors `f` returns hold the graph's outputs after each replay; inputs the graph reads
     /// (weights, cache, the chunk) must stay alive, and new values can be copied into them
     /// between replays.
+    ///
+    /// The memory stays taken until [`GpuBackend::drop_graph`].
     pub fn capture<T>(&self, f: impl FnOnce(&Self) -> T) -> Result<(T, usize)> {
         self.status()?;
         self.sh.dev.begin_capture()?;
         self.sh.heap.lock().unwrap().begin_capture();
         let out = f(self);
-        self.sh.heap.lock().unwrap().end_capture();
-        let id = self.sh.dev.end_capture();
-        self.status()?;
-        Ok((out, id?))
+        let held = self.sh.heap.lock().unwrap().end_capture();
+        match self.sh.dev.end_capture() {
+            Ok(id) => {
+                self.graph_mem.lock().unwrap().insert(id, held);
+                if let Err(e) = self.status() {
+                    let _ = self.drop_graph(id);
+                    return Err(e);
+                }
+                Ok((out, id))
+            }
+            Err(e) => {
+                self.sh.heap.lock().unwrap().release_held(&held);
+                Err(e)
+            }
+        }
     }
 
     /// Runs a captured graph.
     pub fn replay(&self, graph: usize) -> Result<()> {
         self.status()?;
+        self.graph_runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.sh.dev.replay(graph)
+    }
+
+    /// Destroys a captured graph and gives the memory it held back to the heap.
+    pub fn drop_graph(&self, graph: usize) -> Result<()> {
+        self.sh.dev.drop_graph(graph)?;
+        if let Some(held) = self.graph_mem.lock().unwrap().remove(&graph) {
+            self.sh.heap.lock().unwrap().release_held(&held);
+        }
+        Ok(())
+    }
+
+    /// Graph replays so far.
+    pub fn graph_replays(&self) -> u64 {
+        self.graph_runs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Starts a new peak measurement.
@@ -190,6 +229,12 @@ impl<D: Device> GpuBackend<D> {
                 // Nothing fits: a new region from the device (counted). The memory plan's
                 // reservation makes this happen only before the chunk loop.
                 let size = round_up(bytes);
+                if heap.capturing() {
+                    return Err(Error::Device(format!(
+                        "{}: the memory plan's arena has no {bytes} bytes left during a graph capture (a device allocation cannot be recorded); rerun with graphs off (--graphs off)",
+                        self.sh.dev.name()
+                    )));
+                }
                 let base = self.sh.dev.alloc(size)?;
                 heap.add_region(base, size);
                 heap.alloc(bytes).expect("a fresh region fits its block")
@@ -648,6 +693,27 @@ impl<D: Device> Backend for GpuBackend<D> {
 
     fn name(&self) -> &'static str {
         self.sh.dev.name()
+    }
+    /// Once the memory plan's arena is reserved ([`GpuBackend::prepare`]): a capture takes its
+    /// memory from the arena, since device allocations cannot be recorded.
+    fn supports_graphs(&self) -> bool {
+        self.reserved.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn capture_graph(&self, f: &mut dyn FnMut(&Self) -> Result<GpuTensor<D>>) -> Result<(GpuTensor<D>, usize)> {
+        let (out, id) = self.capture(|be| f(be))?;
+        match out {
+            Ok(t) => Ok((t, id)),
+            Err(e) => {
+                let _ = self.drop_graph(id);
+                Err(e)
+            }
+        }
+    }
+    fn replay_graph(&self, graph: usize) -> Result<()> {
+        self.replay(graph)
+    }
+    fn drop_graph(&self, graph: usize) -> Result<()> {
+        GpuBackend::drop_graph(self, graph)
     }
     fn precision(&self) -> Precision {
         self.precision

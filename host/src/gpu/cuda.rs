@@ -102,25 +102,66 @@ pub struct CudaDevice {
     graphs: Mutex<Graphs>,
 }
 
-/// The instantiated graphs with the pinned host buffers their uploads read at every replay,
-/// and the buffers of the capture in progress. CUDA graph objects are not internally
+/// The instantiated graphs with the pinned host memory their uploads read at every replay,
+/// and the pinned memory of the capture in progress. CUDA graph objects are not internally
 /// synchronised: every access goes through the `Mutex` above, which serialises them as the
 /// CUDA docs require.
 #[derive(Default)]
 struct Graphs {
-    done: Vec<(CudaGraph, Vec<Pinned>)>,
+    /// By id; None once dropped.
+    done: Vec<Option<(CudaGraph, Staging)>>,
     /// Some while a capture is open.
-    open: Option<Vec<Pinned>>,
+    open: Option<Staging>,
 }
-// SAFETY: a CudaGraph is a pair of driver handles and a Pinned a host allocation; moving them
-// to another thread is allowed, only concurrent use is not, and the Mutex rules that out.
+// SAFETY: a CudaGraph is a pair of driver handles and Staging owns host allocations; moving
+// them to another thread is allowed, only concurrent use is not, and the Mutex rules that out.
 unsafe impl Send for Graphs {}
 
-/// Page-locked host memory holding the bytes of one captured upload.
-struct Pinned(*mut std::ffi::c_void);
+/// Page-locked host memory holding the bytes of a capture's uploads: a bump allocator over
+/// chunks of at least [`STAGING_CHUNK`] bytes, so that a capture with a few hundred small
+/// uploads (segment tables) makes a handful of `cuMemHostAlloc` calls, not hundreds.
+#[derive(Default)]
+struct Staging {
+    chunks: Vec<Pinned>,
+    /// Bytes used in the last chunk.
+    used: usize,
+}
+
+const STAGING_CHUNK: usize = 256 << 10;
+
+impl Staging {
+    /// Copies `src` into pinned memory that lives as long as this staging area.
+    fn stage(&mut self, src: &[u8]) -> Result<&[u8]> {
+        // 16-byte alignment keeps the driver's copy engines on their fast path.
+        let at = self.used.div_ceil(16) * 16;
+        let fits = self.chunks.last().is_some_and(|c| at + src.len() <= c.1);
+        let (base, at) = if fits {
+            (self.chunks.last().unwrap().0, at)
+        } else {
+            let cap = src.len().max(STAGING_CHUNK);
+            // SAFETY: a plain page-locked allocation of `cap` bytes (0 flags).
+            let p = unsafe { result::malloc_host(cap, 0) }.map_err(drv("pinned staging for a captured upload"))?;
+            self.chunks.push(Pinned(p, cap));
+            (p, 0)
+        };
+        self.used = at + src.len();
+        // SAFETY: [at, at + len) lies inside the chunk at `base` (checked above or fresh) and
+        // is handed out once; the chunk is freed only with this Staging, which the graph that
+        // reads it owns.
+        unsafe {
+            let dst = (base as *mut u8).add(at);
+            std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len());
+            Ok(std::slice::from_raw_parts(dst, src.len()))
+        }
+    }
+}
+
+/// One page-locked host allocation and its size.
+struct Pinned(*mut std::ffi::c_void, usize);
 impl Drop for Pinned {
     fn drop(&mut self) {
-        // SAFETY: allocated by `malloc_host`, freed once; its graph (which reads it) is gone.
+        // SAFETY: allocated by `malloc_host`, freed once; its graph (which reads it) is gone and
+        // the stream was synchronised before (see `drop_graph`).
         let _ = unsafe { result::free_host(self.0) };
     }
 }
@@ -146,6 +187,27 @@ impl CudaDevice {
     /// module and cuBLASLt. Without a driver or GPU this is a clear [`Error::Device`].
     /// `sync_debug` synchronises after every launch and names the kernel that faulted.
     pub fn new(ordinal: usize, sync_debug: bool) -> Result<Self> {
+        Self::open(ordinal, sync_debug, None)
+    }
+
+    /// Like [`CudaDevice::new`], but all work (kernels, copies, GEMMs, graph replays) is queued
+    /// on the caller's stream `stream` (a `CUstream` / `cudaStream_t`), so that it orders with
+    /// the caller's own work. The stream must belong to GPU `ordinal`'s primary context (the
+    /// one the CUDA runtime API uses); a stream of another context is refused. The legacy
+    /// default stream cannot be captured into graphs, so it is refused too (pass a stream the
+    /// caller created). Downloads and [`Device::synchronize`] wait on that stream.
+    ///
+    /// # Safety
+    /// `stream` must be a valid stream that stays alive until this device is dropped, and
+    /// the caller must not destroy it while work of this device may still be queued on it.
+    pub unsafe fn with_stream(ordinal: usize, sync_debug: bool, stream: *mut std::ffi::c_void) -> Result<Self> {
+        if stream.is_null() || stream as usize == 1 {
+            return Err(Error::Device("cuda: the legacy default stream cannot be used (it cannot be captured into a CUDA graph); pass a stream you created, or none".into()));
+        }
+        Self::open(ordinal, sync_debug, Some(stream as sys::CUstream))
+    }
+
+    fn open(ordinal: usize, sync_debug: bool, borrowed: Option<sys::CUstream>) -> Result<Self> {
         // SAFETY: only tries to dlopen the library; nothing from it is called.
         if !unsafe { sys::is_culib_present() } {
             return Err(Error::Device("no CUDA driver: libcuda.so could not be loaded (is this a machine with an NVIDIA GPU and driver? use --device cpu or --device sim)".into()));
@@ -163,12 +225,31 @@ impl CudaDevice {
             // SAFETY: we use raw allocations and a single stream in order, never CudaSlices
             // across streams (the one CudaSlice, cuBLASLt's workspace, lives on our stream).
             unsafe { ctx.disable_event_tracking() };
-            // A stream of our own: the legacy default stream cannot be captured into graphs.
-            let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
+            let stream = match borrowed {
+                // A stream of our own: the legacy default stream cannot be captured into graphs.
+                None => ctx.new_stream().map_err(drv("creating a stream"))?,
+                Some(s) => {
+                    let mut owner: sys::CUcontext = std::ptr::null_mut();
+                    // SAFETY: `s` is a live stream (the caller's contract); the driver writes
+                    // its context handle into `owner`.
+                    unsafe { sys::cuStreamGetCtx(s, &mut owner) }.result().map_err(drv("querying the caller's stream (is it a valid CUDA stream?)"))?;
+                    if owner != ctx.cu_ctx() {
+                        return Err(Error::Device(format!("cuda: the caller's stream belongs to another CUDA context than GPU {ordinal}'s primary context (create it with the CUDA runtime on that GPU, or pass none)")));
+                    }
+                    // SAFETY: the stream is of this context (checked) and outlives the device
+                    // (the caller's contract); the wrapper never destroys it.
+                    unsafe { ctx.wrap_borrowed_stream(s) }
+                }
+            };
             let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(dfrt_kernels::PTX)).map_err(drv("loading the PTX module (driver too old for the PTX ISA?)"))?;
             let lt = CudaBlasLT::new(stream.clone()).map_err(|e| Error::Device(format!("cuda: creating the cuBLASLt handle: {e}")))?;
             Ok(CudaDevice { ctx, stream, module, funcs: Mutex::new(HashMap::new()), lt, live: Mutex::new(BTreeMap::new()), allocs: AtomicU64::new(0), sync_debug, graphs: Mutex::new(Graphs::default()) })
         })
+    }
+
+    /// The stream all work is queued on (the device's own, or the caller's).
+    pub fn cu_stream(&self) -> *mut std::ffi::c_void {
+        self.stream.cu_stream() as *mut std::ffi::c_void
     }
 
     /// The GPU's name and compute capability, e.g. "NVIDIA H100 80GB HBM3 (sm_90)".
@@ -269,14 +350,7 @@ impl Device for CudaDevice {
             if src.is_empty() {
                 return Ok(());
             }
-            // SAFETY: a plain page-locked allocation of src.len() bytes (0 flags).
-            let p = unsafe { result::malloc_host(src.len(), 0) }.map_err(drv("pinned staging for a captured upload"))?;
-            staged.push(Pinned(p));
-            // SAFETY: `p` holds src.len() bytes and does not overlap `src`.
-            let host = unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), p as *mut u8, src.len());
-                std::slice::from_raw_parts(p as *const u8, src.len())
-            };
+            let host = staged.stage(src)?;
             // SAFETY: the destination is inside a live allocation; the pinned source lives as
             // long as the graph.
             return unsafe { result::memcpy_htod_async(dst, host, self.stream.cu_stream()) }.map_err(drv("captured h2d"));
@@ -395,7 +469,7 @@ impl Device for CudaDevice {
             return Err(Error::Device("cuda: a graph capture is already open".into()));
         }
         self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(drv("begin graph capture"))?;
-        g.open = Some(Vec::new());
+        g.open = Some(Staging::default());
         Ok(())
     }
 
@@ -404,7 +478,7 @@ impl Device for CudaDevice {
         let staged = g.open.take().ok_or_else(|| Error::Device("cuda: end_capture without begin_capture".into()))?;
         let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(drv("end graph capture"))?;
         let graph = graph.ok_or_else(|| Error::Device("cuda: graph capture recorded nothing".into()))?;
-        g.done.push((graph, staged));
+        g.done.push(Some((graph, staged)));
         Ok(g.done.len() - 1)
     }
 
@@ -414,10 +488,27 @@ impl Device for CudaDevice {
             if g.open.is_some() {
                 return Err(Error::Device("cuda: a graph replay is not allowed during a graph capture".into()));
             }
-            let (graph, _) = g.done.get(id).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
+            let (graph, _) = g.done.get(id).and_then(|g| g.as_ref()).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
             graph.launch().map_err(drv("graph launch"))?;
         }
         self.after("graph replay")
+    }
+
+    fn drop_graph(&self, id: usize) -> Result<()> {
+        let mut g = self.graphs.lock().unwrap();
+        if g.open.is_some() {
+            return Err(Error::Device("cuda: dropping a graph is not allowed during a graph capture".into()));
+        }
+        let slot = g.done.get_mut(id).filter(|s| s.is_some()).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
+        // A replay may still be reading the graph's pinned uploads: wait for it before they
+        // are freed (the executable graph itself may be destroyed while in flight).
+        self.stream.synchronize().map_err(drv("synchronize before dropping a graph"))?;
+        *slot = None;
+        Ok(())
+    }
+
+    fn live_graphs(&self) -> usize {
+        self.graphs.lock().unwrap().done.iter().filter(|g| g.is_some()).count()
     }
 
     type Event = CudaEvent;

@@ -61,6 +61,11 @@ impl Heap {
     /// Returns a block; false if `addr` is not a live block.
     pub fn release(&mut self, addr: u64) -> bool {
         let Some(size) = self.live.remove(&addr) else { return false };
+        if let Some(log) = &mut self.capture_log {
+            // A block made before the capture and freed inside it may have been used by the
+            // graph (e.g. a table outgrown half-way): it is held like the graph's own scratch.
+            log.push((addr, size));
+        }
         self.live_bytes -= size;
         self.insert_free(addr, size);
         true
@@ -99,17 +104,18 @@ impl Heap {
         }
     }
 
-    /// Starts logging the blocks handed out (a graph capture begins). Blocks freed during the
-    /// capture may be reused within it: the graph replays the same order.
+    /// Starts logging the blocks handed out or freed (a graph capture begins). Blocks freed
+    /// during the capture may be reused within it: the graph replays the same order.
     pub fn begin_capture(&mut self) {
         self.capture_log = Some(Vec::new());
     }
 
     /// Ends the log: every byte handed out during the capture that is free now is taken out
-    /// of the free list for good, since the graph writes it at every replay. (Blocks still
-    /// live are the caller's: the graph's outputs, to be kept while the graph is used.)
-    pub fn end_capture(&mut self) {
-        let Some(mut log) = self.capture_log.take() else { return };
+    /// of the free list, since the graph writes it at every replay, and returned: the graph's
+    /// ranges, to give back with [`Heap::release_held`] when the graph is dropped. (Blocks
+    /// still live are the caller's: the graph's outputs, to be kept while the graph is used.)
+    pub fn end_capture(&mut self) -> Vec<(u64, usize)> {
+        let Some(mut log) = self.capture_log.take() else { return Vec::new() };
         log.sort_unstable();
         let mut spans: Vec<(u64, u64)> = Vec::new();
         for (a, n) in log {
@@ -119,6 +125,7 @@ impl Heap {
                 _ => spans.push((a, b)),
             }
         }
+        let mut taken = Vec::new();
         for (ia, ib) in spans {
             // Free blocks overlapping [ia, ib): carve the overlap out.
             let hits: Vec<(u64, usize)> = self.free.range(..ib).filter(|(&fa, &fs)| fa + fs as u64 > ia).map(|(&a, &s)| (a, s)).collect();
@@ -133,11 +140,30 @@ impl Heap {
                     self.free.insert(ob, (fb - ob) as usize);
                 }
                 let n = (ob - oa) as usize;
-                self.held.push((oa, n));
+                taken.push((oa, n));
                 self.live_bytes += n;
             }
         }
+        self.held.extend_from_slice(&taken);
         self.peak_bytes = self.peak_bytes.max(self.live_bytes);
+        taken
+    }
+
+    /// Gives back ranges [`Heap::end_capture`] returned (their graph is gone); ranges not
+    /// held are ignored.
+    pub fn release_held(&mut self, ranges: &[(u64, usize)]) {
+        for &r in ranges {
+            if let Some(i) = self.held.iter().position(|&h| h == r) {
+                self.held.swap_remove(i);
+                self.live_bytes -= r.1;
+                self.insert_free(r.0, r.1);
+            }
+        }
+    }
+
+    /// Whether a capture is being logged.
+    pub fn capturing(&self) -> bool {
+        self.capture_log.is_some()
     }
 
     /// Bytes kept for captured graphs.
@@ -214,23 +240,41 @@ mod tests {
     #[test]
     fn a_capture_keeps_the_memory_its_graph_uses() {
         let mut h = Heap::default();
-        h.add_region(1 << 20, 16 * ALIGN);
+        h.add_region(1 << 20, 18 * ALIGN);
         let keep = h.alloc(ALIGN).unwrap();
+        let old = h.alloc(ALIGN).unwrap();
+        let sep = h.alloc(ALIGN).unwrap();
         h.begin_capture();
+        h.release(old); // made before the capture, freed in it: held too
         let a = h.alloc(2 * ALIGN).unwrap();
         h.release(a);
         let b = h.alloc(3 * ALIGN).unwrap(); // reuses a's bytes inside the capture
-        let out = h.alloc(ALIGN).unwrap();
+        let out = h.alloc(2 * ALIGN).unwrap();
         h.release(b);
-        h.end_capture();
-        // The graph's scratch (a ∪ b, 3 blocks) is held; its output stays the caller's.
-        assert_eq!(h.held_bytes(), 3 * ALIGN);
-        assert_eq!(h.live_bytes(), 5 * ALIGN);
-        for _ in 0..11 {
+        let held = h.end_capture();
+        // The graph's scratch (old, a ∪ b: 4 blocks) is held; its output stays the caller's.
+        assert_eq!(h.held_bytes(), 4 * ALIGN);
+        assert_eq!(held.iter().map(|r| r.1).sum::<usize>(), 4 * ALIGN);
+        assert_eq!(h.live_bytes(), 8 * ALIGN);
+        let mut others = Vec::new();
+        for _ in 0..10 {
             let c = h.alloc(ALIGN).unwrap();
             assert!(c + ALIGN as u64 <= a.min(b) || c >= a.max(b) + 3 * ALIGN as u64, "{c:#x} reuses the graph's memory");
-            assert!(c != keep && c != out);
+            assert!(![keep, old, sep, out, out + ALIGN as u64].contains(&c), "{c:#x} is taken");
+            others.push(c);
         }
         assert!(h.alloc(ALIGN).is_none(), "exactly the held and live blocks are taken");
+        // Dropping the graph gives its scratch back (once).
+        h.release_held(&held);
+        h.release_held(&held);
+        assert_eq!(h.held_bytes(), 0);
+        assert_eq!(h.live_bytes(), 14 * ALIGN);
+        assert_eq!(h.largest_free(), 3 * ALIGN);
+        assert_eq!(h.alloc(ALIGN), Some(old), "the old block is free again");
+        for c in others.into_iter().chain([keep, sep, out, old]) {
+            assert!(h.release(c));
+        }
+        assert_eq!(h.live_bytes(), 0);
+        assert_eq!(h.largest_free(), 18 * ALIGN);
     }
 }

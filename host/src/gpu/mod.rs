@@ -129,6 +129,11 @@ pub trait Device: Send + Sync + 'static {
     /// Runs a recorded graph again: the same ops, params and uploaded bytes, in order. Every
     /// buffer the graph touches must still be allocated.
     fn replay(&self, graph: usize) -> Result<()>;
+    /// Destroys a recorded graph (its id is not reused). Work already queued from it still
+    /// completes; the buffers it touched are the caller's to reuse afterwards, in stream order.
+    fn drop_graph(&self, graph: usize) -> Result<()>;
+    /// Graphs recorded and not dropped (a test checks that sessions do not leak them).
+    fn live_graphs(&self) -> usize;
 
     /// A marker of the work queued so far (a CUDA event; a wall-clock instant on the sim).
     type Event: Send;

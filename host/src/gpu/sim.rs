@@ -28,8 +28,8 @@ pub struct SimDevice {
     profile: Option<Mutex<HashMap<&'static str, (u64, Duration)>>>,
     /// The ops being recorded while a graph capture is open.
     capture: Mutex<Option<Vec<SimOp>>>,
-    /// Recorded graphs, by id.
-    graphs: Mutex<Vec<Arc<Vec<SimOp>>>>,
+    /// Recorded graphs, by id (None once dropped).
+    graphs: Mutex<Vec<Option<Arc<Vec<SimOp>>>>>,
 }
 
 /// One recorded device op of a simulated graph: replaying it runs it on the device again.
@@ -296,17 +296,33 @@ impl Device for SimDevice {
     fn end_capture(&self) -> Result<usize> {
         let ops = self.capture.lock().unwrap().take().ok_or_else(|| Error::Device("sim: end_capture without begin_capture".into()))?;
         let mut g = self.graphs.lock().unwrap();
-        g.push(Arc::new(ops));
+        g.push(Some(Arc::new(ops)));
         Ok(g.len() - 1)
     }
 
     fn replay(&self, graph: usize) -> Result<()> {
         self.not_capturing("a graph replay")?;
-        let ops = self.graphs.lock().unwrap().get(graph).cloned().ok_or_else(|| Error::Device(format!("sim: no graph {graph}")))?;
+        let ops = self.graphs.lock().unwrap().get(graph).cloned().flatten().ok_or_else(|| Error::Device(format!("sim: no graph {graph}")))?;
         for op in ops.iter() {
             op(self)?;
         }
         Ok(())
+    }
+
+    fn drop_graph(&self, graph: usize) -> Result<()> {
+        self.not_capturing("dropping a graph")?;
+        match self.graphs.lock().unwrap().get_mut(graph) {
+            Some(g @ Some(_)) => {
+                *g = None;
+                Ok(())
+            }
+            _ => Err(Error::Device(format!("sim: no graph {graph}"))),
+        }
+    }
+
+    /// Graphs recorded and not dropped.
+    fn live_graphs(&self) -> usize {
+        self.graphs.lock().unwrap().iter().filter(|g| g.is_some()).count()
     }
 
     /// Every simulated op is synchronous, so an event is the wall-clock time of its recording.

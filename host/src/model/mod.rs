@@ -123,6 +123,13 @@ pub struct TextState<T> {
     pub kv: Vec<(T, T)>,
 }
 
+/// A pass's time embedding ([`Model::time_embedding`]): `e [frames, dim]` (the head's
+/// modulation input) and `e0 [frames, 6·dim]` (the blocks' modulation rows).
+pub struct TimeEmbedding<T> {
+    pub e: T,
+    pub e0: T,
+}
+
 /// What one forward is: which chunk and step, and whether it commits to the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PassInfo {
@@ -200,13 +207,53 @@ impl<B: Backend> Model<B> {
     }
 
     /// One forward of a chunk `x [frames, in_dim, H, W]` at timestep `t` (same for every frame).
-    /// Returns the flow prediction `[frames, out_dim, H, W]`.
+    /// Returns the flow prediction `[frames, out_dim, H, W]`. This is
+    /// [`Model::time_embedding`], [`Model::forward_embedded`], then the hook's `after_forward`.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         be: &B,
         x: &B::Tensor,
         t: f32,
+        pass: &PassInfo,
+        cache: &mut KvCache<B::Tensor>,
+        text: &TextState<B::Tensor>,
+        hook: &mut dyn ForwardHook<B>,
+        mut taps: Option<&mut Taps>,
+    ) -> Result<B::Tensor> {
+        let nf = be.shape(x).first().copied().unwrap_or(0);
+        let temb = self.time_embedding(be, t, nf, taps.as_deref_mut());
+        let flow = self.forward_embedded(be, x, &temb, pass, cache, text, hook, taps)?;
+        let _rp = crate::profile::range("dit.after_forward");
+        hook.after_forward(be, pass, cache)?;
+        Ok(flow)
+    }
+
+    /// The time embedding of a pass at timestep `t` for `frames` frames: per-frame sinusoid →
+    /// MLP (`e`) → 6 modulation rows per frame (`e0`). It is the only part of a forward that
+    /// depends on the timestep, so a recorded graph of [`Model::forward_embedded`] serves
+    /// every denoising step of a chunk with the new embedding copied into its inputs.
+    pub fn time_embedding(&self, be: &B, t: f32, frames: usize, mut taps: Option<&mut Taps>) -> TimeEmbedding<B::Tensor> {
+        let (c, w) = (&self.cfg, &self.w);
+        let sin = be.sinusoid(&vec![t; frames], c.freq_dim);
+        tap(be, &mut taps, "time_sinusoid", &sin);
+        let e = be.linear(&be.silu(&be.linear(&sin, &w.time0.w, Some(&w.time0.b))), &w.time2.w, Some(&w.time2.b));
+        tap(be, &mut taps, "e", &e);
+        let e0 = be.linear(&be.silu(&e), &w.time_proj.w, Some(&w.time_proj.b));
+        tap(be, &mut taps, "e0", &e0);
+        TimeEmbedding { e, e0 }
+    }
+
+    /// The rest of a forward, given the time embedding: patch embedding, the blocks, the head.
+    /// It neither downloads nor synchronises unless taps are recorded or the hook wants the
+    /// attention inputs, and it does not call the hook's `after_forward`; so it can be
+    /// recorded into a graph ([`Backend::capture_graph`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_embedded(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        temb: &TimeEmbedding<B::Tensor>,
         pass: &PassInfo,
         cache: &mut KvCache<B::Tensor>,
         text: &TextState<B::Tensor>,
@@ -221,6 +268,9 @@ impl<B: Backend> Model<B> {
             return Err(Error::Input(format!("chunk has shape {xs:?}, expected [frames, {}, H, W] with H, W multiples of the patch", c.in_dim)));
         }
         let nf = xs[0];
+        if be.shape(&temb.e).first() != Some(&nf) {
+            return Err(Error::Input(format!("time embedding for {:?} frames, the chunk has {nf}", be.shape(&temb.e).first())));
+        }
         let grid = [nf, xs[2] / ph, xs[3] / pw];
         let tpf = grid[1] * grid[2];
         if cache.tokens_per_frame != tpf {
@@ -232,29 +282,19 @@ impl<B: Backend> Model<B> {
         // Patch embedding (Conv3d k = stride = patch) as a GEMM over patches.
         let mut h = be.linear(&be.patchify(x, c.patch_size), &w.patch.w, Some(&w.patch.b));
         tap(be, &mut taps, "patch_embedded", &h);
-
-        // Time: per-frame sinusoid → MLP → 6 modulation rows per frame.
-        let sin = be.sinusoid(&vec![t; nf], c.freq_dim);
-        tap(be, &mut taps, "time_sinusoid", &sin);
-        let e = be.linear(&be.silu(&be.linear(&sin, &w.time0.w, Some(&w.time0.b))), &w.time2.w, Some(&w.time2.b));
-        tap(be, &mut taps, "e", &e);
-        let e0 = be.linear(&be.silu(&e), &w.time_proj.w, Some(&w.time_proj.b));
-        tap(be, &mut taps, "e0", &e0);
         tap(be, &mut taps, "context_embedded", &text.embedded);
 
         for l in 0..w.blocks.len() {
-            h = self.block(be, l, &h, &e0, grid, pass, cache, text, hook, taps.as_deref_mut())?;
+            h = self.block(be, l, &h, &temb.e0, grid, pass, cache, text, hook, taps.as_deref_mut())?;
         }
 
         // Head: its 2-row modulation uses e (not e0).
         let rh = crate::profile::range("dit.head");
-        let shift = be.modulation(&w.head_mod[0], &e, 1).pop().unwrap();
-        let scale = be.modulation(&w.head_mod[1], &e, 1).pop().unwrap();
+        let shift = be.modulation(&w.head_mod[0], &temb.e, 1).pop().unwrap();
+        let scale = be.modulation(&w.head_mod[1], &temb.e, 1).pop().unwrap();
         let out = be.linear(&be.norm_modulate(&h, eps, &shift, &scale, tpf), &w.head.w, Some(&w.head.b));
         let flow = be.unpatchify(&out, grid, c.patch_size, c.out_dim);
         drop(rh);
-        let _rp = crate::profile::range("dit.after_forward");
-        hook.after_forward(be, pass, cache)?;
         Ok(flow)
     }
     /// Block `l` on the residual stream `h [T, dim]` with the chunk's time projection `e0`.

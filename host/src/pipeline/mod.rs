@@ -68,7 +68,7 @@ use crate::backend::{Backend, Precision};
 use crate::cache::{KvCache, Policy};
 use crate::config::FRAMES_PER_CHUNK;
 use crate::dummy::{kv_footprint, DummyForcing, KvFootprint, KvPolicy};
-use crate::model::{ForwardHook, Model, NoHook, PassInfo, Taps, TextState};
+use crate::model::{ForwardHook, Model, NoHook, PassInfo, Taps, TextState, TimeEmbedding};
 use crate::{Error, Result};
 
 pub use rng::Rng;
@@ -214,6 +214,33 @@ pub struct Session<B: Backend> {
     dummy: Option<DummyForcing>,
     /// When set, records `xt/flow/x0.{c}.{s}` and the first forward's intermediates.
     pub record: Option<Taps>,
+    /// Whether a chunk's denoising forwards run as one recorded graph ([`Session::set_graphs`]).
+    graphs: bool,
+}
+
+/// A chunk's denoising forward recorded as a graph: its input tensors (the chunk and the time
+/// embedding, overwritten before each replay), its output, and the graph, dropped with it.
+struct Recorded<B: Backend> {
+    be: Arc<B>,
+    id: usize,
+    x: B::Tensor,
+    temb: TimeEmbedding<B::Tensor>,
+    out: B::Tensor,
+}
+
+impl<B: Backend> Drop for Recorded<B> {
+    fn drop(&mut self) {
+        // Before the tensors (fields drop after this): the graph may write them at a replay.
+        let _ = self.be.drop_graph(self.id);
+    }
+}
+
+/// Overwrites `dst` with `src` (same shape) on the device.
+fn overwrite<B: Backend>(be: &B, dst: &mut B::Tensor, src: &B::Tensor) {
+    let s = be.shape(src);
+    let cols = s.last().copied().unwrap_or(1).max(1);
+    let rows = s.iter().product::<usize>() / cols;
+    be.copy_rows(dst, 0, src, 0, cols, rows, cols);
 }
 
 impl<B: Backend + 'static> Session<B> {
@@ -243,7 +270,23 @@ impl<B: Backend + 'static> Session<B> {
         let cache = KvCache::new(c.num_layers, c.num_heads, c.head_dim(), tpf, be.precision(), &groups)?;
         let text = model.embed_text(&be, context, context_rows)?;
         be.status()?;
-        Ok(Session { model, be, schedule: Schedule::official(), cache, text, latent, policy, frames, noise, chunk: 0, hook: Box::new(NoHook), dummy, record: None })
+        let graphs = be.supports_graphs();
+        Ok(Session { model, be, schedule: Schedule::official(), cache, text, latent, policy, frames, noise, chunk: 0, hook: Box::new(NoHook), dummy, record: None, graphs })
+    }
+
+    /// Runs each chunk's denoising forwards as one recorded graph, replayed at every step (on
+    /// by default where the backend supports graphs: a CUDA graph on `cuda`, a recorded op list
+    /// on `sim`, both once the memory plan is reserved), or as direct launches. The latents are the same bit for bit either way. The
+    /// graph is recorded at a chunk's first step and dropped before its clean pass (the cache
+    /// layout, RoPE offset and segment tables change from chunk to chunk); chunks that record
+    /// taps or calibrate Dummy Forcing in a denoising step run directly.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs = on && self.be.supports_graphs();
+    }
+
+    /// Whether chunks run as recorded graphs ([`Session::set_graphs`]).
+    pub fn graphs(&self) -> bool {
+        self.graphs
     }
 
     /// Installs a forward hook (for inspection or an experimental policy). Under the `dummy`
@@ -326,17 +369,30 @@ impl<B: Backend + 'static> Session<B> {
         let mut xt: Vec<f32> = self.draw(c, None).into_iter().map(|x| self.store_f32(x)).collect();
         let steps = self.schedule.steps.clone();
         let mut x0 = Vec::new();
+        let denoise = |s: usize| PassInfo { chunk: c, step: Some(s), start_frame: c * nf, frames: nf, commit: false };
+        let graph_ok = {
+            let hook: &dyn ForwardHook<B> = match &self.dummy {
+                Some(d) => d,
+                None => self.hook.as_ref(),
+            };
+            self.graphs && self.record.is_none() && !(0..steps.len()).any(|s| hook.wants_attention(&denoise(s)))
+        };
+        let mut graph: Option<Recorded<B>> = None;
         for (s, &t) in steps.iter().enumerate() {
-            let pass = PassInfo { chunk: c, step: Some(s), start_frame: c * nf, frames: nf, commit: false };
+            let pass = denoise(s);
             let want_taps = self.record.is_some() && c == 0 && s == 0;
             let mut taps = Taps::new();
-            let x = self.be.upload(&xt, &shape);
-            let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
-                Some(d) => d,
-                None => self.hook.as_mut(),
+            let flow = if graph_ok {
+                self.graph_step(&mut graph, &xt, shape, t, &pass)?
+            } else {
+                let x = self.be.upload(&xt, &shape);
+                let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
+                    Some(d) => d,
+                    None => self.hook.as_mut(),
+                };
+                let flow_t = self.model.forward(&self.be, &x, t, &pass, &mut self.cache, &self.text, hook, want_taps.then_some(&mut taps))?;
+                self.be.download(&flow_t)
             };
-            let flow_t = self.model.forward(&self.be, &x, t, &pass, &mut self.cache, &self.text, hook, want_taps.then_some(&mut taps))?;
-            let flow = self.be.download(&flow_t);
             self.be.status()?;
             // flow → x0 in f64 (official wrapper), cast back to the working dtype.
             let sigma = self.schedule.sigma(t) as f64;
@@ -355,6 +411,8 @@ impl<B: Backend + 'static> Session<B> {
                 xt = x0.iter().zip(&eps).map(|(&a, &e)| self.store_f32((1.0 - sn) * a + sn * e)).collect();
             }
         }
+        // The graph reads this chunk's cache layout; the clean pass changes it.
+        drop(graph);
         // The clean pass at t = 0 writes the chunk's K/V into the cache; its output is unused.
         let pass = PassInfo { chunk: c, step: None, start_frame: c * nf, frames: nf, commit: true };
         let x = self.be.upload(&x0, &shape);
@@ -367,6 +425,36 @@ impl<B: Backend + 'static> Session<B> {
         progress(Progress { pass, chunks });
         self.chunk += 1;
         Ok(x0)
+    }
+
+    /// One denoising step through the chunk's graph: records it at the first step (nothing
+    /// runs during the recording), otherwise writes the step's chunk and time embedding into
+    /// the graph's inputs; then replays it and downloads the flow.
+    fn graph_step(&mut self, graph: &mut Option<Recorded<B>>, xt: &[f32], shape: [usize; 4], t: f32, pass: &PassInfo) -> Result<Vec<f32>> {
+        let be = &self.be;
+        let temb = self.model.time_embedding(be, t, shape[0], None);
+        let x = be.upload(xt, &shape);
+        let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
+            Some(d) => d,
+            None => self.hook.as_mut(),
+        };
+        let g = match graph {
+            Some(g) => {
+                overwrite(&**be, &mut g.x, &x);
+                overwrite(&**be, &mut g.temb.e, &temb.e);
+                overwrite(&**be, &mut g.temb.e0, &temb.e0);
+                g
+            }
+            None => {
+                let (model, cache, text) = (&self.model, &mut self.cache, &self.text);
+                let (out, id) = be.capture_graph(&mut |be| model.forward_embedded(be, &x, &temb, pass, &mut *cache, text, &mut *hook, None))?;
+                graph.insert(Recorded { be: be.clone(), id, x, temb, out })
+            }
+        };
+        be.replay_graph(g.id)?;
+        let flow = be.download(&g.out);
+        hook.after_forward(be, pass, &mut self.cache)?;
+        Ok(flow)
     }
 
     /// Generates every remaining chunk; returns the latents `[F, C, H, W]`.
