@@ -100,7 +100,22 @@ pub struct CudaDevice {
     sync_debug: bool,
     /// Instantiated CUDA graphs, by the id `end_capture` returned.
     graphs: Mutex<Graphs>,
+    /// The pinned ring small eager uploads go through (allocated at first use).
+    uploads: Mutex<Uploads>,
 }
+
+/// Bytes of the pinned upload ring; uploads up to a quarter of it go through the ring (the
+/// per-call attention segment tables, a chunk's latents), larger ones (weights) are copied
+/// synchronously.
+const UPLOAD_RING: usize = 8 << 20;
+
+struct Uploads {
+    buf: Option<Pinned>,
+    ring: super::ring::Ring<CudaEvent>,
+}
+// SAFETY: the pinned buffer is a host allocation and the events are driver handles; moving
+// them between threads is allowed, and the Mutex serialises their use.
+unsafe impl Send for Uploads {}
 
 /// The instantiated graphs with the pinned host memory their uploads read at every replay,
 /// and the pinned memory of the capture in progress. CUDA graph objects are not internally
@@ -243,7 +258,7 @@ impl CudaDevice {
             };
             let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(dfrt_kernels::PTX)).map_err(drv("loading the PTX module (driver too old for the PTX ISA?)"))?;
             let lt = CudaBlasLT::new(stream.clone()).map_err(|e| Error::Device(format!("cuda: creating the cuBLASLt handle: {e}")))?;
-            Ok(CudaDevice { ctx, stream, module, funcs: Mutex::new(HashMap::new()), lt, live: Mutex::new(BTreeMap::new()), allocs: AtomicU64::new(0), sync_debug, graphs: Mutex::new(Graphs::default()) })
+            Ok(CudaDevice { ctx, stream, module, funcs: Mutex::new(HashMap::new()), lt, live: Mutex::new(BTreeMap::new()), allocs: AtomicU64::new(0), sync_debug, graphs: Mutex::new(Graphs::default()), uploads: Mutex::new(Uploads { buf: None, ring: super::ring::Ring::new(UPLOAD_RING) }) })
         })
     }
 
@@ -298,6 +313,38 @@ impl CudaDevice {
             return Err(Error::Device(format!("cuda: {what} is not allowed during a graph capture")));
         }
         Ok(())
+    }
+
+    /// A small upload without waiting for the GPU: the bytes go into the pinned upload ring
+    /// and an asynchronous copy reads them from there, in stream order; the host waits only
+    /// when the ring wraps onto copies the GPU has not reached yet (see [`super::ring`]).
+    fn h2d_ring(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        let mut up = self.uploads.lock().unwrap();
+        if up.buf.is_none() {
+            // SAFETY: a plain page-locked allocation of UPLOAD_RING bytes (0 flags).
+            let p = unsafe { result::malloc_host(UPLOAD_RING, 0) }.map_err(drv("pinned upload ring"))?;
+            up.buf = Some(Pinned(p, UPLOAD_RING));
+        }
+        let (at, wait) = up.ring.reserve(src.len()).expect("small uploads fit the ring");
+        for e in wait {
+            e.synchronize().map_err(drv("waiting for an earlier upload"))?;
+        }
+        let base = up.buf.as_ref().unwrap().0 as *mut u8;
+        // SAFETY: [at, at + len) lies inside the ring's allocation (Ring::reserve) and no copy
+        // in flight reads it any more (its fences were waited for above); the slice lives in
+        // the ring until the event recorded below has passed.
+        let host = unsafe {
+            let p = base.add(at);
+            std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len());
+            std::slice::from_raw_parts(p as *const u8, src.len())
+        };
+        // SAFETY: the destination is inside a live allocation; the pinned source stays
+        // untouched until the fence below passes.
+        unsafe { result::memcpy_htod_async(dst, host, self.stream.cu_stream()) }.map_err(drv("h2d"))?;
+        let fence = self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)).map_err(drv("h2d fence"))?;
+        up.ring.commit(at, src.len(), fence);
+        drop(up);
+        self.after("h2d")
     }
 
     fn after(&self, what: &str) -> Result<()> {
@@ -356,6 +403,9 @@ impl Device for CudaDevice {
             return unsafe { result::memcpy_htod_async(dst, host, self.stream.cu_stream()) }.map_err(drv("captured h2d"));
         }
         drop(g);
+        if src.len() <= UPLOAD_RING / 4 {
+            return self.h2d_ring(dst, src);
+        }
         // SAFETY: the destination is inside a live allocation; the copy is finished before
         // returning (synchronize), so `src` may be dropped afterwards.
         unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(drv("h2d"))?;
@@ -532,6 +582,10 @@ impl Drop for CudaDevice {
     fn drop(&mut self) {
         let _ = self.stream.synchronize();
         self.graphs.lock().unwrap().done.clear();
+        // The stream is idle: no copy reads the upload ring any more.
+        let mut up = self.uploads.lock().unwrap();
+        up.ring = super::ring::Ring::new(0);
+        up.buf = None;
         for (p, _) in std::mem::take(&mut *self.live.lock().unwrap()) {
             // SAFETY: every entry is a live allocation of ours; the stream is idle.
             let _ = unsafe { result::free_sync(p) };

@@ -44,6 +44,7 @@ pub mod backend;
 pub mod cuda;
 pub mod heap;
 pub mod plan;
+pub mod ring;
 pub mod sim;
 
 pub use backend::{GpuBackend, GpuTensor};
