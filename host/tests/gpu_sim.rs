@@ -17,7 +17,8 @@ use dfrt::backend::cpu::CpuBackend;
 use dfrt::backend::{Backend, Precision, Seg};
 use dfrt::cache::Policy;
 use dfrt::checkpoint::TensorFile;
-use dfrt::gpu::{CudaDevice, Device, Gemm, GpuBackend, SimDevice};
+use dfrt::dummy::calibrate::{layer_masses, KeySegment};
+use dfrt::gpu::{CudaDevice, Device, Gemm, GpuBackend, GpuTensor, SimDevice};
 use dfrt::model::Model;
 use dfrt::pipeline::{Latent, Noise, Rng, Session};
 
@@ -181,6 +182,27 @@ fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
     let ag = gpu.attention(&q2g, d, &one(&fkg, &fvg, heads, d));
     let ac = cpu.attention(&q2c, d, &one(&fkc, &fvc, heads, d));
     check(&name("attention (one segment)"), &gpu.download(&ag), &cpu.download(&ac), if p == Precision::F32 { 1e-5 } else { 2e-2 });
+
+    // Dummy Forcing's calibration statistic on the device against the host statistic
+    // (`layer_masses`, f64 sums) over the phase-1 layout: a slot [heads, 9, d] (head-major)
+    // then the chunk's K [13, heads·d], regions cutting through both.
+    fn phase1<'a, T>(sk: &'a T, fk: &'a T, heads: usize, d: usize) -> Vec<Vec<Seg<'a, T>>> {
+        (0..heads).map(|h| vec![Seg { k: sk, v: sk, offset: h * 9 * d, rows: 9, stride: d, frame: Some(0) }, Seg { k: fk, v: fk, offset: h * d, rows: 13, stride: heads * d, frame: Some(3) }]).collect()
+    }
+    let (slotc, slotg) = both(&mut r, &[heads, 9, d]);
+    let (q3c, q3g) = both(&mut r, &[13, heads * d]);
+    let rows = [0, 12, 5, 5, 7];
+    let (first_end, mid_end) = (4, 22 - 13);
+    assert!(cpu.calibration_masses(&q3c, d, &[], &rows, first_end, mid_end).is_none(), "the CPU backend computes it on the host");
+    let got = gpu.calibration_masses(&q3g, d, &phase1(&slotg, &fkg, heads, d), &rows, first_end, mid_end).expect("phase-1 contexts run on the device").unwrap();
+    let (slot_h, fk_h, q_h) = (cpu.download(&slotc), cpu.download(&fkc), cpu.download(&q3c));
+    let keys = [KeySegment::htd(&slot_h, heads, d).unwrap(), KeySegment::thd(&fk_h, heads, d).unwrap()];
+    // layer_masses takes the first region from the chunk size (L/3 for ar_start 1 = 4 here).
+    let want = layer_masses(&q_h, 13, heads, d, &rows, &keys, 1).unwrap().concat();
+    check(&name("calibration masses"), &got, &want, 2e-5);
+    // A context the kernel does not cover (heads in different tensors) is left to the host.
+    let mixed: Vec<Vec<Seg<'_, GpuTensor<D>>>> = vec![vec![Seg { k: &slotg, v: &slotg, offset: 0, rows: 22, stride: d, frame: None }], vec![Seg { k: &fkg, v: &fkg, offset: d, rows: 13, stride: heads * d, frame: None }]];
+    assert!(gpu.calibration_masses(&q3g, d, &mixed, &rows, first_end, mid_end).is_none());
     gpu.status().expect("no op failed");
 }
 

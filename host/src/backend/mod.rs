@@ -206,4 +206,18 @@ pub trait Backend {
     /// For each head `h`: `softmax(q_h·Kᵀ/√d)·V` over the concatenation of `ctx[h]`'s segments,
     /// unmasked. `q` is `[n, heads·d]`; the output has the same shape.
     fn attention(&self, q: &Self::Tensor, head_dim: usize, ctx: &[Vec<Seg<'_, Self::Tensor>>]) -> Self::Tensor;
+
+    /// Dummy Forcing's calibration statistic on the device, where the backend has it: for
+    /// each head `h` and each sampled query row `r` of `q [n, heads·d]`, the softmax of
+    /// `q_r·kᵀ / √d` over the keys of `ctx[h]` (concatenated in order; every head has the same
+    /// key count), summed over the key indices `[0, first_end)`, `[first_end, mid_end)` and
+    /// `[mid_end, keys)`, then averaged over `rows`: `[3, heads]` row-major (the layout of
+    /// `dummy::LayerScores`). `None`: not available here (the default, or a context this
+    /// backend's kernel does not cover); the caller computes it on the host
+    /// (`dummy::calibrate::layer_masses`, which this must match to about 1e-5).
+    #[allow(clippy::too_many_arguments)]
+    fn calibration_masses(&self, q: &Self::Tensor, head_dim: usize, ctx: &[Vec<Seg<'_, Self::Tensor>>], rows: &[usize], first_end: usize, mid_end: usize) -> Option<Result<Vec<f32>>> {
+        let _ = (q, head_dim, ctx, rows, first_end, mid_end);
+        None
+    }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::calibrate::{layer_masses, rows_from_i64, sample_rows, KeySegment, LayerScores, SplitMix64};
+use super::calibrate::{first_region_len, layer_masses, layer_scores_from_rows, rows_from_i64, sample_rows, KeySegment, LayerScores, SplitMix64};
 use super::dhp::Assignment;
 use super::heads::HeadProgram;
 use super::layout::{hma_layout, HmaSource};
@@ -146,6 +146,15 @@ impl<B: Backend> ForwardHook<B> for DummyForcing {
         let fresh: usize = ctx[0].iter().filter(|s| s.frame.is_some_and(|f| f >= pass.start_frame)).map(|s| s.rows).sum();
         if fresh != t || ctx[0].iter().rev().take_while(|s| s.frame.is_some_and(|f| f >= pass.start_frame)).map(|s| s.rows).sum::<usize>() != t {
             return Err(Error::Policy(format!("layer {layer}: the last {t} keys must be the current chunk")));
+        }
+        // On the device where the backend has the kernel (the GPU path), else on the host.
+        let first_end = first_region_len(t, self.spec.ar_start);
+        if n < first_end + t {
+            return Err(Error::Policy(format!("layer {layer}: {n} keys is fewer than the first region ({first_end}) plus the current chunk ({t})")));
+        }
+        if let Some(v) = be.calibration_masses(q, head_dim, ctx, &rows, first_end, n - t) {
+            self.scores[layer] = Some(layer_scores_from_rows(&v?, heads)?);
+            return Ok(());
         }
         let mut host: HashMap<*const B::Tensor, Vec<f32>> = HashMap::new();
         let mut keys = vec![0f32; heads * n * head_dim];

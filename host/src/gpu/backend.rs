@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use dfrt_kernels::attention::{AttnBf16D128, AttnBf16D64, AttnF32, AttnParams, KvSeg};
+use dfrt_kernels::calib::{CalibMassParams, CalibMeanParams};
 use dfrt_kernels::elem::Bf16;
 use dfrt_kernels::elementwise::{AddParams, GatedResidualParams, GeluParams, ModulationParams, SiluParams, SinusoidParams};
 use dfrt_kernels::layout::{CopyRowsParams, HeadCopyJob, HeadCopyShape, KvWriteParams, PatchifyParams, UnpatchifyParams};
@@ -829,6 +830,94 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
     fn attention(&self, q: &GpuTensor<D>, head_dim: usize, ctx: &[Vec<Seg<'_, GpuTensor<D>>>]) -> GpuTensor<D> {
         self.guard(&q.shape, || self.try_attention(q, head_dim, ctx))
+    }
+
+    /// `calib_mass_*` then `calib_mean_f32`, when every head's context is the same run of
+    /// segments at a fixed head stride (phase 1 of Dummy Forcing: all heads in one group).
+    fn calibration_masses(&self, q: &GpuTensor<D>, head_dim: usize, ctx: &[Vec<Seg<'_, GpuTensor<D>>>], rows: &[usize], first_end: usize, mid_end: usize) -> Option<Result<Vec<f32>>> {
+        let segs = calib_segments(ctx, head_dim)?;
+        Some(segs.and_then(|segs| {
+            self.status()?;
+            self.try_calibration(q, head_dim, ctx.len(), &segs, rows, first_end, mid_end)
+        }))
+    }
+}
+
+/// The calibration kernel's segments for `ctx`, if it is one list of segments shared by all
+/// heads at a fixed head stride: `(key address, tokens, token stride, head stride)`; an error
+/// when a segment reaches outside its tensor.
+#[allow(clippy::type_complexity)]
+fn calib_segments<D: Device>(ctx: &[Vec<Seg<'_, GpuTensor<D>>>], d: usize) -> Option<Result<Vec<(DevPtr, usize, usize, usize)>>> {
+    let first = ctx.first()?;
+    let mut out = Vec::with_capacity(first.len());
+    for (i, s0) in first.iter().enumerate() {
+        let hs = match ctx.get(1) {
+            Some(l) => l.get(i)?.offset.checked_sub(s0.offset)?,
+            None => 0,
+        };
+        for (h, l) in ctx.iter().enumerate() {
+            let s = l.get(i)?;
+            let same = l.len() == first.len() && std::ptr::eq(s.k, s0.k) && s.offset == s0.offset + h * hs && s.rows == s0.rows && s.stride == s0.stride;
+            if !same || s.k.ptr == 0 {
+                return None;
+            }
+        }
+        if s0.rows > 0 {
+            let end = s0.offset + (s0.rows - 1) * s0.stride + (ctx.len() - 1) * hs + d;
+            if end > s0.k.numel() {
+                return Some(Err(Error::Device(format!("calibration: segment {i} at {} ({} rows, stride {}, head stride {hs}) outside K {:?}", s0.offset, s0.rows, s0.stride, s0.k.shape))));
+            }
+            out.push((s0.k.at(s0.offset), s0.rows, s0.stride, hs));
+        }
+    }
+    Some(Ok(out))
+}
+
+impl<D: Device> GpuBackend<D> {
+    #[allow(clippy::too_many_arguments)]
+    fn try_calibration(&self, q: &GpuTensor<D>, d: usize, heads: usize, segs: &[(DevPtr, usize, usize, usize)], rows: &[usize], first_end: usize, mid_end: usize) -> Result<Vec<f32>> {
+        let t = q.rows();
+        if q.cols() != heads * d || rows.is_empty() || rows.iter().any(|&r| r >= t) {
+            return Err(Error::Device(format!("calibration: q {:?} for {heads} heads of {d}, {} sampled rows below {t}", q.shape, rows.len())));
+        }
+        let rows32: Vec<u32> = rows.iter().map(|&r| u32_of(r, "sampled row")).collect::<Result<_>>()?;
+        let mut table = Vec::with_capacity(segs.len() * 24);
+        for &(k, tokens, ts, hs) in segs {
+            table.extend_from_slice(&k.to_le_bytes());
+            for v in [u32_of(tokens, "segment tokens")?, u32_of(ts, "token stride")?, u32_of(hs, "head stride")?, 0] {
+                table.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let rows_t = self.alloc(&[rows32.len()], Precision::F32)?;
+        self.sh.dev.h2d(rows_t.ptr, bytemuck::cast_slice(&rows32))?;
+        let segs_t = self.alloc(&[table.len().div_ceil(4).max(1)], Precision::F32)?;
+        self.sh.dev.h2d(segs_t.ptr, &table)?;
+        let per_row = self.alloc(&[heads, rows.len(), 3], Precision::F32)?;
+        let out = self.alloc(&[3, heads], Precision::F32)?;
+        let p = CalibMassParams {
+            q: q.ptr,
+            rows: rows_t.ptr,
+            segs: segs_t.ptr,
+            out: per_row.ptr,
+            n_rows: u32_of(rows.len(), "sampled rows")?,
+            n_segs: u32_of(segs.len(), "segments")?,
+            heads: u32_of(heads, "heads")?,
+            head_dim: u32_of(d, "head_dim")?,
+            first_end: u32_of(first_end, "first region")?,
+            mid_end: u32_of(mid_end, "last region start")?,
+            scale: (d as f32).sqrt(),
+        };
+        p.check().map_err(|e| Error::Device(e.into()))?;
+        match self.precision {
+            Precision::F32 => self.launch(p)?,
+            Precision::Bf16 => self.launch(Bf16(p))?,
+        }
+        self.launch(CalibMeanParams { per_row: per_row.ptr, out: out.ptr, heads: p.heads, n_rows: p.n_rows })?;
+        let v = self.try_download(&out)?;
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Device("calibration: non-finite attention mass (NaN or infinite queries/keys)".into()));
+        }
+        Ok(v)
     }
 }
 
