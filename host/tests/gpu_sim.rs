@@ -91,6 +91,16 @@ fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
     gpu.device().gemm(&g).unwrap();
     let gtol = if gpu.name() == "cuda" { tol.max(1e-3) } else { tol };
     check(&name("gemm bias+gelu epilogue"), &gpu.download(&eg), &cpu.download(&cpu.gelu_tanh(&cpu.linear(&xc, &wc, Some(&bc)))), gtol);
+    // The op the FFN uses: fused in bf16 (one rounding), composed in f32 (exactly the reference).
+    let lg = gpu.download(&gpu.linear_gelu(&xg, &wg, Some(&bg)));
+    check(&name("linear_gelu"), &lg, &cpu.download(&cpu.linear_gelu(&xc, &wc, Some(&bc))), if p == Precision::F32 { tol } else { gtol });
+    gpu.set_fused_gelu(false);
+    let lu = gpu.download(&gpu.linear_gelu(&xg, &wg, Some(&bg)));
+    gpu.set_fused_gelu(true);
+    check(&name("linear_gelu unfused"), &lu, &cpu.download(&cpu.gelu_tanh(&cpu.linear(&xc, &wc, Some(&bc)))), tol);
+    if p == Precision::Bf16 && gpu.name() == "sim" {
+        assert!(lg != lu, "bf16: the fused epilogue rounds once, so some values differ from the composed ops");
+    }
 
     let (nwc, nwg) = both(&mut r, &[cols]);
     let (nbc, nbg) = both(&mut r, &[cols]);

@@ -162,6 +162,14 @@ pub trait Backend {
     /// `x [n, k] · wᵀ (w [m, k]) + b [m]` → `[n, m]`, f32 accumulation.
     fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, b: Option<&Self::Tensor>) -> Self::Tensor;
 
+    /// `gelu_tanh(linear(x, w, b))`, the FFN's first layer. The default composes the two ops
+    /// (two roundings to the storage type, as the official code); a backend may fuse the GELU
+    /// into the GEMM's epilogue, rounding once (the GPU backend does in bf16, where that is
+    /// cuBLASLt's GELU_BIAS epilogue: one pass over the FFN's widest activation fewer).
+    fn linear_gelu(&self, x: &Self::Tensor, w: &Self::Tensor, b: Option<&Self::Tensor>) -> Self::Tensor {
+        self.gelu_tanh(&self.linear(x, w, b))
+    }
+
     // --- elementwise / norms ---
     /// LayerNorm over the last dim, eps, optional affine (weight, bias).
     fn layer_norm(&self, x: &Self::Tensor, eps: f32, affine: Option<(&Self::Tensor, &Self::Tensor)>) -> Self::Tensor;

@@ -114,6 +114,8 @@ pub struct GpuBackend<D: Device> {
     /// Whether a memory plan's arena is reserved: graphs need one, since a capture cannot
     /// allocate device memory.
     reserved: std::sync::atomic::AtomicBool,
+    /// bf16: the FFN's GELU in the GEMM epilogue ([`GpuBackend::set_fused_gelu`]).
+    fused_gelu: std::sync::atomic::AtomicBool,
 }
 
 fn u32_of(v: usize, what: &str) -> Result<u32> {
@@ -133,6 +135,7 @@ impl<D: Device> GpuBackend<D> {
             graph_mem: Mutex::new(HashMap::new()),
             graph_runs: std::sync::atomic::AtomicU64::new(0),
             reserved: std::sync::atomic::AtomicBool::new(false),
+            fused_gelu: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -147,6 +150,14 @@ impl<D: Device> GpuBackend<D> {
         self.sh.heap.lock().unwrap().add_region(p, bytes);
         self.reserved.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// In bf16, whether [`Backend::linear_gelu`] (the FFN's first layer) runs the GELU in the
+    /// GEMM's epilogue (the default: one rounding to bf16 instead of two and no separate GELU
+    /// pass over the `[tokens, ffn_dim]` activation) or as the official code's two ops, which
+    /// matches the CPU reference's bf16 rounding points exactly.
+    pub fn set_fused_gelu(&self, on: bool) {
+        self.fused_gelu.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Device allocations so far.
@@ -441,7 +452,7 @@ impl<D: Device> GpuBackend<D> {
         self.launch_ew(p)
     }
 
-    fn try_linear(&self, x: &GpuTensor<D>, w: &GpuTensor<D>, b: Option<&GpuTensor<D>>) -> Result<GpuTensor<D>> {
+    fn try_linear(&self, x: &GpuTensor<D>, w: &GpuTensor<D>, b: Option<&GpuTensor<D>>, gelu: bool) -> Result<GpuTensor<D>> {
         let k = x.cols();
         let n = x.rows();
         if w.shape.len() != 2 || w.shape[1] != k {
@@ -456,7 +467,7 @@ impl<D: Device> GpuBackend<D> {
         let mut shape = x.shape.clone();
         *shape.last_mut().unwrap() = m;
         let y = self.new_tensor(&shape)?;
-        self.sh.dev.gemm(&Gemm { dtype: self.precision, x: x.ptr, w: w.ptr, y: y.ptr, bias: b.map(|b| b.ptr), gelu: false, n, k, m })?;
+        self.sh.dev.gemm(&Gemm { dtype: self.precision, x: x.ptr, w: w.ptr, y: y.ptr, bias: b.map(|b| b.ptr), gelu, n, k, m })?;
         Ok(y)
     }
 
@@ -769,7 +780,18 @@ impl<D: Device> Backend for GpuBackend<D> {
     fn linear(&self, x: &GpuTensor<D>, w: &GpuTensor<D>, b: Option<&GpuTensor<D>>) -> GpuTensor<D> {
         let mut shape = x.shape.clone();
         *shape.last_mut().unwrap() = w.shape[0];
-        self.guard(&shape, || self.try_linear(x, w, b))
+        self.guard(&shape, || self.try_linear(x, w, b, false))
+    }
+    /// Fused into the GEMM epilogue in bf16 (see [`GpuBackend::set_fused_gelu`]); composed in
+    /// f32, where the 1e-4 contract wants the reference's own GELU (cuBLASLt's differs in the
+    /// last bits).
+    fn linear_gelu(&self, x: &GpuTensor<D>, w: &GpuTensor<D>, b: Option<&GpuTensor<D>>) -> GpuTensor<D> {
+        if self.precision != Precision::Bf16 || !self.fused_gelu.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.gelu_tanh(&self.linear(x, w, b));
+        }
+        let mut shape = x.shape.clone();
+        *shape.last_mut().unwrap() = w.shape[0];
+        self.guard(&shape, || self.try_linear(x, w, b, true))
     }
     fn layer_norm(&self, x: &GpuTensor<D>, eps: f32, affine: Option<(&GpuTensor<D>, &GpuTensor<D>)>) -> GpuTensor<D> {
         self.guard(&x.shape, || self.try_layer_norm(x, eps, affine))

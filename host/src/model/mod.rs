@@ -189,7 +189,7 @@ impl<B: Backend> Model<B> {
         padded.resize(c.text_len * c.text_dim, 0.0);
         let x = be.upload(&padded, &[c.text_len, c.text_dim]);
         let w = &self.w;
-        let h = be.gelu_tanh(&be.linear(&x, &w.text0.w, Some(&w.text0.b)));
+        let h = be.linear_gelu(&x, &w.text0.w, Some(&w.text0.b));
         let embedded = be.linear(&h, &w.text2.w, Some(&w.text2.b));
         let kv = w
             .blocks
@@ -235,6 +235,7 @@ impl<B: Backend> Model<B> {
     /// every denoising step of a chunk with the new embedding copied into its inputs.
     pub fn time_embedding(&self, be: &B, t: f32, frames: usize, mut taps: Option<&mut Taps>) -> TimeEmbedding<B::Tensor> {
         let (c, w) = (&self.cfg, &self.w);
+        let _r = crate::profile::range("dit.time_embedding");
         let sin = be.sinusoid(&vec![t; frames], c.freq_dim);
         tap(be, &mut taps, "time_sinusoid", &sin);
         let e = be.linear(&be.silu(&be.linear(&sin, &w.time0.w, Some(&w.time0.b))), &w.time2.w, Some(&w.time2.b));
@@ -374,7 +375,7 @@ impl<B: Backend> Model<B> {
         // FFN.
         let _rf = crate::nvtx_range!("dit.block{l:02}.ffn");
         let xn = be.norm_modulate(&h, eps, &m[3], &m[4], tpf);
-        let y = be.linear(&be.gelu_tanh(&be.linear(&xn, &b.ffn0.w, Some(&b.ffn0.b))), &b.ffn2.w, Some(&b.ffn2.b));
+        let y = be.linear(&be.linear_gelu(&xn, &b.ffn0.w, Some(&b.ffn0.b)), &b.ffn2.w, Some(&b.ffn2.b));
         h = be.gated_residual(&h, &y, &m[5], tpf);
         tap(be, &mut taps, &format!("hidden.{l}"), &h);
         Ok(h)
