@@ -127,6 +127,9 @@ struct Graphs {
     done: Vec<Option<(CudaGraph, Staging)>>,
     /// Some while a capture is open.
     open: Option<Staging>,
+    /// Pinned chunks of dropped graphs, reused by later captures (a session records one graph
+    /// per chunk, so after the first chunk captures allocate no page-locked memory).
+    spare: Vec<Pinned>,
 }
 // SAFETY: a CudaGraph is a pair of driver handles and Staging owns host allocations; moving
 // them to another thread is allowed, only concurrent use is not, and the Mutex rules that out.
@@ -145,18 +148,27 @@ struct Staging {
 const STAGING_CHUNK: usize = 256 << 10;
 
 impl Staging {
-    /// Copies `src` into pinned memory that lives as long as this staging area.
-    fn stage(&mut self, src: &[u8]) -> Result<&[u8]> {
+    /// Copies `src` into pinned memory that lives as long as this staging area; new chunks
+    /// come from `spare` when one is large enough.
+    fn stage(&mut self, src: &[u8], spare: &mut Vec<Pinned>) -> Result<&[u8]> {
         // 16-byte alignment keeps the driver's copy engines on their fast path.
         let at = self.used.div_ceil(16) * 16;
         let fits = self.chunks.last().is_some_and(|c| at + src.len() <= c.1);
         let (base, at) = if fits {
             (self.chunks.last().unwrap().0, at)
         } else {
-            let cap = src.len().max(STAGING_CHUNK);
-            // SAFETY: a plain page-locked allocation of `cap` bytes (0 flags).
-            let p = unsafe { result::malloc_host(cap, 0) }.map_err(drv("pinned staging for a captured upload"))?;
-            self.chunks.push(Pinned(p, cap));
+            let chunk = match spare.iter().position(|c| c.1 >= src.len()) {
+                Some(i) => spare.swap_remove(i),
+                None => {
+                    let cap = src.len().max(STAGING_CHUNK);
+                    // SAFETY: a plain page-locked allocation of `cap` bytes (0 flags). Allowed
+                    // during the capture: it is taken in relaxed mode (see begin_capture).
+                    let p = unsafe { result::malloc_host(cap, 0) }.map_err(drv("pinned staging for a captured upload"))?;
+                    Pinned(p, cap)
+                }
+            };
+            let p = chunk.0;
+            self.chunks.push(chunk);
             (p, 0)
         };
         self.used = at + src.len();
@@ -391,13 +403,14 @@ impl Device for CudaDevice {
     fn h2d(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
         self.check(dst, src.len(), "h2d")?;
         let mut g = self.graphs.lock().unwrap();
-        if let Some(staged) = &mut g.open {
+        let Graphs { open, spare, .. } = &mut *g;
+        if let Some(staged) = open {
             // In a capture the copy becomes a graph node that reads its source at every replay:
             // the bytes go to page-locked memory owned by the graph.
             if src.is_empty() {
                 return Ok(());
             }
-            let host = staged.stage(src)?;
+            let host = staged.stage(src, spare)?;
             // SAFETY: the destination is inside a live allocation; the pinned source lives as
             // long as the graph.
             return unsafe { result::memcpy_htod_async(dst, host, self.stream.cu_stream()) }.map_err(drv("captured h2d"));
@@ -518,7 +531,11 @@ impl Device for CudaDevice {
         if g.open.is_some() {
             return Err(Error::Device("cuda: a graph capture is already open".into()));
         }
-        self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(drv("begin graph capture"))?;
+        // Relaxed mode: the capture does not forbid calls such as cuMemHostAlloc (pinned
+        // staging) or cuModuleGetFunction (a kernel's first use) on this thread. What must not
+        // happen during a capture (allocation, freeing, downloads, synchronisation) this
+        // device refuses itself.
+        self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED).map_err(drv("begin graph capture"))?;
         g.open = Some(Staging::default());
         Ok(())
     }
@@ -551,9 +568,11 @@ impl Device for CudaDevice {
         }
         let slot = g.done.get_mut(id).filter(|s| s.is_some()).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
         // A replay may still be reading the graph's pinned uploads: wait for it before they
-        // are freed (the executable graph itself may be destroyed while in flight).
+        // are reused (the executable graph itself may be destroyed while in flight).
         self.stream.synchronize().map_err(drv("synchronize before dropping a graph"))?;
-        *slot = None;
+        let (graph, staging) = slot.take().expect("checked above");
+        drop(graph);
+        g.spare.extend(staging.chunks);
         Ok(())
     }
 
