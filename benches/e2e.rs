@@ -12,10 +12,9 @@
 //! `dummy:<half the heads>`: those times only show that the path runs (NOT GPU figures).
 //!
 //! Counting (see support/e2e_run.rs): 1 latent frame = 4 video frames; FPS = video frames /
-//! diffusion time (the chunk loop: 3 denoising forwards + 1 cache-writing forward per chunk).
-//! `--graphs` (GPU devices): each chunk's denoising forward recorded once as a graph and
-//! replayed at its steps (`on`, the default, as `dfrt generate`), direct launches (`off`), or
-//! both side by side. "ms/chunk" is the mean over chunks after the first (the first carries one-time costs such
+//! diffusion time (the chunk loop: 4 denoising forwards + 1 cache-writing forward per chunk).
+//! `--graphs` (GPU devices): every forward as a recorded graph (`on`, the default, as
+//! `dfrt generate`), direct launches (`off`), or both side by side. "ms/chunk" is the mean over chunks after the first (the first carries one-time costs such
 //! as PTX JIT and cuBLASLt heuristics; under `dummy` chunk 1 also calibrates and compacts).
 
 #[path = "support/e2e_run.rs"]

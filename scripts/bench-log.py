@@ -126,7 +126,7 @@ def main():
         parts.append(
             f"End to end, model {e0.get('model')} with synthetic weights, dtype {e0.get('dtype')}. "
             "FPS = video frames / diffusion time (1 latent frame = 4 video frames; the chunk loop only: "
-            "3 denoising forwards + 1 cache-writing forward per 3-frame chunk). ms/chunk = mean after chunk 0. "
+            "4 denoising forwards + 1 cache-writing forward per 3-frame chunk). ms/chunk = mean after chunk 0. "
             "1080p is 1920x1088 (135 latent rows are not patchable)."
         )
         parts.append(e2e_section(es))

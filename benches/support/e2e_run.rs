@@ -4,7 +4,7 @@
 //! Counting: a chunk is 3 latent frames; one latent frame is 4 video frames (the Wan VAE's
 //! temporal stride; its causal first frame decodes to 1, so 21 latent frames are 81 frames of
 //! video, not 84: FPS here counts the steady 4 per latent frame). FPS = video frames / diffusion
-//! time, where the diffusion time is the chunk loop only (4 forwards per chunk: 3 denoising
+//! time, where the diffusion time is the chunk loop only (5 forwards per chunk: 4 denoising
 //! steps and the clean pass that writes the KV cache), without model loading, text encoding or
 //! VAE decoding.
 

@@ -48,7 +48,7 @@ struct Args {
     width: usize,
     #[arg(long, default_value = "bf16")]
     dtype: String,
-    /// Replay each chunk's denoising forward from a recorded graph (as `dfrt generate` does).
+    /// Replay the forwards from recorded graphs (as `dfrt generate` does).
     /// Off by default here: kernels replayed from a graph carry only the NVTX ranges open at
     /// the replay, so per-block ranges need direct launches.
     #[arg(long, default_value = "off", value_parser = ["on", "off"])]

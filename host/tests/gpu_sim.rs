@@ -367,7 +367,7 @@ fn chunk_loop_makes_no_device_allocation() {
         println!("{policy} {dtype:?}: allocations after prepare {prep}, after each chunk {counts:?}; peak beyond weights {peak} B, plan {} B ({:.1?})", plan.arena(), t0.elapsed());
         assert_eq!(prep, 1, "{policy}: the plan reserves one region");
         assert!(counts.iter().all(|&c| c == prep), "{policy}: device allocations in the chunk loop: {counts:?} (after prepare: {prep})");
-        assert!(peak <= plan.cache + plan.text + plan.activations + plan.tables, "{policy}: measured peak {peak} exceeds the estimate {plan:?}");
+        assert!(peak <= plan.core(), "{policy}: measured peak {peak} exceeds the estimate {plan:?}");
     }
 }
 
@@ -503,6 +503,8 @@ fn graph_replays_a_forward<D: Device>(dev: D, precision: Precision) {
     let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
     let ctx = Rand(7).vec(3 * cfg.text_dim);
     let mut s = Session::new(model.clone(), be.clone(), Policy::Full, latent, Some(6), &ctx, 3, Noise::Seeded(Rng::new(3))).unwrap();
+    // Direct launches: this test records its own graph (the memory plan holds two).
+    s.set_graphs(false);
     s.next_chunk(&mut |_| {}).unwrap();
     let allocs = be.allocations();
     let shape = [3, cfg.in_dim, 8, 8];
@@ -576,17 +578,25 @@ fn graphs_match_direct_launches<D: Device>(make: &dyn Fn() -> D) {
             let mut out = Vec::new();
             while !s.done() {
                 out.extend(s.next_chunk(&mut |_| {}).unwrap());
-                assert_eq!(be.device().live_graphs(), 0, "{policy}: a graph outlived its chunk");
+                // Between chunks: the last clean pass and the next chunk's denoising forward.
+                let live = be.device().live_graphs();
+                assert!(live <= 2 * usize::from(graphs), "{policy}: {live} graphs alive between chunks");
                 assert_eq!(be.allocations(), allocs, "{policy}: device allocation in the chunk loop");
             }
-            (out, be.graph_replays(), s.dummy().and_then(|d| d.assignment()).map(|a| a.to_i64()))
+            let asg = s.dummy().and_then(|d| d.assignment()).map(|a| a.to_i64());
+            drop(s);
+            assert_eq!(be.device().live_graphs(), 0, "{policy}: the session left graphs behind");
+            (out, be.graph_replays(), asg)
         };
         let t0 = std::time::Instant::now();
         let (direct, n0, a0) = run(false);
         let (graphed, n1, a1) = run(true);
         println!("{policy} {dtype:?}: {n1} graph replays over {} chunks, latents identical: {} ({:.1?})", frames / 3, direct == graphed, t0.elapsed());
         assert_eq!(n0, 0, "graphs off: no replay");
-        assert_eq!(n1 as usize, 4 * frames / 3, "one replay per denoising step");
+        // One replay per forward (4 steps + the clean pass), but for the clean pass Dummy
+        // Forcing calibrates in (chunk 1, which runs directly).
+        let calibrating = usize::from(policy.starts_with("dummy"));
+        assert_eq!(n1 as usize, 5 * frames / 3 - calibrating, "one replay per forward");
         assert!(graphed.iter().all(|v| v.is_finite()));
         assert!(direct == graphed, "{policy}: graph replay changed the latents (rel L2 {:.3e})", rel_l2(policy, &graphed, &direct));
         assert_eq!(a0, a1, "{policy}: head assignment");

@@ -112,8 +112,8 @@ pub trait Backend {
     }
 
     // --- graphs (optional; GPU backends) ---
-    /// Whether [`Backend::capture_graph`] works on this backend. The pipeline then records a
-    /// chunk's denoising forward once and replays it at every step (a CUDA graph on CUDA).
+    /// Whether [`Backend::capture_graph`] works on this backend. The pipeline then runs every
+    /// forward as a recorded graph (a CUDA graph on CUDA; see `pipeline::Session::set_graphs`).
     fn supports_graphs(&self) -> bool {
         false
     }

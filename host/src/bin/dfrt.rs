@@ -178,8 +178,9 @@ struct GenerateArgs {
     /// With --device cuda: synchronise after every kernel and name the kernel that faulted.
     #[arg(long)]
     sync_debug: bool,
-    /// GPU devices: run each chunk's denoising forwards as one recorded graph replayed at every
-    /// step (a CUDA graph on cuda), or launch every kernel directly. Same latents either way.
+    /// GPU devices: run every forward as a recorded graph (a CUDA graph on cuda; a chunk's
+    /// denoising forward is recorded once and replayed at its 4 steps), or launch every kernel
+    /// directly. Same latents either way.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     graphs: String,
     /// Output safetensors file (tensor `latents` [1, F, C, H, W], f32).

@@ -23,6 +23,7 @@ pub struct MemoryPlan {
     pub cache: usize,
     pub text: usize,
     pub activations: usize,
+    pub graphs: usize,
     pub tables: usize,
 }
 
@@ -56,14 +57,22 @@ impl MemoryPlan {
         let text_embed = cfg.text_len * (cfg.text_dim + 3 * d);
         let activations = e * per_forward.max(text_embed) + 64 * BLOCK;
         let tables = 1024 * hd * 4 + cfg.freq_dim * 8 + (64 << 10).max((heads * (frames.unwrap_or(64) + 8)).next_power_of_two() * 24) + 4 * BLOCK;
-        Ok(MemoryPlan { weights: weight_bytes + weight_tensors * BLOCK, cache, text, activations, tables })
+        // The graphs' inputs and outputs (latents, time embedding, flow) come on top of a
+        // forward's scratch.
+        let graphs = activations + e * (2 * t * pf + FRAMES_PER_CHUNK * 7 * d) + 8 * BLOCK;
+        Ok(MemoryPlan { weights: weight_bytes + weight_tensors * BLOCK, cache, text, activations, graphs, tables })
     }
 
     /// Bytes beyond the weights: the arena reserved for the run (with a quarter margin for
     /// fragmentation).
     pub fn arena(&self) -> usize {
-        let core = self.cache + self.text + self.activations + self.tables;
+        let core = self.core();
         core + core / 4
+    }
+
+    /// The arena without its margin.
+    pub fn core(&self) -> usize {
+        self.cache + self.text + self.activations + self.graphs + self.tables
     }
 
     /// Everything: weights plus the arena.
@@ -76,14 +85,15 @@ impl MemoryPlan {
         let need = self.total();
         if need > free {
             return Err(Error::Device(format!(
-                "out of device memory: the run needs {need} bytes ({:.1} MiB: weights {:.1}, KV cache {:.1}, text {:.1}, activations {:.1}, tables {:.1}, fragmentation margin {:.1}), {free} bytes free of {total}; use a smaller resolution, a bounded policy (window or dummy) or bf16",
+                "out of device memory: the run needs {need} bytes ({:.1} MiB: weights {:.1}, KV cache {:.1}, text {:.1}, activations {:.1}, recorded graphs {:.1}, tables {:.1}, fragmentation margin {:.1}), {free} bytes free of {total}; use a smaller resolution, a bounded policy (window or dummy) or bf16",
                 mib(need),
                 mib(self.weights),
                 mib(self.cache),
                 mib(self.text),
                 mib(self.activations),
+                mib(self.graphs),
                 mib(self.tables),
-                mib(self.arena() - (self.cache + self.text + self.activations + self.tables)),
+                mib(self.arena() - self.core()),
             )));
         }
         Ok(())

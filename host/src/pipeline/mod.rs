@@ -214,15 +214,23 @@ pub struct Session<B: Backend> {
     dummy: Option<DummyForcing>,
     /// When set, records `xt/flow/x0.{c}.{s}` and the first forward's intermediates.
     pub record: Option<Taps>,
-    /// Whether a chunk's denoising forwards run as one recorded graph ([`Session::set_graphs`]).
+    /// Whether forwards run as recorded graphs ([`Session::set_graphs`]).
     graphs: bool,
+    /// The next chunk's denoising forward, recorded at the end of this one (while the GPU
+    /// runs the clean pass).
+    next_denoise: Option<Recorded<B>>,
+    /// The last clean pass's graph: kept until its replay has surely run (the next chunk's
+    /// first download), since the device may still be executing it.
+    last_clean: Option<Recorded<B>>,
 }
 
-/// A chunk's denoising forward recorded as a graph: its input tensors (the chunk and the time
-/// embedding, overwritten before each replay), its output, and the graph, dropped with it.
+/// One forward recorded as a graph: its input tensors (the chunk, and the time embedding),
+/// overwritten before each replay, its output, and the graph, dropped with it.
 struct Recorded<B: Backend> {
     be: Arc<B>,
     id: usize,
+    /// The pass it was recorded for (a replay serves this chunk's passes of the same kind).
+    pass: PassInfo,
     x: B::Tensor,
     temb: TimeEmbedding<B::Tensor>,
     out: B::Tensor,
@@ -271,17 +279,46 @@ impl<B: Backend + 'static> Session<B> {
         let text = model.embed_text(&be, context, context_rows)?;
         be.status()?;
         let graphs = be.supports_graphs();
-        Ok(Session { model, be, schedule: Schedule::official(), cache, text, latent, policy, frames, noise, chunk: 0, hook: Box::new(NoHook), dummy, record: None, graphs })
+        Ok(Session {
+            model,
+            be,
+            schedule: Schedule::official(),
+            cache,
+            text,
+            latent,
+            policy,
+            frames,
+            noise,
+            chunk: 0,
+            hook: Box::new(NoHook),
+            dummy,
+            record: None,
+            graphs,
+            next_denoise: None,
+            last_clean: None,
+        })
     }
 
-    /// Runs each chunk's denoising forwards as one recorded graph, replayed at every step (on
-    /// by default where the backend supports graphs: a CUDA graph on `cuda`, a recorded op list
-    /// on `sim`, both once the memory plan is reserved), or as direct launches. The latents are the same bit for bit either way. The
-    /// graph is recorded at a chunk's first step and dropped before its clean pass (the cache
-    /// layout, RoPE offset and segment tables change from chunk to chunk); chunks that record
-    /// taps or calibrate Dummy Forcing in a denoising step run directly.
+    /// Runs every forward as a recorded graph (on by default where the backend supports
+    /// graphs: a CUDA graph on `cuda`, a recorded op list on `sim`, both once the memory plan
+    /// is reserved), or as direct launches. The latents are the same bit for bit either way.
+    ///
+    /// A chunk has two graphs: its denoising forward, replayed at the 4 steps with the step's
+    /// latents and time embedding written into its inputs, and its clean pass. They are
+    /// recorded anew for every chunk (the RoPE offset, the cache slots and the attention
+    /// segment tables change from chunk to chunk), each while the device still runs the
+    /// previous forward, so recording costs host time only: the clean pass during the last
+    /// denoising step, the next chunk's denoising forward during the clean pass. At most two
+    /// graphs are alive at a time (the memory plan holds two forwards' scratch). Passes that
+    /// record taps or that Dummy Forcing calibrates in run directly. A recorded pass does its
+    /// host-side bookkeeping (a clean pass's cache commit) when it is recorded, so a hook's
+    /// `after_forward` for the last denoising step already sees the committed cache.
     pub fn set_graphs(&mut self, on: bool) {
         self.graphs = on && self.be.supports_graphs();
+        if !self.graphs {
+            self.next_denoise = None;
+            self.last_clean = None;
+        }
     }
 
     /// Whether chunks run as recorded graphs ([`Session::set_graphs`]).
@@ -370,20 +407,31 @@ impl<B: Backend + 'static> Session<B> {
         let steps = self.schedule.steps.clone();
         let mut x0 = Vec::new();
         let denoise = |s: usize| PassInfo { chunk: c, step: Some(s), start_frame: c * nf, frames: nf, commit: false };
-        let graph_ok = {
-            let hook: &dyn ForwardHook<B> = match &self.dummy {
-                Some(d) => d,
-                None => self.hook.as_ref(),
-            };
-            self.graphs && self.record.is_none() && !(0..steps.len()).any(|s| hook.wants_attention(&denoise(s)))
-        };
-        let mut graph: Option<Recorded<B>> = None;
+        let clean_pass = PassInfo { chunk: c, step: None, start_frame: c * nf, frames: nf, commit: true };
+        let graphs = self.graph_passes(c);
+        let mut den = self.next_denoise.take().filter(|g| graphs.0 && g.pass.chunk == c);
+        let mut clean: Option<Recorded<B>> = None;
         for (s, &t) in steps.iter().enumerate() {
             let pass = denoise(s);
             let want_taps = self.record.is_some() && c == 0 && s == 0;
             let mut taps = Taps::new();
-            let flow = if graph_ok {
-                self.graph_step(&mut graph, &xt, shape, t, &pass)?
+            let flow = if graphs.0 {
+                let g = match den.as_mut() {
+                    Some(g) => g,
+                    None => den.insert(self.record_forward(&pass, t)?),
+                };
+                self.replay(g, &xt, Some(t))?;
+                if s == 0 {
+                    // The previous clean pass is queued before this replay: done by the download.
+                    self.last_clean = None;
+                }
+                if s + 1 == steps.len() && graphs.1 {
+                    // Recorded while the device runs the last denoising step.
+                    clean = Some(self.record_forward(&clean_pass, 0.0)?);
+                }
+                let flow = self.be.download(&g.out);
+                self.after_forward(&pass)?;
+                flow
             } else {
                 let x = self.be.upload(&xt, &shape);
                 let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
@@ -411,50 +459,88 @@ impl<B: Backend + 'static> Session<B> {
                 xt = x0.iter().zip(&eps).map(|(&a, &e)| self.store_f32((1.0 - sn) * a + sn * e)).collect();
             }
         }
-        // The graph reads this chunk's cache layout; the clean pass changes it.
-        drop(graph);
+        drop(den);
         // The clean pass at t = 0 writes the chunk's K/V into the cache; its output is unused.
-        let pass = PassInfo { chunk: c, step: None, start_frame: c * nf, frames: nf, commit: true };
-        let x = self.be.upload(&x0, &shape);
-        let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
-            Some(d) => d,
-            None => self.hook.as_mut(),
-        };
-        self.model.forward(&self.be, &x, 0.0, &pass, &mut self.cache, &self.text, hook, None)?;
+        match clean {
+            Some(mut g) => {
+                self.replay(&mut g, &x0, None)?;
+                self.after_forward(&clean_pass)?;
+                self.last_clean = Some(g);
+            }
+            None => {
+                let x = self.be.upload(&x0, &shape);
+                let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
+                    Some(d) => d,
+                    None => self.hook.as_mut(),
+                };
+                self.model.forward(&self.be, &x, 0.0, &clean_pass, &mut self.cache, &self.text, hook, None)?;
+            }
+        }
         self.be.status()?;
-        progress(Progress { pass, chunks });
+        progress(Progress { pass: clean_pass, chunks });
         self.chunk += 1;
+        if !self.done() && self.graph_passes(c + 1).0 {
+            // Recorded while the device runs the clean pass.
+            let next = PassInfo { chunk: c + 1, step: Some(0), start_frame: (c + 1) * nf, frames: nf, commit: false };
+            self.next_denoise = Some(self.record_forward(&next, steps[0])?);
+        }
         Ok(x0)
     }
 
-    /// One denoising step through the chunk's graph: records it at the first step (nothing
-    /// runs during the recording), otherwise writes the step's chunk and time embedding into
-    /// the graph's inputs; then replays it and downloads the flow.
-    fn graph_step(&mut self, graph: &mut Option<Recorded<B>>, xt: &[f32], shape: [usize; 4], t: f32, pass: &PassInfo) -> Result<Vec<f32>> {
-        let be = &self.be;
-        let temb = self.model.time_embedding(be, t, shape[0], None);
-        let x = be.upload(xt, &shape);
+    /// The hook's `after_forward` for a replayed pass (a direct forward calls it itself).
+    fn after_forward(&mut self, pass: &PassInfo) -> Result<()> {
         let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
             Some(d) => d,
             None => self.hook.as_mut(),
         };
-        let g = match graph {
-            Some(g) => {
-                overwrite(&**be, &mut g.x, &x);
-                overwrite(&**be, &mut g.temb.e, &temb.e);
-                overwrite(&**be, &mut g.temb.e0, &temb.e0);
-                g
-            }
-            None => {
-                let (model, cache, text) = (&self.model, &mut self.cache, &self.text);
-                let (out, id) = be.capture_graph(&mut |be| model.forward_embedded(be, &x, &temb, pass, &mut *cache, text, &mut *hook, None))?;
-                graph.insert(Recorded { be: be.clone(), id, x, temb, out })
-            }
+        hook.after_forward(&self.be, pass, &mut self.cache)
+    }
+
+    /// Whether chunk `c`'s (denoising forwards, clean pass) run as graphs: graphs on, no taps
+    /// recorded, and the hook does not look inside the pass (Dummy Forcing's calibration).
+    fn graph_passes(&self, c: usize) -> (bool, bool) {
+        let nf = FRAMES_PER_CHUNK;
+        if !self.graphs || self.record.is_some() {
+            return (false, false);
+        }
+        let hook: &dyn ForwardHook<B> = match &self.dummy {
+            Some(d) => d,
+            None => self.hook.as_ref(),
         };
-        be.replay_graph(g.id)?;
-        let flow = be.download(&g.out);
-        hook.after_forward(be, pass, &mut self.cache)?;
-        Ok(flow)
+        let pass = |step, commit| PassInfo { chunk: c, step, start_frame: c * nf, frames: nf, commit };
+        let den = !(0..self.schedule.steps.len()).any(|s| hook.wants_attention(&pass(Some(s), false)));
+        (den, den && !hook.wants_attention(&pass(None, true)))
+    }
+
+    /// Records the forward of `pass` (its host logic runs now, including a clean pass's cache
+    /// bookkeeping; its device work runs at each replay) with fresh input tensors; the time
+    /// embedding at `t` is computed now and stays for replays that pass no new timestep.
+    fn record_forward(&mut self, pass: &PassInfo, t: f32) -> Result<Recorded<B>> {
+        let be = self.be.clone();
+        let lat = self.latent;
+        let x = be.zeros(&[pass.frames, lat.channels, lat.height, lat.width]);
+        let temb = self.model.time_embedding(&be, t, pass.frames, None);
+        let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
+            Some(d) => d,
+            None => self.hook.as_mut(),
+        };
+        let (model, cache, text) = (&self.model, &mut self.cache, &self.text);
+        let (out, id) = be.capture_graph(&mut |be| model.forward_embedded(be, &x, &temb, pass, &mut *cache, text, &mut *hook, None))?;
+        Ok(Recorded { be: be.clone(), id, pass: *pass, x, temb, out })
+    }
+
+    /// Writes a replay's inputs (the latents, and the time embedding at `t` when given) and
+    /// queues the graph.
+    fn replay(&self, g: &mut Recorded<B>, x: &[f32], t: Option<f32>) -> Result<()> {
+        let be = &*self.be;
+        let xt = be.upload(x, &be.shape(&g.x).to_vec());
+        overwrite(be, &mut g.x, &xt);
+        if let Some(t) = t {
+            let temb = self.model.time_embedding(be, t, g.pass.frames, None);
+            overwrite(be, &mut g.temb.e, &temb.e);
+            overwrite(be, &mut g.temb.e0, &temb.e0);
+        }
+        be.replay_graph(g.id)
     }
 
     /// Generates every remaining chunk; returns the latents `[F, C, H, W]`.
