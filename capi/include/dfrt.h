@@ -224,6 +224,15 @@ DfrtStatus dfrt_session_set_context(struct DfrtSession *session, const float *da
 // `session`, `err` as everywhere.
 DfrtStatus dfrt_session_set_seed(struct DfrtSession *session, uint64_t seed, struct DfrtError *err);
 
+// Runs the GPU devices' forwards as recorded CUDA graphs (`enabled` non-zero, the default) or
+// launches every kernel directly (0; e.g. to profile per-block NVTX ranges with ncu). The
+// latents are the same bit for bit. No effect on `"cpu"`. Allowed before the first chunk or
+// after a reset.
+//
+// # Safety
+// `session`, `err` as everywhere.
+DfrtStatus dfrt_session_set_graphs(struct DfrtSession *session, int enabled, struct DfrtError *err);
+
 // Gives every random draw of the run instead of a seed: `len` must equal the session's
 // `noise_len` (bounded sessions only). Layout, per chunk: its initial noise, then the
 // re-noise of denoising steps 0, 1, 2, each `[3, C, H, W]` float. Filling it with the seeded

@@ -17,7 +17,7 @@
 //! rlib, see Cargo.toml); `tests/c_example.rs` compiles and runs `examples/c/generate.c`.
 
 use std::any::Any;
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -678,6 +678,26 @@ pub unsafe extern "C" fn dfrt_session_set_seed(session: *mut DfrtSession, seed: 
             s.settable("set the seed")?;
             s.noise = NoiseSource::Seed(seed);
             s.opts.seed = seed;
+            Ok(())
+        })
+    }
+}
+
+/// Runs the GPU devices' forwards as recorded CUDA graphs (`enabled` non-zero, the default) or
+/// launches every kernel directly (0; e.g. to profile per-block NVTX ranges with ncu). The
+/// latents are the same bit for bit. No effect on `"cpu"`. Allowed before the first chunk or
+/// after a reset.
+///
+/// # Safety
+/// `session`, `err` as everywhere.
+#[no_mangle]
+pub unsafe extern "C" fn dfrt_session_set_graphs(session: *mut DfrtSession, enabled: c_int, err: *mut DfrtError) -> DfrtStatus {
+    // SAFETY: pointer contracts forwarded from this function's.
+    unsafe {
+        guard(err, || {
+            let s = session_mut(session)?;
+            s.settable("switch graphs")?;
+            s.opts.graphs = enabled != 0;
             Ok(())
         })
     }

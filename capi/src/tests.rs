@@ -423,16 +423,22 @@ fn sessions_outlive_their_model_handle() {
 fn a_sim_session_matches_the_cpu_session() {
     let m = load();
     let ctx = context(16, 9);
-    let run = |dev: &CStr| {
+    let run = |dev: &CStr, graphs: i32| {
         let mut sp = null_mut();
         let (st, msg) = call(|e| unsafe { dfrt_session_new(m.0, c"window:6,sink:1".as_ptr(), H, W, 6, dev.as_ptr(), null_mut(), &mut sp, e) });
         assert_eq!(st, DFRT_OK, "{msg}");
         let s = Sess(sp);
         assert_eq!(set_ctx(&s, &ctx, 16).0, DFRT_OK);
         assert_eq!(call(|e| unsafe { dfrt_session_set_seed(s.0, 21, e) }).0, DFRT_OK);
-        run_all(&s).0
+        assert_eq!(call(|e| unsafe { dfrt_session_set_graphs(s.0, graphs, e) }).0, DFRT_OK);
+        let out = run_all(&s).0;
+        // Like the other settings, graphs are fixed once generation has started.
+        expect("graphs after start", call(|e| unsafe { dfrt_session_set_graphs(s.0, 1, e) }), DFRT_ERR_STATE, "reset");
+        out
     };
-    let (cpu, sim) = (run(c"cpu"), run(c"sim"));
+    let (cpu, sim) = (run(c"cpu", 1), run(c"sim", 1));
+    // Direct launches on sim: the same latents as graph replays, bit for bit.
+    assert!(run(c"sim", 0) == sim, "sim with graphs off differs from graphs on");
     assert_eq!(cpu.len(), sim.len());
     assert!(sim.iter().all(|x| x.is_finite()), "non-finite latents on sim");
     let num: f64 = cpu.iter().zip(&sim).map(|(a, b)| ((a - b) as f64).powi(2)).sum();

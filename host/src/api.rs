@@ -121,6 +121,7 @@ impl<B: Backend + 'static> LoadedModel<B> {
         opts.check(&self.cfg)?;
         let latent = opts.latent(&self.cfg);
         let mut s = Session::new(self.model.clone(), self.be.clone(), opts.policy.clone(), latent, opts.frames, context, rows, noise)?;
+        s.set_graphs(opts.graphs);
         if let Some(d) = s.dummy_mut() {
             d.set_seed(opts.seed);
             d.set_sampled_rows(opts.sampled_rows.clone())?;
@@ -176,12 +177,15 @@ pub struct SessionOptions {
     pub heads: Option<HeadProgram>,
     /// Dummy Forcing: stored query rows per layer (`sampled_rows.{layer}` of an inputs file).
     pub sampled_rows: BTreeMap<usize, Vec<i64>>,
+    /// Run the forwards as recorded graphs where the backend supports them (GPU backends; see
+    /// [`Session::set_graphs`]). Same latents either way.
+    pub graphs: bool,
 }
 
 impl SessionOptions {
     /// Options with a parsed policy (checked against `cfg`), row seed 0, no head program.
     pub fn parse(policy: &str, height: usize, width: usize, frames: Option<usize>, cfg: &ModelConfig) -> Result<Self> {
-        Ok(SessionOptions { policy: Policy::parse_for(policy, cfg)?, height, width, frames, seed: 0, heads: None, sampled_rows: BTreeMap::new() })
+        Ok(SessionOptions { policy: Policy::parse_for(policy, cfg)?, height, width, frames, seed: 0, heads: None, sampled_rows: BTreeMap::new(), graphs: true })
     }
 
     /// Checks the options against a model without doing any work (the checks

@@ -303,9 +303,8 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
         }
     }
     // The same path as the C API (dfrt::api), so both give the same latents bit for bit.
-    let opts = SessionOptions { policy: policy.clone(), height: latent.height, width: latent.width, frames: Some(frames), seed: a.seed, heads: program, sampled_rows: rows };
+    let opts = SessionOptions { policy: policy.clone(), height: latent.height, width: latent.width, frames: Some(frames), seed: a.seed, heads: program, sampled_rows: rows, graphs: a.graphs == "on" };
     let mut session = lm.session(&opts, &context.data, context.rows, noise)?;
-    session.set_graphs(a.graphs == "on");
     let graphs = if !be.supports_graphs() { "n/a" } else if session.graphs() { "on" } else { "off" };
 
     let chunks = frames / FRAMES_PER_CHUNK;
@@ -420,7 +419,7 @@ fn calibrate(a: CalibrateArgs, o: Output) -> Result<()> {
     if frames < need {
         return Err(Error::Input(format!("--frames {frames}: calibration at AR step {} needs at least {need} frames", spec.ar_start)));
     }
-    let mut opts = SessionOptions { policy: policy.clone(), height: a.height, width: a.width, frames: Some(frames), seed: 0, heads: None, sampled_rows: Default::default() };
+    let mut opts = SessionOptions { policy: policy.clone(), height: a.height, width: a.width, frames: Some(frames), seed: 0, heads: None, sampled_rows: Default::default(), graphs: true };
     let mut programs = Vec::new();
     let mut runs = Vec::new();
     for path in &a.context {
