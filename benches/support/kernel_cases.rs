@@ -17,7 +17,7 @@ use dfrt::backend::Precision;
 use dfrt::gpu::{DevPtr, Device, Gemm};
 use dfrt::pipeline::Rng;
 use dfrt::{Error, Result};
-use dfrt_kernels::attention::{attn_flops, AttnBf16D128, AttnBf16D64, AttnF32, AttnParams, KvSeg};
+use dfrt_kernels::attention::{attn_flops, AttnBf16D128, AttnBf16D128W8, AttnBf16D64, AttnF32, AttnParams, KvSeg};
 use dfrt_kernels::calib::{CalibMassParams, CalibMeanParams, CalibSeg};
 use dfrt_kernels::elem::Bf16;
 use dfrt_kernels::elementwise::{
@@ -328,6 +328,16 @@ fn attn_case<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usize, heads_d: Option
 fn attn_bf16_d128<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usize) -> Result<Built<D>> {
     let (ps, shape, bytes, flops) = attn_case(b, ty, lk, None)?;
     let ps: Vec<AttnBf16D128> = ps.into_iter().map(AttnBf16D128).collect();
+    for p in &ps {
+        check(p.check())?;
+    }
+    Ok(launches(shape, bytes, Some(flops), ps))
+}
+
+/// Version 2 of the d128 kernel (8 warps, 128 query rows per block) on the same shapes.
+fn attn_bf16_d128_w8<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usize) -> Result<Built<D>> {
+    let (ps, shape, bytes, flops) = attn_case(b, ty, lk, None)?;
+    let ps: Vec<AttnBf16D128W8> = ps.into_iter().map(AttnBf16D128W8).collect();
     for p in &ps {
         check(p.check())?;
     }
@@ -733,8 +743,10 @@ pub fn specs<D: Device>(s: &Shapes) -> Vec<Spec<D>> {
     let mut push = |kernel, ty, arg, formula, build| v.push(Spec { kernel, ty, arg, formula, build });
     for &lk in &s.attn_lk {
         push("attn_bf16_d128", Bf16, lk, ATTN, attn_bf16_d128::<D> as fn(&mut Bench<'_, D>, Ty, usize) -> Result<Built<D>>);
+        push("attn_bf16_d128_w8", Bf16, lk, ATTN, attn_bf16_d128_w8::<D>);
     }
     push("attn_bf16_d128", Bf16, 0, "FLOPs 4·Lq·Lk·H·d (Lk = text tokens)", attn_bf16_d128::<D>);
+    push("attn_bf16_d128_w8", Bf16, 0, "FLOPs 4·Lq·Lk·H·d (Lk = text tokens)", attn_bf16_d128_w8::<D>);
     let mid = s.attn_lk[s.attn_lk.len() / 2];
     push("attn_bf16_d64", Bf16, mid, ATTN, attn_bf16_d64::<D>);
     push("attn_f32", F32, mid, ATTN, attn_f32::<D>);

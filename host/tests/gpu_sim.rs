@@ -652,3 +652,29 @@ fn cuda_session_on_a_caller_stream() {
     assert!(own == theirs, "caller's stream vs own stream: rel L2 {:.3e}", rel_l2("stream", &theirs, &own));
     stream.synchronize().unwrap();
 }
+
+/// The bf16 head-dim-128 attention's kernel version 2 (8 warps, 128 query rows per block)
+/// gives the session the latents of version 1 bit for bit (the block shape changes, not any
+/// row's arithmetic); anything but 64 or 128 rows is refused.
+#[test]
+fn attention_kernel_version_2_gives_the_same_latents() {
+    let cfg = case_config("tiny-full");
+    assert_eq!(cfg.head_dim(), 128);
+    let weights = TensorFile::open(golden().join("tiny-full").join("weights.safetensors")).unwrap();
+    // 16×16 latent: 64 tokens per frame, 192 query rows per chunk (two version-2 blocks).
+    let latent = Latent { channels: cfg.in_dim, height: 16, width: 16 };
+    let ctx = Rand(13).vec(3 * cfg.text_dim);
+    let run = |rows: u32| {
+        let be = Arc::new(GpuBackend::new(SimDevice::new(), Precision::Bf16));
+        be.set_attn_rows(rows).unwrap();
+        be.prepare(&cfg, &Policy::Full, latent, Some(3), &weights).unwrap();
+        let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
+        let mut s = Session::new(model, be, Policy::Full, latent, Some(3), &ctx, 3, Noise::Seeded(Rng::new(4))).unwrap();
+        s.run(&mut |_| {}).unwrap()
+    };
+    let (v1, v2) = (run(64), run(128));
+    assert!(v1.iter().all(|x| x.is_finite()));
+    assert!(v1 == v2, "version 2 changed the latents: rel L2 {:.3e}", rel_l2("attn v2", &v2, &v1));
+    let err = GpuBackend::new(SimDevice::new(), Precision::Bf16).set_attn_rows(96).unwrap_err().to_string();
+    assert!(err.contains("64 or 128"), "{err}");
+}

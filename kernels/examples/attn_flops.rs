@@ -28,6 +28,7 @@ fn main() {
     for (name, d, es) in [
         ("attn_f32", 128u32, 4usize),
         ("attn_bf16_d128", 128, 2),
+        ("attn_bf16_d128_w8", 128, 2),
         ("attn_bf16_d64", 64, 2),
     ] {
         let w = (heads * d) as usize;
@@ -78,6 +79,7 @@ fn main() {
             match name {
                 "attn_f32" => (sim::run(AttnF32(p)), AttnF32(p).dims()),
                 "attn_bf16_d128" => (sim::run(AttnBf16D128(p)), AttnBf16D128(p).dims()),
+                "attn_bf16_d128_w8" => (sim::run(AttnBf16D128W8(p)), AttnBf16D128W8(p).dims()),
                 _ => (sim::run(AttnBf16D64(p)), AttnBf16D64(p).dims()),
             }
         };

@@ -15,7 +15,13 @@
 //!   `--dtype f32`. Any `head_dim` in 1..=128.
 //! - [`attn_bf16_d128`] / [`attn_bf16_d64`] ([`AttnBf16D128`] / [`AttnBf16D64`]): bf16 Q/K/V/O,
 //!   f32 accumulation, FlashAttention-2 style (mma.sync m16n8k16 over ldmatrix fragments,
-//!   cp.async double-buffered K/V tiles, online softmax in registers with exp2).
+//!   cp.async double-buffered K/V tiles, online softmax in registers with exp2). 4 warps, 64
+//!   query rows per block.
+//! - [`attn_bf16_d128_w8`] ([`AttnBf16D128W8`]): the same body with 8 warps and 128 query rows
+//!   per block: every K/V tile brought into shared memory serves twice the rows (half the
+//!   global/L2 traffic for K/V per FLOP, half the blocks), at 96 KiB of shared memory. Kernel
+//!   version 2 of the bf16 d128 path, kept beside version 1 until a GPU run picks one
+//!   (`benches/kernels.rs` times both at the real shapes; `GpuBackend::set_attn_rows`).
 //!
 //! Preconditions (checked on the host by `check()` and `check_table()` of each wrapper):
 //! - f32: `q`, `o` and every segment's `k`/`v` 4-byte aligned.
@@ -31,8 +37,9 @@
 //!
 //! Launch shapes (`Launch::dims`): 128 threads; f32: grid (ceil(q_rows/16), heads), dynamic
 //! smem [`attn_f32_smem`]`(head_dim)` (43 KiB at d128); bf16: grid (ceil(q_rows/64), heads),
-//! [`attn_bf16_smem`] (80 KiB at d128, 40 KiB at d64). Zero rows or zero heads still give a
-//! one-block grid whose block returns at once.
+//! [`attn_bf16_smem`] (80 KiB at d128, 40 KiB at d64); bf16 w8: 256 threads, grid
+//! (ceil(q_rows/128), heads), 96 KiB. Zero rows or zero heads still give a one-block grid whose
+//! block returns at once.
 
 // Register arrays are indexed by loop counters that are constants after full unrolling; that is
 // what keeps them in registers, so index loops are deliberate.
@@ -87,6 +94,11 @@ pub struct AttnF32(pub AttnParams);
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug)]
 pub struct AttnBf16D128(pub AttnParams);
+
+/// Params of [`attn_bf16_d128_w8`] (`head_dim` must be 128).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub struct AttnBf16D128W8(pub AttnParams);
 
 /// Params of [`attn_bf16_d64`] (`head_dim` must be 64).
 #[repr(transparent)]
@@ -249,13 +261,14 @@ macro_rules! bf16_checks {
     };
 }
 bf16_checks!(AttnBf16D128, "attn_bf16_d128", 128);
+bf16_checks!(AttnBf16D128W8, "attn_bf16_d128_w8", 128);
 bf16_checks!(AttnBf16D64, "attn_bf16_d64", 64);
 
 // ---------------------------------------------------------------------------------------------
 // Shared pieces
 // ---------------------------------------------------------------------------------------------
 
-/// Threads per block of every attention kernel (4 warps).
+/// Threads per block of the f32 and 4-warp bf16 attention kernels.
 pub const ATTN_THREADS: u32 = 128;
 
 /// Segment range of head `h`.
@@ -458,36 +471,44 @@ kernel! {
 // bf16 kernels (FlashAttention-2 style)
 // ---------------------------------------------------------------------------------------------
 
-/// Query rows per block of the bf16 kernels (4 warps × one m16 slab each).
+/// Query rows per block of the 4-warp bf16 kernels (one m16 slab per warp); the 8-warp
+/// kernel has twice as many.
 pub const BF16_BLOCK_M: u32 = 64;
 /// Keys per K/V tile of the bf16 kernels.
 pub const BF16_BLOCK_N: u32 = 64;
 
-/// Dynamic shared memory of a bf16 kernel for head_dim `d`: Q `[64][d]` plus two K/V stages
-/// (`[64][d]` each for K and V), bf16. d = 128: 80 KiB (above the 48 KiB default: the launcher
-/// must raise the function's max dynamic shared memory); d = 64: 40 KiB.
+/// Dynamic shared memory of a 4-warp bf16 kernel for head_dim `d`: Q `[64][d]` plus two K/V
+/// stages (`[64][d]` each for K and V), bf16. d = 128: 80 KiB (above the 48 KiB default: the
+/// launcher must raise the function's max dynamic shared memory); d = 64: 40 KiB.
 pub const fn attn_bf16_smem(d: u32) -> u32 {
-    2 * d * (BF16_BLOCK_M + 4 * BF16_BLOCK_N)
+    attn_bf16_smem_warps(d, 4)
+}
+
+/// Dynamic shared memory of a bf16 kernel with `warps` warps (Q `[16·warps][d]` plus the two
+/// K/V stages): 96 KiB for 8 warps at d = 128.
+pub const fn attn_bf16_smem_warps(d: u32, warps: u32) -> u32 {
+    2 * d * (16 * warps + 4 * BF16_BLOCK_N)
 }
 
 macro_rules! bf16_launch {
-    ($ty:ident, $d:expr) => {
+    ($ty:ident, $d:expr, $warps:expr) => {
         impl Launch for $ty {
-            /// grid = (ceil(q_rows/64), heads), 128 threads; zero rows or heads launch one
-            /// block that returns at once.
+            /// grid = (ceil(q_rows / (16·warps)), heads), 32·warps threads; zero rows or heads
+            /// launch one block that returns at once.
             fn dims(&self) -> LaunchDims {
                 let p = &self.0;
                 LaunchDims {
-                    grid: [p.q_rows.div_ceil(BF16_BLOCK_M).max(1), p.heads.max(1), 1],
-                    block: [ATTN_THREADS, 1, 1],
-                    dyn_smem: attn_bf16_smem($d),
+                    grid: [p.q_rows.div_ceil(16 * $warps).max(1), p.heads.max(1), 1],
+                    block: [32 * $warps, 1, 1],
+                    dyn_smem: attn_bf16_smem_warps($d, $warps),
                 }
             }
         }
     };
 }
-bf16_launch!(AttnBf16D128, 128);
-bf16_launch!(AttnBf16D64, 64);
+bf16_launch!(AttnBf16D128, 128, 4);
+bf16_launch!(AttnBf16D128W8, 128, 8);
+bf16_launch!(AttnBf16D64, 64, 4);
 
 /// Byte offset of 16-byte chunk `c` of row `r` in a `[rows][d]` bf16 tile with `row_bytes =
 /// 2d`. The chunk index is XORed with `r % 8`, so the 8 rows one ldmatrix phase reads (same
@@ -517,18 +538,19 @@ unsafe fn settle(p: &AttnParams, mut c: Cursor, end: u32) -> Cursor {
 }
 
 /// Issues the cp.async copies of one K/V tile (rows t0.. of segment si) into stage buffers
-/// `sk`/`sv` (`d` is a constant after inlining). Rows past the segment's end are zero-filled (their scores are masked, and the
+/// `sk`/`sv` by the block's `threads` threads (`d` and `threads` are constants after
+/// inlining). Rows past the segment's end are zero-filled (their scores are masked, and the
 /// zeros keep P·V free of NaN). Not committed here.
 #[inline(always)]
-unsafe fn load_kv_tile(p: &AttnParams, d: u32, c: Cursor, sk: u32, sv: u32) {
+unsafe fn load_kv_tile(p: &AttnParams, d: u32, threads: u32, c: Cursor, sk: u32, sv: u32) {
     let sg = seg(p, c.si);
     let n = (sg.rows - c.t0).min(BF16_BLOCK_N);
     let cpr = d / 8; // 16-byte chunks per row
     let tid = thread_idx_x();
     let (kb, vb) = (sg.k as *const u8, sg.v as *const u8);
     let mut i = 0;
-    while i < BF16_BLOCK_N * cpr / ATTN_THREADS {
-        let idx = tid + i * ATTN_THREADS;
+    while i < BF16_BLOCK_N * cpr / threads {
+        let idx = tid + i * threads;
         let (r, ch) = (idx / cpr, idx % cpr);
         let dst = swz(r, ch, 2 * d);
         // Out-of-range rows copy 0 bytes from the (aligned) segment start.
@@ -546,20 +568,23 @@ unsafe fn load_kv_tile(p: &AttnParams, d: u32, c: Cursor, sk: u32, sv: u32) {
     }
 }
 
-/// The bf16 kernel body for head_dim `D = 8·NDT` (NDT n8 output tiles, NKS = D/16 k16 slices).
+/// The bf16 kernel body for head_dim `D = 8·NDT` (NDT n8 output tiles, NKS = D/16 k16 slices)
+/// with `WARPS` warps.
 ///
-/// Block (x, h): query rows 64x..64x+64 of head h; warp w owns the m16 slab 16w..16w+16 (Q
+/// Block (x, h): query rows `BM·x .. BM·x + BM` (`BM = 16·WARPS`) of head h; warp w owns the m16 slab 16w..16w+16 (Q
 /// stays in shared memory; its fragments are re-read per tile). Per 64-key tile: S = Q·Kᵀ (mma.sync m16n8k16, K via
 /// ldmatrix), tail mask, online softmax in base 2 (quad shuffles xor 1, 2; −inf guards),
 /// O += P·V with P repacked from the S accumulators as bf16 A fragments and V via
 /// ldmatrix.trans. K/V tiles are double-buffered with cp.async: tile i+1 loads while tile i
 /// computes.
 #[inline(always)]
-unsafe fn attn_bf16_body<const NDT: usize, const NKS: usize>(p: AttnParams) {
+unsafe fn attn_bf16_body<const NDT: usize, const NKS: usize, const WARPS: u32>(p: AttnParams) {
     const { assert!(NDT == 2 * NKS) };
+    const { assert!(WARPS == 4 || WARPS == 8) };
     let d = 8 * NDT as u32;
+    let (block_m, threads) = (16 * WARPS, 32 * WARPS);
     let h = block_idx_y();
-    let row0 = block_idx_x() * BF16_BLOCK_M;
+    let row0 = block_idx_x() * block_m;
     // Block-uniform exits, before any barrier.
     if h >= p.heads || row0 >= p.q_rows || p.head_dim != d {
         return;
@@ -568,7 +593,7 @@ unsafe fn attn_bf16_body<const NDT: usize, const NKS: usize>(p: AttnParams) {
     let rb = 2 * d; // bytes per smem row
     let s_q = dyn_smem_addr();
     let stage = |b: u32| {
-        let k = s_q + BF16_BLOCK_M * rb + b * 2 * BF16_BLOCK_N * rb;
+        let k = s_q + block_m * rb + b * 2 * BF16_BLOCK_N * rb;
         (k, k + BF16_BLOCK_N * rb)
     };
 
@@ -576,8 +601,8 @@ unsafe fn attn_bf16_body<const NDT: usize, const NKS: usize>(p: AttnParams) {
     let cpr = d / 8;
     let qb = (p.q as *const u8).add(h as usize * d as usize * 2);
     let mut i = 0;
-    while i < BF16_BLOCK_M * cpr / ATTN_THREADS {
-        let idx = tid + i * ATTN_THREADS;
+    while i < block_m * cpr / threads {
+        let idx = tid + i * threads;
         let (r, ch) = (idx / cpr, idx % cpr);
         let row = row0 + r;
         let (off, size) = if row < p.q_rows {
@@ -595,7 +620,7 @@ unsafe fn attn_bf16_body<const NDT: usize, const NKS: usize>(p: AttnParams) {
     let mut cur = settle(&p, Cursor { si: s_begin, t0: 0 }, s_end);
     if cur.si < s_end {
         let (k, v) = stage(0);
-        load_kv_tile(&p, d, cur, k, v);
+        load_kv_tile(&p, d, threads, cur, k, v);
     }
     cp_async_commit();
     cp_async_wait_group::<0>();
@@ -619,7 +644,7 @@ unsafe fn attn_bf16_body<const NDT: usize, const NKS: usize>(p: AttnParams) {
         );
         if next.si < s_end {
             let (k, v) = stage(buf ^ 1);
-            load_kv_tile(&p, d, next, k, v);
+            load_kv_tile(&p, d, threads, next, k, v);
         }
         // Always commit (possibly an empty group) so every thread's group count agrees.
         cp_async_commit();
@@ -734,7 +759,19 @@ kernel! {
     /// `check()` and `check_table()` must pass, the pointers must be valid for their shapes;
     /// launch with `dims()` (80 KiB dynamic shared memory).
     pub unsafe fn attn_bf16_d128(pa: AttnBf16D128) {
-        attn_bf16_body::<16, 8>(pa.0);
+        attn_bf16_body::<16, 8, 4>(pa.0);
+    }
+}
+
+kernel! {
+    /// bf16 attention, head_dim 128, 8 warps × 16 rows = 128 query rows per block (kernel
+    /// version 2; see the module doc).
+    ///
+    /// # Safety
+    /// `check()` and `check_table()` must pass, the pointers must be valid for their shapes;
+    /// launch with `dims()` (256 threads, 96 KiB dynamic shared memory).
+    pub unsafe fn attn_bf16_d128_w8(pa: AttnBf16D128W8) {
+        attn_bf16_body::<16, 8, 8>(pa.0);
     }
 }
 
@@ -745,6 +782,6 @@ kernel! {
     /// `check()` and `check_table()` must pass, the pointers must be valid for their shapes;
     /// launch with `dims()`.
     pub unsafe fn attn_bf16_d64(pa: AttnBf16D64) {
-        attn_bf16_body::<8, 4>(pa.0);
+        attn_bf16_body::<8, 4, 4>(pa.0);
     }
 }

@@ -167,6 +167,7 @@ const ALL_KERNELS: [&str; HOT_KERNELS.len() + TEST_KERNELS.len()] = {
 /// spills. (This list is read textually by xtask; keep it one string literal per kernel.)
 pub const HOT_KERNELS: &[&str] = &[
     "attn_bf16_d128",
+    "attn_bf16_d128_w8",
     "attn_bf16_d64",
     "attn_f32",
     "add_f32",

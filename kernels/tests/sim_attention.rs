@@ -15,6 +15,7 @@ use common::*;
 use dfrt_kernels::attention::*;
 use dfrt_kernels::gpu::{bf16_to_f32, f32_to_bf16};
 use dfrt_kernels::sim;
+use dfrt_kernels::Launch;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Dt {
@@ -276,8 +277,19 @@ fn params(c: &Case, q: &Dev, o: &Dev) -> Launched {
     }
 }
 
-/// Launches the kernel for the case's dtype and head_dim after the host checks pass.
-fn launch_attn(c: &Case, l: &Launched) {
+/// The kernel versions that serve a case's dtype and head_dim, by warps per block: bf16 d128
+/// has version 1 (4 warps) and version 2 (8 warps); every other path has one kernel.
+fn variants(c: &Case) -> &'static [u32] {
+    if c.dt == Dt::Bf16 && c.d == 128 {
+        &[4, 8]
+    } else {
+        &[4]
+    }
+}
+
+/// Launches the kernel for the case's dtype and head_dim (and warps, for bf16 d128) after the
+/// host checks pass.
+fn launch_attn(c: &Case, l: &Launched, warps: u32) {
     let starts = &l._seg_start;
     let segs = &l._segs;
     // SAFETY: every buffer is sized for the shapes in the params, the tables outlive the launch.
@@ -285,6 +297,12 @@ fn launch_attn(c: &Case, l: &Launched) {
         match (c.dt, c.d) {
             (Dt::F32, _) => {
                 let k = AttnF32(l.p);
+                k.check().unwrap();
+                k.check_table(starts, segs).unwrap();
+                sim::run(k)
+            }
+            (Dt::Bf16, 128) if warps == 8 => {
+                let k = AttnBf16D128W8(l.p);
                 k.check().unwrap();
                 k.check_table(starts, segs).unwrap();
                 sim::run(k)
@@ -317,9 +335,25 @@ fn run_case(rng: &mut Rng, c: &Case) -> Vec<f32> {
         .map(|x| c.dt.round(x))
         .collect();
     let q = Dev::from(c.dt, &qf);
+    let mut first: Option<Vec<f32>> = None;
+    for &warps in variants(c) {
+        let got = run_variant(c, &qf, &q, warps);
+        match &first {
+            // The versions change the block shape, not any row's arithmetic: equal bit for bit.
+            Some(v1) => assert!(v1.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: {warps} warps differ from 4 warps", c.name),
+            None => first = Some(got),
+        }
+    }
+    first.unwrap()
+}
+
+/// One kernel version of [`run_case`]: launch into a poisoned output, check it.
+fn run_variant(c: &Case, qf: &[f32], q: &Dev, warps: u32) -> Vec<f32> {
+    let (d, heads) = (c.d as usize, c.heads as usize);
     let o = Dev::poisoned(c.dt, c.q_rows as usize * c.q_stride as usize);
-    let l = params(c, &q, &o);
-    launch_attn(c, &l);
+    let l = params(c, q, &o);
+    launch_attn(c, &l, warps);
+    let name = format!("{} ({warps} warps)", c.name);
     let full = o.read();
     // The padding columns of each output row (q_stride > heads·d) must stay poisoned.
     for i in 0..c.q_rows as usize {
@@ -327,14 +361,14 @@ fn run_case(rng: &mut Rng, c: &Case) -> Vec<f32> {
             assert!(
                 x.is_nan(),
                 "{}: kernel wrote a padding column of row {i}",
-                c.name
+                name
             );
         }
     }
     let got: Vec<f32> = (0..c.q_rows as usize)
         .flat_map(|i| full[i * c.q_stride as usize..][..heads * d].iter().copied())
         .collect();
-    let want = reference(c, &qf);
+    let want = reference(c, qf);
     // Heads without keys output exact zeros.
     for h in 0..heads {
         if head_keys(c, h).is_empty() {
@@ -343,15 +377,15 @@ fn run_case(rng: &mut Rng, c: &Case) -> Vec<f32> {
                 assert!(
                     row.iter().all(|&x| x == 0.0),
                     "{}: head {h} has no keys but row {i} is not 0: {:?}",
-                    c.name,
+                    name,
                     &row[..4.min(d)]
                 );
             }
         }
     }
     match c.dt {
-        Dt::F32 => assert_close(&c.name, &got, &want, 1e-5, 1e-5),
-        Dt::Bf16 => flash_rule(&c.name, &got, &want, &naive_bf16(c, &qf)),
+        Dt::F32 => assert_close(&name, &got, &want, 1e-5, 1e-5),
+        Dt::Bf16 => flash_rule(&name, &got, &want, &naive_bf16(c, qf)),
     }
     got
 }
@@ -544,6 +578,15 @@ fn bf16_d128_mixed_segment_tables() {
 }
 
 #[test]
+fn bf16_d128_several_blocks_of_rows() {
+    let mut rng = Rng::new("attn bf16 d128 blocks");
+    // 200 query rows: 4 blocks of 64 (tail 8) for version 1, 2 blocks of 128 (tail 72) for
+    // version 2; 2 heads so blocks of both heads run.
+    let c = cache_case(&mut rng, Dt::Bf16, 128, 2, 200, 30, 17);
+    run_case(&mut rng, &c);
+}
+
+#[test]
 fn bf16_d64_mixed_segment_tables_long_segments() {
     let mut rng = Rng::new("attn bf16 d64 mixed");
     // Slots longer than a tile (70 = 64 + 6), chunk of 65.
@@ -637,16 +680,18 @@ fn empty_launch(dt: Dt, d: u32, heads: u32, q_rows: u32) {
         kv: vec![],
         table: vec![vec![]; heads as usize],
     };
-    let q = Dev::poisoned(dt, 16);
-    let o = Dev::poisoned(dt, 16);
-    let l = params(&c, &q, &o);
-    launch_attn(&c, &l);
-    // Nothing may be written (read() checks the guards; the payload must stay poisoned).
-    assert!(
-        o.read().iter().all(|x| x.is_nan()),
-        "{}: wrote output",
-        c.name
-    );
+    for &warps in variants(&c) {
+        let q = Dev::poisoned(dt, 16);
+        let o = Dev::poisoned(dt, 16);
+        let l = params(&c, &q, &o);
+        launch_attn(&c, &l, warps);
+        // Nothing may be written (read() checks the guards; the payload must stay poisoned).
+        assert!(
+            o.read().iter().all(|x| x.is_nan()),
+            "{} ({warps} warps): wrote output",
+            c.name
+        );
+    }
 }
 
 #[test]
@@ -692,6 +737,14 @@ fn checks_reject_bad_params() {
     // bf16 rows must be 16-byte aligned.
     assert!(AttnBf16D128(bad(&|p| p.q = 0x1008)).check().is_err());
     assert!(AttnBf16D128(bad(&|p| p.q_stride = 260)).check().is_err());
+    assert!(AttnBf16D128W8(good).check().is_ok());
+    assert!(AttnBf16D128W8(bad(&|p| p.q = 0x1008)).check().is_err());
+    assert!(AttnBf16D128W8(bad(&|p| p.head_dim = 64)).check().unwrap_err().contains("attn_bf16_d128_w8"));
+    // Version 2 covers twice the rows per block with twice the threads.
+    let (v1, v2) = (AttnBf16D128(good).dims(), AttnBf16D128W8(good).dims());
+    assert_eq!((v1.block[0], v2.block[0]), (128, 256));
+    assert_eq!((v1.grid, v2.grid), ([1, 2, 1], [1, 2, 1]));
+    assert_eq!((v1.dyn_smem, v2.dyn_smem), (80 << 10, 96 << 10));
     assert!(AttnF32(bad(&|p| p.q = 0x1004)).check().is_ok());
 
     let seg = |k: u64, rows: u32, stride: u32| KvSeg {
@@ -744,5 +797,6 @@ fn params_layout_is_the_contract() {
     assert_eq!((size_of::<AttnParams>(), align_of::<AttnParams>()), (56, 8));
     assert_eq!(size_of::<AttnF32>(), 56);
     assert_eq!(size_of::<AttnBf16D128>(), 56);
+    assert_eq!(size_of::<AttnBf16D128W8>(), 56);
     assert_eq!(size_of::<AttnBf16D64>(), 56);
 }

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use dfrt_kernels::attention::{AttnBf16D128, AttnBf16D64, AttnF32, AttnParams, KvSeg};
+use dfrt_kernels::attention::{AttnBf16D128, AttnBf16D128W8, AttnBf16D64, AttnF32, AttnParams, KvSeg};
 use dfrt_kernels::calib::{CalibMassParams, CalibMeanParams};
 use dfrt_kernels::elem::Bf16;
 use dfrt_kernels::elementwise::{AddParams, GatedResidualParams, GeluParams, ModulationParams, SiluParams, SinusoidParams};
@@ -116,6 +116,8 @@ pub struct GpuBackend<D: Device> {
     reserved: std::sync::atomic::AtomicBool,
     /// bf16: the FFN's GELU in the GEMM epilogue ([`GpuBackend::set_fused_gelu`]).
     fused_gelu: std::sync::atomic::AtomicBool,
+    /// Query rows per block of the bf16 d128 attention ([`GpuBackend::set_attn_rows`]).
+    attn_rows: std::sync::atomic::AtomicU32,
 }
 
 fn u32_of(v: usize, what: &str) -> Result<u32> {
@@ -136,6 +138,7 @@ impl<D: Device> GpuBackend<D> {
             graph_runs: std::sync::atomic::AtomicU64::new(0),
             reserved: std::sync::atomic::AtomicBool::new(false),
             fused_gelu: std::sync::atomic::AtomicBool::new(true),
+            attn_rows: std::sync::atomic::AtomicU32::new(64),
         }
     }
 
@@ -158,6 +161,17 @@ impl<D: Device> GpuBackend<D> {
     /// matches the CPU reference's bf16 rounding points exactly.
     pub fn set_fused_gelu(&self, on: bool) {
         self.fused_gelu.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Which bf16 head-dim-128 attention kernel runs: 64 query rows per block (version 1,
+    /// `attn_bf16_d128`, 4 warps; the default) or 128 (version 2, `attn_bf16_d128_w8`, 8
+    /// warps). Same results bit for bit; the kernel bench times both. Other values are an error.
+    pub fn set_attn_rows(&self, rows: u32) -> Result<()> {
+        if rows != 64 && rows != 128 {
+            return Err(Error::Input(format!("attention block rows {rows}: 64 or 128")));
+        }
+        self.attn_rows.store(rows, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Device allocations so far.
@@ -678,6 +692,12 @@ impl<D: Device> GpuBackend<D> {
         match (self.precision, d) {
             (Precision::F32, _) => {
                 let a = AttnF32(p);
+                a.check().map_err(bad)?;
+                a.check_table(&seg_start, &segs).map_err(bad)?;
+                self.launch(a)?;
+            }
+            (Precision::Bf16, 128) if self.attn_rows.load(std::sync::atomic::Ordering::Relaxed) == 128 => {
+                let a = AttnBf16D128W8(p);
                 a.check().map_err(bad)?;
                 a.check_table(&seg_start, &segs).map_err(bad)?;
                 self.launch(a)?;
