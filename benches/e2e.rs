@@ -3,7 +3,7 @@
 //!
 //!   cargo bench --bench e2e -- [--device auto|cuda|sim|cpu] [--model PRESET|FILE]
 //!       [--res 480p,720p,1080p] [--policy P]... [--chunks N] [--dtype bf16|f32]
-//!       [--graphs on|off|both] [--json FILE]
+//!       [--graphs on|off|both] [--attn-rows 64|128] [--json FILE]
 //!
 //! Defaults on cuda: the full Wan2.1 1.3B config, 480p (latent 60x104), 720p (90x160) and
 //! 1080p (136x240: 1080/8 = 135 is not a multiple of the 2x2 patch, so 1088 rows, the nearest
@@ -14,7 +14,8 @@
 //! Counting (see support/e2e_run.rs): 1 latent frame = 4 video frames; FPS = video frames /
 //! diffusion time (the chunk loop: 4 denoising forwards + 1 cache-writing forward per chunk).
 //! `--graphs` (GPU devices): every forward as a recorded graph (`on`, the default, as
-//! `dfrt generate`), direct launches (`off`), or both side by side. "ms/chunk" is the mean over chunks after the first (the first carries one-time costs such
+//! `dfrt generate`), direct launches (`off`), or both side by side. `--attn-rows 128` runs
+//! version 2 of the bf16 d128 attention kernel (`attn_bf16_d128_w8`; default 64, version 1). "ms/chunk" is the mean over chunks after the first (the first carries one-time costs such
 //! as PTX JIT and cuBLASLt heuristics; under `dummy` chunk 1 also calibrates and compacts).
 
 #[path = "support/e2e_run.rs"]
@@ -62,7 +63,7 @@ fn checkpoint(model: &str) -> Result<(PathBuf, ModelConfig), String> {
 }
 
 fn real_main() -> Result<(), String> {
-    let a = Args::parse(&["device", "model", "res", "policy", "chunks", "dtype", "graphs", "json"])?;
+    let a = Args::parse(&["device", "model", "res", "policy", "chunks", "dtype", "graphs", "attn-rows", "json"])?;
     let want = a.device();
     let cuda = match want.as_str() {
         "cuda" => Some(CudaDevice::new(0, false).map_err(|e| e.to_string())?.describe()),
@@ -89,6 +90,7 @@ fn real_main() -> Result<(), String> {
         return Err("--chunks must be at least 1".into());
     }
     let precision = Precision::parse(a.get("dtype").unwrap_or("bf16")).map_err(|e| e.to_string())?;
+    let attn_rows: u32 = a.get("attn-rows").unwrap_or("64").parse().map_err(|_| "bad --attn-rows (64 or 128)".to_string())?;
     let modes: &[bool] = match a.get("graphs").unwrap_or("on") {
         "on" => &[true],
         "off" => &[false],
@@ -102,7 +104,7 @@ fn real_main() -> Result<(), String> {
     }
     let ckpt = TensorFile::open(&path).map_err(|e| e.to_string())?;
     let card = cuda.clone().unwrap_or_else(|| if device == "cpu" { "CPU reference backend".into() } else { "SIMT simulator (CPU)".into() });
-    println!("device: {device} ({card}); model {model} (synthetic bf16 weights), dtype {}, {chunks} chunks = {} latent frames = {} video frames", precision.name(), chunks * 3, chunks * 12);
+    println!("device: {device} ({card}); model {model} (synthetic bf16 weights), dtype {}, {chunks} chunks = {} latent frames = {} video frames; bf16 d128 attention: {attn_rows} rows per block", precision.name(), chunks * 3, chunks * 12);
     if !big {
         println!("{}", report::SIM_NOTE.replace("device sim", &format!("device {device}")));
     }
@@ -111,8 +113,8 @@ fn real_main() -> Result<(), String> {
         for p in &policies {
             for &g in if device == "cpu" { &[false][..] } else { modes } {
                 let row = match device {
-                    "cuda" => go(&|| Ok(GpuBackend::new(CudaDevice::new(0, false)?, precision)), &ckpt, &cfg, r, p, chunks, g)?,
-                    "sim" => go(&|| Ok(GpuBackend::new(SimDevice::new(), precision)), &ckpt, &cfg, r, p, chunks, g)?,
+                    "cuda" => go(&|| gpu(CudaDevice::new(0, false)?, precision, attn_rows), &ckpt, &cfg, r, p, chunks, g)?,
+                    "sim" => go(&|| gpu(SimDevice::new(), precision, attn_rows), &ckpt, &cfg, r, p, chunks, g)?,
                     _ => go(&|| Ok(CpuBackend::new(precision)), &ckpt, &cfg, r, p, chunks, g)?,
                 };
                 rows.push(row);
@@ -153,7 +155,7 @@ fn real_main() -> Result<(), String> {
             })
             .collect();
         let v = serde_json::json!({
-            "bench": "e2e", "device": device, "card": card, "model": model, "dtype": precision.name(),
+            "bench": "e2e", "device": device, "card": card, "model": model, "dtype": precision.name(), "attn_rows": attn_rows,
             "unix_time": report::unix_time(), "note": (!big).then_some(report::SIM_NOTE),
             "counting": "1 latent frame = 4 video frames; FPS = video frames / diffusion time (chunk loop)",
             "rows": rows,
@@ -162,6 +164,13 @@ fn real_main() -> Result<(), String> {
         println!("wrote {}", p.display());
     }
     Ok(())
+}
+
+/// A GPU backend with the chosen attention kernel version.
+fn gpu<D: dfrt::gpu::Device>(dev: D, precision: Precision, attn_rows: u32) -> dfrt::Result<GpuBackend<D>> {
+    let be = GpuBackend::new(dev, precision);
+    be.set_attn_rows(attn_rows)?;
+    Ok(be)
 }
 
 fn graphs_cell(g: Option<bool>) -> &'static str {
