@@ -416,6 +416,9 @@ impl Device for CudaDevice {
             return unsafe { result::memcpy_htod_async(dst, host, self.stream.cu_stream()) }.map_err(drv("captured h2d"));
         }
         drop(g);
+        if src.is_empty() {
+            return Ok(());
+        }
         if src.len() <= UPLOAD_RING / 4 {
             return self.h2d_ring(dst, src);
         }
