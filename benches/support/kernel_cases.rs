@@ -325,43 +325,31 @@ fn attn_case<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usize, heads_d: Option
     Ok((ps, format!("Lq {lq} Lk {lk} H {h} d {d}{what}"), bytes, flops))
 }
 
-fn attn_bf16_d128<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usize) -> Result<Built<D>> {
-    let (ps, shape, bytes, flops) = attn_case(b, ty, lk, None)?;
-    let ps: Vec<AttnBf16D128> = ps.into_iter().map(AttnBf16D128).collect();
-    for p in &ps {
-        check(p.check())?;
-    }
+/// The attention launches of one kernel: `wrap` turns the shared params into the kernel's
+/// params type and runs its host check. `hd` overrides (heads, head_dim).
+fn attn_launches<D: Device, P: Launch>(b: &mut Bench<'_, D>, ty: Ty, lk: usize, hd: Option<(usize, usize)>, wrap: impl Fn(AttnParams) -> std::result::Result<P, String>) -> Result<Built<D>> {
+    let (ps, shape, bytes, flops) = attn_case(b, ty, lk, hd)?;
+    let ps = ps.into_iter().map(|p| wrap(p).map_err(|e| Error::Input(format!("bench params: {e}")))).collect::<Result<Vec<P>>>()?;
     Ok(launches(shape, bytes, Some(flops), ps))
+}
+
+fn attn_bf16_d128<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usize) -> Result<Built<D>> {
+    attn_launches(b, ty, lk, None, |p| AttnBf16D128(p).check().map(|_| AttnBf16D128(p)))
 }
 
 /// Version 2 of the d128 kernel (8 warps, 128 query rows per block) on the same shapes.
 fn attn_bf16_d128_w8<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usize) -> Result<Built<D>> {
-    let (ps, shape, bytes, flops) = attn_case(b, ty, lk, None)?;
-    let ps: Vec<AttnBf16D128W8> = ps.into_iter().map(AttnBf16D128W8).collect();
-    for p in &ps {
-        check(p.check())?;
-    }
-    Ok(launches(shape, bytes, Some(flops), ps))
+    attn_launches(b, ty, lk, None, |p| AttnBf16D128W8(p).check().map(|_| AttnBf16D128W8(p)))
 }
 
 fn attn_bf16_d64<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usize) -> Result<Built<D>> {
     // The small models' head dim: the same width split into twice the heads.
     let hd = (b.s.dim / 64, 64);
-    let (ps, shape, bytes, flops) = attn_case(b, ty, lk, Some(hd))?;
-    let ps: Vec<AttnBf16D64> = ps.into_iter().map(AttnBf16D64).collect();
-    for p in &ps {
-        check(p.check())?;
-    }
-    Ok(launches(shape, bytes, Some(flops), ps))
+    attn_launches(b, ty, lk, Some(hd), |p| AttnBf16D64(p).check().map(|_| AttnBf16D64(p)))
 }
 
 fn attn_f32<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usize) -> Result<Built<D>> {
-    let (ps, shape, bytes, flops) = attn_case(b, ty, lk, None)?;
-    let ps: Vec<AttnF32> = ps.into_iter().map(AttnF32).collect();
-    for p in &ps {
-        check(p.check())?;
-    }
-    Ok(launches(shape, bytes, Some(flops), ps))
+    attn_launches(b, ty, lk, None, |p| AttnF32(p).check().map(|_| AttnF32(p)))
 }
 
 /// Calibration masses: R sampled rows of the chunk's queries against the first region (one
