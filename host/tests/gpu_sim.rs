@@ -678,3 +678,34 @@ fn attention_kernel_version_2_gives_the_same_latents() {
     let err = GpuBackend::new(SimDevice::new(), Precision::Bf16).set_attn_rows(96).unwrap_err().to_string();
     assert!(err.contains("64 or 128"), "{err}");
 }
+
+/// Dummy Forcing with a given head program: nothing calibrates, so every forward of every
+/// chunk replays from a graph, including the clean pass after which the cache is regrouped
+/// (the regroup is queued behind the replay). Same latents as direct launches.
+#[test]
+fn a_given_head_program_replays_every_forward() {
+    let cfg = case_config("df-tiny");
+    let weights = TensorFile::open(golden().join("df-tiny").join("weights.safetensors")).unwrap();
+    let latent = Latent { channels: cfg.in_dim, height: 8, width: 8 };
+    let ctx = Rand(14).vec(3 * cfg.text_dim);
+    let frames = 9;
+    let run = |graphs: bool, program: Option<dfrt::dummy::HeadProgram>| {
+        let be = Arc::new(GpuBackend::new(SimDevice::new(), Precision::F32));
+        let pol = Policy::parse_for("dummy:3", &cfg).unwrap();
+        be.prepare(&cfg, &pol, latent, Some(frames), &weights).unwrap();
+        let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
+        let mut s = Session::new(model, be.clone(), pol, latent, Some(frames), &ctx, 3, Noise::Seeded(Rng::new(6))).unwrap();
+        s.set_graphs(graphs);
+        if let Some(p) = program {
+            s.dummy_mut().unwrap().set_program(p).unwrap();
+        }
+        let out = s.run(&mut |_| {}).unwrap();
+        (out, s.dummy().unwrap().program().unwrap().clone(), be.graph_replays())
+    };
+    let (_, program, _) = run(false, None);
+    let (direct, _, n0) = run(false, Some(program.clone()));
+    let (graphed, _, n1) = run(true, Some(program));
+    assert_eq!((n0, n1), (0, 15), "every forward replays from a graph");
+    assert!(graphed.iter().all(|v| v.is_finite()));
+    assert!(direct == graphed, "given program: graph replay changed the latents (rel L2 {:.3e})", rel_l2("given", &graphed, &direct));
+}
