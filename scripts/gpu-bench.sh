@@ -76,26 +76,8 @@ for c in $GOLDEN_CASES; do
   for f in "$GOLDEN/$c"/*; do
     b=$(basename "$f")
     if [ "$GOLDEN_SLIM" = 1 ] && [ "$b" = outputs.safetensors ]; then
-      # Keep only what the CUDA golden test compares (safetensors: u64 header length, JSON
-      # header, data).
-      python3 - "$f" "$DIST/golden/$c/$b" <<'PY'
-import json, struct, sys
-src, dst = sys.argv[1], sys.argv[2]
-b = open(src, "rb").read()
-n = struct.unpack("<Q", b[:8])[0]
-h = json.loads(b[8:8 + n])
-out, data = {}, b""
-for k in ("latents", "assignment"):
-    if k in h:
-        lo, hi = h[k]["data_offsets"]
-        out[k] = dict(h[k], data_offsets=[len(data), len(data) + hi - lo])
-        data += b[8 + n + lo:8 + n + hi]
-if "__metadata__" in h:
-    out["__metadata__"] = h["__metadata__"]
-hj = json.dumps(out).encode()
-hj += b" " * (-len(hj) % 8)
-open(dst, "wb").write(struct.pack("<Q", len(hj)) + hj + data)
-PY
+      # Keep only what the CUDA golden test compares.
+      python3 scripts/slim-golden.py "$f" "$DIST/golden/$c/$b"
       continue
     fi
     dup=""

@@ -31,24 +31,7 @@ for l in sys.stdin:
         mkdir -p "$CARRY/golden/$(basename "$c")"
         cp "$c"/manifest.json "$c"/weights.safetensors "$c"/inputs.safetensors "$CARRY/golden/$(basename "$c")/"
         # Only what the CUDA tests compare (the full outputs would not fit the carry limit).
-        python3 - "$c/outputs.safetensors" "$CARRY/golden/$(basename "$c")/outputs.safetensors" <<'PY'
-import json, struct, sys
-src, dst = sys.argv[1], sys.argv[2]
-b = open(src, "rb").read()
-n = struct.unpack("<Q", b[:8])[0]
-h = json.loads(b[8:8 + n])
-keep = {k: v for k, v in h.items() if k in ("latents", "assignment")}
-out, data = {}, b""
-for k, v in keep.items():
-    s, e = v["data_offsets"]
-    out[k] = dict(v, data_offsets=[len(data), len(data) + e - s])
-    data += b[8 + n + s:8 + n + e]
-if "__metadata__" in h:
-    out["__metadata__"] = h["__metadata__"]
-hb = json.dumps(out).encode()
-hb += b" " * (-len(hb) % 8)
-open(dst, "wb").write(struct.pack("<Q", len(hb)) + hb + data)
-PY
+        python3 scripts/slim-golden.py "$c/outputs.safetensors" "$CARRY/golden/$(basename "$c")/outputs.safetensors"
     done
     du -sh "$CARRY"
     ;;
