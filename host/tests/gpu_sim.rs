@@ -327,6 +327,20 @@ fn bf16_gpu_path_follows_the_cpu_bf16_path() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// A session of golden case `case`'s model on `be`, the way the CLI makes one: the memory plan
+/// reserved, the weights loaded, then `policy` at `h×w` latents for `frames` frames, a random
+/// 3-row context from `ctx_seed` and noise seeded with `noise_seed`.
+fn gpu_session<D: Device>(be: &Arc<GpuBackend<D>>, case: &str, policy: &str, (h, w): (usize, usize), frames: usize, (ctx_seed, noise_seed): (u64, u64)) -> Session<GpuBackend<D>> {
+    let cfg = case_config(case);
+    let weights = TensorFile::open(golden().join(case).join("weights.safetensors")).unwrap();
+    let policy = Policy::parse_for(policy, &cfg).unwrap();
+    let latent = Latent { channels: cfg.in_dim, height: h, width: w };
+    be.prepare(&cfg, &policy, latent, Some(frames), &weights).unwrap();
+    let model = Arc::new(Model::load(&**be, &weights, &cfg).unwrap());
+    let ctx = Rand(ctx_seed).vec(3 * cfg.text_dim);
+    Session::new(model, be.clone(), policy, latent, Some(frames), &ctx, 3, Noise::Seeded(Rng::new(noise_seed))).unwrap()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Memory plan
 // ---------------------------------------------------------------------------------------------
@@ -496,13 +510,9 @@ fn cuda_device_without_a_gpu_is_a_clear_error() {
 fn graph_replays_a_forward<D: Device>(dev: D, precision: Precision) {
     use dfrt::model::{NoHook, PassInfo};
     let cfg = case_config("tiny-full");
-    let weights = TensorFile::open(golden().join("tiny-full").join("weights.safetensors")).unwrap();
     let be = Arc::new(GpuBackend::new(dev, precision));
-    let latent = Latent { channels: cfg.in_dim, height: 8, width: 8 };
-    be.prepare(&cfg, &Policy::Full, latent, Some(6), &weights).unwrap();
-    let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
-    let ctx = Rand(7).vec(3 * cfg.text_dim);
-    let mut s = Session::new(model.clone(), be.clone(), Policy::Full, latent, Some(6), &ctx, 3, Noise::Seeded(Rng::new(3))).unwrap();
+    let mut s = gpu_session(&be, "tiny-full", "full", (8, 8), 6, (7, 3));
+    let model = s.model.clone();
     // Direct launches: this test records its own graph (the memory plan holds two).
     s.set_graphs(false);
     s.next_chunk(&mut |_| {}).unwrap();
@@ -561,17 +571,10 @@ fn cuda_graph_capture_replays_a_forward() {
 fn graphs_match_direct_launches<D: Device>(make: &dyn Fn() -> D) {
     for (policy, dtype) in [("full", Precision::F32), ("window:6,sink:1", Precision::Bf16), ("dummy:3", Precision::F32)] {
         let case = if policy.starts_with("dummy") { "df-tiny" } else { "tiny-full" };
-        let cfg = case_config(case);
-        let weights = TensorFile::open(golden().join(case).join("weights.safetensors")).unwrap();
-        let latent = Latent { channels: cfg.in_dim, height: 8, width: 8 };
-        let ctx = Rand(11).vec(3 * cfg.text_dim);
         let frames = 9;
         let run = |graphs: bool| {
             let be = Arc::new(GpuBackend::new(make(), dtype));
-            let pol = Policy::parse_for(policy, &cfg).unwrap();
-            be.prepare(&cfg, &pol, latent, Some(frames), &weights).unwrap();
-            let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
-            let mut s = Session::new(model, be.clone(), pol, latent, Some(frames), &ctx, 3, Noise::Seeded(Rng::new(5))).unwrap();
+            let mut s = gpu_session(&be, case, policy, (8, 8), frames, (11, 5));
             assert!(s.graphs(), "graphs are on by default on a GPU backend");
             s.set_graphs(graphs);
             let allocs = be.allocations();
@@ -632,16 +635,9 @@ fn cuda_session_on_a_caller_stream() {
     let ctx = cudarc::driver::CudaContext::new(0).unwrap();
     let stream = ctx.new_stream().unwrap();
     let raw = stream.cu_stream() as *mut std::ffi::c_void;
-    let cfg = case_config("tiny-window");
-    let weights = TensorFile::open(golden().join("tiny-window").join("weights.safetensors")).unwrap();
-    let latent = Latent { channels: cfg.in_dim, height: 8, width: 8 };
-    let ctxv = Rand(12).vec(3 * cfg.text_dim);
     let run = |dev: CudaDevice| {
         let be = Arc::new(GpuBackend::new(dev, Precision::Bf16));
-        let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
-        let pol = Policy::parse_for("window:6,sink:1", &cfg).unwrap();
-        let mut s = Session::new(model, be, pol, latent, Some(9), &ctxv, 3, Noise::Seeded(Rng::new(2))).unwrap();
-        s.run(&mut |_| {}).unwrap()
+        gpu_session(&be, "tiny-window", "window:6,sink:1", (8, 8), 9, (12, 2)).run(&mut |_| {}).unwrap()
     };
     let own = run(CudaDevice::new(0, false).unwrap());
     // SAFETY: `stream` lives until the end of this test, after the device is dropped.
@@ -658,19 +654,12 @@ fn cuda_session_on_a_caller_stream() {
 /// row's arithmetic); anything but 64 or 128 rows is refused.
 #[test]
 fn attention_kernel_version_2_gives_the_same_latents() {
-    let cfg = case_config("tiny-full");
-    assert_eq!(cfg.head_dim(), 128);
-    let weights = TensorFile::open(golden().join("tiny-full").join("weights.safetensors")).unwrap();
-    // 16×16 latent: 64 tokens per frame, 192 query rows per chunk (two version-2 blocks).
-    let latent = Latent { channels: cfg.in_dim, height: 16, width: 16 };
-    let ctx = Rand(13).vec(3 * cfg.text_dim);
+    assert_eq!(case_config("tiny-full").head_dim(), 128);
     let run = |rows: u32| {
         let be = Arc::new(GpuBackend::new(SimDevice::new(), Precision::Bf16));
         be.set_attn_rows(rows).unwrap();
-        be.prepare(&cfg, &Policy::Full, latent, Some(3), &weights).unwrap();
-        let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
-        let mut s = Session::new(model, be, Policy::Full, latent, Some(3), &ctx, 3, Noise::Seeded(Rng::new(4))).unwrap();
-        s.run(&mut |_| {}).unwrap()
+        // 16×16 latent: 64 tokens per frame, 192 query rows per chunk (two version-2 blocks).
+        gpu_session(&be, "tiny-full", "full", (16, 16), 3, (13, 4)).run(&mut |_| {}).unwrap()
     };
     let (v1, v2) = (run(64), run(128));
     assert!(v1.iter().all(|x| x.is_finite()));
@@ -684,17 +673,9 @@ fn attention_kernel_version_2_gives_the_same_latents() {
 /// (the regroup is queued behind the replay). Same latents as direct launches.
 #[test]
 fn a_given_head_program_replays_every_forward() {
-    let cfg = case_config("df-tiny");
-    let weights = TensorFile::open(golden().join("df-tiny").join("weights.safetensors")).unwrap();
-    let latent = Latent { channels: cfg.in_dim, height: 8, width: 8 };
-    let ctx = Rand(14).vec(3 * cfg.text_dim);
-    let frames = 9;
     let run = |graphs: bool, program: Option<dfrt::dummy::HeadProgram>| {
         let be = Arc::new(GpuBackend::new(SimDevice::new(), Precision::F32));
-        let pol = Policy::parse_for("dummy:3", &cfg).unwrap();
-        be.prepare(&cfg, &pol, latent, Some(frames), &weights).unwrap();
-        let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
-        let mut s = Session::new(model, be.clone(), pol, latent, Some(frames), &ctx, 3, Noise::Seeded(Rng::new(6))).unwrap();
+        let mut s = gpu_session(&be, "df-tiny", "dummy:3", (8, 8), 9, (14, 6));
         s.set_graphs(graphs);
         if let Some(p) = program {
             s.dummy_mut().unwrap().set_program(p).unwrap();
