@@ -306,14 +306,7 @@ impl CudaDevice {
 
     fn check(&self, ptr: DevPtr, len: usize, what: &str) -> Result<()> {
         self.bind()?;
-        if len == 0 {
-            return Ok(());
-        }
-        let live = self.live.lock().unwrap();
-        match live.range(..=ptr).next_back() {
-            Some((&base, &size)) if ptr + len as u64 <= base + size as u64 => Ok(()),
-            _ => Err(Error::Device(format!("cuda: {what}: range {ptr:#x}+{len} is outside every live allocation"))),
-        }
+        super::check_live(&self.live.lock().unwrap(), "cuda", ptr, len, what)
     }
 
     fn capturing(&self) -> bool {

@@ -98,14 +98,7 @@ impl SimDevice {
 
     /// Checks that `[ptr, ptr + len)` lies inside one live allocation.
     fn check(&self, ptr: DevPtr, len: usize, what: &str) -> Result<()> {
-        if len == 0 {
-            return Ok(());
-        }
-        let live = self.live.lock().unwrap();
-        match live.range(..=ptr).next_back() {
-            Some((&base, &size)) if ptr + len as u64 <= base + size as u64 => Ok(()),
-            _ => Err(Error::Device(format!("sim: {what}: range {ptr:#x}+{len} is outside every live allocation"))),
-        }
+        super::check_live(&self.live.lock().unwrap(), "sim", ptr, len, what)
     }
 }
 
