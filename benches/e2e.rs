@@ -15,7 +15,8 @@
 //! diffusion time (the chunk loop: 4 denoising forwards + 1 cache-writing forward per chunk).
 //! `--graphs` (GPU devices): every forward as a recorded graph (`on`, the default, as
 //! `dfrt generate`), direct launches (`off`), or both side by side. `--attn-rows 128` runs
-//! version 2 of the bf16 d128 attention kernel (`attn_bf16_d128_w8`; default 64, version 1). "ms/chunk" is the mean over chunks after the first (the first carries one-time costs such
+//! version 2 of the bf16 d128 attention kernel (`attn_bf16_d128_w8`; default 64, version 1).
+//! "ms/chunk" is the mean over chunks after the first (the first carries one-time costs such
 //! as PTX JIT and cuBLASLt heuristics; under `dummy` chunk 1 also calibrates and compacts).
 
 #[path = "support/e2e_run.rs"]
