@@ -165,6 +165,13 @@ fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
     gpu.write_heads(&mut skg, &mut svg, &ckg, &cvg, 5 * heads * d, heads * d, &[1, 0], 5, d);
     check(&name("write_heads k"), &gpu.download(&skg), &cpu.download(&skc), 0.0);
     check(&name("write_heads v"), &gpu.download(&svg), &cpu.download(&svc), 0.0);
+    // write: new host data into an existing tensor, rounded like an upload.
+    let v = r.vec(rows * cols);
+    let (mut wc, mut wg) = (cpu.zeros(&[rows, cols]), gpu.zeros(&[rows, cols]));
+    cpu.write(&mut wc, &v);
+    gpu.write(&mut wg, &v);
+    check(&name("write"), &gpu.download(&wg), &cpu.download(&wc), 0.0);
+    check(&name("write vs upload"), &cpu.download(&wc), &cpu.download(&cpu.upload(&v, &[rows, cols])), 0.0);
     let zg = gpu.zeros(&[3, 7]);
     assert!(gpu.download(&zg).iter().all(|&v| v == 0.0), "zeros");
 

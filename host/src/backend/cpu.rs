@@ -148,6 +148,11 @@ impl Backend for CpuBackend {
     fn download(&self, t: &CpuTensor) -> Vec<f32> {
         t.data.clone()
     }
+    fn write(&self, dst: &mut CpuTensor, data: &[f32]) {
+        assert_eq!(dst.data.len(), data.len(), "write: {} values into {:?}", data.len(), dst.shape);
+        dst.data.copy_from_slice(data);
+        self.round_all(&mut dst.data);
+    }
     fn shape<'a>(&self, t: &'a CpuTensor) -> &'a [usize] {
         &t.shape
     }

@@ -139,6 +139,10 @@ pub trait Backend {
     /// Uploads host f32 data, rounding to the storage precision.
     fn upload(&self, data: &[f32], shape: &[usize]) -> Self::Tensor;
     fn download(&self, t: &Self::Tensor) -> Vec<f32>;
+    /// Overwrites `dst` with host f32 data of the same element count, rounding to the storage
+    /// precision like [`Backend::upload`] (a recorded graph's input, refilled before each
+    /// replay).
+    fn write(&self, dst: &mut Self::Tensor, data: &[f32]);
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
     /// A tensor filled with zeros.
     fn zeros(&self, shape: &[usize]) -> Self::Tensor;

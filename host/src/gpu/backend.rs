@@ -305,6 +305,13 @@ impl<D: Device> GpuBackend<D> {
         self.error.lock().unwrap().is_some()
     }
 
+    /// `linear`, with the GELU in the epilogue when `gelu`: `x [.., k] · wᵀ (+ b)`.
+    fn gemm_op(&self, x: &GpuTensor<D>, w: &GpuTensor<D>, b: Option<&GpuTensor<D>>, gelu: bool) -> GpuTensor<D> {
+        let mut shape = x.shape.clone();
+        *shape.last_mut().unwrap() = w.shape[0];
+        self.guard(&shape, || self.try_linear(x, w, b, gelu))
+    }
+
     /// The one place that launches kernels.
     fn launch<P: Launch>(&self, p: P) -> Result<()> {
         // SAFETY: every params struct is built by the ops below from tensors they hold borrows
@@ -385,14 +392,22 @@ impl<D: Device> GpuBackend<D> {
             return Err(Error::Device(format!("upload: {} values for shape {shape:?}", data.len())));
         }
         let t = self.new_tensor(shape)?;
-        match self.precision {
-            Precision::F32 => self.sh.dev.h2d(t.ptr, bytemuck::cast_slice(data))?,
+        self.try_write(&t, data)?;
+        Ok(t)
+    }
+
+    /// Host f32 data into `t`'s storage (same element count), rounded to the precision.
+    fn try_write(&self, t: &GpuTensor<D>, data: &[f32]) -> Result<()> {
+        if data.len() != t.numel() || t.ptr == 0 {
+            return Err(Error::Device(format!("write: {} values into a tensor of shape {:?}", data.len(), t.shape)));
+        }
+        match t.precision {
+            Precision::F32 => self.sh.dev.h2d(t.ptr, bytemuck::cast_slice(data)),
             Precision::Bf16 => {
                 let b: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
-                self.sh.dev.h2d(t.ptr, bytemuck::cast_slice(&b))?
+                self.sh.dev.h2d(t.ptr, bytemuck::cast_slice(&b))
             }
         }
-        Ok(t)
     }
 
     fn try_download(&self, t: &GpuTensor<D>) -> Result<Vec<f32>> {
@@ -769,6 +784,13 @@ impl<D: Device> Backend for GpuBackend<D> {
             vec![f32::NAN; t.numel()]
         })
     }
+    fn write(&self, dst: &mut GpuTensor<D>, data: &[f32]) {
+        if !self.failed() {
+            if let Err(e) = self.try_write(dst, data) {
+                self.fail(e);
+            }
+        }
+    }
     fn shape<'a>(&self, t: &'a GpuTensor<D>) -> &'a [usize] {
         &t.shape
     }
@@ -798,9 +820,7 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 
     fn linear(&self, x: &GpuTensor<D>, w: &GpuTensor<D>, b: Option<&GpuTensor<D>>) -> GpuTensor<D> {
-        let mut shape = x.shape.clone();
-        *shape.last_mut().unwrap() = w.shape[0];
-        self.guard(&shape, || self.try_linear(x, w, b, false))
+        self.gemm_op(x, w, b, false)
     }
     /// Fused into the GEMM epilogue in bf16 (see [`GpuBackend::set_fused_gelu`]); composed in
     /// f32, where the 1e-4 contract wants the reference's own GELU (cuBLASLt's differs in the
@@ -809,9 +829,7 @@ impl<D: Device> Backend for GpuBackend<D> {
         if self.precision != Precision::Bf16 || !self.fused_gelu.load(std::sync::atomic::Ordering::Relaxed) {
             return self.gelu_tanh(&self.linear(x, w, b));
         }
-        let mut shape = x.shape.clone();
-        *shape.last_mut().unwrap() = w.shape[0];
-        self.guard(&shape, || self.try_linear(x, w, b, true))
+        self.gemm_op(x, w, b, true)
     }
     fn layer_norm(&self, x: &GpuTensor<D>, eps: f32, affine: Option<(&GpuTensor<D>, &GpuTensor<D>)>) -> GpuTensor<D> {
         self.guard(&x.shape, || self.try_layer_norm(x, eps, affine))

@@ -232,7 +232,9 @@ struct Recorded<B: Backend> {
     /// The pass it was recorded for (a replay serves this chunk's passes of the same kind).
     pass: PassInfo,
     x: B::Tensor,
+    /// The time embedding in its inputs, and the timestep it is for.
     temb: TimeEmbedding<B::Tensor>,
+    t: f32,
     out: B::Tensor,
 }
 
@@ -434,12 +436,9 @@ impl<B: Backend + 'static> Session<B> {
                 flow
             } else {
                 let x = self.be.upload(&xt, &shape);
-                let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
-                    Some(d) => d,
-                    None => self.hook.as_mut(),
-                };
-                let flow_t = self.model.forward(&self.be, &x, t, &pass, &mut self.cache, &self.text, hook, want_taps.then_some(&mut taps))?;
-                self.be.download(&flow_t)
+                let (model, be, cache, text, hook) = self.parts();
+                let flow_t = model.forward(be, &x, t, &pass, cache, text, hook, want_taps.then_some(&mut taps))?;
+                be.download(&flow_t)
             };
             self.be.status()?;
             // flow → x0 in f64 (official wrapper), cast back to the working dtype.
@@ -469,11 +468,8 @@ impl<B: Backend + 'static> Session<B> {
             }
             None => {
                 let x = self.be.upload(&x0, &shape);
-                let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
-                    Some(d) => d,
-                    None => self.hook.as_mut(),
-                };
-                self.model.forward(&self.be, &x, 0.0, &clean_pass, &mut self.cache, &self.text, hook, None)?;
+                let (model, be, cache, text, hook) = self.parts();
+                model.forward(be, &x, 0.0, &clean_pass, cache, text, hook, None)?;
             }
         }
         self.be.status()?;
@@ -489,11 +485,28 @@ impl<B: Backend + 'static> Session<B> {
 
     /// The hook's `after_forward` for a replayed pass (a direct forward calls it itself).
     fn after_forward(&mut self, pass: &PassInfo) -> Result<()> {
+        let (_, be, cache, _, hook) = self.parts();
+        hook.after_forward(be, pass, cache)
+    }
+
+    /// What a forward borrows from the session, borrowed apart: the model, the backend, the
+    /// cache, the text state and the hook (Dummy Forcing's state under `dummy`, else the
+    /// installed one).
+    #[allow(clippy::type_complexity)]
+    fn parts(&mut self) -> (&Model<B>, &B, &mut KvCache<B::Tensor>, &TextState<B::Tensor>, &mut dyn ForwardHook<B>) {
         let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
             Some(d) => d,
             None => self.hook.as_mut(),
         };
-        hook.after_forward(&self.be, pass, &mut self.cache)
+        (&self.model, &self.be, &mut self.cache, &self.text, hook)
+    }
+
+    /// The hook, read-only (see [`Session::parts`]).
+    fn hook_ref(&self) -> &dyn ForwardHook<B> {
+        match &self.dummy {
+            Some(d) => d,
+            None => self.hook.as_ref(),
+        }
     }
 
     /// Whether chunk `c`'s (denoising forwards, clean pass) run as graphs: graphs on, no taps
@@ -503,10 +516,7 @@ impl<B: Backend + 'static> Session<B> {
         if !self.graphs || self.record.is_some() {
             return (false, false);
         }
-        let hook: &dyn ForwardHook<B> = match &self.dummy {
-            Some(d) => d,
-            None => self.hook.as_ref(),
-        };
+        let hook = self.hook_ref();
         let pass = |step, commit| PassInfo { chunk: c, step, start_frame: c * nf, frames: nf, commit };
         let den = !(0..self.schedule.steps.len()).any(|s| hook.wants_attention(&pass(Some(s), false)));
         (den, den && !hook.wants_attention(&pass(None, true)))
@@ -520,25 +530,21 @@ impl<B: Backend + 'static> Session<B> {
         let lat = self.latent;
         let x = be.zeros(&[pass.frames, lat.channels, lat.height, lat.width]);
         let temb = self.model.time_embedding(&be, t, pass.frames, None);
-        let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
-            Some(d) => d,
-            None => self.hook.as_mut(),
-        };
-        let (model, cache, text) = (&self.model, &mut self.cache, &self.text);
+        let (model, _, cache, text, hook) = self.parts();
         let (out, id) = be.capture_graph(&mut |be| model.forward_embedded(be, &x, &temb, pass, &mut *cache, text, &mut *hook, None))?;
-        Ok(Recorded { be: be.clone(), id, pass: *pass, x, temb, out })
+        Ok(Recorded { be: be.clone(), id, pass: *pass, x, temb, t, out })
     }
 
-    /// Writes a replay's inputs (the latents, and the time embedding at `t` when given) and
-    /// queues the graph.
+    /// Writes a replay's inputs (the latents, and the time embedding at `t` when given and not
+    /// already there) and queues the graph.
     fn replay(&self, g: &mut Recorded<B>, x: &[f32], t: Option<f32>) -> Result<()> {
         let be = &*self.be;
-        let xt = be.upload(x, &be.shape(&g.x).to_vec());
-        overwrite(be, &mut g.x, &xt);
-        if let Some(t) = t {
+        be.write(&mut g.x, x);
+        if let Some(t) = t.filter(|&t| t != g.t) {
             let temb = self.model.time_embedding(be, t, g.pass.frames, None);
             overwrite(be, &mut g.temb.e, &temb.e);
             overwrite(be, &mut g.temb.e0, &temb.e0);
+            g.t = t;
         }
         be.replay_graph(g.id)
     }
