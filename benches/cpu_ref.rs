@@ -1,7 +1,10 @@
 //! CPU reference throughput: one forward and a whole generation of the `small` preset with
 //! random weights. `DFRT_BENCH_FRAMES` (default 9) and `DFRT_BENCH_HW` (latent side, default 32)
-//! change the size. Prints latent tokens/s (tokens of the generated frames per second; each
-//! token goes through 5 forwards) and forward tokens/s.
+//! change the size, `DFRT_BENCH_DTYPE` (`f32`, `bf16`; default both) the precision. Prints
+//! latent tokens/s (tokens of the generated frames per second; each token goes through 5
+//! forwards) and forward tokens/s, then the same as a JSON line (read by
+//! `benches/cpu_vs_torch.py`, which runs this beside `benches/torch_ref.py`). Threads: rayon's
+//! (`RAYON_NUM_THREADS`, default one per core).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,7 +64,14 @@ fn main() {
     let path = std::env::temp_dir().join(format!("dfrt-bench-small-{}.safetensors", std::process::id()));
     synth(&cfg, &path);
     let f = TensorFile::open(&path).unwrap();
-    for precision in [Precision::F32, Precision::Bf16] {
+    // rayon's rule: RAYON_NUM_THREADS, else one thread per core.
+    let threads = env("RAYON_NUM_THREADS", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let dtypes = match std::env::var("DFRT_BENCH_DTYPE").as_deref() {
+        Ok("f32") => vec![Precision::F32],
+        Ok("bf16") => vec![Precision::Bf16],
+        _ => vec![Precision::F32, Precision::Bf16],
+    };
+    for precision in dtypes {
         let be = Arc::new(CpuBackend::new(precision));
         let model = Arc::new(Model::load(&*be, &f, &cfg).unwrap());
         let latent = Latent { channels: cfg.in_dim, height: hw, width: hw };
@@ -74,6 +84,8 @@ fn main() {
         let mut cache = KvCache::new(cfg.num_layers, cfg.num_heads, cfg.head_dim(), tpf, precision, &groups).unwrap();
         let x = be.upload(&Rng::new(6).normals(3 * latent.frame_len()), &[3, cfg.in_dim, hw, hw]);
         let pass = PassInfo { chunk: 0, step: Some(0), start_frame: 0, frames: 3, commit: false };
+        // One warm-up forward (as the peer does), then the timed ones.
+        model.forward(&be, &x, 1000.0, &pass, &mut cache, &text, &mut NoHook, None).unwrap();
         let reps = 3;
         let t0 = Instant::now();
         for _ in 0..reps {
@@ -89,6 +101,10 @@ fn main() {
         println!(
             "small preset, {hw}x{hw} latent ({tpf} tokens/frame), {}: forward (chunk 0, {} tokens) {:.1} ms = {:.0} tokens/s; generation of {frames} frames {:.2} s = {:.0} latent tokens/s",
             precision.name(), 3 * tpf, fwd * 1e3, 3.0 * tpf as f64 / fwd, gen, (frames * tpf) as f64 / gen
+        );
+        println!(
+            "{{\"peer\":\"dfrt-cpu\",\"threads\":{},\"preset\":\"small\",\"hw\":{hw},\"dtype\":\"{}\",\"frames\":{frames},\"forward_ms\":{},\"forward_tokens_per_s\":{},\"generation_s\":{gen},\"latent_tokens_per_s\":{}}}",
+            threads, precision.name(), fwd * 1e3, 3.0 * tpf as f64 / fwd, (frames * tpf) as f64 / gen
         );
     }
     std::fs::remove_file(&path).ok();

@@ -3,11 +3,19 @@
 //! Tensors are host `Vec<f32>`. In bf16 mode every value a tensor holds is exactly
 //! representable in bf16 (each op rounds its result with round-to-nearest-even), so the numbers
 //! equal those of bf16 storage while the GEMM crate still works on f32 with f32 accumulation.
-//! Row-wise ops run in parallel with rayon; GEMMs use `matrixmultiply` (its own threads).
+//! Row-wise ops run in parallel with rayon, their inner loops vectorised ([`math`]: AVX2+FMA
+//! when the CPU has it, checked at run time); GEMMs use the `gemm` crate ([`gemm`]) on rayon's
+//! threads; attention is blocked with an online softmax ([`attention`]).
 
-use half::bf16;
+pub mod attention;
+pub mod gemm;
+pub mod math;
+
 use rayon::prelude::*;
 
+use self::gemm::{sgemm, Mat};
+use self::math::{multiversion, round_bf16, round_bf16_slice};
+pub use self::math::{gelu_tanh_f32, silu_f32};
 use super::{Backend, Precision, Seg};
 
 /// A host tensor: row-major f32 data (bf16 values in bf16 mode) and its shape.
@@ -47,19 +55,55 @@ impl CpuBackend {
         CpuBackend { precision }
     }
 
-    /// Rounds to the storage precision.
-    #[inline]
-    fn r(&self, x: f32) -> f32 {
-        match self.precision {
-            Precision::F32 => x,
-            Precision::Bf16 => bf16::from_f32(x).to_f32(),
-        }
+    fn bf16(&self) -> bool {
+        self.precision == Precision::Bf16
     }
 
     fn round_all(&self, v: &mut [f32]) {
-        if self.precision == Precision::Bf16 {
-            par_each(v, |x| *x = bf16::from_f32(*x).to_f32());
+        if self.bf16() {
+            if v.len() >= PAR_MIN {
+                v.par_chunks_mut(PAR_MIN).for_each(round_bf16_slice);
+            } else {
+                round_bf16_slice(v);
+            }
         }
+    }
+
+    /// `x·wᵀ + b`, then GELU-tanh when `gelu`, rounded once per op (with `gelu` in bf16 the
+    /// linear's result is rounded before the GELU, as two separate official ops round).
+    fn linear_epilogue(&self, x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>, gelu: bool) -> CpuTensor {
+        let k = x.cols();
+        let n = x.rows();
+        assert_eq!(w.shape.len(), 2);
+        let m = w.shape[0];
+        assert_eq!(w.shape[1], k, "linear: x has {k} features, weight {:?}", w.shape);
+        let mut out = vec![0f32; n * m];
+        // wᵀ's element (c, j) is w[j, c].
+        sgemm(n, k, m, Mat::new(&x.data, k, 1), Mat::new(&w.data, 1, k), 1.0, &mut out, m, false, true);
+        let bias = b.map(|b| b.data.as_slice());
+        let bf = self.bf16();
+        let fix = |row: &mut [f32]| {
+            bias_row(row, bias, bf);
+            if gelu {
+                let mut buf = [0f32; 256];
+                for c in row.chunks_mut(256) {
+                    let t = &mut buf[..c.len()];
+                    math::gelu_tanh(c, t);
+                    if bf {
+                        round_bf16_slice(t);
+                    }
+                    c.copy_from_slice(t);
+                }
+            }
+        };
+        if out.len() >= PAR_MIN {
+            out.par_chunks_mut(m).for_each(fix);
+        } else {
+            out.chunks_mut(m).for_each(fix);
+        }
+        let mut shape = x.shape.clone();
+        *shape.last_mut().unwrap() = m;
+        CpuTensor { data: out, shape }
     }
 
     /// Applies `f(row_index, input_row, output_row)` to every row, in parallel for big tensors.
@@ -75,59 +119,151 @@ impl CpuBackend {
     }
 }
 
-fn par_each(v: &mut [f32], f: impl Fn(&mut f32) + Sync + Send) {
-    if v.len() >= PAR_MIN {
-        v.par_iter_mut().for_each(f);
+/// Rounds to bf16 when `bf16` (an op's output rounding; `bf16` is loop-invariant, so the
+/// branch leaves the vectorised loops).
+#[inline(always)]
+fn rnd(x: f32, bf16: bool) -> f32 {
+    if bf16 {
+        round_bf16(x)
     } else {
-        v.iter_mut().for_each(f);
+        x
     }
 }
 
-/// Mean and 1/sqrt(var + eps) of a row, accumulated in f64 (the reference wants the exact value).
-fn mean_rstd(a: &[f32], eps: f32) -> (f32, f32) {
-    let n = a.len() as f64;
-    let mean = a.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let var = a.iter().map(|&x| (x as f64 - mean) * (x as f64 - mean)).sum::<f64>() / n;
-    (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
+multiversion! {
+    /// Mean and 1/sqrt(var + eps) of a row: two passes in f32 over 8 partial sums.
+    fn mean_rstd(a: &[f32], eps: f32) -> (f32, f32) {
+        let n = a.len() as f32;
+        let mean = math::sum(a) / n;
+        let var = math::sum_sq(a, mean) / n;
+        (mean, 1.0 / (var + eps).sqrt())
+    }
 }
 
-/// `C[m×n] = A[m×k]·B[k×n]` with explicit strides, f32 accumulation.
-#[allow(clippy::too_many_arguments)]
-fn sgemm(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, csa: usize, b: &[f32], rsb: usize, csb: usize, c: &mut [f32], rsc: usize) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        for i in 0..m {
-            c[i * rsc..i * rsc + n].fill(0.0);
+multiversion! {
+    /// adaLN of one row: `LN(x)·(1 + scale) + shift`, rounding where the official bf16 run does.
+    fn norm_modulate_row(a: &[f32], o: &mut [f32], sh: &[f32], sc: &[f32], mean: f32, rstd: f32, bf16: bool) {
+        for j in 0..a.len() {
+            // Official order: LN(x) (rounded), (1 + scale) (rounded), product, + shift.
+            let n = rnd((a[j] - mean) * rstd, bf16);
+            let s1 = rnd(1.0 + sc[j], bf16);
+            o[j] = rnd(rnd(n * s1, bf16) + sh[j], bf16);
         }
-        return;
-    }
-    // Bounds the unsafe call below: the last element each operand reaches is in range.
-    assert!((m - 1) * rsa + (k - 1) * csa < a.len());
-    assert!((k - 1) * rsb + (n - 1) * csb < b.len());
-    assert!((m - 1) * rsc + n - 1 < c.len());
-    // SAFETY: the asserts above show every index the GEMM touches (i·rs + j·cs for i < rows,
-    // j < cols) lies inside the slices; `c` is exclusively borrowed and does not alias a or b.
-    unsafe {
-        matrixmultiply::sgemm(
-            m, k, n, 1.0,
-            a.as_ptr(), rsa as isize, csa as isize,
-            b.as_ptr(), rsb as isize, csb as isize,
-            0.0, c.as_mut_ptr(), rsc as isize, 1,
-        );
     }
 }
 
-/// GELU, tanh approximation (`torch.nn.GELU(approximate="tanh")`), in f32.
-pub fn gelu_tanh_f32(x: f32) -> f32 {
-    const C: f32 = 0.797_884_6; // sqrt(2/pi)
-    0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+multiversion! {
+    /// LayerNorm of one row with an optional affine.
+    fn layer_norm_row(a: &[f32], o: &mut [f32], w: Option<(&[f32], &[f32])>, mean: f32, rstd: f32, bf16: bool) {
+        match w {
+            Some((w, b)) => {
+                for j in 0..a.len() {
+                    o[j] = rnd((a[j] - mean) * rstd * w[j] + b[j], bf16);
+                }
+            }
+            None => {
+                for j in 0..a.len() {
+                    o[j] = rnd((a[j] - mean) * rstd, bf16);
+                }
+            }
+        }
+    }
 }
 
-/// SiLU `x·sigmoid(x)`, in f32.
-pub fn silu_f32(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+multiversion! {
+    /// RMSNorm of one row: `x / sqrt(mean(x²) + eps)` (rounded), times the weight (rounded).
+    fn rms_norm_row(a: &[f32], o: &mut [f32], w: &[f32], eps: f32, bf16: bool) {
+        let ms = math::sum_sq(a, 0.0) / a.len() as f32;
+        let rs = 1.0 / (ms + eps).sqrt();
+        for j in 0..a.len() {
+            o[j] = rnd(rnd(a[j] * rs, bf16) * w[j], bf16);
+        }
+    }
+}
+
+multiversion! {
+    /// `o = x + y·g`, the gated residual of one row (the product rounded, then the sum).
+    fn gated_row(a: &[f32], b: &[f32], g: &[f32], o: &mut [f32], bf16: bool) {
+        for j in 0..a.len() {
+            o[j] = rnd(a[j] + rnd(b[j] * g[j], bf16), bf16);
+        }
+    }
+}
+
+multiversion! {
+    /// `o = x + y`.
+    fn add_row(a: &[f32], b: &[f32], o: &mut [f32], bf16: bool) {
+        for j in 0..a.len() {
+            o[j] = rnd(a[j] + b[j], bf16);
+        }
+    }
+}
+
+multiversion! {
+    /// `o += bias` (or nothing), then rounding: the GEMM epilogue of `linear`.
+    fn bias_row(o: &mut [f32], b: Option<&[f32]>, bf16: bool) {
+        if let Some(b) = b {
+            for j in 0..o.len() {
+                o[j] = rnd(o[j] + b[j], bf16);
+            }
+        } else if bf16 {
+            round_bf16_slice(o);
+        }
+    }
+}
+
+/// RoPE of one row in place: pairs `(2i, 2i+1)` of each head rotated by `angles` (cos, sin),
+/// in f64, rounded to the storage type.
+#[inline]
+fn rope_row(x: &mut [f32], heads: usize, d: usize, angles: &[(f64, f64)], bf16: bool) {
+    for h in 0..heads {
+        let row = &mut x[h * d..(h + 1) * d];
+        for (p, &(c, s)) in row.chunks_exact_mut(2).zip(angles) {
+            let (re, im) = (p[0] as f64, p[1] as f64);
+            p[0] = rnd((re * c - im * s) as f32, bf16);
+            p[1] = rnd((re * s + im * c) as f32, bf16);
+        }
+    }
+}
+
+/// Per-row RoPE angles of a `[f·h·w]` grid: `(cos, sin)` of every pair, `d/2` per row, built
+/// from per-axis tables (the angle of a pair depends on one coordinate only).
+struct RopeGrid {
+    tf: Vec<(f64, f64)>,
+    th: Vec<(f64, f64)>,
+    tw: Vec<(f64, f64)>,
+    n: [usize; 3],
+    gh: usize,
+    gw: usize,
+}
+
+impl RopeGrid {
+    fn new(d: usize, rows: usize, grid: [usize; 3], start_frame: usize) -> Self {
+        let [_, gh, gw] = grid;
+        let tables = RopeTables::new(d);
+        let gf = rows.div_ceil(gh * gw);
+        let axis = |n: usize, off: usize, fr: &[f64]| -> Vec<(f64, f64)> {
+            (0..n).flat_map(|p| fr.iter().map(move |&th| ((p + off) as f64 * th).sin_cos()).map(|(s, c)| (c, s))).collect()
+        };
+        RopeGrid {
+            tf: axis(gf, start_frame, &tables.freqs[0]),
+            th: axis(gh, 0, &tables.freqs[1]),
+            tw: axis(gw, 0, &tables.freqs[2]),
+            n: [tables.freqs[0].len(), tables.freqs[1].len(), tables.freqs[2].len()],
+            gh,
+            gw,
+        }
+    }
+    /// The angles of row `i`, written into `buf` (d/2 long).
+    fn row<'a>(&self, i: usize, buf: &'a mut Vec<(f64, f64)>) -> &'a [(f64, f64)] {
+        let (f, hh, ww) = (i / (self.gh * self.gw), (i / self.gw) % self.gh, i % self.gw);
+        let [nf, nh, nw] = self.n;
+        buf.clear();
+        buf.extend_from_slice(&self.tf[f * nf..(f + 1) * nf]);
+        buf.extend_from_slice(&self.th[hh * nh..(hh + 1) * nh]);
+        buf.extend_from_slice(&self.tw[ww * nw..(ww + 1) * nw]);
+        buf
+    }
 }
 
 impl Backend for CpuBackend {
@@ -168,96 +304,68 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>) -> CpuTensor {
-        let k = x.cols();
-        let n = x.rows();
-        assert_eq!(w.shape.len(), 2);
-        let m = w.shape[0];
-        assert_eq!(w.shape[1], k, "linear: x has {k} features, weight {:?}", w.shape);
-        let mut out = vec![0f32; n * m];
-        sgemm(n, k, m, &x.data, k, 1, &w.data, 1, k, &mut out, m);
-        let bias = b.map(|b| b.data.as_slice());
-        let fix = |row: &mut [f32]| {
-            for (j, y) in row.iter_mut().enumerate() {
-                let v = if let Some(b) = bias { *y + b[j] } else { *y };
-                *y = self.r(v);
-            }
-        };
-        if out.len() >= PAR_MIN {
-            out.par_chunks_mut(m).for_each(fix);
-        } else {
-            out.chunks_mut(m).for_each(fix);
-        }
-        let mut shape = x.shape.clone();
-        *shape.last_mut().unwrap() = m;
-        CpuTensor { data: out, shape }
+        self.linear_epilogue(x, w, b, false)
+    }
+
+    fn linear_gelu(&self, x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>) -> CpuTensor {
+        self.linear_epilogue(x, w, b, true)
     }
 
     fn layer_norm(&self, x: &CpuTensor, eps: f32, affine: Option<(&CpuTensor, &CpuTensor)>) -> CpuTensor {
+        let bf = self.bf16();
+        let affine = affine.map(|(w, b)| (w.data.as_slice(), b.data.as_slice()));
         self.map_rows(x, |_, a, o| {
             let (mean, rstd) = mean_rstd(a, eps);
-            for j in 0..a.len() {
-                let n = (a[j] - mean) * rstd;
-                let v = match affine {
-                    Some((w, b)) => n * w.data[j] + b.data[j],
-                    None => n,
-                };
-                o[j] = self.r(v);
-            }
+            layer_norm_row(a, o, affine, mean, rstd, bf);
         })
     }
 
     fn norm_modulate(&self, x: &CpuTensor, eps: f32, shift: &CpuTensor, scale: &CpuTensor, rpf: usize) -> CpuTensor {
         let d = x.cols();
+        let bf = self.bf16();
         self.map_rows(x, |i, a, o| {
             let f = i / rpf;
-            let sh = &shift.data[f * d..(f + 1) * d];
-            let sc = &scale.data[f * d..(f + 1) * d];
             let (mean, rstd) = mean_rstd(a, eps);
-            for j in 0..d {
-                // Official order: LN(x) (rounded), (1 + scale) (rounded), product, + shift.
-                let n = self.r((a[j] - mean) * rstd);
-                let s1 = self.r(1.0 + sc[j]);
-                o[j] = self.r(self.r(n * s1) + sh[j]);
-            }
+            norm_modulate_row(a, o, &shift.data[f * d..(f + 1) * d], &scale.data[f * d..(f + 1) * d], mean, rstd, bf);
         })
     }
 
     fn rms_norm(&self, x: &CpuTensor, w: &CpuTensor, eps: f32) -> CpuTensor {
-        self.map_rows(x, |_, a, o| {
-            let ms = (a.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / a.len() as f64) as f32;
-            let rs = 1.0 / (ms + eps).sqrt();
-            for j in 0..a.len() {
-                o[j] = self.r(self.r(a[j] * rs) * w.data[j]);
-            }
-        })
+        let bf = self.bf16();
+        self.map_rows(x, |_, a, o| rms_norm_row(a, o, &w.data, eps, bf))
     }
 
     fn gelu_tanh(&self, x: &CpuTensor) -> CpuTensor {
-        self.map_rows(x, |_, a, o| a.iter().zip(o).for_each(|(a, o)| *o = self.r(gelu_tanh_f32(*a))))
+        let bf = self.bf16();
+        self.map_rows(x, |_, a, o| {
+            math::gelu_tanh(a, o);
+            if bf {
+                round_bf16_slice(o);
+            }
+        })
     }
     fn silu(&self, x: &CpuTensor) -> CpuTensor {
-        self.map_rows(x, |_, a, o| a.iter().zip(o).for_each(|(a, o)| *o = self.r(silu_f32(*a))))
+        let bf = self.bf16();
+        self.map_rows(x, |_, a, o| {
+            math::silu(a, o);
+            if bf {
+                round_bf16_slice(o);
+            }
+        })
     }
     fn add(&self, x: &CpuTensor, y: &CpuTensor) -> CpuTensor {
         assert_eq!(x.data.len(), y.data.len());
         let c = x.cols();
-        self.map_rows(x, |i, a, o| {
-            let b = &y.data[i * c..(i + 1) * c];
-            for j in 0..c {
-                o[j] = self.r(a[j] + b[j]);
-            }
-        })
+        let bf = self.bf16();
+        self.map_rows(x, |i, a, o| add_row(a, &y.data[i * c..(i + 1) * c], o, bf))
     }
     fn gated_residual(&self, x: &CpuTensor, y: &CpuTensor, gate: &CpuTensor, rpf: usize) -> CpuTensor {
         assert_eq!(x.data.len(), y.data.len());
         let d = x.cols();
+        let bf = self.bf16();
         self.map_rows(x, |i, a, o| {
             let f = i / rpf;
-            let g = &gate.data[f * d..(f + 1) * d];
-            let b = &y.data[i * d..(i + 1) * d];
-            for j in 0..d {
-                o[j] = self.r(a[j] + self.r(b[j] * g[j]));
-            }
+            gated_row(a, &y.data[i * d..(i + 1) * d], &gate.data[f * d..(f + 1) * d], o, bf);
         })
     }
     fn modulation(&self, table: &CpuTensor, e: &CpuTensor, k: usize) -> Vec<CpuTensor> {
@@ -270,7 +378,7 @@ impl Backend for CpuBackend {
                 let mut out = vec![0f32; frames * d];
                 for f in 0..frames {
                     for j in 0..d {
-                        out[f * d + j] = self.r(table.data[i * d + j] + e.data[f * kd + i * d + j]);
+                        out[f * d + j] = rnd(table.data[i * d + j] + e.data[f * kd + i * d + j], self.bf16());
                     }
                 }
                 CpuTensor { data: out, shape: vec![frames, d] }
@@ -279,39 +387,35 @@ impl Backend for CpuBackend {
     }
 
     fn rope(&self, x: &CpuTensor, heads: usize, grid: [usize; 3], start_frame: usize) -> CpuTensor {
-        let cols = x.cols();
-        let d = cols / heads;
-        let [_, gh, gw] = grid;
-        let tables = RopeTables::new(d);
-        // cos/sin per axis position, computed once per call instead of once per row: the
-        // angle of a pair depends on one coordinate only.
-        let gf = x.rows().div_ceil(gh * gw);
-        let axis = |n: usize, off: usize, fr: &[f64]| -> Vec<(f64, f64)> {
-            (0..n).flat_map(|p| fr.iter().map(move |&th| ((p + off) as f64 * th).sin_cos()).map(|(s, c)| (c, s))).collect()
-        };
-        let tf = axis(gf, start_frame, &tables.freqs[0]);
-        let th = axis(gh, 0, &tables.freqs[1]);
-        let tw = axis(gw, 0, &tables.freqs[2]);
-        let [nf, nh, nw] = [tables.freqs[0].len(), tables.freqs[1].len(), tables.freqs[2].len()];
+        let d = x.cols() / heads;
+        let g = RopeGrid::new(d, x.rows(), grid, start_frame);
+        let bf = self.bf16();
         self.map_rows(x, |i, a, o| {
-            let f = i / (gh * gw);
-            let hh = (i / gw) % gh;
-            let ww = i % gw;
-            let angles = tf[f * nf..(f + 1) * nf].iter().chain(&th[hh * nh..(hh + 1) * nh]).chain(&tw[ww * nw..(ww + 1) * nw]);
-            for h in 0..heads {
-                for (p, &(c, s)) in angles.clone().enumerate() {
-                    let j = h * d + 2 * p;
-                    let (re, im) = (a[j] as f64, a[j + 1] as f64);
-                    o[j] = self.r((re * c - im * s) as f32);
-                    o[j + 1] = self.r((re * s + im * c) as f32);
-                }
-            }
+            let mut buf = Vec::with_capacity(d / 2);
+            o.copy_from_slice(a);
+            rope_row(o, heads, d, g.row(i, &mut buf), bf);
         })
+    }
+
+    /// Fused: each row of q and k is RMS-normalised and rotated in one pass (same rounding
+    /// points as `rope(rms_norm(·))`).
+    fn qk_norm_rope(&self, q: &CpuTensor, k: &CpuTensor, wq: &CpuTensor, wk: &CpuTensor, eps: f32, heads: usize, grid: [usize; 3], start_frame: usize) -> (CpuTensor, CpuTensor) {
+        let d = q.cols() / heads;
+        let g = RopeGrid::new(d, q.rows().max(k.rows()), grid, start_frame);
+        let bf = self.bf16();
+        let one = |x: &CpuTensor, w: &CpuTensor| {
+            self.map_rows(x, |i, a, o| {
+                let mut buf = Vec::with_capacity(d / 2);
+                rms_norm_row(a, o, &w.data, eps, bf);
+                rope_row(o, heads, d, g.row(i, &mut buf), bf);
+            })
+        };
+        (one(q, wq), one(k, wk))
     }
 
     fn sinusoid(&self, t: &[f32], dim: usize) -> CpuTensor {
         let v = sinusoid_f64(t, dim);
-        let data: Vec<f32> = v.iter().map(|&x| self.r(x as f32)).collect();
+        let data: Vec<f32> = v.iter().map(|&x| rnd(x as f32, self.bf16())).collect();
         CpuTensor::new(data, &[t.len(), dim])
     }
 
@@ -364,68 +468,8 @@ impl Backend for CpuBackend {
     }
 
     fn attention(&self, q: &CpuTensor, d: usize, ctx: &[Vec<Seg<'_, CpuTensor>>]) -> CpuTensor {
-        let n = q.rows();
-        let qc = q.cols();
-        let heads = ctx.len();
-        assert_eq!(qc, heads * d);
-        let scale = 1.0 / (d as f32).sqrt();
-        let bf = self.precision == Precision::Bf16;
-        // One head at a time in parallel; each builds its contiguous K/V from its segments.
-        let per_head: Vec<Vec<f32>> = ctx
-            .par_iter()
-            .enumerate()
-            .map(|(h, segs)| {
-                let lk: usize = segs.iter().map(|s| s.rows).sum();
-                let mut k = Vec::with_capacity(lk * d);
-                let mut v = Vec::with_capacity(lk * d);
-                for s in segs {
-                    for r in 0..s.rows {
-                        let o = s.offset + r * s.stride;
-                        k.extend_from_slice(&s.k.data[o..o + d]);
-                        v.extend_from_slice(&s.v.data[o..o + d]);
-                    }
-                }
-                let mut out = vec![0f32; n * d];
-                if lk == 0 {
-                    return out;
-                }
-                // S = Q_h · Kᵀ  ([n, lk])
-                let mut sc = vec![0f32; n * lk];
-                sgemm(n, d, lk, &q.data[h * d..], qc, 1, &k, 1, d, &mut sc, lk);
-                let mut sums = vec![0f32; n];
-                for (i, row) in sc.chunks_mut(lk).enumerate() {
-                    let mut mx = f32::NEG_INFINITY;
-                    for x in row.iter_mut() {
-                        *x *= scale;
-                        mx = mx.max(*x);
-                    }
-                    let mut sum = 0f32;
-                    for x in row.iter_mut() {
-                        let p = (*x - mx).exp();
-                        sum += p;
-                        // bf16 attention multiplies V by the probabilities rounded to bf16
-                        // (the sum stays f32), as PyTorch's CPU flash kernel does.
-                        *x = if bf { bf16::from_f32(p).to_f32() } else { p };
-                    }
-                    sums[i] = sum;
-                }
-                // O = P · V  ([n, d])
-                sgemm(n, lk, d, &sc, lk, 1, &v, d, 1, &mut out, d);
-                for (i, row) in out.chunks_mut(d).enumerate() {
-                    for x in row.iter_mut() {
-                        *x = self.r(*x / sums[i]);
-                    }
-                }
-                out
-            })
-            .collect();
-        let mut out = vec![0f32; n * qc];
-        for (h, o) in per_head.iter().enumerate() {
-            for i in 0..n {
-                out[i * qc + h * d..i * qc + (h + 1) * d].copy_from_slice(&o[i * d..(i + 1) * d]);
-            }
-        }
-        CpuTensor::new(out, &q.shape)
+        assert_eq!(q.cols(), ctx.len() * d);
+        CpuTensor::new(attention::flash_attention(&q.data, q.rows(), d, ctx, self.bf16()), &q.shape)
     }
 }
 
@@ -580,7 +624,7 @@ mod tests {
         let be = CpuBackend::new(Precision::Bf16);
         let x = be.upload(&rand_vec(64, 10), &[4, 16]);
         for t in [be.gelu_tanh(&x), be.silu(&x), be.layer_norm(&x, 1e-6, None), be.add(&x, &x)] {
-            assert!(t.data.iter().all(|v| bf16::from_f32(*v).to_f32() == *v));
+            assert!(t.data.iter().all(|v| half::bf16::from_f32(*v).to_f32() == *v));
         }
     }
 }
