@@ -56,6 +56,17 @@ fn synth(cfg: &ModelConfig, path: &std::path::Path) {
     write_checkpoint(path, cfg, &ts).unwrap();
 }
 
+/// CPU seconds this process has used (all threads, user + system), from /proc/self/stat
+/// (clock ticks of 10 ms); 0 where that file does not exist. On a loaded machine CPU time is
+/// steadier than wall time.
+fn cpu_seconds() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().skip(11).take(2).filter_map(|x| x.parse().ok()).collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
 fn main() {
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let frames = env("DFRT_BENCH_FRAMES", 9);
@@ -87,24 +98,28 @@ fn main() {
         // One warm-up forward (as the peer does), then the timed ones.
         model.forward(&be, &x, 1000.0, &pass, &mut cache, &text, &mut NoHook, None).unwrap();
         let reps = 3;
+        let c0 = cpu_seconds();
         let t0 = Instant::now();
         for _ in 0..reps {
             model.forward(&be, &x, 1000.0, &pass, &mut cache, &text, &mut NoHook, None).unwrap();
         }
         let fwd = t0.elapsed().as_secs_f64() / reps as f64;
+        let fwd_cpu = (cpu_seconds() - c0) / reps as f64;
 
         // A whole generation.
         let mut s = Session::new(model.clone(), be.clone(), Policy::Full, latent, Some(frames), &ctx, cfg.text_len, Noise::Seeded(Rng::new(1))).unwrap();
+        let c0 = cpu_seconds();
         let t0 = Instant::now();
         s.run(&mut |_| {}).unwrap();
         let gen = t0.elapsed().as_secs_f64();
+        let gen_cpu = cpu_seconds() - c0;
         println!(
             "small preset, {hw}x{hw} latent ({tpf} tokens/frame), {}: forward (chunk 0, {} tokens) {:.1} ms = {:.0} tokens/s; generation of {frames} frames {:.2} s = {:.0} latent tokens/s",
             precision.name(), 3 * tpf, fwd * 1e3, 3.0 * tpf as f64 / fwd, gen, (frames * tpf) as f64 / gen
         );
         println!(
-            "{{\"peer\":\"dfrt-cpu\",\"threads\":{},\"preset\":\"small\",\"hw\":{hw},\"dtype\":\"{}\",\"frames\":{frames},\"forward_ms\":{},\"forward_tokens_per_s\":{},\"generation_s\":{gen},\"latent_tokens_per_s\":{}}}",
-            threads, precision.name(), fwd * 1e3, 3.0 * tpf as f64 / fwd, (frames * tpf) as f64 / gen
+            "{{\"peer\":\"dfrt-cpu\",\"threads\":{},\"preset\":\"small\",\"hw\":{hw},\"dtype\":\"{}\",\"frames\":{frames},\"forward_ms\":{},\"forward_tokens_per_s\":{},\"generation_s\":{gen},\"forward_cpu_ms\":{},\"generation_cpu_s\":{gen_cpu},\"latent_tokens_per_s\":{}}}",
+            threads, precision.name(), fwd * 1e3, 3.0 * tpf as f64 / fwd, fwd_cpu * 1e3, (frames * tpf) as f64 / gen
         );
     }
     std::fs::remove_file(&path).ok();

@@ -5,7 +5,9 @@
 Each round runs, in this order, ours f32, torch f32, ours bf16, torch bf16 (one process each:
 one forward of chunk 0 after a warm-up, timed over 3 repetitions, then a whole generation).
 After all rounds it prints the median of every figure and ours/torch as a throughput ratio
-(above 1: ours is faster), plus one JSON line.
+(above 1: ours is faster), plus one JSON line. Figures are wall time and CPU time (all threads
+of the process, user + system): on a machine shared with other work the CPU-time ratio is the
+steadier one, though it charges the peer for OpenMP's spin-waiting.
 
   python3 benches/cpu_vs_torch.py [--rounds 5] [--threads 2] [--frames 9] [--hw 32]
 
@@ -80,11 +82,12 @@ def main():
     print("| | ours | torch | ours/torch (throughput) | ours min..max | torch min..max |")
     print("|---|---|---|---|---|---|")
     for dt in dtypes:
-        for key, unit, scale in [("forward_ms", "ms", 1.0), ("generation_s", "s", 1.0)]:
+        for key, unit, scale in [("forward_ms", "ms", 1.0), ("generation_s", "s", 1.0),
+                                 ("forward_cpu_ms", "CPU ms", 1.0), ("generation_cpu_s", "CPU s", 1.0)]:
             o = [x[key] * scale for x in runs[("ours", dt)]]
             t = [x[key] * scale for x in runs[("torch", dt)]]
             mo, mt = statistics.median(o), statistics.median(t)
-            name = "forward" if key == "forward_ms" else f"generation ({a.frames} frames)"
+            name = "forward" if key.startswith("forward") else f"generation ({a.frames} frames)"
             print(f"| {name} {dt}, {unit} | {mo:.1f} | {mt:.1f} | {mt / mo:.2f}x | {min(o):.1f}..{max(o):.1f} | {min(t):.1f}..{max(t):.1f} |")
             summary["rows"].append(dict(what=name, dtype=dt, unit=unit, ours=mo, torch=mt, ratio=mt / mo, ours_all=o, torch_all=t))
     print(json.dumps(summary))
