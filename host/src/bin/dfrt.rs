@@ -16,7 +16,7 @@ use dfrt::checkpoint::{write_safetensors, OutTensor, TensorFile, CONFIG_KEY};
 use dfrt::config::FRAMES_PER_CHUNK;
 use dfrt::dummy::{stability, HeadProgram};
 use dfrt::pipeline::inputs::{read_context, Inputs};
-use dfrt::pipeline::{Latent, Noise};
+use dfrt::pipeline::{Latent, Noise, Pipeline, PipelineSpec};
 use dfrt::gpu::{CudaDevice, Device, GpuBackend, SimDevice};
 use dfrt::{Error, ModelConfig, Result};
 use std::sync::Arc;
@@ -183,6 +183,16 @@ struct GenerateArgs {
     /// directly. Same latents either way.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     graphs: String,
+    /// Autoregressive pipeline: self-forcing (also LongLive, Causal-Forcing) | causvid
+    /// (3 unwarped steps at shift 8; `full` keeps at most 21 frames) | rolling (Rolling
+    /// Forcing: joint windows of 5 chunks, its own anchored cache; policy `full` only).
+    #[arg(long, default_value = "self-forcing")]
+    pipeline: String,
+    /// TeaCache with this threshold (the official value is 0.2): denoising forwards whose
+    /// accumulated change of the time modulation stays below it skip the blocks. Composes
+    /// with every policy; the skipped forwards are listed in the output metadata.
+    #[arg(long)]
+    teacache: Option<f64>,
     /// Output safetensors file (tensor `latents` [1, F, C, H, W], f32).
     #[arg(long)]
     out: PathBuf,
@@ -260,6 +270,7 @@ type Prepare<'a> = &'a dyn Fn(&ModelConfig, &Policy, Latent, usize, &TensorFile)
 fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, prepare: Prepare<'_>) -> Result<()> {
     let precision = be.precision();
     let policy = Policy::parse(&a.policy)?;
+    let pipeline = PipelineSpec::parse(&a.pipeline, a.teacache)?;
     let spec = match &policy {
         Policy::Dummy(s) => Some(*s),
         _ => None,
@@ -276,7 +287,7 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
         let f = TensorFile::open(p)?;
         let inp = Inputs::read(&f, &cfg)?;
         let frames = a.frames.unwrap_or(inp.frames);
-        let noise = inp.noise(frames)?;
+        let noise = if pipeline.pipeline == Pipeline::Rolling { inp.noise_rolling(frames, pipeline.schedule().steps.len())? } else { inp.noise(frames)? };
         (inp.context, inp.latent, frames, noise, format!("inputs:{}", p.display()), inp.sampled_rows)
     } else {
         let p = a.context.as_ref().expect("clap requires --context or --inputs");
@@ -303,12 +314,12 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
         }
     }
     // The same path as the C API (dfrt::api), so both give the same latents bit for bit.
-    let opts = SessionOptions { policy: policy.clone(), height: latent.height, width: latent.width, frames: Some(frames), seed: a.seed, heads: program, sampled_rows: rows, graphs: a.graphs == "on" };
+    let opts = SessionOptions { policy: policy.clone(), height: latent.height, width: latent.width, frames: Some(frames), seed: a.seed, heads: program, sampled_rows: rows, graphs: a.graphs == "on", pipeline };
     let mut session = lm.session(&opts, &context.data, context.rows, noise)?;
     let graphs = if !be.supports_graphs() { "n/a" } else if session.graphs() { "on" } else { "off" };
 
     let chunks = frames / FRAMES_PER_CHUNK;
-    let forwards = (chunks * (session.schedule.steps.len() + 1)) as u64;
+    let forwards = session.forwards_for(frames) as u64;
     let bar = if !o.enabled(Level::Info) || !std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(forwards), ProgressDrawTarget::hidden())
     } else {
@@ -353,6 +364,14 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
     meta.insert("dfrt.device".into(), be.name().into());
     meta.insert("dfrt.source".into(), source);
     meta.insert("dfrt.graphs".into(), graphs.into());
+    meta.insert("dfrt.pipeline".into(), pipeline.pipeline.name().into());
+    let teacache = session.teacache().map(|p| {
+        let skipped = p.skipped(chunks);
+        serde_json::json!({"threshold": p.threshold, "skipped": skipped, "skipped_forwards": skipped.len(), "denoising_forwards": chunks * session.schedule.steps.len()})
+    });
+    if let Some(t) = &teacache {
+        meta.insert("dfrt.teacache".into(), t.to_string());
+    }
     meta.extend(foot.metadata());
     meta.insert("dfrt.kv_bytes.allocated".into(), kv.to_string());
     if let Some(d) = session.dummy() {
@@ -380,6 +399,7 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
             "latent_shape": [1, frames, latent.channels, latent.height, latent.width],
             "policy": policy.name(), "dtype": precision.name(), "device": be.name(), "source": meta["dfrt.source"],
             "heads": meta.get("dfrt.heads"), "graphs": graphs, "kv_footprint": foot.metadata(), "timings": timings,
+            "pipeline": pipeline.pipeline.name(), "teacache": teacache,
         });
         println!("{}", serde_json::to_string_pretty(&j).expect("json"));
     }
@@ -419,7 +439,7 @@ fn calibrate(a: CalibrateArgs, o: Output) -> Result<()> {
     if frames < need {
         return Err(Error::Input(format!("--frames {frames}: calibration at AR step {} needs at least {need} frames", spec.ar_start)));
     }
-    let mut opts = SessionOptions { policy: policy.clone(), height: a.height, width: a.width, frames: Some(frames), seed: 0, heads: None, sampled_rows: Default::default(), graphs: true };
+    let mut opts = SessionOptions { policy: policy.clone(), height: a.height, width: a.width, frames: Some(frames), seed: 0, heads: None, sampled_rows: Default::default(), graphs: true, pipeline: Default::default() };
     let mut programs = Vec::new();
     let mut runs = Vec::new();
     for path in &a.context {
