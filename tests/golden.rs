@@ -44,6 +44,13 @@ struct Case {
     manifest: serde_json::Value,
 }
 
+impl Case {
+    /// An integer of the manifest's `model_config`.
+    fn cfg_json(&self, key: &str) -> Option<usize> {
+        self.manifest["model_config"][key].as_u64().map(|x| x as usize)
+    }
+}
+
 fn load_case(dir: &Path) -> Case {
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let mc = &manifest["model_config"];
@@ -114,6 +121,10 @@ fn official_frames(c: usize, n: usize, sink: usize) -> Vec<usize> {
 
 fn check_case(name: &str) {
     let case = load_case(&golden_dir().join(name));
+    if case_kind(&case.manifest) == CaseKind::Switch {
+        check_switch_case(name, &case);
+        return;
+    }
     if case.manifest.get("dummy_forcing").is_some() {
         check_dummy_case(name, &case);
         return;
@@ -301,6 +312,86 @@ fn check_teacache(name: &str, case: &Case, s: &Session<CpuBackend>, chunks: usiz
     println!("{name}: TeaCache skipped {:?} of {} denoising forwards", plan.skipped(chunks).len(), chunks * steps);
 }
 
+/// Every layer's caches in the official packed layout, named as the golden file names them
+/// (`{kind}{suffix}` for layer 0, `cache.{l}.{kind}{suffix}` for the others).
+fn packed_caches(be: &CpuBackend, s: &Session<CpuBackend>, prefix: &str, suffix: &str) -> Vec<(String, Vec<f32>)> {
+    let a = s.dummy().unwrap().assignment().expect("calibrated");
+    let mut v = Vec::new();
+    for l in 0..s.cache.layers.len() {
+        for (kind, t) in official_layer_cache(be, &s.cache, &a, l) {
+            let key = if l == 0 { format!("{prefix}{kind}{suffix}") } else { format!("cache.{l}.{prefix}{kind}{suffix}") };
+            v.push((key, t));
+        }
+    }
+    v
+}
+
+/// Dummy Forcing with prompt switches (df-switch): at each switch frame the prompt changes
+/// and the cache is rebuilt by a recache pass and re-packed. Assignment exact, scores atol
+/// 1e-5, x0 / latents / every cache snapshot (after HMA, before and after each recache, final)
+/// atol 1e-4.
+fn check_switch_case(name: &str, case: &Case) {
+    assert!(case.manifest.get("dummy_forcing").is_some(), "{name}: LongLive's window recache (no Dummy Forcing) is not implemented");
+    let Policy::Dummy(spec) = case.policy else { unreachable!() };
+    let (be, inputs, mut s) = open_session(case);
+    s.dummy_mut().unwrap().set_sampled_rows(inputs.sampled_rows.clone()).unwrap();
+    let pr = &case.manifest["prompts"];
+    assert_eq!(pr["global_sink"].as_bool(), Some(false), "{name}: only global_sink false runs in the official DF code");
+    let switches: Vec<usize> = pr["switch_frame_indices"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    assert_eq!(inputs.switch_contexts.len(), switches.len(), "{name}: one context per switch");
+    let window = case.cfg_json("local_attn_size").unwrap_or(12);
+    s.set_recache_frames(window).unwrap();
+    s.record = Some(Default::default());
+    let mut snaps: Vec<(String, Vec<f32>)> = Vec::new();
+    let mut latents = Vec::new();
+    let mut next = 0;
+    while !s.done() {
+        if next < switches.len() && s.frames_done() >= switches[next] {
+            snaps.extend(packed_caches(&be, &s, &format!("recache.{next}.before."), ""));
+            let ctx = &inputs.switch_contexts[next];
+            s.switch_prompt(&ctx.data, ctx.rows).unwrap();
+            snaps.extend(packed_caches(&be, &s, &format!("recache.{next}.after."), ""));
+            next += 1;
+        }
+        let c = s.chunk_index();
+        latents.extend(s.next_chunk(&mut |_| {}).unwrap());
+        if c == spec.ar_start {
+            snaps.extend(packed_caches(&be, &s, "", ".after_hma"));
+        }
+    }
+    snaps.extend(packed_caches(&be, &s, "", ".final"));
+    assert_eq!((next, s.recaches()), (switches.len(), switches.len()), "{name}: every switch ran");
+    let out = TensorFile::open(case.dir.join("outputs.safetensors")).unwrap();
+    let d = s.dummy().unwrap();
+    assert_eq!(d.assignment().unwrap().to_i64(), out.i64_any("assignment").unwrap(), "{name}: assignment");
+    for (l, sc) in d.calibration_scores().unwrap().iter().enumerate() {
+        let got: Vec<f32> = sc.iter().flatten().copied().collect();
+        assert_atol(&format!("{name}/scores.{l}"), &got, &out.f32_any(&format!("scores.{l}")).unwrap(), 1e-5);
+    }
+    let rec = s.record.take().unwrap();
+    let mut worst = [0f64; 2];
+    let mut compared = 0;
+    for key in out.tensors.keys().filter(|k| k.starts_with("x0.")) {
+        let got = rec.get(key).unwrap_or_else(|| panic!("{name}: no {key} recorded"));
+        worst[0] = worst[0].max(assert_atol(&format!("{name}/{key}"), got, &out.f32_any(key).unwrap(), 1e-4));
+        compared += 1;
+    }
+    let want = out.f32_any("latents").unwrap();
+    assert_atol(&format!("{name}/latents"), &latents, &want, 1e-4);
+    let dl = assert_close(&format!("{name}/latents"), &latents, &want, F32_TOL);
+    for (key, got) in &snaps {
+        let w = out.f32_any(key).unwrap_or_else(|_| panic!("{name}: golden has no {key}"));
+        worst[1] = worst[1].max(assert_atol(&format!("{name}/{key}"), got, &w, 1e-4));
+        compared += 1;
+    }
+    println!("{name}: {} switches at {switches:?}, assignment exact; x0 max abs {:.2e}; latents rel L2 {:.2e}; caches max abs {:.2e} ({compared} tensors)", switches.len(), worst[0], dl.rel_l2, worst[1]);
+}
+
+#[test]
+fn df_switch() {
+    check_case("df-switch");
+}
+
 #[test]
 fn df_teacache() {
     check_case("df-teacache");
@@ -334,7 +425,7 @@ fn tiny_full_bf16() {
 /// Hidden cases of the same kind: every other case folder runs the same checks.
 #[test]
 fn every_other_case() {
-    let known = ["tiny-full", "tiny-window", "tiny-full-bf16", "df-tiny", "df-teacache", "causvid-tiny"];
+    let known = ["tiny-full", "tiny-window", "tiny-full-bf16", "df-tiny", "df-teacache", "causvid-tiny", "df-switch"];
     let Ok(rd) = std::fs::read_dir(golden_dir()) else { panic!("golden dir {:?} missing", golden_dir()) };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
@@ -342,6 +433,7 @@ fn every_other_case() {
             let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.path().join("manifest.json")).unwrap()).unwrap();
             match case_kind(&m) {
                 CaseKind::Reference | CaseKind::Dummy | CaseKind::CausVid => check_case(&name),
+                CaseKind::Switch if m.get("dummy_forcing").is_some() => check_case(&name),
                 // Checked by their own test files (tests/systems.rs; the VAE / text encoder tests).
                 k => println!("{name}: {k:?} case, not a case of this file"),
             }

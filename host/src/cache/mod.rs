@@ -349,7 +349,10 @@ impl<T> KvCache<T> {
                 }
                 head_slot[h] = (gi, pi);
             }
-            if g.sink_frames.len() > g.sink_cap || g.ring_frames.len() > g.ring_cap {
+            // A ring may start over its capacity (Dummy Forcing's re-pack after a prompt
+            // switch hands the neighbor heads the whole recache window); its next commit trims
+            // it to the newest `ring_cap` frames, as the official `local = K[:, -3·HW·L:]`.
+            if g.sink_frames.len() > g.sink_cap || (g.ring_cap == 0 && !g.ring_frames.is_empty()) {
                 return Err(Error::Policy(format!("group {gi} is given more frames than its capacity")));
             }
         }
@@ -418,6 +421,20 @@ impl<T> KvCache<T> {
         for g in &mut self.layers[layer].groups {
             let gh = g.heads.len();
             let heads = g.heads.clone();
+            if g.ring.len() > g.ring_cap {
+                // Over capacity (after a re-pack): append in order, then keep the newest.
+                let start = g.ring_start;
+                g.ring.rotate_left(start);
+                g.ring_start = 0;
+                for f in 0..fresh.frames {
+                    let (mut k, mut v) = (be.zeros(&[gh, tpf, d]), be.zeros(&[gh, tpf, d]));
+                    be.write_heads(&mut k, &mut v, fresh.k, fresh.v, f * tpf * nh * d, nh * d, &heads, tpf, d);
+                    g.ring.push(Slot { frame: fresh.start_frame + f, k, v });
+                }
+                let excess = g.ring.len().saturating_sub(g.ring_cap);
+                g.ring.drain(..excess);
+                continue;
+            }
             for f in 0..fresh.frames {
                 let frame = fresh.start_frame + f;
                 let write = |slot_k: &mut T, slot_v: &mut T| {

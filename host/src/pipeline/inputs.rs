@@ -49,27 +49,36 @@ pub struct Context {
     pub rows: usize,
 }
 
-/// Reads tensor `context` (`[L, text_dim]` or `[1, L, text_dim]`) and checks its width.
+/// Reads tensor `context` (`[L, text_dim]` or `[1, L, text_dim]`; `context.0` in files with
+/// several prompts) and checks its width.
 pub fn read_context(f: &TensorFile, cfg: &ModelConfig) -> Result<Context> {
-    let info = f.info("context")?;
+    let name = if f.info("context").is_err() && f.info("context.0").is_ok() { "context.0" } else { "context" };
+    read_context_named(f, cfg, name)
+}
+
+/// [`read_context`] of the tensor `name`.
+pub fn read_context_named(f: &TensorFile, cfg: &ModelConfig, name: &str) -> Result<Context> {
+    let info = f.info(name)?;
     let (rows, width) = match info.shape.as_slice() {
         [l, w] => (*l, *w),
         [1, l, w] => (*l, *w),
-        s => return Err(Error::tensor("context", format!("has shape {s:?}, expected [L, text_dim] or [1, L, text_dim]"))),
+        s => return Err(Error::tensor(name, format!("has shape {s:?}, expected [L, text_dim] or [1, L, text_dim]"))),
     };
     if width != cfg.text_dim {
-        return Err(Error::tensor("context", format!("has width {width}, but the model's text_dim is {}", cfg.text_dim)));
+        return Err(Error::tensor(name, format!("has width {width}, but the model's text_dim is {}", cfg.text_dim)));
     }
     if rows == 0 || rows > cfg.text_len {
-        return Err(Error::tensor("context", format!("has {rows} rows, expected 1..={} (the model's text_len)", cfg.text_len)));
+        return Err(Error::tensor(name, format!("has {rows} rows, expected 1..={} (the model's text_len)", cfg.text_len)));
     }
-    Ok(Context { data: f.f32_any("context")?, rows })
+    Ok(Context { data: f.f32_any(name)?, rows })
 }
 
 /// Everything an `--inputs` file gives.
 pub struct Inputs {
-    /// Tensor `context`.
+    /// Tensor `context` (or `context.0`).
     pub context: Context,
+    /// `context.1`, `context.2`, …: the prompts after each switch, when given.
+    pub switch_contexts: Vec<Context>,
     /// Frames the noise covers.
     pub frames: usize,
     /// The geometry of `noise`.
@@ -116,7 +125,8 @@ impl Inputs {
                 sampled_rows.insert(l, f.i64_any(name)?);
             }
         }
-        Ok(Inputs { context, frames, latent, noise, renoise, sampled_rows })
+        let switch_contexts = (1..).map_while(|i| f.info(&format!("context.{i}")).ok().map(|_| i)).map(|i| read_context_named(f, cfg, &format!("context.{i}"))).collect::<Result<_>>()?;
+        Ok(Inputs { context, switch_contexts, frames, latent, noise, renoise, sampled_rows })
     }
 
     /// The noise for the first `frames` frames (a multiple of 3, at most the file's).

@@ -78,6 +78,10 @@ pub use kind::{Pipeline, PipelineSpec};
 pub use rng::Rng;
 pub use teacache::TeaPlan;
 
+/// Frames a prompt switch re-runs at t = 0 by default (the official interactive configs'
+/// `model_kwargs.local_attn_size`).
+pub const RECACHE_FRAMES: usize = 12;
+
 /// Self-Forcing's defaults.
 pub const DENOISING_STEPS: [u32; 4] = [1000, 750, 500, 250];
 pub const TIMESTEP_SHIFT: f32 = 5.0;
@@ -237,6 +241,12 @@ pub struct Session<B: Backend> {
     tea_residual: Option<B::Tensor>,
     /// Rolling Forcing's window state.
     rolling: Option<rolling::RollingRun>,
+    /// The newest generated latent frames (at most `recache_frames`), for a prompt switch's
+    /// recache pass.
+    history: std::collections::VecDeque<Vec<f32>>,
+    /// Frames a prompt switch re-runs (the official `model_kwargs.local_attn_size`, 12).
+    recache_frames: usize,
+    recaches: usize,
     /// The next chunk's denoising forward, recorded at the end of this one (while the GPU
     /// runs the clean pass).
     next_denoise: Option<Recorded<B>>,
@@ -348,6 +358,9 @@ impl<B: Backend + 'static> Session<B> {
             tea,
             tea_residual: None,
             rolling,
+            history: Default::default(),
+            recache_frames: RECACHE_FRAMES,
+            recaches: 0,
             next_denoise: None,
             last_clean: None,
         })
@@ -568,6 +581,12 @@ impl<B: Backend + 'static> Session<B> {
         }
         self.be.status()?;
         progress(Progress { pass: clean_pass, chunks });
+        for f in x0.chunks_exact(lat.frame_len()) {
+            self.history.push_back(f.to_vec());
+        }
+        while self.history.len() > self.recache_frames {
+            self.history.pop_front();
+        }
         self.chunk += 1;
         if !self.done() && self.graph_passes(c + 1).0 {
             // Recorded while the device runs the clean pass.
@@ -601,6 +620,65 @@ impl<B: Backend + 'static> Session<B> {
         }
         self.tea_residual = kept.or(residual);
         Ok(flow)
+    }
+
+    /// Frames a prompt switch re-runs (default [`RECACHE_FRAMES`]); set before the run.
+    pub fn set_recache_frames(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(Error::Input("the recache window needs at least one frame".into()));
+        }
+        self.recache_frames = n;
+        Ok(())
+    }
+
+    /// Switches the prompt before the next chunk (official `_recache_after_switch` of Dummy
+    /// Forcing's interactive pipeline, `global_sink: false`): the new text K/V replace the
+    /// old; the self-attention cache is emptied; the last `min(recache_frames, frames done)`
+    /// generated frames are re-run at t = 0 with the new prompt, all heads on the full path,
+    /// bidirectionally over the window, to rebuild it; then the calibrated head groups are
+    /// packed again from that window. Before any frame exists only the prompt changes.
+    /// Implemented for the `dummy` policy; LongLive's window recache (`full`/`window`
+    /// policies, sink kept or not) is not.
+    pub fn switch_prompt(&mut self, context: &[f32], rows: usize) -> Result<()> {
+        let f = self.frames_done();
+        if f > 0 {
+            if self.rolling.is_some() || self.dummy.is_none() {
+                return Err(Error::Policy(format!(
+                    "prompt switches with KV recache are implemented for the dummy policy on the chunk-wise pipelines, not for `{}` / {}",
+                    self.policy.name(),
+                    self.spec.pipeline.name()
+                )));
+            }
+            let d = self.dummy.as_ref().unwrap();
+            if d.program().is_none() {
+                return Err(Error::Policy(format!("a prompt switch needs the head groups, which are calibrated at AR step {}; switch at a later chunk", d.spec.ar_start)));
+            }
+        }
+        self.text = self.model.embed_text(&self.be, context, rows)?;
+        self.next_denoise = None;
+        if f == 0 {
+            return Ok(());
+        }
+        let n = self.recache_frames.min(f).min(self.history.len());
+        let start = f - n;
+        let d = self.dummy.as_ref().unwrap();
+        d.reset_for_recache(&*self.be, &mut self.cache, start / FRAMES_PER_CHUNK, n)?;
+        let x: Vec<f32> = self.history.iter().skip(self.history.len() - n).flatten().copied().collect();
+        let lat = self.latent;
+        let x = self.be.upload(&x, &[n, lat.channels, lat.height, lat.width]);
+        let pass = PassInfo { chunk: self.chunk, step: None, start_frame: start, frames: n, commit: true };
+        let (model, be, cache, text, hook) = self.parts();
+        model.forward(be, &x, 0.0, &pass, cache, text, hook, None)?;
+        self.be.status()?;
+        self.dummy.as_ref().unwrap().repack(&*self.be, &mut self.cache)?;
+        self.tea_residual = None;
+        self.recaches += 1;
+        Ok(())
+    }
+
+    /// Prompt switches done so far ([`Session::switch_prompt`]).
+    pub fn recaches(&self) -> usize {
+        self.recaches
     }
 
     /// The hook's `after_forward` for a replayed pass (a direct forward calls it itself).
