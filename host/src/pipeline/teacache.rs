@@ -22,9 +22,11 @@
 //! assert!(rescale(0.25) < 0.0 && rescale(0.0769) > 0.0);
 //! let e0 = |t: f32| vec![1.0 + t / 1000.0, 2.0 - t / 2000.0];
 //! let mut s = TeaState::default();
-//! let d: Vec<bool> = [1000.0, 990.0, 980.0, 0.0].iter().map(|&t| s.decide(t, &e0(t), 0.2).skip).collect();
-//! // t = 1000 and t = 0 are always computed; the small changes in between accumulate.
-//! assert_eq!(d, vec![false, true, true, false]);
+//! let d: Vec<_> = [1000.0, 990.0, 980.0, 970.0, 0.0].iter().map(|&t| s.decide(t, &e0(t), 0.3)).collect();
+//! // t = 1000 and t = 0 are always computed; in between each small change adds about 0.106
+//! // to the accumulator: two skips, then a computed pass that resets it.
+//! assert_eq!(d.iter().map(|d| d.skip).collect::<Vec<_>>(), vec![false, true, true, false, false]);
+//! assert!((d[1].rescaled - 0.106).abs() < 1e-3 && d[3].accumulated > 0.3);
 //! ```
 
 /// The official `CausalWanModel.coefficients` (TeaCache4Wan2.1 T2V-1.3B, `use_ret_steps=False`),
