@@ -12,15 +12,15 @@ mod support;
 use std::path::Path;
 
 use dfrt::backend::cpu::CpuBackend;
-use dfrt::backend::Precision;
+use dfrt::backend::{Backend, Precision};
 use dfrt::cache::Policy;
 use dfrt::checkpoint::TensorFile;
 use dfrt::dummy::Group;
 use dfrt::model::Model;
 use dfrt::pipeline::inputs::Inputs;
-use dfrt::pipeline::Session;
+use dfrt::pipeline::{Pipeline, PipelineSpec, Session};
 use dfrt::ModelConfig;
-use support::{assert_atol, assert_close, golden_dir};
+use support::{assert_atol, assert_close, case_kind, golden_dir, CaseKind};
 
 /// f32 end-to-end bound (issue 3).
 const F32_TOL: f64 = 1e-4;
@@ -36,9 +36,19 @@ const BF16_VS_F32_TOL: f64 = 2e-2;
 struct Case {
     cfg: ModelConfig,
     policy: Policy,
+    /// The pipeline (CausVid cases: `schedule.warp_denoising_step` false) and TeaCache
+    /// (`dummy_forcing.teacache_enabled`, threshold from the `teacache` section).
+    spec: PipelineSpec,
     precision: Precision,
     dir: std::path::PathBuf,
     manifest: serde_json::Value,
+}
+
+impl Case {
+    /// An integer of the manifest's `model_config`.
+    fn cfg_json(&self, key: &str) -> Option<usize> {
+        self.manifest["model_config"][key].as_u64().map(|x| x as usize)
+    }
 }
 
 fn load_case(dir: &Path) -> Case {
@@ -55,7 +65,21 @@ fn load_case(dir: &Path) -> Case {
         Some("bfloat16") => Precision::Bf16,
         _ => Precision::F32,
     };
-    Case { cfg, policy, precision, dir: dir.to_path_buf(), manifest }
+    let pipeline = if case_kind(&manifest) == CaseKind::CausVid { Pipeline::CausVid } else { Pipeline::SelfForcing };
+    let teacache = match manifest.get("dummy_forcing") {
+        Some(df) if df["teacache_enabled"].as_bool() == Some(true) => {
+            Some(manifest["teacache"]["threshold"].as_f64().or(df["teacache_threshold"].as_f64()).expect("teacache threshold"))
+        }
+        _ => None,
+    };
+    let spec = PipelineSpec { pipeline, teacache };
+    if pipeline == Pipeline::CausVid {
+        // The schedule the case used must be our preset's, value for value.
+        let used: Vec<f32> = manifest["schedule"]["denoising_step_list_used"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        assert_eq!(spec.schedule().steps, used, "{dir:?}: CausVid steps");
+        assert_eq!(manifest["schedule"]["timestep_shift"].as_f64(), Some(8.0), "{dir:?}: CausVid shift");
+    }
+    Case { cfg, policy, spec, precision, dir: dir.to_path_buf(), manifest }
 }
 
 /// A CPU session for a case: its weights, and every input and random draw from its inputs file.
@@ -65,7 +89,7 @@ fn open_session(case: &Case) -> (std::sync::Arc<CpuBackend>, Inputs, Session<Cpu
     let model = std::sync::Arc::new(Model::load(&*be, &weights, &case.cfg).unwrap());
     let inputs = Inputs::read(&TensorFile::open(case.dir.join("inputs.safetensors")).unwrap(), &case.cfg).unwrap();
     let frames = inputs.frames;
-    let s = Session::new(model, be.clone(), case.policy.clone(), inputs.latent, Some(frames), &inputs.context.data, inputs.context.rows, inputs.noise(frames).unwrap()).unwrap();
+    let s = Session::new_with(model, be.clone(), case.spec, case.policy.clone(), inputs.latent, Some(frames), &inputs.context.data, inputs.context.rows, inputs.noise(frames).unwrap()).unwrap();
     (be, inputs, s)
 }
 
@@ -97,6 +121,10 @@ fn official_frames(c: usize, n: usize, sink: usize) -> Vec<usize> {
 
 fn check_case(name: &str) {
     let case = load_case(&golden_dir().join(name));
+    if case_kind(&case.manifest) == CaseKind::Switch {
+        check_switch_case(name, &case);
+        return;
+    }
     if case.manifest.get("dummy_forcing").is_some() {
         check_dummy_case(name, &case);
         return;
@@ -136,6 +164,13 @@ fn check_case(name: &str) {
             assert_close(&format!("{name}/{key} {frames:?}"), &g, &w, tol);
             compared += 1;
         }
+    }
+    // A single final snapshot (CausVid's fixed cache, `[1, frames·tpf, heads, d]`, frame order).
+    if let (Ok(_), Some((_, frames, k, v))) = (out.info("cache_k.final"), caches.last()) {
+        assert_eq!(*frames, (0..frames.len()).collect::<Vec<_>>(), "{name}: the full cache holds every frame in order");
+        assert_close(&format!("{name}/cache_k.final"), k, &out.f32_any("cache_k.final").unwrap(), tol);
+        assert_close(&format!("{name}/cache_v.final"), v, &out.f32_any("cache_v.final").unwrap(), tol);
+        compared += 2;
     }
     assert!(got.contains_key("latents") && out.tensors.contains_key("latents"));
     assert!(compared >= 20, "only {compared} tensors compared");
@@ -215,6 +250,9 @@ fn check_dummy_case(name: &str, case: &Case) {
         let got: Vec<f32> = sc.iter().flatten().copied().collect();
         worst[0] = worst[0].max(assert_atol(&format!("{name}/scores.{l}"), &got, &out.f32_any(&format!("scores.{l}")).unwrap(), 1e-5));
     }
+    if case.spec.teacache.is_some() {
+        check_teacache(name, case, &s, frames / 3);
+    }
     let rec = s.record.take().unwrap();
     let mut compared = 0;
     for key in out.tensors.keys().filter(|k| k.starts_with("x0.")) {
@@ -229,13 +267,139 @@ fn check_dummy_case(name: &str, case: &Case) {
         for (kind, got) in parts {
             let key = if *l == 0 { format!("{kind}.{tag}") } else { format!("cache.{l}.{kind}.{tag}") };
             let Ok(w) = out.f32_any(&key) else { panic!("{name}: golden has no {key}") };
-            worst[2] = worst[2].max(assert_atol(&format!("{name}/{key}"), got, &w, 1e-4));
+            // Under TeaCache the bound scales with the tensor (max|Δ| ≤ 1e-4·max|ref|, the
+            // rolling/CausVid cases' rule): skipped forwards carry another input's residual, and
+            // f32 noise of a few 1e-6 relative reaches 1.1e-4 on keys of magnitude ~10 there.
+            let scale = if case.spec.teacache.is_some() { w.iter().fold(1f32, |m, x| m.max(x.abs())) as f64 } else { 1.0 };
+            worst[2] = worst[2].max(assert_atol(&format!("{name}/{key}"), got, &w, 1e-4 * scale));
             compared += 1;
         }
     }
     println!("{name}: assignment {:?} exact; scores max abs {:.2e}; x0 max abs {:.2e}; latents rel L2 {:.2e}; caches max abs {:.2e} ({compared} tensors)", a.to_i64(), worst[0], worst[1], dl.rel_l2, worst[2]);
     // Every chunk's 4 x0 plus 2 snapshots × 4 caches per layer.
     assert_eq!(compared, 4 * frames / 3 + 8 * case.cfg.num_layers, "{name}: tensors compared");
+}
+
+/// TeaCache: the skip decisions exact; rel-L1, rescaled and accumulated values rtol 1e-5;
+/// the measured tensor e0 at every timestep atol 1e-6.
+fn check_teacache(name: &str, case: &Case, s: &Session<CpuBackend>, chunks: usize) {
+    let out = TensorFile::open(case.dir.join("outputs.safetensors")).unwrap();
+    let plan = s.teacache().expect("TeaCache on");
+    let steps = s.schedule.steps.len();
+    let skipped = out.bool_any("teacache.skipped").unwrap();
+    let got: Vec<bool> = (0..chunks).flat_map(|c| (0..steps).map(move |p| (c, p))).map(|(c, p)| plan.get(c, p).skip).collect();
+    assert_eq!(got, skipped, "{name}: teacache.skipped (chunk-major, {steps} steps)");
+    assert!(!plan.get(0, steps).skip && !plan.get(1, steps).skip, "clean passes are always computed");
+    for (key, f) in [("rel_l1", 0usize), ("rescaled", 1), ("accumulated", 2)] {
+        let want = out.f64_any(&format!("teacache.{key}")).unwrap();
+        for (i, w) in want.iter().enumerate() {
+            let d = plan.get(i / steps, i % steps);
+            let g = [d.rel_l1, d.rescaled, d.accumulated][f];
+            assert!((g - w).abs() <= 1e-5 * w.abs() + 1e-12, "{name}: teacache.{key}[{i}] = {g}, want {w}");
+        }
+    }
+    for key in out.tensors.keys().filter(|k| k.starts_with("teacache.residual.")) {
+        let got = s.record.as_ref().and_then(|r| r.get(key)).unwrap_or_else(|| panic!("{name}: {key} not recorded"));
+        assert_close(&format!("{name}/{key}"), got, &out.f32_any(key).unwrap(), F32_TOL);
+    }
+    let wfile = TensorFile::open(case.dir.join("weights.safetensors")).unwrap();
+    let model = Model::load(&*s.be, &wfile, &case.cfg).unwrap();
+    let ts = s.schedule.steps.iter().enumerate().map(|(i, &t)| (format!("teacache.e0.{i}"), t)).chain([("teacache.e0.ctx".to_string(), 0.0)]);
+    for (key, t) in ts {
+        let e0 = s.be.download(&model.time_embedding(&*s.be, t, 3, None).e0);
+        assert_atol(&format!("{name}/{key}"), &e0, &out.f32_any(&key).unwrap(), 1e-6);
+    }
+    println!("{name}: TeaCache skipped {:?} of {} denoising forwards", plan.skipped(chunks).len(), chunks * steps);
+}
+
+/// Every layer's caches in the official packed layout, named as the golden file names them
+/// (`{kind}{suffix}` for layer 0, `cache.{l}.{kind}{suffix}` for the others).
+fn packed_caches(be: &CpuBackend, s: &Session<CpuBackend>, prefix: &str, suffix: &str) -> Vec<(String, Vec<f32>)> {
+    let a = s.dummy().unwrap().assignment().expect("calibrated");
+    let mut v = Vec::new();
+    for l in 0..s.cache.layers.len() {
+        for (kind, t) in official_layer_cache(be, &s.cache, &a, l) {
+            let key = if l == 0 { format!("{prefix}{kind}{suffix}") } else { format!("cache.{l}.{prefix}{kind}{suffix}") };
+            v.push((key, t));
+        }
+    }
+    v
+}
+
+/// Dummy Forcing with prompt switches (df-switch): at each switch frame the prompt changes
+/// and the cache is rebuilt by a recache pass and re-packed. Assignment exact, scores atol
+/// 1e-5, x0 / latents / every cache snapshot (after HMA, before and after each recache, final)
+/// atol 1e-4.
+fn check_switch_case(name: &str, case: &Case) {
+    assert!(case.manifest.get("dummy_forcing").is_some(), "{name}: LongLive's window recache (no Dummy Forcing) is not implemented");
+    let Policy::Dummy(spec) = case.policy else { unreachable!() };
+    let (be, inputs, mut s) = open_session(case);
+    s.dummy_mut().unwrap().set_sampled_rows(inputs.sampled_rows.clone()).unwrap();
+    let pr = &case.manifest["prompts"];
+    assert_eq!(pr["global_sink"].as_bool(), Some(false), "{name}: only global_sink false runs in the official DF code");
+    let switches: Vec<usize> = pr["switch_frame_indices"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    assert_eq!(inputs.switch_contexts.len(), switches.len(), "{name}: one context per switch");
+    let window = case.cfg_json("local_attn_size").unwrap_or(12);
+    s.set_recache_frames(window).unwrap();
+    s.record = Some(Default::default());
+    let mut snaps: Vec<(String, Vec<f32>)> = Vec::new();
+    let mut latents = Vec::new();
+    let mut next = 0;
+    while !s.done() {
+        if next < switches.len() && s.frames_done() >= switches[next] {
+            snaps.extend(packed_caches(&be, &s, &format!("recache.{next}.before."), ""));
+            let ctx = &inputs.switch_contexts[next];
+            s.switch_prompt(&ctx.data, ctx.rows).unwrap();
+            snaps.extend(packed_caches(&be, &s, &format!("recache.{next}.after."), ""));
+            next += 1;
+        }
+        let c = s.chunk_index();
+        latents.extend(s.next_chunk(&mut |_| {}).unwrap());
+        if c == spec.ar_start {
+            snaps.extend(packed_caches(&be, &s, "", ".after_hma"));
+        }
+    }
+    snaps.extend(packed_caches(&be, &s, "", ".final"));
+    assert_eq!((next, s.recaches()), (switches.len(), switches.len()), "{name}: every switch ran");
+    let out = TensorFile::open(case.dir.join("outputs.safetensors")).unwrap();
+    let d = s.dummy().unwrap();
+    assert_eq!(d.assignment().unwrap().to_i64(), out.i64_any("assignment").unwrap(), "{name}: assignment");
+    for (l, sc) in d.calibration_scores().unwrap().iter().enumerate() {
+        let got: Vec<f32> = sc.iter().flatten().copied().collect();
+        assert_atol(&format!("{name}/scores.{l}"), &got, &out.f32_any(&format!("scores.{l}")).unwrap(), 1e-5);
+    }
+    let rec = s.record.take().unwrap();
+    let mut worst = [0f64; 2];
+    let mut compared = 0;
+    for key in out.tensors.keys().filter(|k| k.starts_with("x0.")) {
+        let got = rec.get(key).unwrap_or_else(|| panic!("{name}: no {key} recorded"));
+        worst[0] = worst[0].max(assert_atol(&format!("{name}/{key}"), got, &out.f32_any(key).unwrap(), 1e-4));
+        compared += 1;
+    }
+    let want = out.f32_any("latents").unwrap();
+    assert_atol(&format!("{name}/latents"), &latents, &want, 1e-4);
+    let dl = assert_close(&format!("{name}/latents"), &latents, &want, F32_TOL);
+    for (key, got) in &snaps {
+        let w = out.f32_any(key).unwrap_or_else(|_| panic!("{name}: golden has no {key}"));
+        worst[1] = worst[1].max(assert_atol(&format!("{name}/{key}"), got, &w, 1e-4));
+        compared += 1;
+    }
+    println!("{name}: {} switches at {switches:?}, assignment exact; x0 max abs {:.2e}; latents rel L2 {:.2e}; caches max abs {:.2e} ({compared} tensors)", switches.len(), worst[0], dl.rel_l2, worst[1]);
+}
+
+#[test]
+fn df_switch() {
+    check_case("df-switch");
+}
+
+#[test]
+fn df_teacache() {
+    check_case("df-teacache");
+}
+
+#[test]
+fn causvid_tiny() {
+    check_case("causvid-tiny");
 }
 
 #[test]
@@ -261,12 +425,18 @@ fn tiny_full_bf16() {
 /// Hidden cases of the same kind: every other case folder runs the same checks.
 #[test]
 fn every_other_case() {
-    let known = ["tiny-full", "tiny-window", "tiny-full-bf16", "df-tiny"];
+    let known = ["tiny-full", "tiny-window", "tiny-full-bf16", "df-tiny", "df-teacache", "causvid-tiny", "df-switch"];
     let Ok(rd) = std::fs::read_dir(golden_dir()) else { panic!("golden dir {:?} missing", golden_dir()) };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         if e.path().join("manifest.json").exists() && !known.contains(&name.as_str()) {
-            check_case(&name);
+            let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.path().join("manifest.json")).unwrap()).unwrap();
+            match case_kind(&m) {
+                CaseKind::Reference | CaseKind::Dummy | CaseKind::CausVid => check_case(&name),
+                CaseKind::Switch if m.get("dummy_forcing").is_some() => check_case(&name),
+                // Checked by their own test files (tests/systems.rs; the VAE / text encoder tests).
+                k => println!("{name}: {k:?} case, not a case of this file"),
+            }
         }
     }
 }

@@ -262,6 +262,18 @@ DfrtStatus dfrt_session_set_head_program(struct DfrtSession *session, const char
 // `progress` is NULL or a function safe to call with `user`; `session`, `err` as everywhere.
 DfrtStatus dfrt_session_next_chunk(struct DfrtSession *session, float *out, size_t capacity, size_t *written, DfrtProgressFn progress, void *user, struct DfrtError *err);
 
+// Switches the prompt between chunks (interactive generation): `rows × cols` floats as for
+// `dfrt_session_set_context`. Before the first chunk it only replaces the context. After it,
+// under a `dummy` policy, the next chunk follows the new prompt with the KV cache rebuilt as
+// Dummy Forcing's interactive pipeline does (the last ≤ 12 frames re-run at t = 0 with the new
+// prompt, the calibrated head groups re-packed); it must come after the calibration chunk.
+// Other policies, and a switch before calibration, return `DFRT_ERR_POLICY` after the first
+// chunk (LongLive's window recache is not implemented). A reset returns to the first context.
+//
+// # Safety
+// `data` is NULL or valid for `rows · cols` reads; `session`, `err` as everywhere.
+DfrtStatus dfrt_session_switch_prompt(struct DfrtSession *session, const float *data, size_t rows, size_t cols, struct DfrtError *err);
+
 // Dummy Forcing: copies the head program in force (JSON, NUL-terminated) into `buf`.
 // `*needed` (if not NULL) receives its size in bytes, NUL included. A size query passes
 // `buf` NULL and `capacity` 0 and gets `DFRT_OK`. The program exists once calibration ran

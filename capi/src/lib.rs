@@ -248,6 +248,14 @@ impl Engine {
             Engine::Cuda(s) => Ok(s.next_chunk(progress)?),
         }
     }
+    fn switch_prompt(&mut self, ctx: &[f32], rows: usize) -> Result<(), Fail> {
+        match self {
+            Engine::Cpu(s) => Ok(s.switch_prompt(ctx, rows)?),
+            Engine::Sim(s) => Ok(s.switch_prompt(ctx, rows)?),
+            Engine::Cuda(s) => Ok(s.switch_prompt(ctx, rows)?),
+        }
+    }
+
     fn chunk_index(&self) -> usize {
         match self {
             Engine::Cpu(s) => s.chunk_index(),
@@ -820,6 +828,48 @@ pub unsafe extern "C" fn dfrt_session_next_chunk(
             if let Some(w) = written.as_mut() {
                 *w = x.len();
             }
+            Ok(())
+        })
+    }
+}
+
+/// Switches the prompt between chunks (interactive generation): `rows × cols` floats as for
+/// `dfrt_session_set_context`. Before the first chunk it only replaces the context. After it,
+/// under a `dummy` policy, the next chunk follows the new prompt with the KV cache rebuilt as
+/// Dummy Forcing's interactive pipeline does (the last ≤ 12 frames re-run at t = 0 with the new
+/// prompt, the calibrated head groups re-packed); it must come after the calibration chunk.
+/// Other policies, and a switch before calibration, return `DFRT_ERR_POLICY` after the first
+/// chunk (LongLive's window recache is not implemented). A reset returns to the first context.
+///
+/// # Safety
+/// `data` is NULL or valid for `rows · cols` reads; `session`, `err` as everywhere.
+#[no_mangle]
+pub unsafe extern "C" fn dfrt_session_switch_prompt(session: *mut DfrtSession, data: *const f32, rows: usize, cols: usize, err: *mut DfrtError) -> DfrtStatus {
+    // SAFETY: pointer contracts forwarded from this function's.
+    unsafe {
+        guard(err, || {
+            let s = session_mut(session)?;
+            if data.is_null() {
+                return Err(Fail::null("data"));
+            }
+            let cfg = &s.model.cfg;
+            if cols != cfg.text_dim || rows == 0 || rows > cfg.text_len {
+                return Err(Fail::new(DFRT_ERR_INVALID_ARGUMENT, format!("context is [{rows}, {cols}], the model takes [1..={}, {}]", cfg.text_len, cfg.text_dim)));
+            }
+            let v = std::slice::from_raw_parts(data, rows * cols);
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Fail::new(DFRT_ERR_INVALID_ARGUMENT, format!("context value {i} is {} (not finite)", v[i])));
+            }
+            if s.broken {
+                return Err(Fail::new(DFRT_ERR_STATE, "an earlier call failed in the middle of a chunk; call dfrt_session_reset"));
+            }
+            let Some(run) = s.run.as_mut() else {
+                s.context = Some((v.to_vec(), rows));
+                return Ok(());
+            };
+            s.broken = true;
+            run.switch_prompt(v, rows)?;
+            s.broken = false;
             Ok(())
         })
     }

@@ -42,7 +42,7 @@ use crate::checkpoint::TensorFile;
 use crate::config::FRAMES_PER_CHUNK;
 use crate::dummy::HeadProgram;
 use crate::model::Model;
-use crate::pipeline::{Latent, Noise, Rng, Session};
+use crate::pipeline::{Latent, Noise, PipelineSpec, Rng, Session};
 use crate::{Error, ModelConfig, Result};
 
 /// What to tell a user whose `--model` is not a usable checkpoint.
@@ -120,7 +120,7 @@ impl<B: Backend + 'static> LoadedModel<B> {
     pub fn session(&self, opts: &SessionOptions, context: &[f32], rows: usize, noise: Noise) -> Result<Session<B>> {
         opts.check(&self.cfg)?;
         let latent = opts.latent(&self.cfg);
-        let mut s = Session::new(self.model.clone(), self.be.clone(), opts.policy.clone(), latent, opts.frames, context, rows, noise)?;
+        let mut s = Session::new_with(self.model.clone(), self.be.clone(), opts.pipeline, opts.policy.clone(), latent, opts.frames, context, rows, noise)?;
         s.set_graphs(opts.graphs);
         if let Some(d) = s.dummy_mut() {
             d.set_seed(opts.seed);
@@ -180,12 +180,14 @@ pub struct SessionOptions {
     /// Run the forwards as recorded graphs where the backend supports them (GPU backends; see
     /// [`Session::set_graphs`]). Same latents either way.
     pub graphs: bool,
+    /// The pipeline (Self-Forcing, CausVid) and TeaCache ([`PipelineSpec`]).
+    pub pipeline: PipelineSpec,
 }
 
 impl SessionOptions {
     /// Options with a parsed policy (checked against `cfg`), row seed 0, no head program.
     pub fn parse(policy: &str, height: usize, width: usize, frames: Option<usize>, cfg: &ModelConfig) -> Result<Self> {
-        Ok(SessionOptions { policy: Policy::parse_for(policy, cfg)?, height, width, frames, seed: 0, heads: None, sampled_rows: BTreeMap::new(), graphs: true })
+        Ok(SessionOptions { policy: Policy::parse_for(policy, cfg)?, height, width, frames, seed: 0, heads: None, sampled_rows: BTreeMap::new(), graphs: true, pipeline: PipelineSpec::default() })
     }
 
     /// Checks the options against a model without doing any work (the checks

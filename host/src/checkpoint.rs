@@ -73,6 +73,10 @@ pub enum DType {
     U8,
     /// i64 (index tensors, e.g. sampled rows).
     I64,
+    /// f64 (read only: golden records such as TeaCache's accumulator).
+    F64,
+    /// bool, one byte per element (read only: golden decision records).
+    Bool,
 }
 
 impl DType {
@@ -82,7 +86,8 @@ impl DType {
             DType::F32 => 4,
             DType::BF16 | DType::F16 => 2,
             DType::U8 => 1,
-            DType::I64 => 8,
+            DType::I64 | DType::F64 => 8,
+            DType::Bool => 1,
         }
     }
     /// The dtype's name in a safetensors header (`F32`, `BF16`, ...).
@@ -93,6 +98,8 @@ impl DType {
             DType::F16 => "F16",
             DType::U8 => "U8",
             DType::I64 => "I64",
+            DType::F64 => "F64",
+            DType::Bool => "BOOL",
         }
     }
     fn from_st(d: safetensors::Dtype) -> Option<Self> {
@@ -102,6 +109,8 @@ impl DType {
             safetensors::Dtype::F16 => DType::F16,
             safetensors::Dtype::U8 => DType::U8,
             safetensors::Dtype::I64 => DType::I64,
+            safetensors::Dtype::F64 => DType::F64,
+            safetensors::Dtype::BOOL => DType::Bool,
             _ => return None,
         })
     }
@@ -206,6 +215,24 @@ impl TensorFile {
         }
         let b = &self.mmap[i.start..i.end];
         Ok(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
+    }
+
+    /// Reads an F64 tensor (golden outputs hold some, e.g. TeaCache's accumulator).
+    pub fn f64_any(&self, name: &str) -> Result<Vec<f64>> {
+        let i = self.info(name)?;
+        if i.dtype != DType::F64 {
+            return Err(Error::tensor(name, format!("has dtype {:?}, expected F64", i.dtype)));
+        }
+        Ok(self.mmap[i.start..i.end].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect())
+    }
+
+    /// Reads a BOOL tensor (one byte per element).
+    pub fn bool_any(&self, name: &str) -> Result<Vec<bool>> {
+        let i = self.info(name)?;
+        if i.dtype != DType::Bool {
+            return Err(Error::tensor(name, format!("has dtype {:?}, expected BOOL", i.dtype)));
+        }
+        Ok(self.mmap[i.start..i.end].iter().map(|&b| b != 0).collect())
     }
 
     /// The model config stored in the header metadata of a runtime checkpoint.

@@ -16,7 +16,7 @@ use dfrt::checkpoint::{write_safetensors, OutTensor, TensorFile, CONFIG_KEY};
 use dfrt::config::FRAMES_PER_CHUNK;
 use dfrt::dummy::{stability, HeadProgram};
 use dfrt::pipeline::inputs::{read_context, Inputs};
-use dfrt::pipeline::{Latent, Noise};
+use dfrt::pipeline::{Latent, Noise, Pipeline, PipelineSpec};
 use dfrt::gpu::{CudaDevice, Device, GpuBackend, SimDevice};
 use dfrt::{Error, ModelConfig, Result};
 use std::sync::Arc;
@@ -183,6 +183,25 @@ struct GenerateArgs {
     /// directly. Same latents either way.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     graphs: String,
+    /// Autoregressive pipeline: self-forcing (also LongLive, Causal-Forcing) | causvid
+    /// (3 unwarped steps at shift 8; `full` keeps at most 21 frames) | rolling (Rolling
+    /// Forcing: joint windows of 5 chunks, its own anchored cache; policy `full` only).
+    #[arg(long, default_value = "self-forcing")]
+    pipeline: String,
+    /// TeaCache with this threshold (the official value is 0.2): denoising forwards whose
+    /// accumulated change of the time modulation stays below it skip the blocks. Composes
+    /// with every policy; the skipped forwards are listed in the output metadata.
+    #[arg(long)]
+    teacache: Option<f64>,
+    /// Prompt switches (interactive generation, `dummy` policy): `FRAME:FILE,…`, each FILE a
+    /// context file like --context; before the chunk starting at FRAME the prompt changes and
+    /// the KV cache is rebuilt (recache). With --inputs holding `context.1`, `context.2`, …,
+    /// give the frames alone: `--prompts-at 12,21`.
+    #[arg(long)]
+    prompts_at: Option<String>,
+    /// Frames a prompt switch re-runs at t = 0 (the official `local_attn_size`, 12).
+    #[arg(long, default_value_t = dfrt::pipeline::RECACHE_FRAMES)]
+    recache_frames: usize,
     /// Output safetensors file (tensor `latents` [1, F, C, H, W], f32).
     #[arg(long)]
     out: PathBuf,
@@ -260,6 +279,7 @@ type Prepare<'a> = &'a dyn Fn(&ModelConfig, &Policy, Latent, usize, &TensorFile)
 fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, prepare: Prepare<'_>) -> Result<()> {
     let precision = be.precision();
     let policy = Policy::parse(&a.policy)?;
+    let pipeline = PipelineSpec::parse(&a.pipeline, a.teacache)?;
     let spec = match &policy {
         Policy::Dummy(s) => Some(*s),
         _ => None,
@@ -272,11 +292,13 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
     policy.validate(&cfg)?;
     let program = a.heads.as_ref().map(|p| HeadProgram::load_for(p, &cfg)).transpose()?;
 
+    let mut switch_ctx = Vec::new();
     let (context, latent, frames, noise, source, rows) = if let Some(p) = &a.inputs {
         let f = TensorFile::open(p)?;
         let inp = Inputs::read(&f, &cfg)?;
         let frames = a.frames.unwrap_or(inp.frames);
-        let noise = inp.noise(frames)?;
+        let noise = if pipeline.pipeline == Pipeline::Rolling { inp.noise_rolling(frames, pipeline.schedule().steps.len())? } else { inp.noise(frames)? };
+        switch_ctx = inp.switch_contexts;
         (inp.context, inp.latent, frames, noise, format!("inputs:{}", p.display()), inp.sampled_rows)
     } else {
         let p = a.context.as_ref().expect("clap requires --context or --inputs");
@@ -285,6 +307,7 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
         let latent = Latent { channels: cfg.in_dim, height: a.height, width: a.width };
         (ctx, latent, frames, Noise::seeded(a.seed), format!("seed:{}", a.seed), Default::default())
     };
+    let switches = parse_prompts_at(a.prompts_at.as_deref(), switch_ctx, &cfg)?;
     prepare(&cfg, &policy, latent, frames, &ckpt)?;
     drop(ckpt);
     let lm = LoadedModel::load(be.clone(), &a.model)?;
@@ -303,12 +326,14 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
         }
     }
     // The same path as the C API (dfrt::api), so both give the same latents bit for bit.
-    let opts = SessionOptions { policy: policy.clone(), height: latent.height, width: latent.width, frames: Some(frames), seed: a.seed, heads: program, sampled_rows: rows, graphs: a.graphs == "on" };
+    let opts = SessionOptions { policy: policy.clone(), height: latent.height, width: latent.width, frames: Some(frames), seed: a.seed, heads: program, sampled_rows: rows, graphs: a.graphs == "on", pipeline };
     let mut session = lm.session(&opts, &context.data, context.rows, noise)?;
+    session.set_recache_frames(a.recache_frames)?;
+    let mut switches = switches.into_iter().peekable();
     let graphs = if !be.supports_graphs() { "n/a" } else if session.graphs() { "on" } else { "off" };
 
     let chunks = frames / FRAMES_PER_CHUNK;
-    let forwards = (chunks * (session.schedule.steps.len() + 1)) as u64;
+    let forwards = session.forwards_for(frames) as u64;
     let bar = if !o.enabled(Level::Info) || !std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(forwards), ProgressDrawTarget::hidden())
     } else {
@@ -320,6 +345,9 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
     let mut chunk_ms = Vec::new();
     let mut latents = Vec::with_capacity(frames * latent.frame_len());
     while !session.done() {
+        while let Some((_, ctx)) = switches.next_if(|(f, _)| *f <= session.frames_done()) {
+            session.switch_prompt(&ctx.data, ctx.rows)?;
+        }
         let tc = Instant::now();
         let x = session.next_chunk(&mut |p| {
             let what = match p.pass.step {
@@ -353,6 +381,17 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
     meta.insert("dfrt.device".into(), be.name().into());
     meta.insert("dfrt.source".into(), source);
     meta.insert("dfrt.graphs".into(), graphs.into());
+    meta.insert("dfrt.pipeline".into(), pipeline.pipeline.name().into());
+    if session.recaches() > 0 {
+        meta.insert("dfrt.recaches".into(), session.recaches().to_string());
+    }
+    let teacache = session.teacache().map(|p| {
+        let skipped = p.skipped(chunks);
+        serde_json::json!({"threshold": p.threshold, "skipped": skipped, "skipped_forwards": skipped.len(), "denoising_forwards": chunks * session.schedule.steps.len()})
+    });
+    if let Some(t) = &teacache {
+        meta.insert("dfrt.teacache".into(), t.to_string());
+    }
     meta.extend(foot.metadata());
     meta.insert("dfrt.kv_bytes.allocated".into(), kv.to_string());
     if let Some(d) = session.dummy() {
@@ -380,6 +419,7 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
             "latent_shape": [1, frames, latent.channels, latent.height, latent.width],
             "policy": policy.name(), "dtype": precision.name(), "device": be.name(), "source": meta["dfrt.source"],
             "heads": meta.get("dfrt.heads"), "graphs": graphs, "kv_footprint": foot.metadata(), "timings": timings,
+            "pipeline": pipeline.pipeline.name(), "teacache": teacache,
         });
         println!("{}", serde_json::to_string_pretty(&j).expect("json"));
     }
@@ -397,6 +437,30 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
         eprintln!("dfrt: {}; allocated {:.2} MB", foot.summary(), kv as f64 / 1e6);
     }
     Ok(())
+}
+
+/// `--prompts-at`: `FRAME:FILE,…` (context files), or `FRAME,…` taking `context.1`, … of the
+/// inputs file; frames ascending.
+fn parse_prompts_at(spec: Option<&str>, mut given: Vec<dfrt::pipeline::inputs::Context>, cfg: &ModelConfig) -> Result<Vec<(usize, dfrt::pipeline::inputs::Context)>> {
+    let Some(spec) = spec else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    given.reverse();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (f, file) = match part.split_once(':') {
+            Some((f, file)) => (f, Some(file)),
+            None => (part, None),
+        };
+        let f: usize = f.parse().map_err(|_| Error::Input(format!("--prompts-at: `{f}` in `{part}` is not a frame number")))?;
+        if out.last().is_some_and(|(p, _)| *p >= f) {
+            return Err(Error::Input(format!("--prompts-at: frame {f} is not after the previous switch")));
+        }
+        let ctx = match file {
+            Some(file) => read_context(&TensorFile::open(file)?, cfg)?,
+            None => given.pop().ok_or_else(|| Error::Input(format!("--prompts-at {f}: no FILE given and the inputs hold no more context.N tensors")))?,
+        };
+        out.push((f, ctx));
+    }
+    Ok(out)
 }
 
 fn calibrate(a: CalibrateArgs, o: Output) -> Result<()> {
@@ -419,7 +483,7 @@ fn calibrate(a: CalibrateArgs, o: Output) -> Result<()> {
     if frames < need {
         return Err(Error::Input(format!("--frames {frames}: calibration at AR step {} needs at least {need} frames", spec.ar_start)));
     }
-    let mut opts = SessionOptions { policy: policy.clone(), height: a.height, width: a.width, frames: Some(frames), seed: 0, heads: None, sampled_rows: Default::default(), graphs: true };
+    let mut opts = SessionOptions { policy: policy.clone(), height: a.height, width: a.width, frames: Some(frames), seed: 0, heads: None, sampled_rows: Default::default(), graphs: true, pipeline: Default::default() };
     let mut programs = Vec::new();
     let mut runs = Vec::new();
     for path in &a.context {

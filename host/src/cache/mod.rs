@@ -19,6 +19,8 @@
 //!   path); after calibration [`crate::dummy::DummyForcing`] calls [`KvCache::replace_groups`]
 //!   to make up to 3 groups per layer (sink, neighbor, dummy).
 
+pub mod rolling;
+
 use crate::backend::{Backend, Precision, Seg};
 use crate::config::FRAMES_PER_CHUNK;
 use crate::dummy::{phase1_shape, DummySpec, KvPolicy};
@@ -303,13 +305,15 @@ pub struct KvCache<T> {
     pub tokens_per_frame: usize,
     /// Per layer: its groups.
     pub layers: Vec<LayerCache<T>>,
+    /// Rolling Forcing's buffer, which then replaces the groups ([`KvCache::new_rolling`]).
+    pub rolling: Option<rolling::RollingCache<T>>,
     precision: Precision,
 }
 
 impl<T> KvCache<T> {
     /// A cache of `layers` layers, each starting with `groups` (empty slots).
     pub fn new(layers: usize, heads: usize, head_dim: usize, tokens_per_frame: usize, precision: Precision, groups: &[GroupSpec]) -> Result<Self> {
-        let mut c = KvCache { heads, head_dim, tokens_per_frame, layers: Vec::new(), precision };
+        let mut c = KvCache { heads, head_dim, tokens_per_frame, layers: Vec::new(), rolling: None, precision };
         for _ in 0..layers {
             for g in groups {
                 if !g.sink_frames.is_empty() || !g.ring_frames.is_empty() {
@@ -320,6 +324,16 @@ impl<T> KvCache<T> {
             let gs = groups.iter().map(|g| Group::new(g.heads.clone(), g.sink_cap, g.ring_cap)).collect();
             c.layers.push(LayerCache { groups: gs, head_slot });
         }
+        Ok(c)
+    }
+
+    /// Rolling Forcing's cache ([`rolling::RollingCache`]) with the official sizes: the model
+    /// writes it before attending ([`rolling::RollingCache::write`]) and [`KvCache::commit`]
+    /// does nothing.
+    pub fn new_rolling(layers: usize, heads: usize, head_dim: usize, tokens_per_frame: usize, precision: Precision) -> Result<Self> {
+        let all = [GroupSpec::empty((0..heads).collect(), 0, 0)];
+        let mut c = KvCache::new(layers, heads, head_dim, tokens_per_frame, precision, &all)?;
+        c.rolling = Some(rolling::RollingCache::new(layers, rolling::BUFFER_FRAMES, rolling::ATTENTION_FRAMES)?);
         Ok(c)
     }
 
@@ -335,7 +349,10 @@ impl<T> KvCache<T> {
                 }
                 head_slot[h] = (gi, pi);
             }
-            if g.sink_frames.len() > g.sink_cap || g.ring_frames.len() > g.ring_cap {
+            // A ring may start over its capacity (Dummy Forcing's re-pack after a prompt
+            // switch hands the neighbor heads the whole recache window); its next commit trims
+            // it to the newest `ring_cap` frames, as the official `local = K[:, -3·HW·L:]`.
+            if g.sink_frames.len() > g.sink_cap || (g.ring_cap == 0 && !g.ring_frames.is_empty()) {
                 return Err(Error::Policy(format!("group {gi} is given more frames than its capacity")));
             }
         }
@@ -368,6 +385,9 @@ impl<T> KvCache<T> {
     /// keys into regions (frame 0, middle frames, current chunk).
     pub fn context<'a>(&'a self, layer: usize, fresh: &Fresh<'a, T>) -> Vec<Vec<Seg<'a, T>>> {
         let (tpf, d, nh) = (self.tokens_per_frame, self.head_dim, self.heads);
+        if let Some(r) = &self.rolling {
+            return r.context(layer, fresh, nh, d, tpf);
+        }
         let l = &self.layers[layer];
         (0..nh)
             .map(|h| {
@@ -394,10 +414,27 @@ impl<T> KvCache<T> {
     /// Writes the current chunk's frames into every group of `layer`, in frame order: a frame
     /// takes the next empty sink slot, else goes to the ring (overwriting the oldest when full).
     pub fn commit<B: Backend<Tensor = T>>(&mut self, be: &B, layer: usize, fresh: &Fresh<'_, T>) {
+        if self.rolling.is_some() {
+            return;
+        }
         let (tpf, d, nh) = (self.tokens_per_frame, self.head_dim, self.heads);
         for g in &mut self.layers[layer].groups {
             let gh = g.heads.len();
             let heads = g.heads.clone();
+            if g.ring.len() > g.ring_cap {
+                // Over capacity (after a re-pack): append in order, then keep the newest.
+                let start = g.ring_start;
+                g.ring.rotate_left(start);
+                g.ring_start = 0;
+                for f in 0..fresh.frames {
+                    let (mut k, mut v) = (be.zeros(&[gh, tpf, d]), be.zeros(&[gh, tpf, d]));
+                    be.write_heads(&mut k, &mut v, fresh.k, fresh.v, f * tpf * nh * d, nh * d, &heads, tpf, d);
+                    g.ring.push(Slot { frame: fresh.start_frame + f, k, v });
+                }
+                let excess = g.ring.len().saturating_sub(g.ring_cap);
+                g.ring.drain(..excess);
+                continue;
+            }
             for f in 0..fresh.frames {
                 let frame = fresh.start_frame + f;
                 let write = |slot_k: &mut T, slot_v: &mut T| {

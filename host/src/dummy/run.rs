@@ -74,6 +74,39 @@ impl DummyForcing {
         Ok(())
     }
 
+    /// The prompt-switch reset (official `_recache_after_switch` with `global_sink: false`):
+    /// every layer's cache becomes one empty group of all heads, the full path's shape for a
+    /// recache pass starting at AR step `ar_step` (1 sink slot; the last `3·L` frames, or every
+    /// frame of the `frames`-frame window but its first when `ar_step ≤ L − 1`). The groups
+    /// stay calibrated. A switch before calibration is an error (the official code raises a
+    /// `KeyError` there).
+    pub fn reset_for_recache<B: Backend>(&self, be: &B, cache: &mut KvCache<B::Tensor>, ar_step: usize, frames: usize) -> Result<()> {
+        if self.program.is_none() {
+            return Err(Error::Policy(format!(
+                "a prompt switch needs the head groups, which are calibrated at AR step {}; switch at a later chunk",
+                self.spec.ar_start
+            )));
+        }
+        let ring = if ar_step + 1 > self.spec.chunks { self.spec.local_frames() } else { frames.saturating_sub(1).max(1) };
+        let all = GroupSpec::empty((0..self.cfg.num_heads).collect(), 1, ring);
+        for l in 0..cache.layers.len() {
+            cache.replace_groups(be, l, std::slice::from_ref(&all))?;
+        }
+        Ok(())
+    }
+
+    /// The re-pack after a recache pass: the calibrated groups again, from the recache
+    /// window (sink heads ← its first frame, dummy heads ← its last, neighbor heads ← all of
+    /// the ring). Resolution-generic: frames are slots, whatever the tokens per frame.
+    pub fn repack<B: Backend>(&self, be: &B, cache: &mut KvCache<B::Tensor>) -> Result<()> {
+        let program = self.program.as_ref().ok_or_else(|| Error::Policy("re-pack before calibration".into()))?;
+        let lay = hma_layout(&program.assignment(), &self.spec);
+        for (l, g) in lay.iter().enumerate() {
+            self.regroup(be, cache, l, g, true)?;
+        }
+        Ok(())
+    }
+
     /// Whether calibration runs (no program was given).
     pub fn calibrates(&self) -> bool {
         self.given.is_none()
@@ -95,7 +128,10 @@ impl DummyForcing {
     }
 
     /// Rebuilds `layer`'s cache from the phase-1 group into the groups of `a`.
-    fn regroup<B: Backend>(&self, be: &B, cache: &mut KvCache<B::Tensor>, layer: usize, lay: &[super::layout::GroupLayout; 3]) -> Result<()> {
+    /// With `recache` (the re-pack after a prompt switch) the phase-1 group holds the recache
+    /// window: its sink is the window's first frame (not frame 0) and its ring may hold more
+    /// than `3·L` frames (the neighbor heads keep them all until the next clean pass).
+    fn regroup<B: Backend>(&self, be: &B, cache: &mut KvCache<B::Tensor>, layer: usize, lay: &[super::layout::GroupLayout; 3], recache: bool) -> Result<()> {
         let groups = &cache.layers[layer].groups;
         if groups.len() != 1 || groups[0].sink_cap != 1 {
             return Err(Error::Policy(format!("layer {layer}: HMA expects the single phase-1 group, found {} groups", groups.len())));
@@ -103,6 +139,7 @@ impl DummyForcing {
         let frames = groups[0].frames();
         let (sink, ring) = match frames.split_first() {
             Some((&0, ring)) if !ring.is_empty() => (0usize, ring.to_vec()),
+            Some((&f, ring)) if recache && !ring.is_empty() => (f, ring.to_vec()),
             _ => return Err(Error::Policy(format!("layer {layer}: phase-1 cache holds frames {frames:?}, expected frame 0 then a window"))),
         };
         let mut specs = Vec::new();
@@ -111,7 +148,7 @@ impl DummyForcing {
                 HmaSource::Frame0 => (vec![sink], vec![]),
                 HmaSource::LastLocalFrame => (vec![], vec![*ring.last().expect("checked non-empty")]),
                 HmaSource::LocalWindow { frames } => {
-                    if frames != ring.len() {
+                    if frames != ring.len() && !recache {
                         return Err(Error::Policy(format!("layer {layer}: the phase-1 window holds {} frames, HMA expects {frames}", ring.len())));
                     }
                     (vec![], ring.clone())
@@ -189,7 +226,7 @@ impl<B: Backend> ForwardHook<B> for DummyForcing {
         };
         let lay = hma_layout(&program.assignment(), &self.spec);
         for (l, g) in lay.iter().enumerate() {
-            self.regroup(be, cache, l, g)?;
+            self.regroup(be, cache, l, g, false)?;
         }
         self.program = Some(program);
         Ok(())

@@ -161,6 +161,16 @@ pub trait ForwardHook<B: Backend> {
     }
 }
 
+/// What a forward does with the TeaCache residual ([`Model::forward_teacache`]).
+pub enum Residual<'a, T> {
+    /// Run the blocks (no TeaCache).
+    Off,
+    /// Run the blocks and return their residual.
+    Record,
+    /// Skip the blocks and add this residual to the patch embedding.
+    Reuse(&'a T),
+}
+
 /// A hook that does nothing (policies `full` and `window`).
 pub struct NoHook;
 impl<B: Backend> ForwardHook<B> for NoHook {}
@@ -233,10 +243,15 @@ impl<B: Backend> Model<B> {
     /// MLP (`e`) → 6 modulation rows per frame (`e0`). It is the only part of a forward that
     /// depends on the timestep, so a recorded graph of [`Model::forward_embedded`] serves
     /// every denoising step of a chunk with the new embedding copied into its inputs.
-    pub fn time_embedding(&self, be: &B, t: f32, frames: usize, mut taps: Option<&mut Taps>) -> TimeEmbedding<B::Tensor> {
+    pub fn time_embedding(&self, be: &B, t: f32, frames: usize, taps: Option<&mut Taps>) -> TimeEmbedding<B::Tensor> {
+        self.time_embedding_frames(be, &vec![t; frames], taps)
+    }
+
+    /// [`Model::time_embedding`] with one timestep per frame (Rolling Forcing's windows).
+    pub fn time_embedding_frames(&self, be: &B, ts: &[f32], mut taps: Option<&mut Taps>) -> TimeEmbedding<B::Tensor> {
         let (c, w) = (&self.cfg, &self.w);
         let _r = crate::profile::range("dit.time_embedding");
-        let sin = be.sinusoid(&vec![t; frames], c.freq_dim);
+        let sin = be.sinusoid(ts, c.freq_dim);
         tap(be, &mut taps, "time_sinusoid", &sin);
         let e = be.linear(&be.silu(&be.linear(&sin, &w.time0.w, Some(&w.time0.b))), &w.time2.w, Some(&w.time2.b));
         tap(be, &mut taps, "e", &e);
@@ -259,8 +274,28 @@ impl<B: Backend> Model<B> {
         cache: &mut KvCache<B::Tensor>,
         text: &TextState<B::Tensor>,
         hook: &mut dyn ForwardHook<B>,
-        mut taps: Option<&mut Taps>,
+        taps: Option<&mut Taps>,
     ) -> Result<B::Tensor> {
+        Ok(self.forward_teacache(be, x, temb, pass, cache, text, hook, taps, Residual::Off)?.0)
+    }
+
+    /// [`Model::forward_embedded`] under TeaCache: with [`Residual::Record`] it also returns
+    /// the blocks' residual (`h` after the last block − `h` after the patch embedding); with
+    /// [`Residual::Reuse`] the blocks are skipped (no attention, no cache access) and the given
+    /// residual is added to the patch embedding instead. The head runs either way.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_teacache(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        temb: &TimeEmbedding<B::Tensor>,
+        pass: &PassInfo,
+        cache: &mut KvCache<B::Tensor>,
+        text: &TextState<B::Tensor>,
+        hook: &mut dyn ForwardHook<B>,
+        mut taps: Option<&mut Taps>,
+        residual: Residual<'_, B::Tensor>,
+    ) -> Result<(B::Tensor, Option<B::Tensor>)> {
         let c = &self.cfg;
         let w = &self.w;
         let xs = be.shape(x).to_vec();
@@ -285,8 +320,20 @@ impl<B: Backend> Model<B> {
         tap(be, &mut taps, "patch_embedded", &h);
         tap(be, &mut taps, "context_embedded", &text.embedded);
 
-        for l in 0..w.blocks.len() {
-            h = self.block(be, l, &h, &temb.e0, grid, pass, cache, text, hook, taps.as_deref_mut())?;
+        let mut kept = None;
+        match residual {
+            Residual::Reuse(r) => h = be.add(&h, r),
+            Residual::Off | Residual::Record => {
+                let h0 = matches!(residual, Residual::Record).then(|| h_clone(be, &h));
+                for l in 0..w.blocks.len() {
+                    h = self.block(be, l, &h, &temb.e0, grid, pass, cache, text, hook, taps.as_deref_mut())?;
+                }
+                if let Some(h0) = h0 {
+                    // h − h0 as h + h0·(−1): exact, and an op every backend has.
+                    let minus = be.upload(&vec![-1.0; nf * c.dim], &[nf, c.dim]);
+                    kept = Some(be.gated_residual(&h, &h0, &minus, tpf));
+                }
+            }
         }
 
         // Head: its 2-row modulation uses e (not e0).
@@ -296,7 +343,7 @@ impl<B: Backend> Model<B> {
         let out = be.linear(&be.norm_modulate(&h, eps, &shift, &scale, tpf), &w.head.w, Some(&w.head.b));
         let flow = be.unpatchify(&out, grid, c.patch_size, c.out_dim);
         drop(rh);
-        Ok(flow)
+        Ok((flow, kept))
     }
     /// Block `l` on the residual stream `h [T, dim]` with the chunk's time projection `e0`.
     #[allow(clippy::too_many_arguments)]
@@ -326,7 +373,15 @@ impl<B: Backend> Model<B> {
         let q = be.linear(&xn, &b.q.w, Some(&b.q.b));
         let k = be.linear(&xn, &b.k.w, Some(&b.k.b));
         let v = be.linear(&xn, &b.v.w, Some(&b.v.b));
+        // Rolling Forcing also keeps K before RoPE (its anchor is stored un-roped).
+        let mut k_plain = None;
         let (q, k) = match (&b.norm_q, &b.norm_k) {
+            (Some(nq), Some(nk)) if cache.rolling.is_some() => {
+                let kn = be.rms_norm(&k, nk, eps);
+                let k = be.rope(&kn, heads, grid, pass.start_frame);
+                k_plain = Some(kn);
+                (be.rope(&be.rms_norm(&q, nq, eps), heads, grid, pass.start_frame), k)
+            }
             (Some(nq), Some(nk)) => be.qk_norm_rope(&q, &k, nq, nk, eps, heads, grid, pass.start_frame),
             _ => (be.rope(&q, heads, grid, pass.start_frame), be.rope(&k, heads, grid, pass.start_frame)),
         };
@@ -335,6 +390,14 @@ impl<B: Backend> Model<B> {
             tap(be, &mut taps, "l0.k_roped", &k);
         }
         let fresh = Fresh { k: &k, v: &v, start_frame: pass.start_frame, frames: grid[0] };
+        if let Some(r) = cache.rolling.as_mut() {
+            // Rolling Forcing writes the call's first block before attending.
+            let kp = match &k_plain {
+                Some(kp) => kp,
+                None => return Err(Error::Config("Rolling Forcing needs qk_norm (its anchor is stored after the norm, before RoPE)".into())),
+            };
+            r.write(be, l, &fresh, kp, heads, [1, grid[1], grid[2]], pass.commit)?;
+        }
         let a = {
             let ctx = cache.context(l, &fresh);
             if hook.wants_attention(pass) {

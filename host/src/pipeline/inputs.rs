@@ -49,40 +49,49 @@ pub struct Context {
     pub rows: usize,
 }
 
-/// Reads tensor `context` (`[L, text_dim]` or `[1, L, text_dim]`) and checks its width.
+/// Reads tensor `context` (`[L, text_dim]` or `[1, L, text_dim]`; `context.0` in files with
+/// several prompts) and checks its width.
 pub fn read_context(f: &TensorFile, cfg: &ModelConfig) -> Result<Context> {
-    let info = f.info("context")?;
+    let name = if f.info("context").is_err() && f.info("context.0").is_ok() { "context.0" } else { "context" };
+    read_context_named(f, cfg, name)
+}
+
+/// [`read_context`] of the tensor `name`.
+pub fn read_context_named(f: &TensorFile, cfg: &ModelConfig, name: &str) -> Result<Context> {
+    let info = f.info(name)?;
     let (rows, width) = match info.shape.as_slice() {
         [l, w] => (*l, *w),
         [1, l, w] => (*l, *w),
-        s => return Err(Error::tensor("context", format!("has shape {s:?}, expected [L, text_dim] or [1, L, text_dim]"))),
+        s => return Err(Error::tensor(name, format!("has shape {s:?}, expected [L, text_dim] or [1, L, text_dim]"))),
     };
     if width != cfg.text_dim {
-        return Err(Error::tensor("context", format!("has width {width}, but the model's text_dim is {}", cfg.text_dim)));
+        return Err(Error::tensor(name, format!("has width {width}, but the model's text_dim is {}", cfg.text_dim)));
     }
     if rows == 0 || rows > cfg.text_len {
-        return Err(Error::tensor("context", format!("has {rows} rows, expected 1..={} (the model's text_len)", cfg.text_len)));
+        return Err(Error::tensor(name, format!("has {rows} rows, expected 1..={} (the model's text_len)", cfg.text_len)));
     }
-    Ok(Context { data: f.f32_any("context")?, rows })
+    Ok(Context { data: f.f32_any(name)?, rows })
 }
 
 /// Everything an `--inputs` file gives.
 pub struct Inputs {
-    /// Tensor `context`.
+    /// Tensor `context` (or `context.0`).
     pub context: Context,
+    /// `context.1`, `context.2`, …: the prompts after each switch, when given.
+    pub switch_contexts: Vec<Context>,
     /// Frames the noise covers.
     pub frames: usize,
     /// The geometry of `noise`.
     pub latent: Latent,
     noise: Vec<f32>,
-    renoise: Vec<Vec<Vec<f32>>>,
+    renoise: BTreeMap<(usize, usize), Vec<f32>>,
     /// `sampled_rows.{layer}` for Dummy Forcing's calibration, when present.
     pub sampled_rows: BTreeMap<usize, Vec<i64>>,
 }
 
 impl Inputs {
     /// Reads and checks every tensor against `cfg`: `noise` `[1, F, C, H, W]`, a
-    /// `renoise.{c}.{s}` for each chunk and step 0..3, optional `sampled_rows.{layer}`.
+    /// `renoise.{c}.{s}` for each chunk and steps 0, 1, … (as many as given, at least one), optional `sampled_rows.{layer}`.
     pub fn read(f: &TensorFile, cfg: &ModelConfig) -> Result<Self> {
         let context = read_context(f, cfg)?;
         let ns = f.info("noise")?.shape.clone();
@@ -96,20 +105,18 @@ impl Inputs {
         }
         let latent = Latent { channels: c, height: h, width: w };
         let noise = f.f32_any("noise")?;
-        let chunks = frames / FRAMES_PER_CHUNK;
-        let mut renoise = Vec::new();
-        for ci in 0..chunks {
-            let mut steps = Vec::new();
-            for s in 0..3 {
-                let name = format!("renoise.{ci}.{s}");
-                let i = f.info(&name)?;
-                let n: usize = i.shape.iter().product();
-                if n != FRAMES_PER_CHUNK * latent.frame_len() {
-                    return Err(Error::tensor(&name, format!("has shape {:?}, expected [1, 3, {c}, {h}, {w}]", i.shape)));
-                }
-                steps.push(f.f32_any(&name)?);
+        // Every `renoise.{a}.{b}`: (chunk, step) for the chunk-wise pipelines, (window, block)
+        // for Rolling Forcing; [`Inputs::noise`] and [`Inputs::noise_rolling`] pick them out.
+        let mut renoise = BTreeMap::new();
+        for name in f.tensors.keys() {
+            let Some(rest) = name.strip_prefix("renoise.") else { continue };
+            let ix: Vec<usize> = rest.split('.').filter_map(|x| x.parse().ok()).collect();
+            let [a, b] = ix[..] else { return Err(Error::tensor(name, "expected renoise.{a}.{b}")) };
+            let i = f.info(name)?;
+            if i.shape.iter().product::<usize>() != FRAMES_PER_CHUNK * latent.frame_len() {
+                return Err(Error::tensor(name, format!("has shape {:?}, expected [1, 3, {c}, {h}, {w}]", i.shape)));
             }
-            renoise.push(steps);
+            renoise.insert((a, b), f.f32_any(name)?);
         }
         let mut sampled_rows = BTreeMap::new();
         for name in f.tensors.keys() {
@@ -118,7 +125,8 @@ impl Inputs {
                 sampled_rows.insert(l, f.i64_any(name)?);
             }
         }
-        Ok(Inputs { context, frames, latent, noise, renoise, sampled_rows })
+        let switch_contexts = (1..).map_while(|i| f.info(&format!("context.{i}")).ok().map(|_| i)).map(|i| read_context_named(f, cfg, &format!("context.{i}"))).collect::<Result<_>>()?;
+        Ok(Inputs { context, switch_contexts, frames, latent, noise, renoise, sampled_rows })
     }
 
     /// The noise for the first `frames` frames (a multiple of 3, at most the file's).
@@ -130,6 +138,29 @@ impl Inputs {
             return Err(Error::Input(format!("{frames} frames is not a positive multiple of the chunk ({FRAMES_PER_CHUNK} latent frames)")));
         }
         let n = frames * self.latent.frame_len();
-        Ok(Noise::Given { noise: self.noise[..n].to_vec(), renoise: self.renoise[..frames / FRAMES_PER_CHUNK].to_vec() })
+        // Per chunk its steps 0, 1, … as far as given (3 for Self-Forcing, 2 for CausVid).
+        let renoise = (0..frames / FRAMES_PER_CHUNK).map(|c| (0..).map_while(|s| self.renoise.get(&(c, s)).cloned()).collect::<Vec<_>>()).collect::<Vec<_>>();
+        if let Some(c) = renoise.iter().position(|r| r.is_empty()) {
+            return Err(Error::tensor(&format!("renoise.{c}.0"), "missing from the inputs"));
+        }
+        Ok(Noise::Given { noise: self.noise[..n].to_vec(), renoise })
+    }
+
+    /// The noise for Rolling Forcing with `steps` denoising steps: block `b` is re-noised after
+    /// its step `s` in window `b + s`, with the draw stored as `renoise.{b+s}.{b}`.
+    pub fn noise_rolling(&self, frames: usize, steps: usize) -> Result<Noise> {
+        if frames > self.frames || frames == 0 || frames % FRAMES_PER_CHUNK != 0 {
+            return Err(Error::Input(format!("{frames} frames: expected a positive multiple of {FRAMES_PER_CHUNK}, at most the inputs' {}", self.frames)));
+        }
+        let mut renoise = Vec::new();
+        for b in 0..frames / FRAMES_PER_CHUNK {
+            let mut r = Vec::new();
+            for s in 0..steps.saturating_sub(1) {
+                let x = self.renoise.get(&(b + s, b)).ok_or_else(|| Error::tensor(&format!("renoise.{}.{b}", b + s), "missing from the inputs (Rolling Forcing layout renoise.{window}.{block})"))?;
+                r.push(x.clone());
+            }
+            renoise.push(r);
+        }
+        Ok(Noise::Given { noise: self.noise[..frames * self.latent.frame_len()].to_vec(), renoise })
     }
 }

@@ -58,7 +58,10 @@
 //! ```
 
 pub mod inputs;
+pub mod kind;
 pub mod rng;
+pub mod rolling;
+pub mod teacache;
 
 use std::sync::Arc;
 
@@ -68,10 +71,16 @@ use crate::backend::{Backend, Precision};
 use crate::cache::{KvCache, Policy};
 use crate::config::FRAMES_PER_CHUNK;
 use crate::dummy::{kv_footprint, DummyForcing, KvFootprint, KvPolicy};
-use crate::model::{ForwardHook, Model, NoHook, PassInfo, Taps, TextState, TimeEmbedding};
+use crate::model::{ForwardHook, Model, NoHook, PassInfo, Residual, Taps, TextState, TimeEmbedding};
 use crate::{Error, Result};
 
+pub use kind::{Pipeline, PipelineSpec};
 pub use rng::Rng;
+pub use teacache::TeaPlan;
+
+/// Frames a prompt switch re-runs at t = 0 by default (the official interactive configs'
+/// `model_kwargs.local_attn_size`).
+pub const RECACHE_FRAMES: usize = 12;
 
 /// Self-Forcing's defaults.
 pub const DENOISING_STEPS: [u32; 4] = [1000, 750, 500, 250];
@@ -118,6 +127,14 @@ impl Schedule {
 
     pub fn official() -> Self {
         Schedule::new(TIMESTEP_SHIFT, &DENOISING_STEPS)
+    }
+
+    /// The same scheduler with the denoising steps used as given (no warp), as CausVid does:
+    /// the model sees exactly these t, and σ(t) comes from the nearest grid point.
+    pub fn unwarped(shift: f32, denoising: &[u32]) -> Self {
+        let mut s = Schedule::new(shift, &[]);
+        s.steps = denoising.iter().map(|&d| d as f32).collect();
+        s
     }
 
     /// The sigma at `argmin |timesteps − t|` (first index on ties, like torch.argmin).
@@ -216,6 +233,20 @@ pub struct Session<B: Backend> {
     pub record: Option<Taps>,
     /// Whether forwards run as recorded graphs ([`Session::set_graphs`]).
     graphs: bool,
+    /// The pipeline and its options ([`Session::new_with`]).
+    spec: PipelineSpec,
+    /// TeaCache's decisions for every pass, planned once when the session opens.
+    tea: Option<TeaPlan>,
+    /// The residual of the last computed forward (TeaCache on).
+    tea_residual: Option<B::Tensor>,
+    /// Rolling Forcing's window state.
+    rolling: Option<rolling::RollingRun>,
+    /// The newest generated latent frames (at most `recache_frames`), for a prompt switch's
+    /// recache pass.
+    history: std::collections::VecDeque<Vec<f32>>,
+    /// Frames a prompt switch re-runs (the official `model_kwargs.local_attn_size`, 12).
+    recache_frames: usize,
+    recaches: usize,
     /// The next chunk's denoising forward, recorded at the end of this one (while the GPU
     /// runs the clean pass).
     next_denoise: Option<Recorded<B>>,
@@ -258,15 +289,29 @@ impl<B: Backend + 'static> Session<B> {
     /// only with a bounded policy and seeded noise).
     #[allow(clippy::too_many_arguments)]
     pub fn new(model: Arc<Model<B>>, be: Arc<B>, policy: Policy, latent: Latent, frames: Option<usize>, context: &[f32], context_rows: usize, noise: Noise) -> Result<Self> {
+        Self::new_with(model, be, PipelineSpec::default(), policy, latent, frames, context, context_rows, noise)
+    }
+
+    /// [`Session::new`] for a given pipeline, schedule and TeaCache setting ([`PipelineSpec`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_with(model: Arc<Model<B>>, be: Arc<B>, spec: PipelineSpec, policy: Policy, latent: Latent, frames: Option<usize>, context: &[f32], context_rows: usize, noise: Noise) -> Result<Self> {
         let c = &model.cfg;
         check_geometry(c, &policy, latent, frames)?;
+        spec.check()?;
+        let schedule = spec.schedule();
+        if let (Policy::Full, Some(max), Some(f)) = (&policy, spec.pipeline.max_full_frames(), frames) {
+            if f > max {
+                return Err(Error::Input(format!("{f} frames: the {} pipeline's cache holds {max} latent frames (it never evicts); generate at most {max}", spec.pipeline.name())));
+            }
+        }
+        let renoises = schedule.steps.len().saturating_sub(1);
         let [_, ph, pw] = c.patch_size;
         if let Noise::Given { noise, renoise } = &noise {
             let f = frames.ok_or_else(|| Error::Input("given noise needs a frame count".into()))?;
             if noise.len() < f * latent.frame_len() {
                 return Err(Error::Input(format!("noise holds {} frames, {f} requested", noise.len() / latent.frame_len())));
             }
-            if renoise.len() < f / FRAMES_PER_CHUNK || renoise.iter().any(|r| r.len() < 3 || r.iter().any(|x| x.len() != FRAMES_PER_CHUNK * latent.frame_len())) {
+            if renoise.len() < f / FRAMES_PER_CHUNK || renoise.iter().any(|r| r.len() < renoises || r.iter().any(|x| x.len() != FRAMES_PER_CHUNK * latent.frame_len())) {
                 return Err(Error::Input("re-noise tensors missing or misshapen".into()));
             }
         }
@@ -276,15 +321,28 @@ impl<B: Backend + 'static> Session<B> {
             _ => None,
         };
         let tpf = (latent.height / ph) * (latent.width / pw);
-        let groups = policy.initial_groups(c.num_heads, frames)?;
-        let cache = KvCache::new(c.num_layers, c.num_heads, c.head_dim(), tpf, be.precision(), &groups)?;
+        let (cache, rolling) = if spec.pipeline == Pipeline::Rolling {
+            if policy != Policy::Full {
+                return Err(Error::Policy(format!("--pipeline rolling keeps its own cache (24-frame buffer, anchor chunk, 21-frame attention); run it with the default policy `full`, not `{}`", policy.name())));
+            }
+            let f = frames.ok_or_else(|| Error::Input("--pipeline rolling needs a frame count".into()))?;
+            let cache = KvCache::new_rolling(c.num_layers, c.num_heads, c.head_dim(), tpf, be.precision())?;
+            (cache, Some(rolling::RollingRun { window: 0, noisy: vec![None; f / FRAMES_PER_CHUNK] }))
+        } else {
+            let groups = policy.initial_groups(c.num_heads, frames)?;
+            (KvCache::new(c.num_layers, c.num_heads, c.head_dim(), tpf, be.precision(), &groups)?, None)
+        };
         let text = model.embed_text(&be, context, context_rows)?;
         be.status()?;
-        let graphs = be.supports_graphs();
+        let graphs = be.supports_graphs() && spec.teacache.is_none() && rolling.is_none();
+        let tea = match spec.teacache {
+            Some(th) => Some(Self::plan_teacache(&model, &be, &schedule, th)?),
+            None => None,
+        };
         Ok(Session {
             model,
             be,
-            schedule: Schedule::official(),
+            schedule,
             cache,
             text,
             latent,
@@ -296,9 +354,46 @@ impl<B: Backend + 'static> Session<B> {
             dummy,
             record: None,
             graphs,
+            spec,
+            tea,
+            tea_residual: None,
+            rolling,
+            history: Default::default(),
+            recache_frames: RECACHE_FRAMES,
+            recaches: 0,
             next_denoise: None,
             last_clean: None,
         })
+    }
+
+    /// TeaCache's decisions for every pass of the video, from `e0` at each of the chunk's
+    /// timesteps (the denoising steps, then 0): computed and downloaded once, here.
+    fn plan_teacache(model: &Model<B>, be: &B, schedule: &Schedule, threshold: f64) -> Result<TeaPlan> {
+        let ts: Vec<f32> = schedule.steps.iter().copied().chain([0.0]).collect();
+        let mut passes = Vec::new();
+        for t in ts {
+            let e0 = be.download(&model.time_embedding(be, t, FRAMES_PER_CHUNK, None).e0);
+            passes.push((t, e0));
+        }
+        be.status()?;
+        Ok(TeaPlan::new(threshold, &passes))
+    }
+
+    /// The pipeline and its options.
+    pub fn pipeline(&self) -> PipelineSpec {
+        self.spec
+    }
+
+    /// Forwards a run of `frames` frames takes: per chunk the steps and a clean pass, or per
+    /// Rolling Forcing window one forward and a cache pass.
+    pub fn forwards_for(&self, frames: usize) -> usize {
+        let (chunks, steps) = (frames / FRAMES_PER_CHUNK, self.schedule.steps.len());
+        if self.rolling.is_some() { 2 * (chunks + steps - 1) } else { chunks * (steps + 1) }
+    }
+
+    /// TeaCache's plan (None when off): which passes skip the blocks.
+    pub fn teacache(&self) -> Option<&TeaPlan> {
+        self.tea.as_ref()
     }
 
     /// Runs every forward as a recorded graph (on by default where the backend supports
@@ -316,7 +411,8 @@ impl<B: Backend + 'static> Session<B> {
     /// host-side bookkeeping (a clean pass's cache commit) when it is recorded, so a hook's
     /// `after_forward` for the last denoising step already sees the committed cache.
     pub fn set_graphs(&mut self, on: bool) {
-        self.graphs = on && self.be.supports_graphs();
+        // TeaCache's skipped passes run a different op sequence: direct launches only.
+        self.graphs = on && self.be.supports_graphs() && self.tea.is_none() && self.rolling.is_none();
         if !self.graphs {
             self.next_denoise = None;
             self.last_clean = None;
@@ -400,6 +496,9 @@ impl<B: Backend + 'static> Session<B> {
         if self.done() {
             return Err(Error::Input("all frames are already generated".into()));
         }
+        if self.rolling.is_some() {
+            return self.next_chunk_rolling(progress);
+        }
         let c = self.chunk;
         let nf = FRAMES_PER_CHUNK;
         let lat = self.latent;
@@ -434,6 +533,10 @@ impl<B: Backend + 'static> Session<B> {
                 let flow = self.be.download(&g.out);
                 self.after_forward(&pass)?;
                 flow
+            } else if self.tea.is_some() {
+                let x = self.be.upload(&xt, &shape);
+                let flow_t = self.forward_teacache(&x, t, &pass, s, want_taps.then_some(&mut taps))?;
+                self.be.download(&flow_t)
             } else {
                 let x = self.be.upload(&xt, &shape);
                 let (model, be, cache, text, hook) = self.parts();
@@ -466,6 +569,10 @@ impl<B: Backend + 'static> Session<B> {
                 self.after_forward(&clean_pass)?;
                 self.last_clean = Some(g);
             }
+            None if self.tea.is_some() => {
+                let x = self.be.upload(&x0, &shape);
+                self.forward_teacache(&x, 0.0, &clean_pass, steps.len(), None)?;
+            }
             None => {
                 let x = self.be.upload(&x0, &shape);
                 let (model, be, cache, text, hook) = self.parts();
@@ -474,6 +581,12 @@ impl<B: Backend + 'static> Session<B> {
         }
         self.be.status()?;
         progress(Progress { pass: clean_pass, chunks });
+        for f in x0.chunks_exact(lat.frame_len()) {
+            self.history.push_back(f.to_vec());
+        }
+        while self.history.len() > self.recache_frames {
+            self.history.pop_front();
+        }
         self.chunk += 1;
         if !self.done() && self.graph_passes(c + 1).0 {
             // Recorded while the device runs the clean pass.
@@ -481,6 +594,91 @@ impl<B: Backend + 'static> Session<B> {
             self.next_denoise = Some(self.record_forward(&next, steps[0])?);
         }
         Ok(x0)
+    }
+
+    /// One forward under TeaCache: pass `index` of the chunk (its step, or the step count for
+    /// the clean pass) either runs the blocks and keeps their residual, or, when the plan
+    /// skips it, adds the kept residual to the patch embedding and runs only the head.
+    fn forward_teacache(&mut self, x: &B::Tensor, t: f32, pass: &PassInfo, index: usize, taps: Option<&mut Taps>) -> Result<B::Tensor> {
+        let skip = self.tea.as_ref().is_some_and(|p| p.get(pass.chunk, index).skip);
+        let residual = self.tea_residual.take();
+        let temb = self.model.time_embedding(&self.be, t, pass.frames, None);
+        if skip && residual.is_none() {
+            return Err(Error::Input("TeaCache skips a pass before any pass was computed".into()));
+        }
+        if let (true, Some(rec), Some(r), Some(s)) = (skip, self.record.as_mut(), &residual, pass.step) {
+            rec.insert(format!("teacache.residual.{}.{s}", pass.chunk), self.be.download(r));
+        }
+        let (model, be, cache, text, hook) = self.parts();
+        let mode = match (&residual, skip) {
+            (Some(r), true) => Residual::Reuse(r),
+            _ => Residual::Record,
+        };
+        let (flow, kept) = model.forward_teacache(be, x, &temb, pass, cache, text, hook, taps, mode)?;
+        if !skip {
+            hook.after_forward(be, pass, cache)?;
+        }
+        self.tea_residual = kept.or(residual);
+        Ok(flow)
+    }
+
+    /// Frames a prompt switch re-runs (default [`RECACHE_FRAMES`]); set before the run.
+    pub fn set_recache_frames(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(Error::Input("the recache window needs at least one frame".into()));
+        }
+        self.recache_frames = n;
+        Ok(())
+    }
+
+    /// Switches the prompt before the next chunk (official `_recache_after_switch` of Dummy
+    /// Forcing's interactive pipeline, `global_sink: false`): the new text K/V replace the
+    /// old; the self-attention cache is emptied; the last `min(recache_frames, frames done)`
+    /// generated frames are re-run at t = 0 with the new prompt, all heads on the full path,
+    /// bidirectionally over the window, to rebuild it; then the calibrated head groups are
+    /// packed again from that window. Before any frame exists only the prompt changes.
+    /// Implemented for the `dummy` policy; LongLive's window recache (`full`/`window`
+    /// policies, sink kept or not) is not.
+    pub fn switch_prompt(&mut self, context: &[f32], rows: usize) -> Result<()> {
+        let f = self.frames_done();
+        if f > 0 {
+            if self.rolling.is_some() || self.dummy.is_none() {
+                return Err(Error::Policy(format!(
+                    "prompt switches with KV recache are implemented for the dummy policy on the chunk-wise pipelines, not for `{}` / {}",
+                    self.policy.name(),
+                    self.spec.pipeline.name()
+                )));
+            }
+            let d = self.dummy.as_ref().unwrap();
+            if d.program().is_none() {
+                return Err(Error::Policy(format!("a prompt switch needs the head groups, which are calibrated at AR step {}; switch at a later chunk", d.spec.ar_start)));
+            }
+        }
+        self.text = self.model.embed_text(&self.be, context, rows)?;
+        self.next_denoise = None;
+        if f == 0 {
+            return Ok(());
+        }
+        let n = self.recache_frames.min(f).min(self.history.len());
+        let start = f - n;
+        let d = self.dummy.as_ref().unwrap();
+        d.reset_for_recache(&*self.be, &mut self.cache, start / FRAMES_PER_CHUNK, n)?;
+        let x: Vec<f32> = self.history.iter().skip(self.history.len() - n).flatten().copied().collect();
+        let lat = self.latent;
+        let x = self.be.upload(&x, &[n, lat.channels, lat.height, lat.width]);
+        let pass = PassInfo { chunk: self.chunk, step: None, start_frame: start, frames: n, commit: true };
+        let (model, be, cache, text, hook) = self.parts();
+        model.forward(be, &x, 0.0, &pass, cache, text, hook, None)?;
+        self.be.status()?;
+        self.dummy.as_ref().unwrap().repack(&*self.be, &mut self.cache)?;
+        self.tea_residual = None;
+        self.recaches += 1;
+        Ok(())
+    }
+
+    /// Prompt switches done so far ([`Session::switch_prompt`]).
+    pub fn recaches(&self) -> usize {
+        self.recaches
     }
 
     /// The hook's `after_forward` for a replayed pass (a direct forward calls it itself).
