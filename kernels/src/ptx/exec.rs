@@ -228,7 +228,7 @@ impl<'a> Run<'a> {
                         SimErrorKind::Collective,
                         Some(t1),
                         format!(
-                            "divergent warp {w}: lane {} waits at {} while lane {} waits at {}",
+                            "deadlock: lanes of warp {w} are at different collectives (divergent): lane {} waits at {} while lane {} waits at {}",
                             t0 % 32,
                             self.at(self.pc[t0]),
                             t1 % 32,
@@ -240,7 +240,7 @@ impl<'a> Run<'a> {
                     SimErrorKind::Collective,
                     Some(t0),
                     format!(
-                        "{} not reached by all lanes of warp {w}: {} arrived, {done} returned",
+                        "deadlock: {} not reached by all lanes of warp {w}: {} arrived, {done} returned",
                         self.at(self.pc[t0]),
                         coll.len()
                     ),
@@ -253,7 +253,7 @@ impl<'a> Run<'a> {
             SimErrorKind::Barrier,
             Some(t0),
             format!(
-                "barrier at {} not reached by all threads: {arrived} arrived, {} returned",
+                "deadlock: barrier at {} not reached by all threads: {arrived} arrived, {} returned",
                 self.at(self.pc[t0]),
                 n - arrived
             ),
@@ -469,7 +469,7 @@ impl<'a> Run<'a> {
                     let addr = self.regs[base + *b as usize].wrapping_add(*off as u64);
                     let total = *size * if d2.is_some() { 2 } else { 1 };
                     let mut v = [0u8; 8];
-                    self.global(t, pc, addr, total, false)?;
+                    self.global(t, pc, addr, total, total as u64, false)?;
                     self.mem.read(addr, &mut v[..total as usize]);
                     let x = u64::from_le_bytes(v);
                     match d2 {
@@ -482,7 +482,7 @@ impl<'a> Run<'a> {
                 }
                 Op::St { base: b, off, size, v } => {
                     let addr = self.regs[base + *b as usize].wrapping_add(*off as u64);
-                    self.global(t, pc, addr, *size, true)?;
+                    self.global(t, pc, addr, *size, *size as u64, true)?;
                     let x = self.regs[base + *v as usize].to_le_bytes();
                     self.mem.write(addr, &x[..*size as usize]);
                 }
@@ -512,7 +512,7 @@ impl<'a> Run<'a> {
                     }
                     let mut data = [0u8; 16];
                     if n > 0 {
-                        self.global(t, pc, s, n, false)?;
+                        self.global(t, pc, s, n, 1, false)?;
                         self.mem.read(s, &mut data[..n as usize]);
                     }
                     if self.racecheck {
@@ -556,10 +556,9 @@ impl<'a> Run<'a> {
     }
 
     /// Memcheck of a global access (the live allocations), natural alignment.
-    fn global(&mut self, t: usize, pc: usize, addr: u64, len: u32, write: bool) -> R<()> {
+    fn global(&mut self, t: usize, pc: usize, addr: u64, len: u32, align: u64, write: bool) -> R<()> {
         let what = if write { "store" } else { "load" };
-        let align = if len >= 8 { 8 } else { len as u64 };
-        if addr % align.max(1) != 0 {
+        if addr % align != 0 {
             return Err(self.err(SimErrorKind::Misaligned, Some(t), format!("global {what} of {len} bytes at {addr:#x} is misaligned at {}", self.at(pc as u32))));
         }
         if let Err(why) = self.mem.check(addr, len as u64) {
