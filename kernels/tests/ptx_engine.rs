@@ -251,3 +251,43 @@ fn counters_see_coalescing_and_bank_conflicts() {
     assert_eq!(c.instrs.values().sum::<u64>(), 32 * 17);
     assert_eq!(c.barriers, 1);
 }
+
+/// A native body that differs from `add_f32` in one element: x + y, except out[37] = x.
+unsafe fn add_but_one(p: dfrt_kernels::elementwise::AddParams) {
+    use dfrt_kernels::gpu::{block_dim_x, block_idx_x, thread_idx_x};
+    let i = (block_idx_x() * block_dim_x() + thread_idx_x()) as usize;
+    if i < p.n as usize {
+        let (x, y) = (*(p.x as *const f32).add(i), *(p.y as *const f32).add(i));
+        *(p.out as *mut f32).add(i) = if i == 37 { x } else { x + y };
+    }
+}
+
+#[test]
+fn dual_mode_reports_the_first_differing_byte() {
+    use dfrt_kernels::sim::{launch_with, Engine, Kernel, Options};
+    use dfrt_kernels::Launch;
+    let mut rng = Rng::new("dual");
+    let n = 300;
+    let (x, y) = (rng.vec(n, 1.0, 2.0), rng.vec(n, 1.0, 2.0));
+    let mut out = vec![f32::NAN; n];
+    let p = dfrt_kernels::elementwise::AddParams { x: x.as_ptr() as u64, y: y.as_ptr() as u64, out: out.as_mut_ptr() as u64, n: n as u32 };
+    let d = p.dims();
+    let opts = Options { timeout: std::time::Duration::from_secs(3), engine: Engine::Dual };
+    // The real kernel: both engines agree.
+    // SAFETY: x, y and out hold n f32.
+    unsafe { launch_with(opts, d.grid, d.block, d.dyn_smem, dfrt_kernels::elementwise::add_f32, p) }.unwrap();
+    for i in 0..n {
+        assert_eq!(out[i], x[i] + y[i], "out[{i}]");
+    }
+    // A native body that differs at element 37: the PTX run (the real add_f32) disagrees.
+    let k = Kernel { name: "add_f32", f: add_but_one, independent: true };
+    // SAFETY: as above.
+    let e = unsafe { launch_with(opts, d.grid, d.block, d.dyn_smem, k, p) }.unwrap_err();
+    eprintln!("{e}");
+    assert_eq!(e.kind, SimErrorKind::Mismatch, "{e}");
+    let s = e.to_string();
+    assert!(s.contains("kernel `add_f32`") && s.contains("params field at byte 16"), "{s}");
+    // The first differing byte is in element 37 (byte 148..152; f32 low bytes may agree).
+    let off: usize = s.split("offset ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((148..152).contains(&off), "{s}");
+}
