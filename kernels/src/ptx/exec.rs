@@ -260,12 +260,21 @@ impl<'a> Run<'a> {
         )
     }
 
-    #[inline]
+    #[inline(always)]
     fn rd(&self, base: usize, s: Src) -> u64 {
         match s {
-            Src::R(r) => self.regs[base + r as usize],
+            Src::R(r) => self.r(base, r),
             Src::I(v) => v,
         }
+    }
+
+    /// Register `r` of the thread whose registers start at `base`.
+    #[inline(always)]
+    fn r(&self, base: usize, r: Reg) -> u64 {
+        debug_assert!(base + (r as usize) < self.regs.len());
+        // SAFETY: the decoder numbers registers below `n_regs`, `base` is a thread's first
+        // register, and `regs` holds `n_regs` per thread of the block.
+        unsafe { *self.regs.get_unchecked(base + r as usize) }
     }
 
     fn run_thread(&mut self, t: usize) -> R<()> {
@@ -273,16 +282,22 @@ impl<'a> Run<'a> {
         let base = t * nr;
         let code = &self.e.code;
         let mut pc = self.pc[t] as usize;
+        let counting = self.counters.is_some();
         loop {
             let ins = &code[pc];
-            if let Some(c) = self.counters.as_deref_mut() {
-                *c.instrs.entry(ins.op.class()).or_default() += 1;
+            if counting {
+                if let Some(c) = self.counters.as_deref_mut() {
+                    *c.instrs.entry(ins.op.class()).or_default() += 1;
+                }
                 self.visits[t * code.len() + pc] += 1;
             }
             macro_rules! set {
-                ($d:expr, $v:expr) => {
-                    self.regs[base + $d as usize] = $v
-                };
+                ($d:expr, $v:expr) => {{
+                    let i = base + $d as usize;
+                    debug_assert!(i < self.regs.len());
+                    // SAFETY: as in `Run::r`.
+                    unsafe { *self.regs.get_unchecked_mut(i) = $v }
+                }};
             }
             match &ins.op {
                 Op::I { op, mask, d, a, b } => {
@@ -379,7 +394,7 @@ impl<'a> Run<'a> {
                     set!(*d, v & mask);
                 }
                 Op::Pack16 { d, lo, hi } => {
-                    let v = (self.regs[base + *lo as usize] & 0xffff) | (self.regs[base + *hi as usize] & 0xffff) << 16;
+                    let v = (self.r(base, *lo) & 0xffff) | (self.r(base, *hi) & 0xffff) << 16;
                     set!(*d, v);
                 }
                 Op::CvtBf16x2 { d, hi, lo } => {
@@ -409,7 +424,7 @@ impl<'a> Run<'a> {
                     set!(*d, r as u64);
                 }
                 Op::Selp { mask, d, a, b, p } => {
-                    let v = if self.regs[base + *p as usize] != 0 { self.rd(base, *a) } else { self.rd(base, *b) };
+                    let v = if self.r(base, *p) != 0 { self.rd(base, *a) } else { self.rd(base, *b) };
                     set!(*d, v & mask);
                 }
                 Op::Sreg { d, s } => {
@@ -425,7 +440,7 @@ impl<'a> Run<'a> {
                 Op::Bra { guard, target } => {
                     let take = match guard {
                         None => true,
-                        Some((p, neg)) => (self.regs[base + *p as usize] != 0) != *neg,
+                        Some((p, neg)) => (self.r(base, *p) != 0) != *neg,
                     };
                     if take {
                         pc = *target as usize;
@@ -433,7 +448,7 @@ impl<'a> Run<'a> {
                     }
                 }
                 Op::Brx { idx, targets } => {
-                    let i = self.regs[base + *idx as usize] as usize;
+                    let i = self.r(base, *idx) as usize;
                     match targets.get(i) {
                         Some(&tg) => {
                             pc = tg as usize;
@@ -466,7 +481,7 @@ impl<'a> Run<'a> {
                     set!(*d, u64::from_le_bytes(v));
                 }
                 Op::Ld { d, d2, base: b, off, size } => {
-                    let addr = self.regs[base + *b as usize].wrapping_add(*off as u64);
+                    let addr = self.r(base, *b).wrapping_add(*off as u64);
                     let total = *size * if d2.is_some() { 2 } else { 1 };
                     let mut v = [0u8; 8];
                     self.global(t, pc, addr, total, total as u64, false)?;
@@ -481,27 +496,27 @@ impl<'a> Run<'a> {
                     }
                 }
                 Op::St { base: b, off, size, v } => {
-                    let addr = self.regs[base + *b as usize].wrapping_add(*off as u64);
+                    let addr = self.r(base, *b).wrapping_add(*off as u64);
                     self.global(t, pc, addr, *size, *size as u64, true)?;
-                    let x = self.regs[base + *v as usize].to_le_bytes();
+                    let x = self.r(base, *v).to_le_bytes();
                     self.mem.write(addr, &x[..*size as usize]);
                 }
                 Op::LdShared { d, addr, size } => {
-                    let a = self.regs[base + *addr as usize] as u32;
+                    let a = self.r(base, *addr) as u32;
                     let off = self.shared(t, pc, a, *size, false, "ld.shared")?;
                     let mut v = [0u8; 8];
                     v[..*size as usize].copy_from_slice(&self.smem[off..off + *size as usize]);
                     set!(*d, u64::from_le_bytes(v));
                 }
                 Op::StShared { addr, size, v } => {
-                    let a = self.regs[base + *addr as usize] as u32;
+                    let a = self.r(base, *addr) as u32;
                     let off = self.shared(t, pc, a, *size, true, "st.shared")?;
-                    let x = self.regs[base + *v as usize].to_le_bytes();
+                    let x = self.r(base, *v).to_le_bytes();
                     self.smem[off..off + *size as usize].copy_from_slice(&x[..*size as usize]);
                 }
                 Op::CpAsync { dst, src, src_size } => {
-                    let d = self.regs[base + *dst as usize] as u32;
-                    let s = self.regs[base + *src as usize];
+                    let d = self.r(base, *dst) as u32;
+                    let s = self.r(base, *src);
                     let n = self.rd(base, *src_size) as u32;
                     if n > 16 {
                         return Err(self.err(SimErrorKind::Launch, Some(t), format!("cp.async src-size {n} > 16 at {}", self.at(pc as u32))));
