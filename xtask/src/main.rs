@@ -467,8 +467,9 @@ fn ptx_report() -> Res<()> {
     }
 }
 
-/// cuobjdump: `$CUOBJDUMP`, else beside ptxas, else the wheel in `.cache/nvcc`, else install
-/// the `nvidia-cuda-cuobjdump` wheel there now.
+/// cuobjdump: `$CUOBJDUMP`, else beside ptxas, else the wheel in `.cache/cuobjdump`, else
+/// install the `nvidia-cuda-cuobjdump` wheel there now (its own folder: `pip --target` does not
+/// merge into the `nvidia/` folder the ptxas wheel already made).
 fn find_cuobjdump(ptxas: &Path) -> Res<PathBuf> {
     if let Some(p) = std::env::var_os("CUOBJDUMP") {
         return Ok(PathBuf::from(p));
@@ -477,7 +478,7 @@ fn find_cuobjdump(ptxas: &Path) -> Res<PathBuf> {
     if beside.is_file() {
         return Ok(beside);
     }
-    let cache = root().join(".cache/nvcc");
+    let cache = root().join(".cache/cuobjdump");
     let in_dir = |d: &Path| -> Option<PathBuf> {
         ["nvidia/cu13/bin/cuobjdump", "nvidia/cuda_cuobjdump/bin/cuobjdump", "nvidia/cu12/bin/cuobjdump"]
             .iter()
@@ -487,11 +488,12 @@ fn find_cuobjdump(ptxas: &Path) -> Res<PathBuf> {
     if let Some(p) = in_dir(&cache) {
         return Ok(p);
     }
-    eprintln!("xtask: installing cuobjdump (pip wheel nvidia-cuda-cuobjdump) into {}", cache.display());
+    // cuobjdump -sass runs nvdisasm, which has its own wheel.
+    eprintln!("xtask: installing cuobjdump and nvdisasm (pip wheels nvidia-cuda-cuobjdump, -nvdisasm) into {}", cache.display());
     run(Command::new("python3")
         .args(["-m", "pip", "install", "--quiet", "--target"])
         .arg(&cache)
-        .arg("nvidia-cuda-cuobjdump"))
+        .args(["nvidia-cuda-cuobjdump", "nvidia-cuda-nvdisasm"]))
     .map_err(|e| format!("cannot install cuobjdump; set CUOBJDUMP=/path/to/cuobjdump ({e})"))?;
     in_dir(&cache).ok_or_else(|| format!("no cuobjdump found in {} after installing", cache.display()))
 }
@@ -528,7 +530,11 @@ fn sass_check() -> Res<()> {
     let ptx = std::fs::read_to_string(&ptx_path).map_err(|e| e.to_string())?;
     let cubin = std::env::temp_dir().join(format!("dfrt-sass-check-{}.cubin", std::process::id()));
     run(Command::new(&ptxas).arg("-arch=sm_90").arg(&ptx_path).arg("-o").arg(&cubin))?;
-    let sass = run(Command::new(&cuobjdump).arg("-sass").arg(&cubin));
+    // cuobjdump finds nvdisasm on PATH: put its own folder first (the wheels install both there).
+    let dir = cuobjdump.parent().map(Path::to_path_buf).unwrap_or_default();
+    let path = std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())))
+        .map_err(|e| e.to_string())?;
+    let sass = run(Command::new(&cuobjdump).env("PATH", path).arg("-sass").arg(&cubin));
     let _ = std::fs::remove_file(&cubin);
     let sass = sass?;
     // Per function: counts of HMMA, LDSM, LDGSTS, BAR.SYNC, and the slow-path sites.
