@@ -124,6 +124,8 @@ mod macros;
 pub mod gpu;
 #[cfg(not(target_arch = "nvptx64"))]
 pub mod sim;
+#[cfg(not(target_arch = "nvptx64"))]
+pub mod ptx;
 
 pub mod attention;
 pub mod calib;

@@ -6,6 +6,10 @@
 //! - `cargo xtask ptx-report`: assemble the committed PTX with ptxas for sm_90 and print
 //!   registers / stack / spills / static smem per kernel; fails when a hot kernel has a stack
 //!   frame or spills.
+//! - `cargo xtask sass-check`: assemble the committed PTX for sm_90, disassemble it with
+//!   cuobjdump, and check per kernel that the SASS has as many HMMA / LDSM / LDGSTS / BAR.SYNC
+//!   as the PTX has mma / ldmatrix / cp.async / bar.sync; lists the `BRA.DIV` / `WARPSYNC`
+//!   slow-path sites (a performance note, not an error).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -30,7 +34,8 @@ fn main() -> ExitCode {
         ["ptx"] => ptx(false),
         ["ptx", "--check"] => ptx(true),
         ["ptx-report"] => ptx_report(),
-        _ => Err("usage: cargo xtask ptx [--check] | cargo xtask ptx-report".into()),
+        ["sass-check"] => sass_check(),
+        _ => Err("usage: cargo xtask ptx [--check] | cargo xtask ptx-report | cargo xtask sass-check".into()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -459,5 +464,125 @@ fn ptx_report() -> Res<()> {
             "hot kernels with a stack frame or spills: {}",
             bad.join(", ")
         ))
+    }
+}
+
+/// cuobjdump: `$CUOBJDUMP`, else beside ptxas, else the wheel in `.cache/cuobjdump`, else
+/// install the `nvidia-cuda-cuobjdump` wheel there now (its own folder: `pip --target` does not
+/// merge into the `nvidia/` folder the ptxas wheel already made).
+fn find_cuobjdump(ptxas: &Path) -> Res<PathBuf> {
+    if let Some(p) = std::env::var_os("CUOBJDUMP") {
+        return Ok(PathBuf::from(p));
+    }
+    let beside = ptxas.with_file_name("cuobjdump");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    let cache = root().join(".cache/cuobjdump");
+    let in_dir = |d: &Path| -> Option<PathBuf> {
+        ["nvidia/cu13/bin/cuobjdump", "nvidia/cuda_cuobjdump/bin/cuobjdump", "nvidia/cu12/bin/cuobjdump"]
+            .iter()
+            .map(|r| d.join(r))
+            .find(|p| p.is_file())
+    };
+    if let Some(p) = in_dir(&cache) {
+        return Ok(p);
+    }
+    // cuobjdump -sass runs nvdisasm, which has its own wheel.
+    eprintln!("xtask: installing cuobjdump and nvdisasm (pip wheels nvidia-cuda-cuobjdump, -nvdisasm) into {}", cache.display());
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--target"])
+        .arg(&cache)
+        .args(["nvidia-cuda-cuobjdump", "nvidia-cuda-nvdisasm"]))
+    .map_err(|e| format!("cannot install cuobjdump; set CUOBJDUMP=/path/to/cuobjdump ({e})"))?;
+    in_dir(&cache).ok_or_else(|| format!("no cuobjdump found in {} after installing", cache.display()))
+}
+
+/// Per-entry counts of the PTX instructions that map one to one onto SASS.
+fn ptx_counts(ptx: &str) -> Vec<(String, [usize; 4])> {
+    let mut out: Vec<(String, [usize; 4])> = Vec::new();
+    for line in ptx.lines() {
+        let l = line.split("//").next().unwrap_or("").trim();
+        if let Some(name) = l.strip_prefix(".visible .entry ") {
+            out.push((name.trim_end_matches('(').to_string(), [0; 4]));
+            continue;
+        }
+        if l.starts_with(".func") {
+            out.push((String::new(), [0; 4]));
+            continue;
+        }
+        let Some((_, c)) = out.last_mut() else { continue };
+        for (i, op) in ["mma.sync", "ldmatrix.sync", "cp.async.cg", "bar.sync"].iter().enumerate() {
+            if l.starts_with(op) {
+                c[i] += 1;
+            }
+        }
+    }
+    out.retain(|(n, _)| !n.is_empty());
+    out
+}
+
+fn sass_check() -> Res<()> {
+    let t0 = std::time::Instant::now();
+    let ptxas = find_ptxas()?;
+    let cuobjdump = find_cuobjdump(&ptxas)?;
+    let ptx_path = root().join(PTX_REL);
+    let ptx = std::fs::read_to_string(&ptx_path).map_err(|e| e.to_string())?;
+    let cubin = std::env::temp_dir().join(format!("dfrt-sass-check-{}.cubin", std::process::id()));
+    run(Command::new(&ptxas).arg("-arch=sm_90").arg(&ptx_path).arg("-o").arg(&cubin))?;
+    // cuobjdump finds nvdisasm on PATH: put its own folder first (the wheels install both there).
+    let dir = cuobjdump.parent().map(Path::to_path_buf).unwrap_or_default();
+    let path = std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())))
+        .map_err(|e| e.to_string())?;
+    let sass = run(Command::new(&cuobjdump).env("PATH", path).arg("-sass").arg(&cubin));
+    let _ = std::fs::remove_file(&cubin);
+    let sass = sass?;
+    // Per function: counts of HMMA, LDSM, LDGSTS, BAR.SYNC, and the slow-path sites.
+    let mut funcs: Vec<(String, [usize; 4], usize, usize)> = Vec::new();
+    for line in sass.lines() {
+        if let Some(name) = line.split("Function : ").nth(1) {
+            funcs.push((name.trim().to_string(), [0; 4], 0, 0));
+            continue;
+        }
+        let Some((_, c, div, ws)) = funcs.last_mut() else { continue };
+        let Some(ins) = line.split("*/").nth(1) else { continue };
+        let ins = ins.trim_start();
+        let ins = if ins.starts_with('@') { ins.split_once(' ').map_or("", |x| x.1).trim_start() } else { ins };
+        let op = ins.split([' ', ';']).next().unwrap_or("");
+        let base = op.split('.').next().unwrap_or("");
+        match base {
+            "HMMA" => c[0] += 1,
+            "LDSM" => c[1] += 1,
+            "LDGSTS" => c[2] += 1,
+            "BAR" if op.starts_with("BAR.SYNC") => c[3] += 1,
+            "BRA" if op.starts_with("BRA.DIV") => *div += 1,
+            "WARPSYNC" => *ws += 1,
+            _ => {}
+        }
+    }
+    println!("SASS check (sm_90) of {PTX_REL}: PTX mma/ldmatrix/cp.async/bar.sync vs SASS HMMA/LDSM/LDGSTS/BAR.SYNC");
+    let mut bad = Vec::new();
+    let mut slow = Vec::new();
+    for (name, want) in ptx_counts(&ptx) {
+        let Some((_, got, div, ws)) = funcs.iter().find(|f| f.0 == name) else {
+            bad.push(format!("{name}: not in the SASS"));
+            continue;
+        };
+        if want != *got {
+            bad.push(format!("{name}: PTX {want:?}, SASS {got:?}"));
+        }
+        if *div + *ws > 0 {
+            slow.push(format!("{name} (BRA.DIV {div}, WARPSYNC {ws})"));
+        }
+        if want.iter().any(|&n| n > 0) {
+            println!("{name:<28} {want:?} {}", if want == *got { "ok" } else { "MISMATCH" });
+        }
+    }
+    println!("warp-divergence slow paths (ptxas could not prove convergence; performance note): {}", if slow.is_empty() { "none".into() } else { slow.join(", ") });
+    eprintln!("xtask: sass-check took {:.1}s", t0.elapsed().as_secs_f64());
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("SASS does not map one to one: {}", bad.join("; ")))
     }
 }

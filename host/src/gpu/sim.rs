@@ -127,6 +127,8 @@ impl Device for SimDevice {
         // SAFETY: `p` is a fresh allocation of `bytes` bytes. Poison: 0xff.. is NaN in f32 and bf16.
         unsafe { std::ptr::write_bytes(p, 0xff, bytes) };
         self.live.lock().unwrap().insert(p as u64, bytes);
+        // The PTX engine's memcheck checks every global access against the live allocations.
+        dfrt_kernels::ptx::register_allocation(p as u64, bytes);
         self.used.fetch_add(bytes as u64, Ordering::Relaxed);
         self.allocs.fetch_add(1, Ordering::Relaxed);
         Ok(p as u64)
@@ -135,6 +137,7 @@ impl Device for SimDevice {
     fn free(&self, ptr: DevPtr) -> Result<()> {
         self.not_capturing("freeing device memory")?;
         let size = self.live.lock().unwrap().remove(&ptr).ok_or_else(|| Error::Device(format!("sim: free of {ptr:#x}, which is not an allocation")))?;
+        dfrt_kernels::ptx::unregister_allocation(ptr);
         self.used.fetch_sub(size as u64, Ordering::Relaxed);
         // SAFETY: `ptr` came from `alloc` with this size and alignment (it was in `live`), and
         // it is removed from `live`, so it is freed once.
@@ -344,6 +347,7 @@ impl Drop for SimDevice {
         }
         let live = std::mem::take(&mut *self.live.lock().unwrap());
         for (p, size) in live {
+            dfrt_kernels::ptx::unregister_allocation(p);
             // SAFETY: every entry of `live` is an allocation of ours with this size and alignment.
             unsafe { std::alloc::dealloc(p as *mut u8, Layout::from_size_align_unchecked(size, ALIGN)) };
         }

@@ -508,6 +508,8 @@ pub fn shfl(loc: Loc, mode: Shfl, v: u32, b: u32) -> u32 {
     with(|c| {
         let all = c.exchange(Op::Shfl(mode), loc, [v, b, 0, 0, 0, 0, 0, 0]);
         let lane = c.linear % 32;
+        // The PTX ISA uses only the lane operand's low 5 bits (bval = b[4:0]).
+        let b = b & 31;
         let src = match mode {
             Shfl::Xor => lane ^ b,
             Shfl::Idx => b & 31,

@@ -42,6 +42,19 @@ pub enum SimErrorKind {
     Collective,
     /// Kernel code panicked (e.g. a failed assertion).
     Panic,
+    /// PTX engine: a global access outside every live allocation (memcheck).
+    Memcheck,
+    /// PTX engine: a shared-memory race (both sites in the detail).
+    Race,
+    /// PTX engine: a trap (the Rust panic path), a division by zero or a bad jump index.
+    Trap,
+    /// PTX engine: the params struct does not match the entry's `.param` declaration, or an
+    /// `ld.param` outside it.
+    Params,
+    /// PTX engine: the committed PTX does not load, or has no such entry.
+    Load,
+    /// Dual mode: the PTX and native runs wrote different bytes.
+    Mismatch,
 }
 
 /// A failed simulated launch. `Display` names the kernel, block, thread and what happened.
@@ -144,6 +157,11 @@ pub enum Engine {
     Fibers,
     /// One OS thread per GPU thread, with real blocking waits and a timeout.
     Threads,
+    /// The committed PTX itself, interpreted ([`crate::ptx`]): `DFRT_SIM_ENGINE=ptx`.
+    Ptx,
+    /// Each launch on the PTX engine and natively (fibers), comparing the bytes written:
+    /// `DFRT_SIM_ENGINE=dual`.
+    Dual,
 }
 
 /// Launch options.
@@ -157,18 +175,36 @@ pub struct Options {
 
 impl Options {
     /// Timeout from `DFRT_SIM_TIMEOUT_MS` (default 3000); engine from `DFRT_SIM_ENGINE`
-    /// (`fibers` or `threads`; default fibers where supported).
+    /// (`fibers`, `threads`, `ptx` or `dual`; default fibers where supported).
     pub fn from_env() -> Options {
-        let threads = std::env::var("DFRT_SIM_ENGINE").is_ok_and(|v| v == "threads");
-        let engine = if threads || !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
-            Engine::Threads
-        } else {
-            Engine::Fibers
+        let v = std::env::var("DFRT_SIM_ENGINE").unwrap_or_default();
+        let engine = match v.as_str() {
+            "ptx" => Engine::Ptx,
+            "dual" => Engine::Dual,
+            _ => native_engine(v == "threads"),
         };
         Options {
             timeout: timeout(),
             engine,
         }
+    }
+}
+
+/// Fibers where supported, else OS threads.
+fn native_engine(threads: bool) -> Engine {
+    if threads || !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+        Engine::Threads
+    } else {
+        Engine::Fibers
+    }
+}
+
+/// The engine `DFRT_SIM_ENGINE` asks for when it names the PTX engine (`ptx` or `dual`), so
+/// tests that pick a native engine explicitly still run on the PTX one in the PTX CI pass.
+pub fn ptx_engine_from_env() -> Option<Engine> {
+    match Options::from_env().engine {
+        e @ (Engine::Ptx | Engine::Dual) => Some(e),
+        _ => None,
     }
 }
 
@@ -208,6 +244,24 @@ pub unsafe fn launch_with<P: Copy + Send + Sync>(
         return Err(bad(format!(
             "{dyn_smem_bytes} bytes of dynamic shared memory > {MAX_DYN_SMEM}"
         )));
+    }
+    match opts.engine {
+        Engine::Ptx => {
+            let o = crate::ptx::PtxOptions::default();
+            // SAFETY: forwarded from this function's contract.
+            return unsafe { crate::ptx::launch(kernel.name, grid, block, dyn_smem_bytes, &params, o, None) };
+        }
+        Engine::Dual => {
+            let o = crate::ptx::PtxOptions::default();
+            let native = Options { engine: native_engine(false), ..opts };
+            // SAFETY: forwarded from this function's contract.
+            return unsafe {
+                crate::ptx::dual(kernel.name, grid, block, dyn_smem_bytes, &params, o, || {
+                    launch_with(native, grid, block, dyn_smem_bytes, kernel, params)
+                })
+            };
+        }
+        Engine::Fibers | Engine::Threads => {}
     }
     let blocks = (0..grid[2])
         .flat_map(|z| (0..grid[1]).flat_map(move |y| (0..grid[0]).map(move |x| [x, y, z])));

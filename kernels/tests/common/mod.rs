@@ -128,6 +128,8 @@ pub fn launch_on<P: Copy + Send + Sync>(
     dims: LaunchDims,
     p: P,
 ) -> Result<(), SimError> {
+    // The PTX CI pass (`DFRT_SIM_ENGINE=ptx` or `dual`) runs these on the PTX engine too.
+    let engine = sim::ptx_engine_from_env().unwrap_or(engine);
     let opts = Options { timeout, engine };
     // SAFETY: the tests size every buffer for the shapes in `p`.
     unsafe { sim::launch_with(opts, dims.grid, dims.block, dims.dyn_smem, k, p) }
