@@ -23,8 +23,8 @@
 //! | [`dummy`] | Dummy Forcing: policy spec, calibration, head programming, head programs, KV accounting |
 //! | [`pipeline`] | the Self-Forcing loop: [`pipeline::Session`], [`pipeline::Schedule`], noise |
 //! | [`vae`] | the Wan2.1 video VAE: [`vae::Vae`] (CPU reference), the streaming [`vae::Decoder`], the encoder |
-| [`video`] | video files (H.264 MP4, Y4M, PNG frames) written as chunks decode; [`video::VideoSession`] |
-| [`error`] | [`Error`] and [`Result`]: every user mistake is an error with a message, not a panic |
+//! | [`video`] | video files (H.264 MP4, Y4M, PNG frames) written as chunks decode; [`video::VideoSession`] |
+//! | [`error`] | [`Error`] and [`Result`]: every user mistake is an error with a message, not a panic |
 //!
 //! Weights come from the `dfrt-weights` crate and tool (`dfrt-weights convert` for real Wan2.1
 //! checkpoints, `dfrt-weights synth` for random weights of any preset); the `dfrt` binary
