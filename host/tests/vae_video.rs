@@ -142,7 +142,7 @@ fn y4m_and_png_frames_read_back_through_ffmpeg() {
     if !have_ffmpeg() {
         return;
     }
-    let (w, h, n) = (48, 32, 5);
+    let (w, h, n) = (96, 64, 5);
     let frames: Vec<Vec<u8>> = (0..n).map(|t| rgb8_from_pixels(&pattern(t, w, h), w, h)).collect();
     let y4m = tmp().join("p.y4m");
     let png = tmp().join("p_frames");
@@ -179,7 +179,7 @@ fn bad_outputs_are_clear_errors_and_leave_nothing_behind() {
     for name in ["full.mp4", "full.y4m", "full_png"] {
         let dir = tmp().join("diskfull");
         std::fs::create_dir_all(&dir).unwrap();
-        let mut v = VideoWriter::create_limited(dir.join(name), w, h, 16, Some(30_000)).unwrap();
+        let mut v = VideoWriter::create_limited(dir.join(name), w, h, 16, Some(1_000)).unwrap();
         let mut err = None;
         for t in 0..40 {
             if let Err(e) = v.push(&rgb8_from_pixels(&pattern(t, w, h), w, h)) {
@@ -188,8 +188,11 @@ fn bad_outputs_are_clear_errors_and_leave_nothing_behind() {
             }
         }
         let e = match err {
-            Some(e) => e,
-            None => v.finish().err().expect("a 30 kB disk cannot hold 40 frames"),
+            Some(e) => {
+                drop(v); // what a caller does with a writer that failed
+                e
+            }
+            None => v.finish().err().expect("a 1 kB disk cannot hold 40 frames"),
         };
         println!("{name}: {e}");
         assert!(e.to_string().contains("No space left"), "{name}: {e}");

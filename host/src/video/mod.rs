@@ -83,6 +83,14 @@ pub fn yuv420_from_rgb8(rgb: &[u8], w: usize, h: usize) -> (Vec<u8>, Vec<u8>, Ve
     (yp, u, v)
 }
 
+/// An I/O error of the muxer, named after the target file.
+fn named(e: Error, target: &Path) -> Error {
+    match e {
+        Error::Io { source, .. } => Error::io(target, source),
+        e => e,
+    }
+}
+
 /// The output kinds, by path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -267,7 +275,7 @@ impl VideoWriter {
         let target = self.staged.target.clone();
         let io = |e| Error::io(&target, e);
         match &mut self.kind {
-            Kind::Mp4(m) => m.push(rgb)?,
+            Kind::Mp4(m) => m.push(rgb).map_err(|e| named(e, &target))?,
             Kind::Y4m(s) => {
                 let (y, u, v) = yuv420_from_rgb8(rgb, w, h);
                 s.write_all(b"FRAME\n").map_err(io)?;
@@ -298,7 +306,7 @@ impl VideoWriter {
             return Err(Error::Input(format!("{}: no frames to write", target.display())));
         }
         match &mut self.kind {
-            Kind::Mp4(m) => m.finish()?.sync().map_err(io)?,
+            Kind::Mp4(m) => m.finish().map_err(|e| named(e, &target))?.sync().map_err(io)?,
             Kind::Y4m(s) => s.sync().map_err(io)?,
             Kind::Png { .. } => {}
         }
