@@ -71,12 +71,14 @@ pub struct Mp4Writer<W: Write + Seek> {
 
 impl<W: Write + Seek> Mp4Writer<W> {
     pub fn new(mut w: W, width: usize, height: usize, fps: u32) -> Result<Self> {
-        // High quality (QP ≤ 20, no frame skipping: every pushed frame becomes a sample), an IDR
+        // High quality (buffer-based rate control within QP 8..=20; no frame skipping, so every
+        // pushed frame becomes a sample; the quality/bitrate modes warn on stderr without
+        // skipping), an IDR
         // every 2 s for seeking, BT.601 limited-range colour tagged in the SPS (what our RGB→YUV
         // conversion uses), one thread for a deterministic bitstream.
         let cfg = EncoderConfig::new()
             .skip_frames(false)
-            .rate_control_mode(RateControlMode::Quality)
+            .rate_control_mode(RateControlMode::Bufferbased)
             .bitrate(openh264::encoder::BitRate::from_bps((width * height * fps as usize).clamp(200_000, u32::MAX as usize) as u32))
             .max_frame_rate(FrameRate::from_hz(fps as f32))
             .qp(QpRange::new(8, 20))
