@@ -325,3 +325,36 @@ fn generate_with_vae_writes_the_video_that_decode_makes_from_its_latents() {
     }
     assert_clean(tmp(), "b.");
 }
+
+#[test]
+fn video_session_hands_out_each_chunk_decoded() {
+    use dfrt::api::{CpuModel, SessionOptions};
+    use dfrt::pipeline::Noise;
+    let (m, _) = model();
+    let lm = CpuModel::cpu(m, Precision::F32).unwrap();
+    let opts = SessionOptions::parse("full", 8, 8, Some(9), &lm.cfg).unwrap();
+    let ctx = dfrt::pipeline::Rng::new(8).normals(4 * lm.cfg.text_dim);
+    let vae = Arc::new(Vae::open(vae_file(), Precision::F32).unwrap());
+    let mut vs = dfrt::video::VideoSession::new(lm.session(&opts, &ctx, 4, Noise::seeded(3)).unwrap(), vae.clone()).unwrap();
+    let mut frames = Vec::new();
+    let mut latents = Vec::new();
+    let mut counts = Vec::new();
+    while !vs.done() {
+        let f = vs.next_frames(&mut |_| {}).unwrap();
+        assert_eq!((f.width, f.height), (64, 64));
+        assert_eq!(f.rgb8(0).len(), 64 * 64 * 3);
+        counts.push(f.count);
+        frames.extend(f.pixels);
+        latents.extend(f.latents);
+    }
+    assert_eq!(counts, vec![9, 12, 12]);
+    // The same as decoding the whole video's latents at once.
+    assert!(frames == vae.decode(&latents, 9, 8, 8).unwrap(), "per-chunk frames differ from a one-shot decode");
+    // A VAE of other channels than the model's latents is refused.
+    let cfg8 = VaeConfig { z_dim: 8, mean: vec![0.0; 8], std: vec![1.0; 8], ..VaeConfig::with_dim(4) };
+    let p8 = tmp().join("vae_z8.safetensors");
+    dfrt_weights::vae::synth_vae(&p8, &cfg8, 1, DType::F32).unwrap();
+    let v8 = Arc::new(Vae::open(&p8, Precision::F32).unwrap());
+    let e = dfrt::video::VideoSession::new(lm.session(&opts, &ctx, 4, Noise::seeded(3)).unwrap(), v8).err().unwrap().to_string();
+    assert!(e.contains("16 channels") && e.contains("takes 8"), "{e}");
+}

@@ -8,7 +8,7 @@
 //! - [`Decoder`] keeps every causal conv's feature cache (the last 2 input frames) across calls,
 //!   so decoding a video chunk by chunk gives exactly the frames of a one-shot decode.
 //!   Latent frame 0 gives 1 pixel frame, every later frame `2^k` (k temporal upsamplers: 4).
-//! - [`Encoder`] maps pixel frames (1, then groups of 4) to normalised latents.
+//! - [`Vae::encode`] maps pixel frames (1, then groups of 4) to normalised latents.
 //!
 //! Latents are in the DiT's layout `[F, C, H, W]` (normalised); pixels are `[T, 3, H, W]`
 //! in [-1, 1].

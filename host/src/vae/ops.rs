@@ -60,6 +60,10 @@ impl Geom {
     }
 }
 
+/// Multiply-add FLOPs of every conv run so far (2·kernel volume·Cin·Cout·output pixels, zero
+/// padding taps included), for the benchmark's GFLOP/s.
+pub static CONV_FLOPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Floats of im2col scratch per task: bounds memory at any resolution.
 const TILE_FLOATS: usize = 1 << 20;
 
@@ -70,6 +74,7 @@ impl Conv {
         assert_eq!(taps.len(), self.kt, "conv taps");
         let (oh, ow) = g.out(self.kh, self.kw);
         let k = self.cin * self.kt * self.kh * self.kw;
+        CONV_FLOPS.fetch_add((2 * k * self.cout * oh * ow) as u64, std::sync::atomic::Ordering::Relaxed);
         let rows = (TILE_FLOATS / (k * ow).max(1)).clamp(1, oh);
         let tiles: Vec<(usize, Vec<f32>)> = (0..oh.div_ceil(rows))
             .into_par_iter()
