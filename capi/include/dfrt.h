@@ -139,6 +139,20 @@ typedef struct DfrtProgress {
 // sees a plain C function pointer.)
 typedef void (*DfrtProgressFn)(const struct DfrtProgress *progress, void *user);
 
+// A session's video geometry, once a VAE is attached (`dfrt_session_set_vae`).
+typedef struct DfrtVideoInfo {
+  // Pixels of a decoded frame.
+  size_t width;
+  size_t height;
+  // Frames the first chunk decodes to (9 with Wan2.1's VAE: 1 + 4·2) and every later chunk (12).
+  size_t first_chunk_frames;
+  size_t chunk_frames;
+  // Frames of the whole video (1 + 4·(latent frames − 1)); 0 = unbounded.
+  size_t frames_total;
+  // Bytes of the largest chunk as RGB8: `max(first_chunk_frames, chunk_frames)·height·width·3`.
+  size_t max_chunk_rgb8_bytes;
+} DfrtVideoInfo;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -309,6 +323,36 @@ const char *dfrt_status_name(int32_t code);
 
 // The library version (`"0.1.0"`), static.
 const char *dfrt_version(void);
+
+// Attaches a Wan VAE (a runtime VAE checkpoint from `dfrt-weights convert Wan2.1_VAE.pth` or
+// `dfrt-weights synth --vae`) so that `dfrt_session_next_frames_rgb8` / `_f32` hand out
+// decoded frames; the decoder runs on the CPU and keeps its caches from chunk to chunk.
+// `dtype`: `"f32"` or `"bf16"` (NULL: `"f32"`). Only before the first chunk (or after a
+// reset). `*info` (if not NULL) receives the video geometry. The VAE's latent channels must be
+// the model's.
+//
+// # Safety
+// `path` and `dtype` are NULL or NUL-terminated strings; `info` is NULL or writable;
+// `session`, `err` as everywhere.
+DfrtStatus dfrt_session_set_vae(struct DfrtSession *session, const char *path, const char *dtype, struct DfrtVideoInfo *info, struct DfrtError *err);
+
+// Generates the next chunk, decodes it with the attached VAE and copies its frames into
+// `out` as RGB8, `[n, height, width, 3]` (n = `first_chunk_frames` for the first chunk,
+// `chunk_frames` after; `*frames` receives n). `capacity` is in bytes; a buffer too small is
+// refused before any work (`DFRT_ERR_BUFFER_TOO_SMALL`). States as `dfrt_session_next_chunk`.
+//
+// # Safety
+// `out` is NULL or valid for `capacity` byte writes; `frames` is NULL or writable;
+// `progress` is NULL or a function safe to call with `user`; `session`, `err` as everywhere.
+DfrtStatus dfrt_session_next_frames_rgb8(struct DfrtSession *session, uint8_t *out, size_t capacity, size_t *frames, DfrtProgressFn progress, void *user, struct DfrtError *err);
+
+// As `dfrt_session_next_frames_rgb8`, with the decoder's floats: `[n, 3, height, width]` in
+// [-1, 1] (planar RGB); `capacity` is in floats.
+//
+// # Safety
+// `out` is NULL or valid for `capacity` float writes; the rest as
+// `dfrt_session_next_frames_rgb8`.
+DfrtStatus dfrt_session_next_frames_f32(struct DfrtSession *session, float *out, size_t capacity, size_t *frames, DfrtProgressFn progress, void *user, struct DfrtError *err);
 
 #ifdef __cplusplus
 }  // extern "C"

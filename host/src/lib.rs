@@ -22,6 +22,8 @@
 //! | [`cache`] | the self-attention KV cache and the policy string [`cache::Policy`] |
 //! | [`dummy`] | Dummy Forcing: policy spec, calibration, head programming, head programs, KV accounting |
 //! | [`pipeline`] | the Self-Forcing loop: [`pipeline::Session`], [`pipeline::Schedule`], noise |
+//! | [`vae`] | the Wan2.1 video VAE: [`vae::Vae`] (CPU reference), the streaming [`vae::Decoder`], the encoder |
+//! | [`video`] | video files (H.264 MP4, Y4M, PNG frames) written as chunks decode; [`video::VideoSession`] |
 //! | [`error`] | [`Error`] and [`Result`]: every user mistake is an error with a message, not a panic |
 //!
 //! Weights come from the `dfrt-weights` crate and tool (`dfrt-weights convert` for real Wan2.1
@@ -80,6 +82,8 @@ pub mod model;
 pub mod names;
 pub mod pipeline;
 pub mod profile;
+pub mod vae;
+pub mod video;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};

@@ -8,6 +8,7 @@
 //! | [`synth`] | [`synth_checkpoint`], [`synth_tensors`], [`synth_context`]: deterministic random weights and text embeddings |
 //! | [`inspect`](mod@inspect) | [`inspect()`]: a table (or JSON) of a file's config and tensors |
 //! | [`source`], [`pickle`], [`zip`] | readers for safetensors and torch `.pt` archives |
+//! | [`vae`](mod@vae) | the Wan2.1 video VAE: [`vae::convert_vae_files`] (`Wan2.1_VAE.pth` or diffusers `AutoencoderKLWan` names), [`vae::synth_vae`] |
 //! | [`writer`] | the streaming checkpoint writer (one tensor in memory at a time) |
 //!
 //! The same operations are the `dfrt-weights` binary's `convert`, `synth` and `inspect`.
@@ -78,6 +79,7 @@ pub mod inspect;
 pub mod pickle;
 pub mod source;
 pub mod synth;
+pub mod vae;
 pub mod writer;
 pub mod zip;
 

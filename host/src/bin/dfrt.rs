@@ -89,6 +89,8 @@ enum Cmd {
     /// Dummy Forcing offline calibration: run each context up to and including the calibration
     /// step, report how stable the head groups are across contexts, write the majority program.
     Calibrate(CalibrateArgs),
+    /// Decode latents (a `dfrt generate` output) into a video with the Wan VAE, chunk by chunk.
+    Decode(DecodeArgs),
     /// Build, devices, PTX target and kernel list.
     Info,
     /// Describe a runtime checkpoint (config, tensors, consistency), a head program (groups
@@ -100,6 +102,24 @@ enum Cmd {
 struct InspectArgs {
     /// A .safetensors file or a head-program .json file.
     file: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct DecodeArgs {
+    /// Latents: safetensors with a tensor `latents` [1, F, C, H, W] or [F, C, H, W].
+    latents: PathBuf,
+    /// VAE checkpoint (`dfrt-weights convert Wan2.1_VAE.pth`, or `dfrt-weights synth --vae`).
+    #[arg(long)]
+    vae: PathBuf,
+    /// Output video: .mp4 (H.264, yuv420p), .y4m, or a path without extension for a folder of PNG frames.
+    #[arg(short = 'o', long)]
+    out: PathBuf,
+    /// Frames per second of the video.
+    #[arg(long, default_value_t = dfrt::video::DEFAULT_FPS)]
+    fps: u32,
+    /// VAE storage precision: f32 | bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 #[derive(clap::Args)]
@@ -202,9 +222,17 @@ struct GenerateArgs {
     /// Frames a prompt switch re-runs at t = 0 (the official `local_attn_size`, 12).
     #[arg(long, default_value_t = dfrt::pipeline::RECACHE_FRAMES)]
     recache_frames: usize,
-    /// Output safetensors file (tensor `latents` [1, F, C, H, W], f32).
+    /// Output safetensors file (tensor `latents` [1, F, C, H, W], f32); with --vae, the video
+    /// (.mp4, .y4m, or a path without extension for a folder of PNG frames).
     #[arg(long)]
     out: PathBuf,
+    /// Wan VAE checkpoint: decode each chunk as soon as it is generated and write a video to
+    /// --out instead of latents (the VAE runs on the CPU).
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// Frames per second of the video (with --vae).
+    #[arg(long, default_value_t = dfrt::video::DEFAULT_FPS, requires = "vae")]
+    fps: u32,
 }
 
 fn main() {
@@ -213,6 +241,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Generate(a) => generate(a, o),
         Cmd::Calibrate(a) => calibrate(a, o),
+        Cmd::Decode(a) => decode(a, o),
         Cmd::Info => info(o),
         Cmd::Inspect(a) => inspect(a, o),
     };
@@ -334,13 +363,27 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
 
     let chunks = frames / FRAMES_PER_CHUNK;
     let forwards = session.forwards_for(frames) as u64;
+    // With --vae each chunk is decoded and written as it comes; the bar counts decoded frames.
+    let mut video = match &a.vae {
+        Some(p) => {
+            let vae = Arc::new(dfrt::vae::Vae::open(p, precision)?);
+            Some(dfrt::video::LatentVideo::create(vae, &a.out, latent.channels, latent.height, latent.width, a.fps)?)
+        }
+        None => None,
+    };
+    let pixel_frames = video.as_ref().map(|v| v.decoder.vae().cfg.pixel_frames(frames));
+    let (bar_len, unit) = match pixel_frames {
+        Some(n) => (n as u64, "frames"),
+        None => (forwards, "forwards"),
+    };
     let bar = if !o.enabled(Level::Info) || !std::io::stderr().is_terminal() {
-        ProgressBar::with_draw_target(Some(forwards), ProgressDrawTarget::hidden())
+        ProgressBar::with_draw_target(Some(bar_len), ProgressDrawTarget::hidden())
     } else {
-        let b = ProgressBar::new(forwards);
-        b.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} forwards  {msg}  [{elapsed_precise}]").unwrap());
+        let b = ProgressBar::new(bar_len);
+        b.set_style(ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit}  {{msg}}  [{{elapsed_precise}}]")).unwrap());
         b
     };
+    let counts_forwards = video.is_none();
     let t_gen = Instant::now();
     let mut chunk_ms = Vec::new();
     let mut latents = Vec::with_capacity(frames * latent.frame_len());
@@ -355,13 +398,25 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
                 None => "clean pass".into(),
             };
             bar.set_message(format!("chunk {}/{} {what}", p.pass.chunk + 1, chunks));
-            bar.inc(1);
+            if counts_forwards {
+                bar.inc(1);
+            }
         })?;
         chunk_ms.push(tc.elapsed().as_secs_f64() * 1e3);
         o.log(Level::Debug, format_args!("chunk {}/{chunks}: {:.1} ms", chunk_ms.len(), chunk_ms[chunk_ms.len() - 1]));
-        latents.extend(x);
+        if let Some(v) = &mut video {
+            bar.set_message(format!("chunk {}/{} decoding", chunk_ms.len(), chunks));
+            let n = v.push(&x, FRAMES_PER_CHUNK)?;
+            bar.inc(n as u64);
+        } else {
+            latents.extend(x);
+        }
     }
     bar.finish_and_clear();
+    let decode_ms = video.as_ref().map(|v| v.decode_ms.clone()).unwrap_or_default();
+    if let Some(v) = video.take() {
+        v.finish()?;
+    }
     let gen_s = t_gen.elapsed().as_secs_f64();
     let tpf = (latent.height / cfg.patch_size[1]) * (latent.width / cfg.patch_size[2]);
     let tokens = frames * tpf;
@@ -402,17 +457,28 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
         };
         meta.insert("dfrt.heads".into(), how);
     }
-    let timings = serde_json::json!({
+    let mut timings = serde_json::json!({
         "load_s": load_s, "generate_s": gen_s, "chunk_ms": chunk_ms,
         "latent_tokens": tokens, "tokens_per_s": tok_s, "peak_rss_bytes": peak, "kv_cache_bytes": kv,
     });
+    if let Some(n) = pixel_frames {
+        // FPS of the pixel frames: diffusion alone (the chunks' DiT time), and end to end
+        // (diffusion, decode and writing the file).
+        let diffusion_s = chunk_ms.iter().sum::<f64>() / 1e3;
+        timings["video_frames"] = n.into();
+        timings["decode_ms"] = decode_ms.clone().into();
+        timings["fps_diffusion"] = (n as f64 / diffusion_s).into();
+        timings["fps_end_to_end"] = (n as f64 / gen_s).into();
+    }
     meta.insert("dfrt.timings".into(), timings.to_string());
     let shape = vec![1, frames, latent.channels, latent.height, latent.width];
     let mut tensors = vec![OutTensor::f32("latents", shape, &latents)];
     if let Some(asg) = &assignment {
         tensors.push(OutTensor::i64("assignment", vec![asg.num_layers, asg.num_heads], &asg.to_i64()));
     }
-    write_safetensors(&a.out, &tensors, &meta)?;
+    if pixel_frames.is_none() {
+        write_safetensors(&a.out, &tensors, &meta)?;
+    }
     if o.json {
         let j = serde_json::json!({
             "out": a.out.display().to_string(), "frames": frames, "chunks": chunks, "forwards": forwards,
@@ -435,6 +501,76 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
             a.out.display()
         );
         eprintln!("dfrt: {}; allocated {:.2} MB", foot.summary(), kv as f64 / 1e6);
+        if let Some(n) = pixel_frames {
+            eprintln!(
+                "dfrt: video {n} frames, decode {} ms/chunk ({:.1} ms mean), {:.2} FPS diffusion only, {:.2} FPS end to end; wrote {}",
+                decode_ms.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join("/"),
+                decode_ms.iter().sum::<f64>() / decode_ms.len().max(1) as f64,
+                timings["fps_diffusion"].as_f64().unwrap_or(0.0),
+                timings["fps_end_to_end"].as_f64().unwrap_or(0.0),
+                a.out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `dfrt decode`: latents file → video, 3 latent frames (one chunk) at a time.
+fn decode(a: DecodeArgs, o: Output) -> Result<()> {
+    let precision = Precision::parse(&a.dtype)?;
+    let t0 = Instant::now();
+    let vae = Arc::new(dfrt::vae::Vae::open(&a.vae, precision)?);
+    let f = TensorFile::open(&a.latents)?;
+    let info = f.info("latents").map_err(|_| {
+        Error::Input(format!("{}: no tensor `latents` (expected a `dfrt generate` output, [1, F, C, H, W])", a.latents.display()))
+    })?;
+    let s = info.shape.clone();
+    let (frames, c, h, w) = match s.as_slice() {
+        [1, f, c, h, w] | [f, c, h, w] => (*f, *c, *h, *w),
+        _ => return Err(Error::Input(format!("{}: `latents` has shape {s:?}, expected [1, F, C, H, W]", a.latents.display()))),
+    };
+    if frames == 0 {
+        return Err(Error::Input(format!("{}: `latents` has no frames", a.latents.display())));
+    }
+    let data = f.f32_any("latents")?;
+    let mut v = dfrt::video::LatentVideo::create(vae.clone(), &a.out, c, h, w, a.fps)?;
+    let total = vae.cfg.pixel_frames(frames) as u64;
+    let bar = if !o.enabled(Level::Info) || !std::io::stderr().is_terminal() {
+        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
+    } else {
+        let b = ProgressBar::new(total);
+        b.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} frames  [{elapsed_precise}]").unwrap());
+        b
+    };
+    let fl = c * h * w;
+    let t_dec = Instant::now();
+    for lo in (0..frames).step_by(FRAMES_PER_CHUNK) {
+        let n = FRAMES_PER_CHUNK.min(frames - lo);
+        let k = v.push(&data[lo * fl..(lo + n) * fl], n)?;
+        bar.inc(k as u64);
+    }
+    bar.finish_and_clear();
+    let (width, height, fps) = (v.writer.width, v.writer.height, v.writer.fps);
+    let decode_ms = v.decode_ms.clone();
+    let written = v.finish()?;
+    let dec_s = t_dec.elapsed().as_secs_f64();
+    let timings = serde_json::json!({
+        "total_s": t0.elapsed().as_secs_f64(), "decode_ms": decode_ms, "decode_write_s": dec_s, "fps": written as f64 / dec_s,
+    });
+    if o.json {
+        let j = serde_json::json!({
+            "out": a.out.display().to_string(), "latent_frames": frames, "frames": written, "width": width, "height": height,
+            "fps": fps, "dtype": precision.name(), "timings": timings,
+        });
+        println!("{}", serde_json::to_string_pretty(&j).expect("json"));
+    }
+    if o.enabled(Level::Info) {
+        eprintln!(
+            "dfrt: decoded {frames} latent frames into {written} frames {width}×{height} in {dec_s:.2} s ({:.2} FPS), decode {} ms/chunk; wrote {} at {fps} fps",
+            written as f64 / dec_s,
+            decode_ms.iter().map(|m| format!("{m:.0}")).collect::<Vec<_>>().join("/"),
+            a.out.display()
+        );
     }
     Ok(())
 }

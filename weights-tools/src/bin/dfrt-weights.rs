@@ -18,6 +18,8 @@ struct Cli {
 enum Cmd {
     /// Convert a Wan2.1-family DiT checkpoint (.safetensors or torch .pt/.pth; native or
     /// diffusers names; Self-Forcing generator/generator_ema dicts) to a runtime checkpoint.
+    /// A video VAE (`Wan2.1_VAE.pth`, or diffusers `AutoencoderKLWan`) becomes a runtime VAE
+    /// checkpoint.
     Convert {
         /// One file, the shards of one state dict, or a sharded checkpoint's `*.index.json`.
         #[arg(required = true, num_args = 1..)]
@@ -45,11 +47,17 @@ enum Cmd {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Write random, well-scaled weights of a preset config.
+    /// Write random, well-scaled weights of a preset config (or, with --vae, of a video VAE).
     Synth {
         /// tiny, tiny4, small, wan-1.3b or wan-14b.
-        #[arg(long)]
-        preset: String,
+        #[arg(long, required_unless_present = "vae")]
+        preset: Option<String>,
+        /// Write a synthetic Wan2.1 video VAE instead of a DiT.
+        #[arg(long, conflicts_with_all = ["preset", "layers", "context_out"])]
+        vae: bool,
+        /// With --vae: the base width (the released VAE has 96).
+        #[arg(long, default_value_t = 96, requires = "vae")]
+        vae_dim: usize,
         /// Override the number of blocks.
         #[arg(long)]
         layers: Option<usize>,
@@ -78,6 +86,19 @@ enum Cmd {
 
 fn run(cli: Cli) -> dfrt::Result<()> {
     match cli.cmd {
+        Cmd::Convert { input, out, dtype, quiet, .. } if dfrt_weights::vae::is_vae_source(&input)? => {
+            let r = dfrt_weights::vae::convert_vae_files(&input, &out, dtype.as_deref().map(parse_dtype).transpose()?)?;
+            if !quiet {
+                if r.renamed > 0 {
+                    eprintln!("note: mapped {} diffusers tensor names to the official names", r.renamed);
+                }
+                for (name, why) in &r.dropped {
+                    eprintln!("dropped: {name} ({why})");
+                }
+                eprintln!("vae config: {}", r.config.to_json());
+                eprintln!("wrote {}: VAE, {} tensors, {} bytes of {:?}", out.display(), r.tensors, r.bytes, r.dtype);
+            }
+        }
         Cmd::Convert { input, out, heads, text_len, dtype, ema, no_ema, drop_unknown, quiet } => {
             let opts = ConvertOptions {
                 heads,
@@ -102,7 +123,14 @@ fn run(cli: Cli) -> dfrt::Result<()> {
                 eprintln!("wrote {}: {} tensors, {} bytes of {:?}", out.display(), r.tensors, r.bytes, r.dtype);
             }
         }
-        Cmd::Synth { preset, layers, seed, dtype, out, context_out } => {
+        Cmd::Synth { vae: true, vae_dim, seed, dtype, out, .. } => {
+            let cfg = dfrt::vae::VaeConfig::with_dim(vae_dim);
+            let dtype = parse_dtype(&dtype)?;
+            let bytes = dfrt_weights::vae::synth_vae(&out, &cfg, seed, dtype)?;
+            eprintln!("wrote {}: VAE dim {vae_dim}, seed {seed}, {bytes} bytes of {dtype:?}", out.display());
+        }
+        Cmd::Synth { preset, layers, seed, dtype, out, context_out, .. } => {
+            let preset = preset.expect("clap requires --preset without --vae");
             let mut cfg = ModelConfig::preset(&preset)?;
             if let Some(l) = layers {
                 cfg.num_layers = l;
