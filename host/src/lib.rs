@@ -22,6 +22,7 @@
 //! | [`cache`] | the self-attention KV cache and the policy string [`cache::Policy`] |
 //! | [`dummy`] | Dummy Forcing: policy spec, calibration, head programming, head programs, KV accounting |
 //! | [`pipeline`] | the Self-Forcing loop: [`pipeline::Session`], [`pipeline::Schedule`], noise |
+//! | [`text`] | prompt in: Wan's cleaning, the umT5 tokenizer and encoder ([`text::TextEncoder`]) |
 //! | [`error`] | [`Error`] and [`Result`]: every user mistake is an error with a message, not a panic |
 //!
 //! Weights come from the `dfrt-weights` crate and tool (`dfrt-weights convert` for real Wan2.1
@@ -80,6 +81,7 @@ pub mod model;
 pub mod names;
 pub mod pipeline;
 pub mod profile;
+pub mod text;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};

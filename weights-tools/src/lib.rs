@@ -8,6 +8,7 @@
 //! | [`synth`] | [`synth_checkpoint`], [`synth_tensors`], [`synth_context`]: deterministic random weights and text embeddings |
 //! | [`inspect`](mod@inspect) | [`inspect()`]: a table (or JSON) of a file's config and tensors |
 //! | [`source`], [`pickle`], [`zip`] | readers for safetensors and torch `.pt` archives |
+//! | [`t5`](mod@t5) | [`convert_t5`]: umT5 encoder weights (Wan `.pth` or Hugging Face names) → runtime text-encoder checkpoint |
 //! | [`writer`] | the streaming checkpoint writer (one tensor in memory at a time) |
 //!
 //! The same operations are the `dfrt-weights` binary's `convert`, `synth` and `inspect`.
@@ -78,6 +79,7 @@ pub mod inspect;
 pub mod pickle;
 pub mod source;
 pub mod synth;
+pub mod t5;
 pub mod writer;
 pub mod zip;
 
@@ -85,6 +87,7 @@ pub use convert::{convert_file, convert_files, expand_inputs, diffusers_to_nativ
 pub use dfrt::names::expected_tensors;
 pub use inspect::inspect;
 pub use source::Source;
+pub use t5::{convert_t5, T5Options, T5Report};
 pub use synth::{synth_checkpoint, synth_context, synth_tensor, synth_tensors, NamedTensor, Rng};
 
 /// Parses a dtype flag value: `f32` or `bf16`.
