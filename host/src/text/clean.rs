@@ -13,8 +13,9 @@
 //! | `unescape_html` (auto: off from the first line holding `<`; nested entities to any depth) | reproduced, with ftfy's entity table (HTML5 names plus their upper-case forms) |
 //! | `fix_encoding` (mojibake) | partial: a whole line that is UTF-8 read as Latin-1 or Windows-1252 is decoded; mixed or other-codepage mojibake is not, and is reported ([`FtfyNote::Mojibake`]) |
 //! | `fix_c1_controls` | reproduced (U+0080–U+009F decoded as sloppy Windows-1252) |
-//! | `fix_character_width` | full-width ASCII (U+FF01–U+FF5E) and U+3000 reproduced; half-width katakana left to the tokenizer's NFKC, which gives the same ids |
-//! | `fix_latin_ligatures`, NFC | left to the tokenizer's NFKC (same ids: NFKC∘NFC = NFKC and NFKC splits the ligatures) |
+//! | `fix_latin_ligatures` | reproduced (ftfy's table) |
+//! | `fix_character_width` | reproduced (ftfy's table: the half/full-width forms and U+3000) |
+//! | NFC normalisation | reproduced (the `tokenizers` crate's NFC) |
 //! | `uncurl_quotes` | reproduced (U+02BC, U+2018–U+201B → `'`; U+201C–U+201F → `"`) |
 //! | `fix_line_breaks` | reproduced (whitespace cleaning would fold them anyway) |
 //! | `remove_terminal_escapes` | reproduced (`ESC [ digits/; letter`) |
@@ -39,7 +40,7 @@
 
 use std::borrow::Cow;
 
-use super::entities::{NAMED, NUMERIC_DROPPED, NUMERIC_FIXUPS};
+use super::entities::{LIGATURES, NAMED, NUMERIC_DROPPED, NUMERIC_FIXUPS, WIDTH};
 
 /// What the ftfy subset did to a prompt, or what it could not do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -334,15 +335,18 @@ fn ftfy_pass(s: &str, unescape: bool, notes: &mut Vec<FtfyNote>) -> String {
     }
     step(&mut t, "fix_encoding", &|x| fix_line_mojibake(x).unwrap_or_else(|| x.to_string()));
     step(&mut t, "fix_c1_controls", &|x| x.chars().map(|c| if ('\u{80}'..='\u{9f}').contains(&c) { cp1252_char(c as u8) } else { c }).collect());
-    step(&mut t, "fix_character_width", &|x| {
-        x.chars()
-            .map(|c| match c as u32 {
-                0xFF01..=0xFF5E => char::from_u32(c as u32 - 0xFEE0).unwrap(),
-                0x3000 => ' ',
-                _ => c,
-            })
-            .collect()
-    });
+    let table = |tab: &'static [(char, &'static str)], x: &str| -> String {
+        let mut o = String::with_capacity(x.len());
+        for c in x.chars() {
+            match tab.binary_search_by(|(k, _)| k.cmp(&c)) {
+                Ok(i) => o.push_str(tab[i].1),
+                Err(_) => o.push(c),
+            }
+        }
+        o
+    };
+    step(&mut t, "fix_latin_ligatures", &|x| table(LIGATURES, x));
+    step(&mut t, "fix_character_width", &|x| table(WIDTH, x));
     step(&mut t, "uncurl_quotes", &|x| {
         x.chars()
             .map(|c| match c {
@@ -357,6 +361,14 @@ fn ftfy_pass(s: &str, unescape: bool, notes: &mut Vec<FtfyNote>) -> String {
     });
     step(&mut t, "remove_terminal_escapes", &|x| remove_terminal_escapes(x).into_owned());
     step(&mut t, "remove_control_chars", &|x| x.chars().filter(|&c| !is_ftfy_control(c)).collect());
+    step(&mut t, "NFC", &|x| {
+        if x.is_ascii() {
+            return x.to_string();
+        }
+        let mut n = tokenizers::NormalizedString::from(x);
+        n.nfc();
+        n.get().to_string()
+    });
     t
 }
 
@@ -442,6 +454,8 @@ mod tests {
             ("a\u{2028}b\r\nc", "a\nb\nc"),
             ("Ｆｕｌｌ\u{3000}ＡＢＣ", "Full ABC"),
             ("\u{1b}[31mred\u{1b}[0m", "red"),
+            ("ﬁ ﬂ ｶﾀｶﾅ ｶﾞ", "fi fl カタカナ ガ"),
+            ("e\u{301}", "é"),
         ];
         for (i, o) in cases {
             assert_eq!(ftfy_subset(i).0, o, "input {i:?}");

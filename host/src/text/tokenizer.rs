@@ -88,7 +88,11 @@ impl TextTokenizer {
 
     /// Cleans and tokenises one prompt.
     pub fn encode(&self, prompt: &str) -> Result<Tokens> {
-        let cleaned = wan_clean(prompt);
+        self.encode_cleaned(wan_clean(prompt))
+    }
+
+    /// Tokenises text that is already clean (no cleaning step).
+    pub fn encode_cleaned(&self, cleaned: Cleaned) -> Result<Tokens> {
         let enc = self
             .inner
             .encode(cleaned.text.as_str(), true)
