@@ -362,3 +362,24 @@ fn text_bad_inputs_are_clear_errors() {
     assert!(enc.encode(&be, &ids, &mask, None).err().unwrap().to_string().contains("vocabulary"));
     assert!(enc.encode(&be, &[0; 32], &[0; 32], None).is_err());
 }
+
+/// The GPU path: the same encoder on the GPU backend in the SIMT simulator (the linears,
+/// norms, GELU and residual kernels; the biased attention core through the trait's host
+/// default), every prompt within the f32 bound.
+#[test]
+fn t5_tiny_encoder_on_sim_matches_official() {
+    let m = manifest();
+    let text_len = m["text_len"].as_u64().unwrap() as usize;
+    let dir = Scratch::new("sim");
+    let ckpt = dir.0.join("t5.safetensors");
+    convert(&case().join("weights.pth"), &ckpt, text_len, None);
+    let out = TensorFile::open(case().join("outputs.safetensors")).unwrap();
+    let be = dfrt::gpu::GpuBackend::new(dfrt::gpu::SimDevice::new(), Precision::F32);
+    let enc = T5Encoder::load(&be, &ckpt, Residency::Resident).unwrap();
+    for p in m["prompts"].as_array().unwrap() {
+        let i = p["index"].as_u64().unwrap() as usize;
+        let (ids, mask) = golden_ids(&out, i);
+        let got = enc.encode(&be, &ids, &mask, None).unwrap();
+        assert_close(&format!("sim context.{i}"), &got, &out.f32_any(&format!("context.{i}")).unwrap(), F32_TOL);
+    }
+}
