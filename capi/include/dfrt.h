@@ -75,6 +75,10 @@ typedef struct DfrtModel DfrtModel;
 // Use from one thread at a time.
 typedef struct DfrtSession DfrtSession;
 
+// A loaded text encoder (opaque): the umT5 tokenizer and encoder on the CPU. Immutable:
+// share it between threads and sessions freely.
+typedef struct DfrtTextEncoder DfrtTextEncoder;
+
 // Error report, owned by the caller (stack or heap). Pass NULL to ignore details. Every
 // call overwrites it: `code` is the call's status, `message` a NUL-terminated UTF-8 text
 // (empty on success, truncated at a character boundary to fit).
@@ -316,6 +320,35 @@ DfrtStatus dfrt_session_head_assignment(const struct DfrtSession *session, int32
 // # Safety
 // `session`, `err` as everywhere.
 DfrtStatus dfrt_session_reset(struct DfrtSession *session, struct DfrtError *err);
+
+// Loads a text encoder for the CPU: `encoder` is a text-encoder checkpoint (`dfrt-weights
+// convert-t5` of Wan's `models_t5_umt5-xxl-enc-bf16.pth`), `tokenizer` the tokenizer folder
+// (`google/umt5-xxl`, with `tokenizer.json`). `dtype` as in `dfrt_model_load`. The weights
+// stay memory-mapped; each block is widened to f32 only while a prompt is encoded. On
+// success `*out` receives a handle to release with `dfrt_text_encoder_free`; on failure NULL.
+//
+// # Safety
+// `encoder`, `tokenizer` and `dtype` are NULL or NUL-terminated strings (`dtype` may be
+// NULL); `out` is NULL or writable; `err` as everywhere.
+DfrtStatus dfrt_text_encoder_load(const char *encoder, const char *tokenizer, const char *dtype, struct DfrtTextEncoder **out, struct DfrtError *err);
+
+// Releases a text encoder. NULL is ignored. Contexts already set from it stay.
+//
+// # Safety
+// `encoder` is NULL or a handle from `dfrt_text_encoder_load` not freed before, unused by
+// other threads during the call.
+void dfrt_text_encoder_free(struct DfrtTextEncoder *encoder);
+
+// Sets the text embedding from a prompt: Wan's cleaning, the tokenizer, the encoder (as
+// `dfrt generate --prompt`), then as `dfrt_session_set_context` with the encoder's
+// `text_len` rows. `prompt` must be UTF-8 (else `DFRT_ERR_INVALID_ARGUMENT`); an encoder
+// whose width is not the model's `text_dim` is `DFRT_ERR_INVALID_ARGUMENT` too. Allowed
+// before the first chunk or after a reset.
+//
+// # Safety
+// `prompt` is NULL or a NUL-terminated string; `encoder` NULL or a live text encoder;
+// `session`, `err` as everywhere.
+DfrtStatus dfrt_session_set_prompt(struct DfrtSession *session, const struct DfrtTextEncoder *encoder, const char *prompt, struct DfrtError *err);
 
 // The name of a status code (`"DFRT_ERR_POLICY"`), or `"DFRT_UNKNOWN"`. The string is
 // static: do not free it.

@@ -24,6 +24,7 @@
 //! | [`pipeline`] | the Self-Forcing loop: [`pipeline::Session`], [`pipeline::Schedule`], noise |
 //! | [`vae`] | the Wan2.1 video VAE: [`vae::Vae`] (CPU reference), the streaming [`vae::Decoder`], the encoder |
 //! | [`video`] | video files (H.264 MP4, Y4M, PNG frames) written as chunks decode; [`video::VideoSession`] |
+//! | [`text`] | prompt in: Wan's cleaning, the umT5 tokenizer and encoder ([`text::TextEncoder`]) |
 //! | [`error`] | [`Error`] and [`Result`]: every user mistake is an error with a message, not a panic |
 //!
 //! Weights come from the `dfrt-weights` crate and tool (`dfrt-weights convert` for real Wan2.1
@@ -84,6 +85,7 @@ pub mod pipeline;
 pub mod profile;
 pub mod vae;
 pub mod video;
+pub mod text;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};

@@ -9,6 +9,7 @@
 //! | [`inspect`](mod@inspect) | [`inspect()`]: a table (or JSON) of a file's config and tensors |
 //! | [`source`], [`pickle`], [`zip`] | readers for safetensors and torch `.pt` archives |
 //! | [`vae`](mod@vae) | the Wan2.1 video VAE: [`vae::convert_vae_files`] (`Wan2.1_VAE.pth` or diffusers `AutoencoderKLWan` names), [`vae::synth_vae`] |
+//! | [`t5`](mod@t5) | [`convert_t5`]: umT5 encoder weights (Wan `.pth` or Hugging Face names) → runtime text-encoder checkpoint |
 //! | [`writer`] | the streaming checkpoint writer (one tensor in memory at a time) |
 //!
 //! The same operations are the `dfrt-weights` binary's `convert`, `synth` and `inspect`.
@@ -80,6 +81,7 @@ pub mod pickle;
 pub mod source;
 pub mod synth;
 pub mod vae;
+pub mod t5;
 pub mod writer;
 pub mod zip;
 
@@ -87,6 +89,7 @@ pub use convert::{convert_file, convert_files, expand_inputs, diffusers_to_nativ
 pub use dfrt::names::expected_tensors;
 pub use inspect::inspect;
 pub use source::Source;
+pub use t5::{convert_t5, T5Options, T5Report};
 pub use synth::{synth_checkpoint, synth_context, synth_tensor, synth_tensors, NamedTensor, Rng};
 
 /// Parses a dtype flag value: `f32` or `bf16`.

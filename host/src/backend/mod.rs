@@ -43,6 +43,7 @@
 //! assert_eq!(t, vec![1.0, 0.10009765625]);
 //! ```
 
+pub mod biased;
 pub mod cpu;
 
 use crate::Result;
@@ -218,6 +219,19 @@ pub trait Backend {
     /// For each head `h`: `softmax(q_h·Kᵀ/√d)·V` over the concatenation of `ctx[h]`'s segments,
     /// unmasked. `q` is `[n, heads·d]`; the output has the same shape.
     fn attention(&self, q: &Self::Tensor, head_dim: usize, ctx: &[Vec<Seg<'_, Self::Tensor>>]) -> Self::Tensor;
+
+    /// The umT5 encoder's attention: for each head `h`, `softmax(q_h·k_hᵀ + bias[h])·v_h` with
+    /// **no** 1/√d scaling. `q` is `[n, heads·d]`, `k` and `v` `[lk, heads·d]`, `bias`
+    /// `[heads, n, lk]` (the relative position bias, `f32::MIN` on masked keys). The default
+    /// runs [`biased::attention_host`] on downloaded copies and uploads the result (exact, and
+    /// the same on every backend; a GPU backend may override it with a kernel).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_biased(&self, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, heads: usize, head_dim: usize, bias: &Self::Tensor) -> Self::Tensor {
+        let (n, lk) = (self.shape(q)[0], self.shape(k)[0]);
+        let bf = self.precision() == Precision::Bf16;
+        let out = biased::attention_host(&self.download(q), &self.download(k), &self.download(v), &self.download(bias), n, lk, heads, head_dim, bf);
+        self.upload(&out, &[n, heads * head_dim])
+    }
 
     /// Dummy Forcing's calibration statistic on the device, where the backend has it: for
     /// each head `h` and each sampled query row `r` of `q [n, heads·d]`, the softmax of

@@ -15,7 +15,7 @@ use dfrt::cache::Policy;
 use dfrt::checkpoint::{write_safetensors, OutTensor, TensorFile, CONFIG_KEY};
 use dfrt::config::FRAMES_PER_CHUNK;
 use dfrt::dummy::{stability, HeadProgram};
-use dfrt::pipeline::inputs::{read_context, Inputs};
+use dfrt::pipeline::inputs::{read_context, Context, Inputs};
 use dfrt::pipeline::{Latent, Noise, Pipeline, PipelineSpec};
 use dfrt::gpu::{CudaDevice, Device, GpuBackend, SimDevice};
 use dfrt::{Error, ModelConfig, Result};
@@ -91,6 +91,9 @@ enum Cmd {
     Calibrate(CalibrateArgs),
     /// Decode latents (a `dfrt generate` output) into a video with the Wan VAE, chunk by chunk.
     Decode(DecodeArgs),
+    /// Encode a prompt with the umT5 text encoder and write the embedding (`context`
+    /// [1, text_len, dim], with `ids` and `mask`): the file `generate --context` reads.
+    Encode(EncodeArgs),
     /// Build, devices, PTX target and kernel list.
     Info,
     /// Describe a runtime checkpoint (config, tensors, consistency), a head program (groups
@@ -157,7 +160,29 @@ struct CalibrateArgs {
 }
 
 #[derive(clap::Args)]
-#[command(group = clap::ArgGroup::new("cond").required(true).args(["context", "inputs"]))]
+struct EncodeArgs {
+    /// Text-encoder checkpoint (`dfrt-weights convert-t5` of models_t5_umt5-xxl-enc-bf16.pth).
+    #[arg(long)]
+    text_encoder: PathBuf,
+    /// Tokenizer folder (google/umt5-xxl, with tokenizer.json).
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Compute device of the encoder: cpu | sim | cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Storage precision: f32 | bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Output safetensors file.
+    #[arg(short, long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args, Clone)]
+#[command(group = clap::ArgGroup::new("cond").required(true).multiple(true).args(["context", "inputs", "prompt", "prompts"]))]
 struct GenerateArgs {
     /// Runtime checkpoint (safetensors with `dfrt.config` metadata; see `dfrt-weights convert`).
     #[arg(long)]
@@ -223,7 +248,8 @@ struct GenerateArgs {
     #[arg(long, default_value_t = dfrt::pipeline::RECACHE_FRAMES)]
     recache_frames: usize,
     /// Output safetensors file (tensor `latents` [1, F, C, H, W], f32); with --vae, the video
-    /// (.mp4, .y4m, or a path without extension for a folder of PNG frames).
+    /// (.mp4, .y4m, or a path without extension for a folder of PNG frames); with --prompts, a
+    /// folder that receives one output per prompt line, named by index.
     #[arg(long)]
     out: PathBuf,
     /// Wan VAE checkpoint: decode each chunk as soon as it is generated and write a video to
@@ -233,13 +259,36 @@ struct GenerateArgs {
     /// Frames per second of the video (with --vae).
     #[arg(long, default_value_t = dfrt::video::DEFAULT_FPS, requires = "vae")]
     fps: u32,
+    /// A prompt, encoded by --text-encoder with --tokenizer (instead of --context; with
+    /// --inputs the noise still comes from the file).
+    #[arg(long, conflicts_with = "context", requires_all = ["text_encoder", "tokenizer"])]
+    prompt: Option<String>,
+    /// A file of prompts, one per line: one output per line, named by index (line i uses
+    /// seed --seed + i).
+    #[arg(long, conflicts_with_all = ["context", "prompt"], requires_all = ["text_encoder", "tokenizer"])]
+    prompts: Option<PathBuf>,
+    /// Text-encoder checkpoint (`dfrt-weights convert-t5`).
+    #[arg(long)]
+    text_encoder: Option<PathBuf>,
+    /// Tokenizer folder (google/umt5-xxl, with tokenizer.json).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Device of the text encoder: cpu | sim | cuda (default: --device). Every prompt is
+    /// encoded first and the encoder dropped before the DiT is loaded.
+    #[arg(long)]
+    text_device: Option<String>,
+    /// A prompt's embedding, set by `generate_prompts`.
+    #[arg(skip)]
+    prompt_context: Option<Arc<Context>>,
 }
 
 fn main() {
     let cli = Cli::parse();
     let o = cli.out;
     let r = match cli.cmd {
+        Cmd::Generate(a) if a.prompt.is_some() || a.prompts.is_some() => generate_prompts(a, o),
         Cmd::Generate(a) => generate(a, o),
+        Cmd::Encode(a) => encode(a, o),
         Cmd::Calibrate(a) => calibrate(a, o),
         Cmd::Decode(a) => decode(a, o),
         Cmd::Info => info(o),
@@ -324,14 +373,17 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
     let mut switch_ctx = Vec::new();
     let (context, latent, frames, noise, source, rows) = if let Some(p) = &a.inputs {
         let f = TensorFile::open(p)?;
-        let inp = Inputs::read(&f, &cfg)?;
+        let inp = Inputs::read_with_context(&f, &cfg, a.prompt_context.as_deref().cloned())?;
         let frames = a.frames.unwrap_or(inp.frames);
         let noise = if pipeline.pipeline == Pipeline::Rolling { inp.noise_rolling(frames, pipeline.schedule().steps.len())? } else { inp.noise(frames)? };
         switch_ctx = inp.switch_contexts;
         (inp.context, inp.latent, frames, noise, format!("inputs:{}", p.display()), inp.sampled_rows)
     } else {
-        let p = a.context.as_ref().expect("clap requires --context or --inputs");
-        let ctx = read_context(&TensorFile::open(p)?, &cfg)?;
+        let ctx = match (&a.prompt_context, &a.context) {
+            (Some(c), _) => (**c).clone(),
+            (None, Some(p)) => read_context(&TensorFile::open(p)?, &cfg)?,
+            (None, None) => unreachable!("clap requires --context, --inputs or a prompt"),
+        };
         let frames = a.frames.unwrap_or(21);
         let latent = Latent { channels: cfg.in_dim, height: a.height, width: a.width };
         (ctx, latent, frames, Noise::seeded(a.seed), format!("seed:{}", a.seed), Default::default())
@@ -864,6 +916,88 @@ fn inspect_heads(path: &std::path::Path, o: Output) -> Result<()> {
     for (l, (s, nb, d, g)) in layers.iter().enumerate() {
         let letters: String = g.iter().map(|x| x.name()[..1].to_uppercase()).collect();
         println!("  layer {l:>3}: sink {s:>3}  neighbor {nb:>3}  dummy {d:>3}  {letters}");
+    }
+    Ok(())
+}
+
+/// `generate --prompt/--prompts`: every prompt is encoded first (the encoder then dropped),
+/// then each runs as `generate --context` would, with its own output.
+fn generate_prompts(a: GenerateArgs, o: Output) -> Result<()> {
+    let prompts: Vec<String> = match (&a.prompt, &a.prompts) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?.lines().map(str::to_string).collect(),
+        (None, None) => unreachable!("called with a prompt"),
+    };
+    if prompts.is_empty() {
+        return Err(Error::Input("the prompts file has no lines".into()));
+    }
+    let (_, cfg) = dfrt::api::open_checkpoint(&a.model)?;
+    let (te, tok) = (a.text_encoder.clone().expect("clap requires it"), a.tokenizer.clone().expect("clap requires it"));
+    let device = a.text_device.clone().unwrap_or_else(|| a.device.clone());
+    let precision = Precision::parse(&a.dtype)?;
+    // The width check before any encoding work: the encoder's config is in its header.
+    let (_, tcfg) = dfrt::text::t5::open_t5(&te)?;
+    if tcfg.dim != cfg.text_dim || tcfg.text_len > cfg.text_len {
+        return Err(Error::Input(format!(
+            "the text encoder gives [{}, {}] contexts, the DiT takes text_dim {} and at most {} rows: this encoder does not belong to this model",
+            tcfg.text_len, tcfg.dim, cfg.text_dim, cfg.text_len
+        )));
+    }
+    let t = Instant::now();
+    let encoded = dfrt::text::encode_prompts(&device, precision, &te, &tok, &prompts, &mut |i, e| {
+        for n in &e.tokens.cleaned.notes {
+            let l = if n.may_differ() { Level::Warn } else { Level::Debug };
+            o.log(l, format_args!("prompt {i}: {n}"));
+        }
+        o.log(Level::Info, format_args!("prompt {i}: {} tokens encoded on {device}", e.tokens.len));
+    })?;
+    o.log(Level::Info, format_args!("{} prompts encoded in {:.2} s", prompts.len(), t.elapsed().as_secs_f64()));
+    if prompts.len() > 1 || a.prompts.is_some() {
+        std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    }
+    for (i, e) in encoded.into_iter().enumerate() {
+        let mut ai = a.clone();
+        ai.prompt_context = Some(Arc::new(e.context));
+        if a.prompts.is_some() {
+            // With --vae each line is a video; without, its latents.
+            let ext = if a.vae.is_some() { "mp4" } else { "safetensors" };
+            ai.out = a.out.join(format!("{i}.{ext}"));
+            ai.seed = a.seed + i as u64;
+        }
+        generate(ai, o)?;
+    }
+    Ok(())
+}
+
+/// `dfrt encode`: one prompt to a context file.
+fn encode(a: EncodeArgs, o: Output) -> Result<()> {
+    let precision = Precision::parse(&a.dtype)?;
+    let t = Instant::now();
+    let e = dfrt::text::encode_prompts(&a.device, precision, &a.text_encoder, &a.tokenizer, std::slice::from_ref(&a.prompt), &mut |_, _| {})?;
+    let e = &e[0];
+    let secs = t.elapsed().as_secs_f64();
+    for n in &e.tokens.cleaned.notes {
+        o.log(if n.may_differ() { Level::Warn } else { Level::Debug }, n);
+    }
+    let (rows, dim) = (e.context.rows, e.context.data.len() / e.context.rows);
+    let ids: Vec<i64> = e.tokens.ids.iter().map(|&x| x as i64).collect();
+    let mask: Vec<i64> = e.tokens.mask.iter().map(|&x| x as i64).collect();
+    let mut meta = BTreeMap::new();
+    meta.insert("dfrt.prompt".to_string(), a.prompt.clone());
+    meta.insert("dfrt.prompt_cleaned".to_string(), e.tokens.cleaned.text.clone());
+    meta.insert("dfrt.seq_len".to_string(), e.tokens.len.to_string());
+    meta.insert("dfrt.text_encoder".to_string(), a.text_encoder.display().to_string());
+    write_safetensors(
+        &a.out,
+        &[OutTensor::f32("context", vec![1, rows, dim], &e.context.data), OutTensor::i64("ids", vec![rows], &ids), OutTensor::i64("mask", vec![rows], &mask)],
+        &meta,
+    )?;
+    if o.json {
+        let j = serde_json::json!({"out": a.out.display().to_string(), "rows": rows, "dim": dim, "seq_len": e.tokens.len,
+            "cleaned": e.tokens.cleaned.text, "notes": e.tokens.cleaned.notes.iter().map(|n| n.to_string()).collect::<Vec<_>>(), "encode_s": secs});
+        println!("{}", serde_json::to_string_pretty(&j).expect("json"));
+    } else {
+        o.log(Level::Info, format_args!("{} tokens → context [{rows}, {dim}] in {secs:.2} s on {}; wrote {}", e.tokens.len, a.device, a.out.display()));
     }
     Ok(())
 }

@@ -42,6 +42,7 @@ use crate::pipeline::{Latent, Noise};
 use crate::{Error, ModelConfig, Result};
 
 /// A text embedding `[rows, text_dim]`.
+#[derive(Clone, Debug)]
 pub struct Context {
     /// Row-major `[rows, text_dim]`.
     pub data: Vec<f32>,
@@ -93,7 +94,16 @@ impl Inputs {
     /// Reads and checks every tensor against `cfg`: `noise` `[1, F, C, H, W]`, a
     /// `renoise.{c}.{s}` for each chunk and steps 0, 1, … (as many as given, at least one), optional `sampled_rows.{layer}`.
     pub fn read(f: &TensorFile, cfg: &ModelConfig) -> Result<Self> {
-        let context = read_context(f, cfg)?;
+        Self::read_with_context(f, cfg, None)
+    }
+
+    /// [`Inputs::read`] with `context` (a prompt's embedding) instead of the file's, which may
+    /// then have none.
+    pub fn read_with_context(f: &TensorFile, cfg: &ModelConfig, context: Option<Context>) -> Result<Self> {
+        let context = match context {
+            Some(c) => c,
+            None => read_context(f, cfg)?,
+        };
         let ns = f.info("noise")?.shape.clone();
         let [frames, c, h, w] = match ns.as_slice() {
             [1, fr, c, h, w] => [*fr, *c, *h, *w],

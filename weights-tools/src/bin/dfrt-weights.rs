@@ -47,6 +47,19 @@ enum Cmd {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Convert umT5 text-encoder weights (Wan's models_t5_umt5-xxl-enc-bf16.pth, or a Hugging
+    /// Face UMT5EncoderModel safetensors) to a runtime text-encoder checkpoint.
+    ConvertT5 {
+        input: PathBuf,
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Tokens per prompt (default 512, Wan's).
+        #[arg(long)]
+        text_len: Option<usize>,
+        /// Output dtype: f32 or bf16 (default: the source's if uniformly bf16, else f32).
+        #[arg(long)]
+        dtype: Option<String>,
+    },
     /// Write random, well-scaled weights of a preset config (or, with --vae, of a video VAE).
     Synth {
         /// tiny, tiny4, small, wan-1.3b or wan-14b.
@@ -123,6 +136,16 @@ fn run(cli: Cli) -> dfrt::Result<()> {
                 eprintln!("wrote {}: {} tensors, {} bytes of {:?}", out.display(), r.tensors, r.bytes, r.dtype);
             }
         }
+        Cmd::ConvertT5 { input, out, text_len, dtype } => {
+            let opts = dfrt_weights::T5Options { text_len, dtype: dtype.as_deref().map(parse_dtype).transpose()? };
+            let r = dfrt_weights::convert_t5(&input, &out, &opts)?;
+            for (name, why) in r.dropped.iter().take(10) {
+                eprintln!("dropped: {name} ({why})");
+            }
+            eprintln!("config: {}", r.config.to_json());
+            eprintln!("wrote {}: {} tensors, {} bytes of {:?}{}", out.display(), r.tensors, r.bytes, r.dtype, if r.from_hf { " (from Hugging Face names)" } else { "" });
+        }
+        Cmd::Synth { preset, layers, seed, dtype, out, context_out } => {
         Cmd::Synth { vae: true, vae_dim, seed, dtype, out, .. } => {
             let cfg = dfrt::vae::VaeConfig::with_dim(vae_dim);
             let dtype = parse_dtype(&dtype)?;
