@@ -145,7 +145,6 @@ fn run(cli: Cli) -> dfrt::Result<()> {
             eprintln!("config: {}", r.config.to_json());
             eprintln!("wrote {}: {} tensors, {} bytes of {:?}{}", out.display(), r.tensors, r.bytes, r.dtype, if r.from_hf { " (from Hugging Face names)" } else { "" });
         }
-        Cmd::Synth { preset, layers, seed, dtype, out, context_out } => {
         Cmd::Synth { vae: true, vae_dim, seed, dtype, out, .. } => {
             let cfg = dfrt::vae::VaeConfig::with_dim(vae_dim);
             let dtype = parse_dtype(&dtype)?;
