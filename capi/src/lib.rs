@@ -262,6 +262,14 @@ impl Engine {
             Engine::Cuda(s) => Ok(s.next_chunk(progress)?),
         }
     }
+    fn check_switch(&self) -> Result<(), Fail> {
+        match self {
+            Engine::Cpu(s) => Ok(s.check_switch()?),
+            Engine::Sim(s) => Ok(s.check_switch()?),
+            Engine::Cuda(s) => Ok(s.check_switch()?),
+        }
+    }
+
     fn switch_prompt(&mut self, ctx: &[f32], rows: usize) -> Result<(), Fail> {
         match self {
             Engine::Cpu(s) => Ok(s.switch_prompt(ctx, rows)?),
@@ -881,6 +889,8 @@ pub unsafe extern "C" fn dfrt_session_switch_prompt(session: *mut DfrtSession, d
                 s.context = Some((v.to_vec(), rows));
                 return Ok(());
             };
+            // A refused switch leaves the session as it was; one that fails midway needs a reset.
+            run.check_switch()?;
             s.broken = true;
             run.switch_prompt(v, rows)?;
             s.broken = false;

@@ -243,7 +243,7 @@ fn bad_inputs_and_states_are_reported() {
     expect("no context", call(|e| unsafe { dfrt_session_next_chunk(s.0, buf.as_mut_ptr(), buf.len(), &mut n, None, null_mut(), e) }), DFRT_ERR_STATE, "set_context");
     assert_eq!(n, 0);
     let ctx = context(20, 1);
-    expect("context cols", call(|e| unsafe { dfrt_session_set_context(s.0, ctx.as_ptr(), 2, 63, e) }), DFRT_ERR_INVALID_ARGUMENT, "text_dim");
+    expect("context cols", call(|e| unsafe { dfrt_session_set_context(s.0, ctx.as_ptr(), 2, 63, e) }), DFRT_ERR_INVALID_ARGUMENT, "the model takes");
     expect("context rows", set_ctx(&s, &ctx, 17), DFRT_ERR_INVALID_ARGUMENT, "[17, 64]");
     expect("context empty", set_ctx(&s, &ctx, 0), DFRT_ERR_INVALID_ARGUMENT, "[0, 64]");
     let mut nan = ctx.clone();
@@ -511,6 +511,8 @@ fn decoded_frames_match_the_rust_decoder_and_refuse_bad_calls() {
     }
     assert!(f == rust, "f32 frames after reset differ");
     expect("vae after start", call(|e| unsafe { dfrt_session_set_vae(s.0, vae_path().as_ptr(), null(), null_mut(), e) }), DFRT_ERR_STATE, "after generation started");
+}
+
 /// The golden t2v-tiny DiT (text_dim 64, text_len 32) and the t5-tiny encoder, converted once.
 fn t2v_paths() -> &'static (CString, CString, CString) {
     static P: OnceLock<(CString, CString, CString)> = OnceLock::new();
@@ -599,4 +601,51 @@ fn set_prompt_equals_the_rust_encoder_context_and_rejects_bad_text() {
     let no_tok = CString::new(std::env::temp_dir().to_str().unwrap()).unwrap();
     expect("no tokenizer.json", call(|e| unsafe { dfrt_text_encoder_load(t5.as_ptr(), no_tok.as_ptr(), null(), &mut x, e) }), DFRT_ERR_INVALID_ARGUMENT, "tokenizer.json");
     unsafe { dfrt_text_encoder_free(null_mut()) };
+}
+
+#[test]
+fn switching_the_prompt_between_chunks_matches_the_rust_session() {
+    let m = load();
+    let (c0, c1) = (context(4, 7), context(5, 8));
+    // 12 frames: chunk 1 calibrates (dummy:2, ar-start 1); the switch comes before chunk 2.
+    let s = new_session(&m, "dummy:2", 12).unwrap();
+    assert_eq!(set_ctx(&s, &c0, 4).0, DFRT_OK);
+    assert_eq!(call(|e| unsafe { dfrt_session_set_seed(s.0, 5, e) }).0, DFRT_OK);
+    let i = info(&s);
+    let mut got = Vec::new();
+    for chunk in 0..4 {
+        if chunk == 1 {
+            // Before calibration the groups do not exist: a policy error, the session intact.
+            expect("too early", call(|e| unsafe { dfrt_session_switch_prompt(s.0, c1.as_ptr(), 5, 64, e) }), DFRT_ERR_POLICY, "calibrated at AR step 1");
+        }
+        if chunk == 2 {
+            expect("bad width", call(|e| unsafe { dfrt_session_switch_prompt(s.0, c1.as_ptr(), 5, 63, e) }), DFRT_ERR_INVALID_ARGUMENT, "the model takes");
+            assert_eq!(call(|e| unsafe { dfrt_session_switch_prompt(s.0, c1.as_ptr(), 5, 64, e) }).0, DFRT_OK);
+        }
+        let mut buf = vec![f32::NAN; i.chunk_len];
+        assert_eq!(call(|e| unsafe { dfrt_session_next_chunk(s.0, buf.as_mut_ptr(), buf.len(), null_mut(), None, null_mut(), e) }).0, DFRT_OK);
+        got.extend(buf);
+    }
+    // The same through the Rust session.
+    let lm = dfrt_core::api::CpuModel::cpu(model_path().to_str().unwrap(), dfrt_core::backend::Precision::F32).unwrap();
+    let mut opts = SessionOptions::parse("dummy:2", H, W, Some(12), &lm.cfg).unwrap();
+    opts.seed = 5;
+    let mut r = lm.session(&opts, &c0, 4, dfrt_core::pipeline::Noise::seeded(5)).unwrap();
+    let mut want = Vec::new();
+    for chunk in 0..4 {
+        if chunk == 2 {
+            r.switch_prompt(&c1, 5).unwrap();
+        }
+        want.extend(r.next_chunk(&mut |_| {}).unwrap());
+    }
+    assert_eq!(r.recaches(), 1);
+    assert_eq!(got, want, "the C API switch is the session's");
+    // Without the switch the last two chunks differ: the prompt reached them.
+    let n = new_session(&m, "dummy:2", 12).unwrap();
+    assert_eq!(set_ctx(&n, &c0, 4).0, DFRT_OK);
+    assert_eq!(call(|e| unsafe { dfrt_session_set_seed(n.0, 5, e) }).0, DFRT_OK);
+    let (plain, _) = run_all(&n);
+    let half = got.len() / 2;
+    assert_eq!(plain[..half], got[..half]);
+    assert_ne!(plain[half..], got[half..]);
 }

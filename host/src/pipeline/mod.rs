@@ -640,20 +640,8 @@ impl<B: Backend + 'static> Session<B> {
     /// Implemented for the `dummy` policy; LongLive's window recache (`full`/`window`
     /// policies, sink kept or not) is not.
     pub fn switch_prompt(&mut self, context: &[f32], rows: usize) -> Result<()> {
+        self.check_switch()?;
         let f = self.frames_done();
-        if f > 0 {
-            if self.rolling.is_some() || self.dummy.is_none() {
-                return Err(Error::Policy(format!(
-                    "prompt switches with KV recache are implemented for the dummy policy on the chunk-wise pipelines, not for `{}` / {}",
-                    self.policy.name(),
-                    self.spec.pipeline.name()
-                )));
-            }
-            let d = self.dummy.as_ref().unwrap();
-            if d.program().is_none() {
-                return Err(Error::Policy(format!("a prompt switch needs the head groups, which are calibrated at AR step {}; switch at a later chunk", d.spec.ar_start)));
-            }
-        }
         self.text = self.model.embed_text(&self.be, context, rows)?;
         self.next_denoise = None;
         if f == 0 {
@@ -673,6 +661,26 @@ impl<B: Backend + 'static> Session<B> {
         self.dummy.as_ref().unwrap().repack(&*self.be, &mut self.cache)?;
         self.tea_residual = None;
         self.recaches += 1;
+        Ok(())
+    }
+
+    /// Whether [`Session::switch_prompt`] may run now (its checks, which change nothing): a
+    /// switch after the first chunk needs the `dummy` policy on a chunk-wise pipeline, after
+    /// the calibration chunk. An error past these checks leaves the session mid-switch.
+    pub fn check_switch(&self) -> Result<()> {
+        if self.frames_done() == 0 {
+            return Ok(());
+        }
+        let Some(d) = self.dummy.as_ref().filter(|_| self.rolling.is_none()) else {
+            return Err(Error::Policy(format!(
+                "prompt switches with KV recache are implemented for the dummy policy on the chunk-wise pipelines, not for `{}` / {}",
+                self.policy.name(),
+                self.spec.pipeline.name()
+            )));
+        };
+        if d.program().is_none() {
+            return Err(Error::Policy(format!("a prompt switch needs the head groups, which are calibrated at AR step {}; switch at a later chunk", d.spec.ar_start)));
+        }
         Ok(())
     }
 
