@@ -6,7 +6,7 @@
 //! different collectives, a lane that returned, a barrier some thread never reaches) is an
 //! error, never a hang: when no thread can run and nothing can meet, the launch fails.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::ir::{Cmp, CTy, Entry, FOp, IClass, IOp, Op, Reg, ShflMode, Special, Src, Un, SMEM_BASE};
 use super::{Counters, GlobalMem};
@@ -787,9 +787,6 @@ impl<'a> Run<'a> {
             }
             _ => unreachable!("not a collective"),
         }
-        if let Some(cn) = self.counters.as_deref_mut() {
-            *cn.instrs.entry(self.e.code[pc as usize].op.class()).or_default() += 0;
-        }
         Ok(())
     }
 
@@ -870,6 +867,5 @@ pub fn summarize(c: &Counters) -> String {
         s.push_str(&format!("global {k:?}: {req} requests, {sec} sectors ({:.2} per request)\n", *sec as f64 / (*req).max(1) as f64));
     }
     s.push_str(&format!("barriers (per block, summed) {}\n", c.barriers));
-    let _: &BTreeMap<IClass, u64> = &c.instrs;
     s
 }
