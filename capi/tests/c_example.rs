@@ -59,7 +59,7 @@ fn example_exe() -> &'static Path {
         let mut build = Command::new(&cc);
         build.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1"]).arg(root().join("examples/c/generate.c")).arg("-I").arg(root().join("capi/include")).arg("-o").arg(&exe).arg(&lib);
         // The Rust standard library's system dependencies (`--print native-static-libs`).
-        build.args(if cfg!(target_os = "macos") { &["-lSystem", "-lc", "-lm"][..] } else { &["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"][..] });
+        build.args(if cfg!(target_os = "macos") { &["-lSystem", "-lc", "-lm"][..] } else { &["-lstdc++", "-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"][..] });
         let o = build.output().unwrap_or_else(|e| panic!("cannot run the C compiler {cc:?}: {e}"));
         assert!(o.status.success(), "compiling examples/c/generate.c failed:\n{}", String::from_utf8_lossy(&o.stderr));
         exe
