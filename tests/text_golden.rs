@@ -338,7 +338,9 @@ fn text_bad_inputs_are_clear_errors() {
     let t5 = dir.0.join("t5.safetensors");
     convert(&case().join("weights.pth"), &t5, 32, None);
     let e = dfrt::api::CpuModel::cpu(&t5, Precision::F32).err().unwrap().to_string();
-    assert!(e.contains("not a dfrt runtime checkpoint"), "{e}");
+    assert!(e.contains("is a umT5 text-encoder checkpoint, not a DiT"), "{e}");
+    let e = dfrt_weights::convert_file(case().join("weights.pth"), dir.0.join("y.safetensors"), &Default::default()).err().unwrap().to_string();
+    assert!(e.contains("convert-t5"), "{e}");
     // An encoder whose width is not the DiT's text_dim, and one that pads past text_len.
     let te = TextEncoder::load(&be, &t5, case().join("tokenizer"), Residency::Streamed).unwrap();
     let fits = dfrt::ModelConfig { text_dim: 64, text_len: 32, ..cfg.clone() };

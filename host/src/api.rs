@@ -69,6 +69,12 @@ pub fn open_checkpoint(path: impl AsRef<Path>) -> Result<(TensorFile, ModelConfi
         e => e,
     };
     let f = TensorFile::open(path).map_err(hint)?;
+    if f.metadata.contains_key(crate::text::t5::T5_CONFIG_KEY) && !f.metadata.contains_key(crate::checkpoint::CONFIG_KEY) {
+        return Err(Error::Checkpoint {
+            path: path.display().to_string(),
+            msg: "is a umT5 text-encoder checkpoint, not a DiT: give it as --text-encoder (the DiT checkpoint goes in --model)".into(),
+        });
+    }
     let cfg = f.config().map_err(|e| match e {
         Error::Config(m) => Error::Checkpoint { path: path.display().to_string(), msg: format!("bad `dfrt.config` metadata ({m}); {CHECKPOINT_HINT}") },
         e => e,

@@ -218,6 +218,9 @@ pub fn plan(srcs: &[Source], opts: &ConvertOptions) -> Result<Plan> {
     let all: Vec<(usize, usize, &SrcTensor)> =
         srcs.iter().enumerate().flat_map(|(p, s)| s.tensors.iter().enumerate().map(move |(i, t)| (p, i, t))).collect();
     let has = |g: &str| all.iter().any(|(_, _, t)| t.name.starts_with(&format!("{g}.")));
+    if all.iter().any(|(_, _, t)| t.name == "token_embedding.weight" || t.name.ends_with("SelfAttention.relative_attention_bias.weight")) {
+        return Err(Error::Input("this is a umT5 text-encoder checkpoint, not a DiT: convert it with `dfrt-weights convert-t5`".into()));
+    }
     let (has_gen, has_ema) = (has("generator"), has("generator_ema"));
     let group = match (opts.ema, has_gen, has_ema) {
         (_, false, false) => {

@@ -189,7 +189,7 @@ struct GenerateArgs {
     model: PathBuf,
     /// Text embedding: safetensors with a tensor `context` of shape [L, text_dim] or [1, L, text_dim].
     /// Noise then comes from --seed.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "inputs")]
     context: Option<PathBuf>,
     /// All inputs and random draws: `noise`, `context`, `renoise.{c}.{s}` (golden inputs layout).
     #[arg(long)]
