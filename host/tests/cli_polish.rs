@@ -1,11 +1,13 @@
 //! Every command's `--help`, `--json` and error paths, on tiny synthetic models; `info` and
 //! `inspect`; log levels.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use dfrt::checkpoint::{write_checkpoint, write_safetensors, DType, OutTensor, TensorFile};
+use dfrt::checkpoint::{write_checkpoint, OutTensor, TensorFile};
 use dfrt::ModelConfig;
 use serde_json::Value;
 
@@ -21,15 +23,7 @@ fn tmp() -> &'static Path {
 /// A tiny synthetic model and a context file for it, made once.
 fn model() -> &'static (PathBuf, PathBuf) {
     static M: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    M.get_or_init(|| {
-        let cfg = ModelConfig::preset("tiny").unwrap();
-        let m = tmp().join("tiny.safetensors");
-        dfrt_weights::synth_checkpoint(&m, &cfg, 9, DType::F32).unwrap();
-        let c = tmp().join("ctx.safetensors");
-        let ctx = dfrt::pipeline::Rng::new(4).normals(5 * cfg.text_dim);
-        write_safetensors(&c, &[OutTensor::f32("context", vec![5, cfg.text_dim], &ctx)], &Default::default()).unwrap();
-        (m, c)
-    })
+    M.get_or_init(|| common::tiny_model_files(&tmp()))
 }
 
 fn s(p: &Path) -> &str {

@@ -13,7 +13,6 @@ use dfrt::backend::Precision;
 use dfrt::checkpoint::{write_safetensors, DType, OutTensor, TensorFile};
 use dfrt::vae::{Decoder, Vae, VaeConfig};
 use dfrt::video::{rgb8_from_pixels, VideoWriter};
-use dfrt::ModelConfig;
 
 fn tmp() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
@@ -37,15 +36,7 @@ fn vae_file() -> &'static PathBuf {
 /// A tiny DiT and a context for it, made once.
 fn model() -> &'static (PathBuf, PathBuf) {
     static M: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    M.get_or_init(|| {
-        let cfg = ModelConfig::preset("tiny").unwrap();
-        let m = tmp().join("tiny.safetensors");
-        dfrt_weights::synth_checkpoint(&m, &cfg, 9, DType::F32).unwrap();
-        let c = tmp().join("ctx.safetensors");
-        let ctx = dfrt::pipeline::Rng::new(4).normals(5 * cfg.text_dim);
-        write_safetensors(&c, &[OutTensor::f32("context", vec![5, cfg.text_dim], &ctx)], &Default::default()).unwrap();
-        (m, c)
-    })
+    M.get_or_init(|| common::tiny_model_files(&tmp()))
 }
 
 /// ffprobe/ffmpeg, or a skip with a printed reason outside CI (in CI, `.ci/run` installs them

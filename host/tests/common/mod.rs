@@ -57,3 +57,16 @@ pub fn rel_l2(name: &str, got: &[f32], want: &[f32]) -> f64 {
     let d: f64 = want.iter().map(|y| (*y as f64).powi(2)).sum();
     (n / d.max(1e-300)).sqrt()
 }
+
+/// A synthetic `tiny` DiT (seed 9) and a 5-row context for it (seed 4), written into `dir`:
+/// the model the CLI tests drive.
+pub fn tiny_model_files(dir: &Path) -> (PathBuf, PathBuf) {
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let m = dir.join("tiny.safetensors");
+    dfrt_weights::synth_checkpoint(&m, &cfg, 9, dfrt::checkpoint::DType::F32).unwrap();
+    let c = dir.join("ctx.safetensors");
+    let ctx = dfrt::pipeline::Rng::new(4).normals(5 * cfg.text_dim);
+    let t = [OutTensor::f32("context", vec![5, cfg.text_dim], &ctx)];
+    dfrt::checkpoint::write_safetensors(&c, &t, &Default::default()).unwrap();
+    (m, c)
+}
