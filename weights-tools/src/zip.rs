@@ -123,21 +123,10 @@ pub fn entries(b: &[u8]) -> Result<Vec<Entry>, String> {
     Ok(out)
 }
 
-/// CRC-32 (IEEE), used to check the small pickle entry before parsing it.
+/// CRC-32 (IEEE), used to check the small pickle entry before parsing it: the same CRC as
+/// PNG chunks, so the host's one implementation serves both.
 pub fn crc32(data: &[u8]) -> u32 {
-    let mut table = [0u32; 256];
-    for (i, t) in table.iter_mut().enumerate() {
-        let mut c = i as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-        *t = c;
-    }
-    let mut c = !0u32;
-    for &x in data {
-        c = table[((c ^ x as u32) & 0xFF) as usize] ^ (c >> 8);
-    }
-    !c
+    dfrt::video::png::crc32(&[data])
 }
 
 #[cfg(test)]
