@@ -30,7 +30,14 @@ fn synth(cfg: &ModelConfig, path: &std::path::Path) {
     let pf = cfg.in_dim * 4;
     t("patch_embedding.weight".into(), vec![d, cfg.in_dim, 1, 2, 2], pf);
     t("patch_embedding.bias".into(), vec![d], 1);
-    for (n, o, i) in [("text_embedding.0", d, cfg.text_dim), ("text_embedding.2", d, d), ("time_embedding.0", d, cfg.freq_dim), ("time_embedding.2", d, d), ("time_projection.1", 6 * d, d), ("head.head", cfg.patch_features(), d)] {
+    for (n, o, i) in [
+        ("text_embedding.0", d, cfg.text_dim),
+        ("text_embedding.2", d, d),
+        ("time_embedding.0", d, cfg.freq_dim),
+        ("time_embedding.2", d, d),
+        ("time_projection.1", 6 * d, d),
+        ("head.head", cfg.patch_features(), d),
+    ] {
         t(format!("{n}.weight"), vec![o, i], i);
         t(format!("{n}.bias"), vec![o], 1);
     }
@@ -107,7 +114,17 @@ fn main() {
         let fwd_cpu = (cpu_seconds() - c0) / reps as f64;
 
         // A whole generation.
-        let mut s = Session::new(model.clone(), be.clone(), Policy::Full, latent, Some(frames), &ctx, cfg.text_len, Noise::Seeded(Rng::new(1))).unwrap();
+        let mut s = Session::new(
+            model.clone(),
+            be.clone(),
+            Policy::Full,
+            latent,
+            Some(frames),
+            &ctx,
+            cfg.text_len,
+            Noise::Seeded(Rng::new(1)),
+        )
+        .unwrap();
         let c0 = cpu_seconds();
         let t0 = Instant::now();
         s.run(&mut |_| {}).unwrap();

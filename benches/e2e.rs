@@ -32,7 +32,7 @@ use dfrt::checkpoint::{DType, TensorFile};
 use dfrt::gpu::{CudaDevice, GpuBackend, SimDevice};
 use dfrt::ModelConfig;
 use e2e_run::{default_policies, run_one, E2eBackend, E2eRow, Res};
-use report::{Args, ms};
+use report::{ms, Args};
 
 fn main() {
     if let Err(e) = real_main() {
@@ -85,13 +85,24 @@ fn real_main() -> Result<(), String> {
     };
     let big = cuda.is_some();
     let model = a.get("model").unwrap_or(if big { "wan-1.3b" } else { "tiny" });
-    let res: Vec<Res> = a.get("res").unwrap_or(if big { "480p,720p,1080p" } else { "tiny" }).split(',').map(Res::parse).collect::<dfrt::Result<_>>().map_err(|e| e.to_string())?;
-    let chunks: usize = a.get("chunks").map(|c| c.parse().map_err(|_| format!("bad --chunks `{c}`"))).transpose()?.unwrap_or(if big { 7 } else { 3 });
+    let res: Vec<Res> = a
+        .get("res")
+        .unwrap_or(if big { "480p,720p,1080p" } else { "tiny" })
+        .split(',')
+        .map(Res::parse)
+        .collect::<dfrt::Result<_>>()
+        .map_err(|e| e.to_string())?;
+    let chunks: usize = a
+        .get("chunks")
+        .map(|c| c.parse().map_err(|_| format!("bad --chunks `{c}`")))
+        .transpose()?
+        .unwrap_or(if big { 7 } else { 3 });
     if chunks == 0 {
         return Err("--chunks must be at least 1".into());
     }
     let precision = Precision::parse(a.get("dtype").unwrap_or("bf16")).map_err(|e| e.to_string())?;
-    let attn_rows: u32 = a.get("attn-rows").unwrap_or("64").parse().map_err(|_| "bad --attn-rows (64 or 128)".to_string())?;
+    let attn_rows: u32 =
+        a.get("attn-rows").unwrap_or("64").parse().map_err(|_| "bad --attn-rows (64 or 128)".to_string())?;
     let modes: &[bool] = match a.get("graphs").unwrap_or("on") {
         "on" => &[true],
         "off" => &[false],
@@ -104,7 +115,13 @@ fn real_main() -> Result<(), String> {
         policies = default_policies(&cfg);
     }
     let ckpt = TensorFile::open(&path).map_err(|e| e.to_string())?;
-    let card = cuda.clone().unwrap_or_else(|| if device == "cpu" { "CPU reference backend".into() } else { "SIMT simulator (CPU)".into() });
+    let card = cuda.clone().unwrap_or_else(|| {
+        if device == "cpu" {
+            "CPU reference backend".into()
+        } else {
+            "SIMT simulator (CPU)".into()
+        }
+    });
     println!("device: {device} ({card}); model {model} (synthetic bf16 weights), dtype {}, {chunks} chunks = {} latent frames = {} video frames; bf16 d128 attention: {attn_rows} rows per block", precision.name(), chunks * 3, chunks * 12);
     if !big {
         println!("{}", report::SIM_NOTE.replace("device sim", &format!("device {device}")));
@@ -114,7 +131,9 @@ fn real_main() -> Result<(), String> {
         for p in &policies {
             for &g in if device == "cpu" { &[false][..] } else { modes } {
                 let row = match device {
-                    "cuda" => go(&|| gpu(CudaDevice::new(0, false)?, precision, attn_rows), &ckpt, &cfg, r, p, chunks, g)?,
+                    "cuda" => {
+                        go(&|| gpu(CudaDevice::new(0, false)?, precision, attn_rows), &ckpt, &cfg, r, p, chunks, g)?
+                    }
                     "sim" => go(&|| gpu(SimDevice::new(), precision, attn_rows), &ckpt, &cfg, r, p, chunks, g)?,
                     _ => go(&|| Ok(CpuBackend::new(precision)), &ckpt, &cfg, r, p, chunks, g)?,
                 };
@@ -140,7 +159,25 @@ fn real_main() -> Result<(), String> {
             ]
         })
         .collect();
-    print!("{}", report::table(&["res", "latent", "policy", "graphs", "FPS", "ms/chunk", "chunk0 ms", "KV MB", "KV vs full", "loop allocs"], &cells, &[4, 5, 6, 7, 8, 9]));
+    print!(
+        "{}",
+        report::table(
+            &[
+                "res",
+                "latent",
+                "policy",
+                "graphs",
+                "FPS",
+                "ms/chunk",
+                "chunk0 ms",
+                "KV MB",
+                "KV vs full",
+                "loop allocs"
+            ],
+            &cells,
+            &[4, 5, 6, 7, 8, 9]
+        )
+    );
     println!("FPS = 4 video frames per latent frame / diffusion time; KV MB = cache bytes allocated after the last chunk; KV vs full = the policy's accounting against `full` at the same frames");
     if let Some(p) = a.json() {
         let rows: Vec<serde_json::Value> = rows
@@ -183,9 +220,22 @@ fn graphs_cell(g: Option<bool>) -> &'static str {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn go<B: E2eBackend>(make: &dyn Fn() -> dfrt::Result<B>, ckpt: &TensorFile, cfg: &ModelConfig, r: &Res, p: &str, chunks: usize, graphs: bool) -> Result<E2eRow, String> {
+fn go<B: E2eBackend>(
+    make: &dyn Fn() -> dfrt::Result<B>,
+    ckpt: &TensorFile,
+    cfg: &ModelConfig,
+    r: &Res,
+    p: &str,
+    chunks: usize,
+    graphs: bool,
+) -> Result<E2eRow, String> {
     eprintln!("  {} ({}x{} latent) {p}, graphs {} ...", r.name, r.lat_h, r.lat_w, if graphs { "on" } else { "off" });
     let row = run_one(make, ckpt, cfg, r, p, chunks, graphs).map_err(|e| format!("{} {p}: {e}", r.name))?;
-    eprintln!("    {:.2} FPS, {} ms/chunk, chunk ms {:?}", row.fps(), ms(row.steady_ms() / 1e3), row.chunk_ms.iter().map(|m| m.round() as i64).collect::<Vec<_>>());
+    eprintln!(
+        "    {:.2} FPS, {} ms/chunk, chunk ms {:?}",
+        row.fps(),
+        ms(row.steady_ms() / 1e3),
+        row.chunk_ms.iter().map(|m| m.round() as i64).collect::<Vec<_>>()
+    );
     Ok(row)
 }

@@ -54,7 +54,15 @@ fn real_main() -> Result<(), String> {
         Some(dev) => {
             let card = dev.describe();
             println!("device: cuda, {card}; size {size}; times per launch from a CUDA graph of back-to-back launches, L2 defeated by rotating buffers");
-            let opts = RunOpts { warmup: 3, min_reps: 10, max_reps: 2000, target_secs: 0.2, rotate_bytes: 128 << 20, filter, graph: true };
+            let opts = RunOpts {
+                warmup: 3,
+                min_reps: 10,
+                max_reps: 2000,
+                target_secs: 0.2,
+                rotate_bytes: 128 << 20,
+                filter,
+                graph: true,
+            };
             finish(&a, "cuda", &card, size, None, |on| kernel_cases::run(&dev, &shapes, &opts, on))
         }
         None => {
@@ -63,15 +71,32 @@ fn real_main() -> Result<(), String> {
             if size == "full" {
                 eprintln!("warning: the simulator at the full shapes runs for hours (attention over 32760 keys); --size tiny is the check");
             }
-            let opts = RunOpts { warmup: 0, min_reps: 1, max_reps: 1, target_secs: 0.0, rotate_bytes: 0, filter, graph: false };
-            finish(&a, "sim", "SIMT simulator (CPU)", size, Some(report::SIM_NOTE), |on| kernel_cases::run(&dev, &shapes, &opts, on))
+            let opts = RunOpts {
+                warmup: 0,
+                min_reps: 1,
+                max_reps: 1,
+                target_secs: 0.0,
+                rotate_bytes: 0,
+                filter,
+                graph: false,
+            };
+            finish(&a, "sim", "SIMT simulator (CPU)", size, Some(report::SIM_NOTE), |on| {
+                kernel_cases::run(&dev, &shapes, &opts, on)
+            })
         }
     }
 }
 
 type RunFn<'a> = dyn FnMut(&Row) + 'a;
 
-fn finish(a: &Args, device: &str, card: &str, size: &str, note: Option<&str>, run: impl FnOnce(&mut RunFn<'_>) -> dfrt::Result<Vec<Row>>) -> Result<(), String> {
+fn finish(
+    a: &Args,
+    device: &str,
+    card: &str,
+    size: &str,
+    note: Option<&str>,
+    run: impl FnOnce(&mut RunFn<'_>) -> dfrt::Result<Vec<Row>>,
+) -> Result<(), String> {
     let mut on = |r: &Row| {
         eprintln!("  {:<26} {:<5} {:<40} {:>10} ms", r.kernel, r.dtype, r.shape, ms(r.secs));
     };
@@ -86,7 +111,14 @@ fn finish(a: &Args, device: &str, card: &str, size: &str, note: Option<&str>, ru
             vec![r.kernel.to_string(), r.dtype.to_string(), r.shape.clone(), ms(r.secs), thr, r.formula.to_string()]
         })
         .collect();
-    print!("{}", report::table(&["kernel", "dtype", "shape", "ms", "throughput", "formula (e = element bytes)"], &cells, &[3, 4]));
+    print!(
+        "{}",
+        report::table(
+            &["kernel", "dtype", "shape", "ms", "throughput", "formula (e = element bytes)"],
+            &cells,
+            &[3, 4]
+        )
+    );
     if let Some(p) = a.json() {
         let rows: Vec<serde_json::Value> = rows
             .iter()

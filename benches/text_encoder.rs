@@ -33,7 +33,11 @@ fn main() {
         .into_iter()
         .map(|(n, s)| {
             let fan_in = *s.last().unwrap() as f32;
-            let v: Vec<f32> = rng.normals(s.iter().product()).into_iter().map(|x| if s.len() == 1 { 1.0 } else { x / fan_in.sqrt() }).collect();
+            let v: Vec<f32> = rng
+                .normals(s.iter().product())
+                .into_iter()
+                .map(|x| if s.len() == 1 { 1.0 } else { x / fan_in.sqrt() })
+                .collect();
             OutTensor::bf16(n, s, &v)
         })
         .collect();

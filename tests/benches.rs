@@ -23,7 +23,11 @@ fn kernel_table_covers_every_hot_kernel() {
     let missing: Vec<&str> = dfrt_kernels::HOT_KERNELS.iter().copied().filter(|k| !have.contains(k)).collect();
     assert!(missing.is_empty(), "hot kernels without a bench entry: {missing:?}");
     for s in &specs {
-        assert!(s.kernel == kernel_cases::GEMM || dfrt_kernels::KERNELS.contains(&s.kernel), "bench entry `{}` is not a kernel", s.kernel);
+        assert!(
+            s.kernel == kernel_cases::GEMM || dfrt_kernels::KERNELS.contains(&s.kernel),
+            "bench entry `{}` is not a kernel",
+            s.kernel
+        );
         assert!(!s.formula.is_empty(), "bench entry `{}` states no formula", s.kernel);
     }
     // The attention shapes of the issue: Lq 4680 against Lk 6240, 9360 and 32760.
@@ -35,7 +39,8 @@ fn kernel_table_covers_every_hot_kernel() {
 #[test]
 fn every_kernel_entry_runs_on_sim() {
     let dev = SimDevice::new();
-    let opts = RunOpts { warmup: 0, min_reps: 1, max_reps: 1, target_secs: 0.0, rotate_bytes: 0, filter: None, graph: false };
+    let opts =
+        RunOpts { warmup: 0, min_reps: 1, max_reps: 1, target_secs: 0.0, rotate_bytes: 0, filter: None, graph: false };
     let mut seen = 0;
     // `run` launches each entry, checks that its outputs were fully written (they start as
     // NaN poison), then times it.
@@ -85,7 +90,16 @@ fn e2e_runs_tiny_on_cpu_and_sim() {
     }
     // The GPU path in the simulator, under the policy that exercises the most (calibration and
     // compaction after chunk 1): no device allocation inside the chunk loop.
-    let r = e2e_run::run_one(&|| Ok(GpuBackend::new(SimDevice::new(), Precision::Bf16)), &ckpt, &cfg, &res, "dummy:2", 2, true).unwrap();
+    let r = e2e_run::run_one(
+        &|| Ok(GpuBackend::new(SimDevice::new(), Precision::Bf16)),
+        &ckpt,
+        &cfg,
+        &res,
+        "dummy:2",
+        2,
+        true,
+    )
+    .unwrap();
     assert_eq!(r.loop_allocs, Some(0), "{r:?}");
     assert!(r.kv_policy_bytes < r.kv_full_bytes, "{r:?}");
     // 1080p is not patchable at 135 latent rows; the bench uses the nearest valid size.

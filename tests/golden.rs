@@ -52,7 +52,8 @@ impl Case {
 }
 
 fn load_case(dir: &Path) -> Case {
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let mc = &manifest["model_config"];
     let cfg: ModelConfig = serde_json::from_value(mc.clone()).expect("model_config parses as ModelConfig");
     let local = mc["local_attn_size"].as_i64().unwrap_or(-1);
@@ -60,22 +61,34 @@ fn load_case(dir: &Path) -> Case {
         let n = |k: &str| df[k].as_u64().unwrap_or_else(|| panic!("dummy_forcing.{k} missing"));
         let s = format!("dummy:{},chunks:{},ar-start:{}", n("num_dummy"), n("local_context_length"), n("ar_start"));
         Policy::parse_for(&s, &cfg).unwrap()
-    } else if local < 0 { Policy::Full } else { Policy::Window { window: local as usize, sink: mc["sink_size"].as_u64().unwrap_or(0) as usize } };
+    } else if local < 0 {
+        Policy::Full
+    } else {
+        Policy::Window { window: local as usize, sink: mc["sink_size"].as_u64().unwrap_or(0) as usize }
+    };
     let precision = match manifest["dtype"].as_str() {
         Some("bfloat16") => Precision::Bf16,
         _ => Precision::F32,
     };
     let pipeline = if case_kind(&manifest) == CaseKind::CausVid { Pipeline::CausVid } else { Pipeline::SelfForcing };
     let teacache = match manifest.get("dummy_forcing") {
-        Some(df) if df["teacache_enabled"].as_bool() == Some(true) => {
-            Some(manifest["teacache"]["threshold"].as_f64().or(df["teacache_threshold"].as_f64()).expect("teacache threshold"))
-        }
+        Some(df) if df["teacache_enabled"].as_bool() == Some(true) => Some(
+            manifest["teacache"]["threshold"]
+                .as_f64()
+                .or(df["teacache_threshold"].as_f64())
+                .expect("teacache threshold"),
+        ),
         _ => None,
     };
     let spec = PipelineSpec { pipeline, teacache };
     if pipeline == Pipeline::CausVid {
         // The schedule the case used must be our preset's, value for value.
-        let used: Vec<f32> = manifest["schedule"]["denoising_step_list_used"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let used: Vec<f32> = manifest["schedule"]["denoising_step_list_used"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
         assert_eq!(spec.schedule().steps, used, "{dir:?}: CausVid steps");
         assert_eq!(manifest["schedule"]["timestep_shift"].as_f64(), Some(8.0), "{dir:?}: CausVid shift");
     }
@@ -89,7 +102,18 @@ fn open_session(case: &Case) -> (std::sync::Arc<CpuBackend>, Inputs, Session<Cpu
     let model = std::sync::Arc::new(Model::load(&*be, &weights, &case.cfg).unwrap());
     let inputs = Inputs::read(&TensorFile::open(case.dir.join("inputs.safetensors")).unwrap(), &case.cfg).unwrap();
     let frames = inputs.frames;
-    let s = Session::new_with(model, be.clone(), case.spec, case.policy.clone(), inputs.latent, Some(frames), &inputs.context.data, inputs.context.rows, inputs.noise(frames).unwrap()).unwrap();
+    let s = Session::new_with(
+        model,
+        be.clone(),
+        case.spec,
+        case.policy.clone(),
+        inputs.latent,
+        Some(frames),
+        &inputs.context.data,
+        inputs.context.rows,
+        inputs.noise(frames).unwrap(),
+    )
+    .unwrap();
     (be, inputs, s)
 }
 
@@ -144,7 +168,10 @@ fn check_case(name: &str) {
         }
     }
     // Layer-0 caches: every frame we keep must equal the official slot holding that frame.
-    let sink = match case.policy { Policy::Window { sink, .. } => sink, _ => 0 };
+    let sink = match case.policy {
+        Policy::Window { sink, .. } => sink,
+        _ => 0,
+    };
     let (heads, d) = (case.cfg.num_heads, case.cfg.head_dim());
     for (c, frames, k, v) in &caches {
         for (kind, mine) in [("k", k), ("v", v)] {
@@ -157,7 +184,10 @@ fn check_case(name: &str) {
             let fl = tpf * heads * d;
             let (mut g, mut w) = (Vec::new(), Vec::new());
             for (i, f) in frames.iter().enumerate() {
-                let j = off.iter().position(|x| x == f).unwrap_or_else(|| panic!("{key}: frame {f} not in the official cache {off:?}"));
+                let j = off
+                    .iter()
+                    .position(|x| x == f)
+                    .unwrap_or_else(|| panic!("{key}: frame {f} not in the official cache {off:?}"));
                 g.extend_from_slice(&mine[i * fl..(i + 1) * fl]);
                 w.extend_from_slice(&want[j * fl..(j + 1) * fl]);
             }
@@ -186,7 +216,12 @@ fn check_case(name: &str) {
 
 /// A layer's caches in the official packed layout `[tokens, heads_in_cache, d]`: sink =
 /// `[A ascending…, C ascending…]` heads (frame 0 for A, the newest frame for C), local = B heads.
-fn official_layer_cache(be: &CpuBackend, cache: &dfrt::cache::KvCache<dfrt::backend::cpu::CpuTensor>, a: &dfrt::dummy::Assignment, l: usize) -> [(String, Vec<f32>); 4] {
+fn official_layer_cache(
+    be: &CpuBackend,
+    cache: &dfrt::cache::KvCache<dfrt::backend::cpu::CpuTensor>,
+    a: &dfrt::dummy::Assignment,
+    l: usize,
+) -> [(String, Vec<f32>); 4] {
     let d = cache.head_dim;
     let mut dumps: Vec<(Group, usize, Vec<f32>, Vec<f32>)> = Vec::new();
     for (gi, g) in cache.layers[l].groups.iter().enumerate() {
@@ -248,7 +283,12 @@ fn check_dummy_case(name: &str, case: &Case) {
     let mut worst = [0f64; 3];
     for (l, sc) in scores.iter().enumerate() {
         let got: Vec<f32> = sc.iter().flatten().copied().collect();
-        worst[0] = worst[0].max(assert_atol(&format!("{name}/scores.{l}"), &got, &out.f32_any(&format!("scores.{l}")).unwrap(), 1e-5));
+        worst[0] = worst[0].max(assert_atol(
+            &format!("{name}/scores.{l}"),
+            &got,
+            &out.f32_any(&format!("scores.{l}")).unwrap(),
+            1e-5,
+        ));
     }
     if case.spec.teacache.is_some() {
         check_teacache(name, case, &s, frames / 3);
@@ -270,7 +310,8 @@ fn check_dummy_case(name: &str, case: &Case) {
             // Under TeaCache the bound scales with the tensor (max|Δ| ≤ 1e-4·max|ref|, the
             // rolling/CausVid cases' rule): skipped forwards carry another input's residual, and
             // f32 noise of a few 1e-6 relative reaches 1.1e-4 on keys of magnitude ~10 there.
-            let scale = if case.spec.teacache.is_some() { w.iter().fold(1f32, |m, x| m.max(x.abs())) as f64 } else { 1.0 };
+            let scale =
+                if case.spec.teacache.is_some() { w.iter().fold(1f32, |m, x| m.max(x.abs())) as f64 } else { 1.0 };
             worst[2] = worst[2].max(assert_atol(&format!("{name}/{key}"), got, &w, 1e-4 * scale));
             compared += 1;
         }
@@ -287,7 +328,8 @@ fn check_teacache(name: &str, case: &Case, s: &Session<CpuBackend>, chunks: usiz
     let plan = s.teacache().expect("TeaCache on");
     let steps = s.schedule.steps.len();
     let skipped = out.bool_any("teacache.skipped").unwrap();
-    let got: Vec<bool> = (0..chunks).flat_map(|c| (0..steps).map(move |p| (c, p))).map(|(c, p)| plan.get(c, p).skip).collect();
+    let got: Vec<bool> =
+        (0..chunks).flat_map(|c| (0..steps).map(move |p| (c, p))).map(|(c, p)| plan.get(c, p).skip).collect();
     assert_eq!(got, skipped, "{name}: teacache.skipped (chunk-major, {steps} steps)");
     assert!(!plan.get(0, steps).skip && !plan.get(1, steps).skip, "clean passes are always computed");
     for (key, f) in [("rel_l1", 0usize), ("rescaled", 1), ("accumulated", 2)] {
@@ -304,7 +346,13 @@ fn check_teacache(name: &str, case: &Case, s: &Session<CpuBackend>, chunks: usiz
     }
     let wfile = TensorFile::open(case.dir.join("weights.safetensors")).unwrap();
     let model = Model::load(&*s.be, &wfile, &case.cfg).unwrap();
-    let ts = s.schedule.steps.iter().enumerate().map(|(i, &t)| (format!("teacache.e0.{i}"), t)).chain([("teacache.e0.ctx".to_string(), 0.0)]);
+    let ts = s
+        .schedule
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (format!("teacache.e0.{i}"), t))
+        .chain([("teacache.e0.ctx".to_string(), 0.0)]);
     for (key, t) in ts {
         let e0 = s.be.download(&model.time_embedding(&*s.be, t, 3, None).e0);
         assert_atol(&format!("{name}/{key}"), &e0, &out.f32_any(&key).unwrap(), 1e-6);
@@ -319,7 +367,8 @@ fn packed_caches(be: &CpuBackend, s: &Session<CpuBackend>, prefix: &str, suffix:
     let mut v = Vec::new();
     for l in 0..s.cache.layers.len() {
         for (kind, t) in official_layer_cache(be, &s.cache, &a, l) {
-            let key = if l == 0 { format!("{prefix}{kind}{suffix}") } else { format!("cache.{l}.{prefix}{kind}{suffix}") };
+            let key =
+                if l == 0 { format!("{prefix}{kind}{suffix}") } else { format!("cache.{l}.{prefix}{kind}{suffix}") };
             v.push((key, t));
         }
     }
@@ -331,13 +380,17 @@ fn packed_caches(be: &CpuBackend, s: &Session<CpuBackend>, prefix: &str, suffix:
 /// 1e-5, x0 / latents / every cache snapshot (after HMA, before and after each recache, final)
 /// atol 1e-4.
 fn check_switch_case(name: &str, case: &Case) {
-    assert!(case.manifest.get("dummy_forcing").is_some(), "{name}: LongLive's window recache (no Dummy Forcing) is not implemented");
+    assert!(
+        case.manifest.get("dummy_forcing").is_some(),
+        "{name}: LongLive's window recache (no Dummy Forcing) is not implemented"
+    );
     let Policy::Dummy(spec) = case.policy else { unreachable!() };
     let (be, inputs, mut s) = open_session(case);
     s.dummy_mut().unwrap().set_sampled_rows(inputs.sampled_rows.clone()).unwrap();
     let pr = &case.manifest["prompts"];
     assert_eq!(pr["global_sink"].as_bool(), Some(false), "{name}: only global_sink false runs in the official DF code");
-    let switches: Vec<usize> = pr["switch_frame_indices"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    let switches: Vec<usize> =
+        pr["switch_frame_indices"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
     assert_eq!(inputs.switch_contexts.len(), switches.len(), "{name}: one context per switch");
     let window = case.cfg_json("local_attn_size").unwrap_or(12);
     s.set_recache_frames(window).unwrap();
@@ -430,7 +483,8 @@ fn every_other_case() {
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         if e.path().join("manifest.json").exists() && !known.contains(&name.as_str()) {
-            let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(e.path().join("manifest.json")).unwrap()).unwrap();
+            let m: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(e.path().join("manifest.json")).unwrap()).unwrap();
             match case_kind(&m) {
                 CaseKind::Reference | CaseKind::Dummy | CaseKind::CausVid => check_case(&name),
                 CaseKind::Switch if m.get("dummy_forcing").is_some() => check_case(&name),

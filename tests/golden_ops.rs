@@ -18,7 +18,8 @@ const TOL: f64 = 1e-5;
 #[test]
 fn tiny_full_first_forward_stage_by_stage() {
     let dir = golden_dir().join("tiny-full");
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let cfg: ModelConfig = serde_json::from_value(m["model_config"].clone()).unwrap();
     let be = CpuBackend::new(Precision::F32);
     let model = Model::load(&be, &TensorFile::open(dir.join("weights.safetensors")).unwrap(), &cfg).unwrap();
@@ -55,11 +56,26 @@ fn tiny_full_first_forward_stage_by_stage() {
     let e0_g = be.upload(&g("e0"), &[nf, 6 * d]);
     let pass = PassInfo { chunk: 0, step: Some(0), start_frame: 0, frames: nf, commit: false };
     let groups = Policy::Full.initial_groups(cfg.num_heads, Some(9)).unwrap();
-    let mut cache = KvCache::new(cfg.num_layers, cfg.num_heads, cfg.head_dim(), grid[1] * grid[2], Precision::F32, &groups).unwrap();
+    let mut cache =
+        KvCache::new(cfg.num_layers, cfg.num_heads, cfg.head_dim(), grid[1] * grid[2], Precision::F32, &groups)
+            .unwrap();
     for l in 0..cfg.num_layers {
         let before = if l == 0 { g("patch_embedded") } else { g(&format!("hidden.{}", l - 1)) };
         let mut taps = Taps::new();
-        let h = model.block(&be, l, &be.upload(&before, &[t, d]), &e0_g, grid, &pass, &mut cache, &text, &mut NoHook, Some(&mut taps)).unwrap();
+        let h = model
+            .block(
+                &be,
+                l,
+                &be.upload(&before, &[t, d]),
+                &e0_g,
+                grid,
+                &pass,
+                &mut cache,
+                &text,
+                &mut NoHook,
+                Some(&mut taps),
+            )
+            .unwrap();
         assert_close(&format!("hidden.{l}"), &h.data, &g(&format!("hidden.{l}")), TOL);
         if l == 0 {
             for k in ["l0.q_roped", "l0.k_roped", "l0.attn_out"] {

@@ -60,14 +60,30 @@ fn check_rolling(name: &str) {
     let cfg: ModelConfig = serde_json::from_value(m["model_config"].clone()).unwrap();
     let spec = PipelineSpec { pipeline: Pipeline::Rolling, teacache: None };
     let sched = spec.schedule();
-    let warped: Vec<f32> = m["schedule"]["denoising_step_list_warped"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let warped: Vec<f32> = m["schedule"]["denoising_step_list_warped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
     assert_eq!(sched.steps, warped, "{name}: warped steps");
     let be = Arc::new(CpuBackend::new(Precision::F32));
     let model = Arc::new(Model::load(&*be, &TensorFile::open(dir.join("weights.safetensors")).unwrap(), &cfg).unwrap());
     let inputs = Inputs::read(&TensorFile::open(dir.join("inputs.safetensors")).unwrap(), &cfg).unwrap();
     let frames = inputs.frames;
     let noise = inputs.noise_rolling(frames, sched.steps.len()).unwrap();
-    let mut s = Session::new_with(model, be.clone(), spec, Policy::Full, inputs.latent, Some(frames), &inputs.context.data, inputs.context.rows, noise).unwrap();
+    let mut s = Session::new_with(
+        model,
+        be.clone(),
+        spec,
+        Policy::Full,
+        inputs.latent,
+        Some(frames),
+        &inputs.context.data,
+        inputs.context.rows,
+        noise,
+    )
+    .unwrap();
     let rec = Arc::new(Mutex::new(Recorder::default()));
     s.set_hook(Box::new(Hook(rec.clone())));
     s.record = Some(Default::default());
@@ -79,7 +95,9 @@ fn check_rolling(name: &str) {
     let got = s.record.take().unwrap();
     let mut worst = 0f64;
     let mut compared = 0;
-    for key in out.tensors.keys().filter(|k| k.starts_with("xt.") || k.starts_with("x0.") || k.starts_with("cachepass_flow.")) {
+    for key in
+        out.tensors.keys().filter(|k| k.starts_with("xt.") || k.starts_with("x0.") || k.starts_with("cachepass_flow."))
+    {
         let g = got.get(key).unwrap_or_else(|| panic!("{name}: {key} not recorded"));
         worst = worst.max(check_max_rel(&format!("{name}/{key}"), g, &out.f32_any(key).unwrap()));
         compared += 1;
@@ -98,27 +116,46 @@ fn check_rolling(name: &str) {
         let fr: Vec<usize> = win["frames"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
         assert_eq!((dp.start_frame, dp.start_frame + dp.frames), (fr[0], fr[1]), "{name}: window {w} frames");
         let da = &win["denoise_layer0_self_attention"];
-        assert_eq!(dl.anchor_rope_start, da["anchor_rope_start_frame"].as_u64().map(|x| x as usize), "{name}: window {w} anchor RoPE start");
-        let blocks = |v: &serde_json::Value| -> Vec<usize> { v.as_array().map(|a| a.iter().map(|x| x.as_u64().unwrap() as usize).collect()).unwrap_or_default() };
+        assert_eq!(
+            dl.anchor_rope_start,
+            da["anchor_rope_start_frame"].as_u64().map(|x| x as usize),
+            "{name}: window {w} anchor RoPE start"
+        );
+        let blocks = |v: &serde_json::Value| -> Vec<usize> {
+            v.as_array().map(|a| a.iter().map(|x| x.as_u64().unwrap() as usize).collect()).unwrap_or_default()
+        };
         assert_eq!(dl.working_blocks, blocks(&da["working_cache_blocks"]), "{name}: window {w} working cache");
         let ws = blocks(&win["layer0_cache_after_denoise"]["write_slot_tokens"]);
         assert_eq!(dl.written_slot, ws[0] / tpb, "{name}: window {w} write slot");
         assert_eq!(dl.evicted, !win["layer0_cache_after_denoise"]["eviction"].is_null(), "{name}: window {w} eviction");
         let ca = &win["cache_pass"];
         assert_eq!(cl.written_slot, blocks(&ca["writes_slot_tokens"])[0] / tpb, "{name}: window {w} cache-pass slot");
-        assert_eq!(ca["key_tokens"].as_u64().unwrap() as usize, tpb * (cl.working_blocks.len().max(1) + cl.anchor_rope_start.map_or(0, |_| 1)), "{name}: window {w} cache-pass keys");
+        assert_eq!(
+            ca["key_tokens"].as_u64().unwrap() as usize,
+            tpb * (cl.working_blocks.len().max(1) + cl.anchor_rope_start.map_or(0, |_| 1)),
+            "{name}: window {w} cache-pass keys"
+        );
         let mut want = blocks(&ca["working_cache_blocks"]);
         want.retain(|&x| x != 0);
         assert_eq!(cl.working_blocks, want, "{name}: window {w} cache-pass blocks");
-        assert_eq!(cl.anchor_rope_start.is_some(), ca["anchor_included"].as_bool().unwrap_or(false), "{name}: window {w} cache-pass anchor");
+        assert_eq!(
+            cl.anchor_rope_start.is_some(),
+            ca["anchor_included"].as_bool().unwrap_or(false),
+            "{name}: window {w} cache-pass anchor"
+        );
         if let Ok(want) = out.f32_any(&format!("l0.anchor_k.{w}")) {
-            worst = worst.max(check_max_rel(&format!("{name}/l0.anchor_k.{w}"), anchor.as_ref().expect("anchor attended"), &want));
+            worst = worst.max(check_max_rel(
+                &format!("{name}/l0.anchor_k.{w}"),
+                anchor.as_ref().expect("anchor attended"),
+                &want,
+            ));
             compared += 1;
         }
     }
     // The final buffer: slot → block map, then every slot's K/V (the anchor un-roped).
     let r = s.cache.rolling.as_ref().unwrap();
-    let want_blocks: Vec<usize> = m["kv_cache"]["final_slot_blocks"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    let want_blocks: Vec<usize> =
+        m["kv_cache"]["final_slot_blocks"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
     assert_eq!(r.slot_blocks(0), want_blocks, "{name}: final slots");
     for (kind, i) in [("k", 0), ("v", 1)] {
         let mut g = Vec::new();
@@ -126,10 +163,17 @@ fn check_rolling(name: &str) {
             let (k, v) = r.slot(0, slot).unwrap();
             g.extend(be.download([k, v][i]));
         }
-        worst = worst.max(check_max_rel(&format!("{name}/cache_{kind}.final"), &g, &out.f32_any(&format!("cache_{kind}.final")).unwrap()));
+        worst = worst.max(check_max_rel(
+            &format!("{name}/cache_{kind}.final"),
+            &g,
+            &out.f32_any(&format!("cache_{kind}.final")).unwrap(),
+        ));
         compared += 1;
     }
-    println!("{name}: {compared} tensors + latents within max rel {worst:.2e}; {} windows' bookkeeping exact", windows.len());
+    println!(
+        "{name}: {compared} tensors + latents within max rel {worst:.2e}; {} windows' bookkeeping exact",
+        windows.len()
+    );
     assert!(compared >= 2 * windows.len());
 }
 
@@ -143,7 +187,10 @@ fn rolling_tiny() {
 fn every_rolling_case() {
     for e in std::fs::read_dir(golden_dir()).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if name != "rolling-tiny" && e.path().join("manifest.json").exists() && case_kind(&manifest(&e.path())) == CaseKind::Rolling {
+        if name != "rolling-tiny"
+            && e.path().join("manifest.json").exists()
+            && case_kind(&manifest(&e.path())) == CaseKind::Rolling
+        {
             check_rolling(&name);
         }
     }

@@ -101,14 +101,24 @@ fn cleaning_without_ftfy_differs_exactly_where_the_golden_says() {
             differing.push(p["name"].as_str().unwrap().to_string());
         }
     }
-    let want: Vec<String> = m["prompts"].as_array().unwrap().iter().filter(|p| !p["without_ftfy_same_ids"].as_bool().unwrap()).map(|p| p["name"].as_str().unwrap().to_string()).collect();
+    let want: Vec<String> = m["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !p["without_ftfy_same_ids"].as_bool().unwrap())
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(differing, want);
     assert!(!want.is_empty());
     // Mojibake mixed with correct text on one line: ftfy 6.3.1 gives "café and café"; this
     // cleaner keeps the text and says so.
     let t = tok.encode("café and cafÃ©").unwrap();
     assert_eq!(t.cleaned.text, "café and cafÃ©");
-    assert!(t.cleaned.notes.iter().any(|n| n.may_differ() && n.to_string().contains("mojibake")), "{:?}", t.cleaned.notes);
+    assert!(
+        t.cleaned.notes.iter().any(|n| n.may_differ() && n.to_string().contains("mojibake")),
+        "{:?}",
+        t.cleaned.notes
+    );
 }
 
 fn convert(src: &Path, dst: &Path, text_len: usize, dtype: Option<dfrt::checkpoint::DType>) {
@@ -132,7 +142,10 @@ fn t5_tiny_encoder_f32_matches_official() {
     let be = CpuBackend::new(Precision::F32);
     for residency in [Residency::Resident, Residency::Streamed] {
         let enc = T5Encoder::load(&be, &ckpt, residency).unwrap();
-        assert_eq!(rel_buckets(text_len, text_len, 32, 128).iter().map(|&b| b as i64).collect::<Vec<_>>(), ints(&out, "rel_buckets"));
+        assert_eq!(
+            rel_buckets(text_len, text_len, 32, 128).iter().map(|&b| b as i64).collect::<Vec<_>>(),
+            ints(&out, "rel_buckets")
+        );
         for p in m["prompts"].as_array().unwrap() {
             let i = p["index"].as_u64().unwrap() as usize;
             let (ids, mask) = golden_ids(&out, i);
@@ -144,9 +157,18 @@ fn t5_tiny_encoder_f32_matches_official() {
             let len = mask.iter().filter(|&&x| x == 1).count();
             let dim = enc.cfg.dim;
             assert!(got[len * dim..].iter().all(|&x| x == 0.0), "prompt {i}: padded rows not zero");
-            assert!(got[..len * dim].chunks(dim).all(|r| r.iter().any(|&x| x != 0.0)), "prompt {i}: a token row is zero");
+            assert!(
+                got[..len * dim].chunks(dim).all(|r| r.iter().any(|&x| x != 0.0)),
+                "prompt {i}: a token row is zero"
+            );
             if i == 0 {
-                for (tap, name) in [("embed", "p0.embed"), ("hidden.0", "p0.hidden.0"), ("hidden.1", "p0.hidden.1"), ("final_norm", "p0.final_norm"), ("pos_bias.0", "p0.pos_bias.0")] {
+                for (tap, name) in [
+                    ("embed", "p0.embed"),
+                    ("hidden.0", "p0.hidden.0"),
+                    ("hidden.1", "p0.hidden.1"),
+                    ("final_norm", "p0.final_norm"),
+                    ("pos_bias.0", "p0.pos_bias.0"),
+                ] {
                     assert_close(name, &taps[tap], &out.f32_any(name).unwrap(), F32_TOL);
                 }
             }
@@ -202,7 +224,12 @@ fn hf_names_and_zip64_pth_convert_to_the_same_checkpoint() {
     let hf_path = dir.0.join("hf.safetensors");
     write_safetensors(&hf_path, &hf, &BTreeMap::new()).unwrap();
     let from_hf = dir.0.join("hf-conv.safetensors");
-    let r = dfrt_weights::convert_t5(&hf_path, &from_hf, &dfrt_weights::T5Options { text_len: Some(text_len), dtype: None }).unwrap();
+    let r = dfrt_weights::convert_t5(
+        &hf_path,
+        &from_hf,
+        &dfrt_weights::T5Options { text_len: Some(text_len), dtype: None },
+    )
+    .unwrap();
     assert!(r.from_hf);
     assert_eq!(r.dropped.len(), 1, "{:?}", r.dropped);
     // A zip64 repack of the .pth (every size and offset in the zip64 extra fields).
@@ -248,7 +275,11 @@ fn repack_zip64(src: &[u8]) -> Vec<u8> {
     let entries = dfrt_weights::zip::entries(src).unwrap();
     let mut out = Vec::new();
     let mut central = Vec::new();
-    let (u16le, u32le, u64le) = (|v: &mut Vec<u8>, x: u16| v.extend(x.to_le_bytes()), |v: &mut Vec<u8>, x: u32| v.extend(x.to_le_bytes()), |v: &mut Vec<u8>, x: u64| v.extend(x.to_le_bytes()));
+    let (u16le, u32le, u64le) = (
+        |v: &mut Vec<u8>, x: u16| v.extend(x.to_le_bytes()),
+        |v: &mut Vec<u8>, x: u32| v.extend(x.to_le_bytes()),
+        |v: &mut Vec<u8>, x: u64| v.extend(x.to_le_bytes()),
+    );
     for e in &entries {
         let data = &src[e.start..e.end];
         let off = out.len() as u64;
@@ -339,7 +370,10 @@ fn text_bad_inputs_are_clear_errors() {
     convert(&case().join("weights.pth"), &t5, 32, None);
     let e = dfrt::api::CpuModel::cpu(&t5, Precision::F32).err().unwrap().to_string();
     assert!(e.contains("is a umT5 text-encoder checkpoint, not a DiT"), "{e}");
-    let e = dfrt_weights::convert_file(case().join("weights.pth"), dir.0.join("y.safetensors"), &Default::default()).err().unwrap().to_string();
+    let e = dfrt_weights::convert_file(case().join("weights.pth"), dir.0.join("y.safetensors"), &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("convert-t5"), "{e}");
     // An encoder whose width is not the DiT's text_dim, and one that pads past text_len.
     let te = TextEncoder::load(&be, &t5, case().join("tokenizer"), Residency::Streamed).unwrap();

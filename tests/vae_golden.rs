@@ -34,7 +34,8 @@ fn scratch(name: &str) -> PathBuf {
 
 fn check_case(case: &str) {
     let dir = golden_dir().join(case);
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let bf16 = m["dtype"] == "bfloat16";
     let (p, tol) = if bf16 { (Precision::Bf16, BF16_TOL) } else { (Precision::F32, F32_TOL) };
     let tmp = scratch(case);

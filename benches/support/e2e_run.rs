@@ -47,11 +47,18 @@ impl Res {
             // 1080 / 8 = 135 latent rows, not a multiple of the 2x2 patch. Wan2.1 has no 1080p
             // size; the nearest valid height is 136 latent rows = 1088 pixels (1080 padded to
             // 16, as video codecs store 1080p).
-            "1080p" => Res { name: "1080p", lat_h: 136, lat_w: 240, note: "1920x1088: 1080/8 = 135 is not patchable (2x2); nearest valid" },
+            "1080p" => Res {
+                name: "1080p",
+                lat_h: 136,
+                lat_w: 240,
+                note: "1920x1088: 1080/8 = 135 is not patchable (2x2); nearest valid",
+            },
             "tiny" => Res { name: "tiny", lat_h: 8, lat_w: 12, note: "tiny (simulator/CPU check, not a real size)" },
             _ => {
                 // `HxW` latent sizes for experiments.
-                let (h, w) = s.split_once('x').ok_or_else(|| Error::Input(format!("unknown resolution `{s}` (480p, 720p, 1080p, tiny or HxW latent)")))?;
+                let (h, w) = s.split_once('x').ok_or_else(|| {
+                    Error::Input(format!("unknown resolution `{s}` (480p, 720p, 1080p, tiny or HxW latent)"))
+                })?;
                 let p = |v: &str| v.parse::<usize>().map_err(|_| Error::Input(format!("bad latent size `{s}`")));
                 Res { name: "custom", lat_h: p(h)?, lat_w: p(w)?, note: "custom latent size" }
             }
@@ -62,7 +69,14 @@ impl Res {
 /// What the bench needs beyond [`Backend`]: the GPU memory plan and allocation counter.
 pub trait E2eBackend: Backend + 'static {
     /// Reserves the memory plan before the model is loaded (GPU backends).
-    fn prepare(&self, _cfg: &ModelConfig, _policy: &Policy, _latent: Latent, _frames: usize, _ckpt: &TensorFile) -> Result<()> {
+    fn prepare(
+        &self,
+        _cfg: &ModelConfig,
+        _policy: &Policy,
+        _latent: Latent,
+        _frames: usize,
+        _ckpt: &TensorFile,
+    ) -> Result<()> {
         Ok(())
     }
     /// Device allocations so far (GPU backends).
@@ -78,7 +92,14 @@ pub trait E2eBackend: Backend + 'static {
 impl E2eBackend for CpuBackend {}
 
 impl<D: Device> E2eBackend for GpuBackend<D> {
-    fn prepare(&self, cfg: &ModelConfig, policy: &Policy, latent: Latent, frames: usize, ckpt: &TensorFile) -> Result<()> {
+    fn prepare(
+        &self,
+        cfg: &ModelConfig,
+        policy: &Policy,
+        latent: Latent,
+        frames: usize,
+        ckpt: &TensorFile,
+    ) -> Result<()> {
         GpuBackend::prepare(self, cfg, policy, latent, Some(frames), ckpt).map(|_| ())
     }
     fn device_allocs(&self) -> Option<u64> {
@@ -134,7 +155,15 @@ pub fn default_policies(cfg: &ModelConfig) -> Vec<String> {
 /// Generates `chunks` chunks at `res` under `policy` with a fresh backend from `make`, with
 /// the denoising forwards as recorded graphs (where the backend has them) or direct launches.
 #[allow(clippy::too_many_arguments)]
-pub fn run_one<B: E2eBackend>(make: &dyn Fn() -> Result<B>, ckpt: &TensorFile, cfg: &ModelConfig, res: &Res, policy: &str, chunks: usize, graphs: bool) -> Result<E2eRow> {
+pub fn run_one<B: E2eBackend>(
+    make: &dyn Fn() -> Result<B>,
+    ckpt: &TensorFile,
+    cfg: &ModelConfig,
+    res: &Res,
+    policy: &str,
+    chunks: usize,
+    graphs: bool,
+) -> Result<E2eRow> {
     let be = Arc::new(make()?);
     let policy = Policy::parse_for(policy, cfg)?;
     let latent = Latent { channels: cfg.in_dim, height: res.lat_h, width: res.lat_w };
@@ -143,7 +172,16 @@ pub fn run_one<B: E2eBackend>(make: &dyn Fn() -> Result<B>, ckpt: &TensorFile, c
     let model = Arc::new(Model::load(&*be, ckpt, cfg)?);
     be.status()?;
     let context = Rng::new(7).normals(cfg.text_len * cfg.text_dim);
-    let mut s = Session::new(model, be.clone(), policy.clone(), latent, Some(frames), &context, cfg.text_len, Noise::Seeded(Rng::new(1)))?;
+    let mut s = Session::new(
+        model,
+        be.clone(),
+        policy.clone(),
+        latent,
+        Some(frames),
+        &context,
+        cfg.text_len,
+        Noise::Seeded(Rng::new(1)),
+    )?;
     s.set_graphs(graphs);
     let a0 = be.device_allocs();
     let t0 = Instant::now();
@@ -153,7 +191,13 @@ pub fn run_one<B: E2eBackend>(make: &dyn Fn() -> Result<B>, ckpt: &TensorFile, c
         let x = s.next_chunk(&mut |_| {})?;
         chunk_ms.push(tc.elapsed().as_secs_f64() * 1e3);
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Device(format!("e2e {} {}: chunk {} latent element {i} is {}", res.name, policy.name(), chunk_ms.len() - 1, x[i])));
+            return Err(Error::Device(format!(
+                "e2e {} {}: chunk {} latent element {i} is {}",
+                res.name,
+                policy.name(),
+                chunk_ms.len() - 1,
+                x[i]
+            )));
         }
     }
     let secs = t0.elapsed().as_secs_f64();

@@ -227,10 +227,15 @@ impl<'a, D: Device> Bench<'a, D> {
             self.dev.d2h(p, &mut buf)?;
             let bad = match ty {
                 Ty::F32 => buf.chunks_exact(4).position(|c| !f32::from_le_bytes(c.try_into().unwrap()).is_finite()),
-                Ty::Bf16 => buf.chunks_exact(2).position(|c| u16::from_le_bytes(c.try_into().unwrap()) & 0x7f80 == 0x7f80),
+                Ty::Bf16 => {
+                    buf.chunks_exact(2).position(|c| u16::from_le_bytes(c.try_into().unwrap()) & 0x7f80 == 0x7f80)
+                }
             };
             if let Some(j) = bad {
-                return Err(Error::Device(format!("bench {kernel}: output {i} ({n} x {}) element {j} is not finite (unwritten poison or overflow)", ty.name())));
+                return Err(Error::Device(format!(
+                    "bench {kernel}: output {i} ({n} x {}) element {j} is not finite (unwritten poison or overflow)",
+                    ty.name()
+                )));
             }
         }
         Ok(())
@@ -291,7 +296,12 @@ fn check(r: std::result::Result<(), impl std::fmt::Display>) -> Result<()> {
 
 /// Self-attention (`arg` = Lk) or cross-attention (`arg` = 0: Lk = text_len), one segment per
 /// head over a `[Lk, H·d]` K/V buffer, Q/O `[Lq, H·d]`. `heads_d` overrides (H, d) for d64.
-fn attn_case<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usize, heads_d: Option<(usize, usize)>) -> Result<(Vec<AttnParams>, String, f64, f64)> {
+fn attn_case<D: Device>(
+    b: &mut Bench<'_, D>,
+    ty: Ty,
+    lk: usize,
+    heads_d: Option<(usize, usize)>,
+) -> Result<(Vec<AttnParams>, String, f64, f64)> {
     let (h, d) = heads_d.unwrap_or((b.s.heads, b.s.head_dim));
     let lq = b.s.tokens();
     let lk = if lk == 0 { b.s.text_len } else { lk };
@@ -305,7 +315,12 @@ fn attn_case<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usize, heads_d: Option
         let v = b.rand(ty, lk * h * d, 1.0)?;
         let o = b.out(ty, lq * h * d)?;
         let segs: Vec<KvSeg> = (0..h)
-            .map(|hh| KvSeg { k: k + (hh * d) as u64 * e as u64, v: v + (hh * d) as u64 * e as u64, rows: lk as u32, stride: (h * d) as u32 })
+            .map(|hh| KvSeg {
+                k: k + (hh * d) as u64 * e as u64,
+                v: v + (hh * d) as u64 * e as u64,
+                rows: lk as u32,
+                stride: (h * d) as u32,
+            })
             .collect();
         let starts: Vec<u32> = (0..=h as u32).collect();
         let p = AttnParams {
@@ -327,9 +342,18 @@ fn attn_case<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usize, heads_d: Option
 
 /// The attention launches of one kernel: `wrap` turns the shared params into the kernel's
 /// params type and runs its host check. `hd` overrides (heads, head_dim).
-fn attn_launches<D: Device, P: Launch>(b: &mut Bench<'_, D>, ty: Ty, lk: usize, hd: Option<(usize, usize)>, wrap: impl Fn(AttnParams) -> std::result::Result<P, String>) -> Result<Built<D>> {
+fn attn_launches<D: Device, P: Launch>(
+    b: &mut Bench<'_, D>,
+    ty: Ty,
+    lk: usize,
+    hd: Option<(usize, usize)>,
+    wrap: impl Fn(AttnParams) -> std::result::Result<P, String>,
+) -> Result<Built<D>> {
     let (ps, shape, bytes, flops) = attn_case(b, ty, lk, hd)?;
-    let ps = ps.into_iter().map(|p| wrap(p).map_err(|e| Error::Input(format!("bench params: {e}")))).collect::<Result<Vec<P>>>()?;
+    let ps = ps
+        .into_iter()
+        .map(|p| wrap(p).map_err(|e| Error::Input(format!("bench params: {e}"))))
+        .collect::<Result<Vec<P>>>()?;
     Ok(launches(shape, bytes, Some(flops), ps))
 }
 
@@ -476,7 +500,13 @@ fn sinusoid<D: Device>(b: &mut Bench<'_, D>, ty: Ty, _: usize) -> Result<Built<D
     for _ in 0..b.copies(bytes) {
         let freqs: Vec<u8> = sinusoid_freqs(dim as u32).iter().flat_map(|x| x.to_le_bytes()).collect();
         let t: Vec<f32> = (0..n).map(|i| 1000.0 - 250.0 * i as f32).collect();
-        ps.push(SinusoidParams { t: b.f32s(&t)?, freqs: b.upload(&freqs)?, y: b.out(ty, n * dim)?, n: n as u32, dim: dim as u32 });
+        ps.push(SinusoidParams {
+            t: b.f32s(&t)?,
+            freqs: b.upload(&freqs)?,
+            y: b.out(ty, n * dim)?,
+            n: n as u32,
+            dim: dim as u32,
+        });
     }
     Ok(by_ty(ty, format!("n {n} dim {dim}"), bytes, None, ps))
 }
@@ -487,7 +517,14 @@ fn rms_norm<D: Device>(b: &mut Bench<'_, D>, ty: Ty, _: usize) -> Result<Built<D
     let bytes = ((2 * t * c + c) * ty.size()) as f64;
     let mut ps = Vec::new();
     for _ in 0..b.copies(bytes) {
-        ps.push(RmsNormParams { x: b.rand(ty, t * c, 1.0)?, w: b.rand(ty, c, 1.0)?, y: b.out(ty, t * c)?, rows: t as u32, cols: c as u32, eps: 1e-6 });
+        ps.push(RmsNormParams {
+            x: b.rand(ty, t * c, 1.0)?,
+            w: b.rand(ty, c, 1.0)?,
+            y: b.out(ty, t * c)?,
+            rows: t as u32,
+            cols: c as u32,
+            eps: 1e-6,
+        });
     }
     Ok(by_ty(ty, format!("rows {t} cols {c}"), bytes, None, ps))
 }
@@ -595,7 +632,16 @@ fn patchify<D: Device>(b: &mut Bench<'_, D>, ty: Ty, _: usize) -> Result<Built<D
     let bytes = (2 * n * ty.size()) as f64;
     let mut ps = Vec::new();
     for _ in 0..b.copies(bytes) {
-        let p = PatchifyParams { x: b.rand(ty, n, 1.0)?, y: b.out(ty, n)?, f: f as u32, c: c as u32, hh: hh as u32, ww: ww as u32, ph: 2, pw: 2 };
+        let p = PatchifyParams {
+            x: b.rand(ty, n, 1.0)?,
+            y: b.out(ty, n)?,
+            f: f as u32,
+            c: c as u32,
+            hh: hh as u32,
+            ww: ww as u32,
+            ph: 2,
+            pw: 2,
+        };
         check(p.check())?;
         ps.push(p);
     }
@@ -608,7 +654,16 @@ fn unpatchify<D: Device>(b: &mut Bench<'_, D>, ty: Ty, _: usize) -> Result<Built
     let bytes = (2 * n * ty.size()) as f64;
     let mut ps = Vec::new();
     for _ in 0..b.copies(bytes) {
-        let p = UnpatchifyParams { x: b.rand(ty, n, 1.0)?, y: b.out(ty, n)?, f: f as u32, gh: gh as u32, gw: gw as u32, ph: 2, pw: 2, c: c as u32 };
+        let p = UnpatchifyParams {
+            x: b.rand(ty, n, 1.0)?,
+            y: b.out(ty, n)?,
+            f: f as u32,
+            gh: gh as u32,
+            gw: gw as u32,
+            ph: 2,
+            pw: 2,
+            c: c as u32,
+        };
         check(p.check())?;
         ps.push(p);
     }
@@ -620,7 +675,14 @@ fn copy_rows<D: Device>(b: &mut Bench<'_, D>, ty: Ty, _: usize) -> Result<Built<
     let bytes = (2 * r * c * ty.size()) as f64;
     let mut ps = Vec::new();
     for _ in 0..b.copies(bytes) {
-        let p = CopyRowsParams { dst: b.out(ty, r * c)?, src: b.rand(ty, r * c, 1.0)?, dst_stride: c as u32, src_stride: c as u32, rows: r as u32, cols: c as u32 };
+        let p = CopyRowsParams {
+            dst: b.out(ty, r * c)?,
+            src: b.rand(ty, r * c, 1.0)?,
+            dst_stride: c as u32,
+            src_stride: c as u32,
+            rows: r as u32,
+            cols: c as u32,
+        };
         check(p.check())?;
         ps.push(p);
     }
@@ -643,7 +705,14 @@ fn kv_write<D: Device>(b: &mut Bench<'_, D>, ty: Ty, _: usize) -> Result<Built<D
             n_heads: h as u32,
             _pad: 0,
         };
-        let shape = HeadCopyShape { rows: tpf as u32, head_dim: d as u32, src_row_stride: (h * d) as u32, src_head_stride: d as u32, dst_row_stride: d as u32, dst_head_stride: (tpf * d) as u32 };
+        let shape = HeadCopyShape {
+            rows: tpf as u32,
+            head_dim: d as u32,
+            src_row_stride: (h * d) as u32,
+            src_head_stride: d as u32,
+            dst_row_stride: d as u32,
+            dst_head_stride: (tpf * d) as u32,
+        };
         let p = KvWriteParams { job, shape };
         check(p.check())?;
         ps.push(p);
@@ -676,8 +745,16 @@ fn kv_compact<D: Device>(b: &mut Bench<'_, D>, ty: Ty, _: usize) -> Result<Built
                 });
             }
         }
-        let shape = HeadCopyShape { rows: tpf as u32, head_dim: d as u32, src_row_stride: d as u32, src_head_stride: (tpf * d) as u32, dst_row_stride: d as u32, dst_head_stride: (tpf * d) as u32 };
-        let p = KvCompactParams { jobs: b.upload(&pod_bytes(&jobs))?, n_jobs: n_jobs as u32, max_heads: gh as u32, shape };
+        let shape = HeadCopyShape {
+            rows: tpf as u32,
+            head_dim: d as u32,
+            src_row_stride: d as u32,
+            src_head_stride: (tpf * d) as u32,
+            dst_row_stride: d as u32,
+            dst_head_stride: (tpf * d) as u32,
+        };
+        let p =
+            KvCompactParams { jobs: b.upload(&pod_bytes(&jobs))?, n_jobs: n_jobs as u32, max_heads: gh as u32, shape };
         check(p.check())?;
         ps.push(p);
     }
@@ -730,7 +807,13 @@ pub fn specs<D: Device>(s: &Shapes) -> Vec<Spec<D>> {
     let mut v: Vec<Spec<D>> = Vec::new();
     let mut push = |kernel, ty, arg, formula, build| v.push(Spec { kernel, ty, arg, formula, build });
     for &lk in &s.attn_lk {
-        push("attn_bf16_d128", Bf16, lk, ATTN, attn_bf16_d128::<D> as fn(&mut Bench<'_, D>, Ty, usize) -> Result<Built<D>>);
+        push(
+            "attn_bf16_d128",
+            Bf16,
+            lk,
+            ATTN,
+            attn_bf16_d128::<D> as fn(&mut Bench<'_, D>, Ty, usize) -> Result<Built<D>>,
+        );
         push("attn_bf16_d128_w8", Bf16, lk, ATTN, attn_bf16_d128_w8::<D>);
     }
     push("attn_bf16_d128", Bf16, 0, "FLOPs 4·Lq·Lk·H·d (Lk = text tokens)", attn_bf16_d128::<D>);
@@ -739,7 +822,13 @@ pub fn specs<D: Device>(s: &Shapes) -> Vec<Spec<D>> {
     push("attn_bf16_d64", Bf16, mid, ATTN, attn_bf16_d64::<D>);
     push("attn_f32", F32, mid, ATTN, attn_f32::<D>);
     for ty in [F32, Bf16] {
-        push(if ty == F32 { "calib_mass_f32" } else { "calib_mass_bf16" }, ty, 0, "FLOPs 2·R·Lk·H·d (q·k only)", calib_mass::<D>);
+        push(
+            if ty == F32 { "calib_mass_f32" } else { "calib_mass_bf16" },
+            ty,
+            0,
+            "FLOPs 2·R·Lk·H·d (q·k only)",
+            calib_mass::<D>,
+        );
     }
     push("calib_mean_f32", F32, 0, "bytes 4·(3·H·R + 3·H)", calib_mean::<D>);
     type B<X> = fn(&mut Bench<'_, X>, Ty, usize) -> Result<Built<X>>;
@@ -752,7 +841,12 @@ pub fn specs<D: Device>(s: &Shapes) -> Vec<Spec<D>> {
         ("sinusoid_f32", "sinusoid_bf16", "bytes 4·n + 8·dim/2 + n·dim·e", sinusoid::<D>),
         ("rms_norm_f32", "rms_norm_bf16", ROW2, rms_norm::<D>),
         ("layer_norm_f32", "layer_norm_bf16", "bytes (2·rows·cols + 2·cols)·e", layer_norm::<D>),
-        ("layer_norm_modulate_f32", "layer_norm_modulate_bf16", "bytes (2·rows·cols + 2·frames·cols)·e", layer_norm_modulate::<D>),
+        (
+            "layer_norm_modulate_f32",
+            "layer_norm_modulate_bf16",
+            "bytes (2·rows·cols + 2·frames·cols)·e",
+            layer_norm_modulate::<D>,
+        ),
         ("rope3d_f32", "rope3d_bf16", "bytes 2·T·H·d·e (table cached)", rope3d::<D>),
         ("qk_norm_rope_f32", "qk_norm_rope_bf16", "bytes (4·T·H·d + 2·H·d)·e (table cached)", qk_norm_rope::<D>),
         ("patchify_f32", "patchify_bf16", "bytes 2·n·e", patchify::<D>),
@@ -866,7 +960,11 @@ pub fn run<D: Device>(dev: &D, s: &Shapes, o: &RunOpts, on_row: &mut dyn FnMut(&
         dev.synchronize()?;
         b.check_outputs(spec.kernel)?;
         let est = time_loop(dev, &built, 1)?;
-        let reps = if o.target_secs > 0.0 { ((o.target_secs / est.max(1e-7)) as usize).clamp(o.min_reps, o.max_reps) } else { o.min_reps };
+        let reps = if o.target_secs > 0.0 {
+            ((o.target_secs / est.max(1e-7)) as usize).clamp(o.min_reps, o.max_reps)
+        } else {
+            o.min_reps
+        };
         let (secs, how) = if o.graph {
             match time_graph(dev, &built, reps) {
                 Ok(t) => (t, "graph"),
@@ -879,7 +977,18 @@ pub fn run<D: Device>(dev: &D, s: &Shapes, o: &RunOpts, on_row: &mut dyn FnMut(&
             (time_loop(dev, &built, reps)?, "loop")
         };
         b.free_all()?;
-        let row = Row { kernel: spec.kernel, dtype: spec.ty.name(), shape: built.shape, formula: spec.formula, secs, bytes: built.bytes, flops: built.flops, copies, reps, timer: how };
+        let row = Row {
+            kernel: spec.kernel,
+            dtype: spec.ty.name(),
+            shape: built.shape,
+            formula: spec.formula,
+            secs,
+            bytes: built.bytes,
+            flops: built.flops,
+            copies,
+            reps,
+            timer: how,
+        };
         on_row(&row);
         rows.push(row);
     }

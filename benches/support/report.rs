@@ -18,7 +18,10 @@ impl Args {
                 continue;
             }
             if a == "--help" || a == "-h" {
-                return Err(format!("options: {}", known.iter().map(|k| format!("--{k} V")).collect::<Vec<_>>().join(" ")));
+                return Err(format!(
+                    "options: {}",
+                    known.iter().map(|k| format!("--{k} V")).collect::<Vec<_>>().join(" ")
+                ));
             }
             let Some(k) = a.strip_prefix("--") else { return Err(format!("unexpected argument `{a}`")) };
             let (k, v) = match k.split_once('=') {
@@ -44,7 +47,10 @@ impl Args {
 
     /// `--device`, else `$DFRT_BENCH_DEVICE`, else `auto`.
     pub fn device(&self) -> String {
-        self.get("device").map(str::to_string).or_else(|| std::env::var("DFRT_BENCH_DEVICE").ok()).unwrap_or_else(|| "auto".into())
+        self.get("device")
+            .map(str::to_string)
+            .or_else(|| std::env::var("DFRT_BENCH_DEVICE").ok())
+            .unwrap_or_else(|| "auto".into())
     }
 
     pub fn json(&self) -> Option<PathBuf> {

@@ -24,9 +24,9 @@ use std::sync::Arc;
 
 use dfrt_core::api::{draws_per_chunk, noise_from_draws, CpuModel, LoadedModel, SessionOptions};
 use dfrt_core::backend::cpu::CpuBackend;
+use dfrt_core::backend::Backend;
 use dfrt_core::backend::Precision;
 use dfrt_core::config::FRAMES_PER_CHUNK;
-use dfrt_core::backend::Backend;
 use dfrt_core::dummy::HeadProgram;
 use dfrt_core::gpu::{CudaDevice, Device as GpuDevice, GpuBackend, SimDevice};
 use dfrt_core::pipeline::{Noise, Progress, Session};
@@ -213,7 +213,9 @@ enum Device {
     Sim,
     /// The GPU backend on CUDA device 0: on a stream of its own (0), or on the caller's
     /// `cudaStream_t` (its address, kept as an integer so that the session stays `Send`).
-    Cuda { stream: usize },
+    Cuda {
+        stream: usize,
+    },
 }
 
 /// Opens CUDA device 0 on its own stream, or on the caller's.
@@ -236,7 +238,14 @@ enum Engine {
 /// A session on the GPU backend: the memory plan is checked and reserved first (so a device
 /// that is too small fails here, with the bytes needed and free), then the weights are loaded
 /// onto the device from the model's checkpoint (each GPU session holds its own copy).
-fn gpu_session<D: GpuDevice>(dev: D, model: &CpuModel, opts: &SessionOptions, ctx: &[f32], rows: usize, noise: Noise) -> Result<Session<GpuBackend<D>>, Fail> {
+fn gpu_session<D: GpuDevice>(
+    dev: D,
+    model: &CpuModel,
+    opts: &SessionOptions,
+    ctx: &[f32],
+    rows: usize,
+    noise: Noise,
+) -> Result<Session<GpuBackend<D>>, Fail> {
     let be = Arc::new(GpuBackend::new(dev, model.be.precision()));
     opts.check(&model.cfg)?;
     let (ckpt, cfg) = dfrt_core::api::open_checkpoint(&model.path)?;
@@ -248,11 +257,20 @@ fn gpu_session<D: GpuDevice>(dev: D, model: &CpuModel, opts: &SessionOptions, ct
 }
 
 impl Engine {
-    fn new(device: Device, model: &CpuModel, opts: &SessionOptions, ctx: &[f32], rows: usize, noise: Noise) -> Result<Self, Fail> {
+    fn new(
+        device: Device,
+        model: &CpuModel,
+        opts: &SessionOptions,
+        ctx: &[f32],
+        rows: usize,
+        noise: Noise,
+    ) -> Result<Self, Fail> {
         match device {
             Device::Cpu => Ok(Engine::Cpu(model.session(opts, ctx, rows, noise)?)),
             Device::Sim => Ok(Engine::Sim(gpu_session(SimDevice::new(), model, opts, ctx, rows, noise)?)),
-            Device::Cuda { stream } => Ok(Engine::Cuda(gpu_session(cuda_device(stream)?, model, opts, ctx, rows, noise)?)),
+            Device::Cuda { stream } => {
+                Ok(Engine::Cuda(gpu_session(cuda_device(stream)?, model, opts, ctx, rows, noise)?))
+            }
         }
     }
     fn next_chunk(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<Vec<f32>, Fail> {
@@ -299,13 +317,19 @@ fn open_device(name: &str, cuda_stream: *mut c_void) -> Result<Device, Fail> {
     match name {
         "cpu" => {
             if !cuda_stream.is_null() {
-                return Err(Fail::new(DFRT_ERR_INVALID_ARGUMENT, "a CUDA stream was given for device `cpu`; pass NULL"));
+                return Err(Fail::new(
+                    DFRT_ERR_INVALID_ARGUMENT,
+                    "a CUDA stream was given for device `cpu`; pass NULL",
+                ));
             }
             Ok(Device::Cpu)
         }
         "sim" => {
             if !cuda_stream.is_null() {
-                return Err(Fail::new(DFRT_ERR_INVALID_ARGUMENT, "a CUDA stream was given for device `sim`; pass NULL"));
+                return Err(Fail::new(
+                    DFRT_ERR_INVALID_ARGUMENT,
+                    "a CUDA stream was given for device `sim`; pass NULL",
+                ));
             }
             Ok(Device::Sim)
         }
@@ -386,7 +410,9 @@ unsafe fn report(err: *mut DfrtError, code: DfrtStatus, msg: &str) {
 /// # Safety
 /// `err` is NULL or points to a writable `DfrtError`.
 unsafe fn guard(err: *mut DfrtError, f: impl FnOnce() -> Result<(), Fail>) -> DfrtStatus {
-    let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| Err(Fail::new(DFRT_ERR_PANIC, format!("internal panic (a dfrt bug): {}", panic_text(&*p)))));
+    let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        Err(Fail::new(DFRT_ERR_PANIC, format!("internal panic (a dfrt bug): {}", panic_text(&*p))))
+    });
     let (code, msg) = match r {
         Ok(()) => (DFRT_OK, String::new()),
         Err(f) => (f.code, f.msg),
@@ -425,7 +451,10 @@ unsafe fn copy_out<T: Copy>(v: &[T], out: *mut T, cap: usize, what: &str, unit: 
         return Err(Fail::null(what));
     }
     if cap < v.len() {
-        return Err(Fail::new(DFRT_ERR_BUFFER_TOO_SMALL, format!("`{what}` holds {cap} {unit}, {} are needed", v.len())));
+        return Err(Fail::new(
+            DFRT_ERR_BUFFER_TOO_SMALL,
+            format!("`{what}` holds {cap} {unit}, {} are needed", v.len()),
+        ));
     }
     // SAFETY: `out` is valid for `cap >= v.len()` writes (contract); the source is a live slice
     // that cannot overlap a caller-owned buffer.
@@ -455,7 +484,10 @@ impl DfrtSession {
     fn settable(&mut self, what: &str) -> Result<(), Fail> {
         let done = self.run.as_ref().map_or(0, Engine::chunk_index);
         if done > 0 || self.broken {
-            return Err(Fail::new(DFRT_ERR_STATE, format!("cannot {what} after generation started ({done} chunks done); call dfrt_session_reset first")));
+            return Err(Fail::new(
+                DFRT_ERR_STATE,
+                format!("cannot {what} after generation started ({done} chunks done); call dfrt_session_reset first"),
+            ));
         }
         self.run = None;
         Ok(())
@@ -465,7 +497,8 @@ impl DfrtSession {
         Ok(match &self.noise {
             NoiseSource::Seed(s) => Noise::seeded(*s),
             NoiseSource::Draws(v) => {
-                let frames = self.opts.frames.ok_or_else(|| Fail::new(DFRT_ERR_STATE, "given noise needs a bounded session"))?;
+                let frames =
+                    self.opts.frames.ok_or_else(|| Fail::new(DFRT_ERR_STATE, "given noise needs a bounded session"))?;
                 noise_from_draws(v, frames, &self.opts.latent(&self.model.cfg))?
             }
         })
@@ -482,7 +515,12 @@ impl DfrtSession {
 /// `path` and `dtype` are NULL or NUL-terminated strings; `out` is NULL or writable; `err`
 /// is NULL or points to a writable `DfrtError`.
 #[no_mangle]
-pub unsafe extern "C" fn dfrt_model_load(path: *const c_char, dtype: *const c_char, out: *mut *mut DfrtModel, err: *mut DfrtError) -> DfrtStatus {
+pub unsafe extern "C" fn dfrt_model_load(
+    path: *const c_char,
+    dtype: *const c_char,
+    out: *mut *mut DfrtModel,
+    err: *mut DfrtError,
+) -> DfrtStatus {
     // SAFETY: pointer contracts forwarded from this function's.
     unsafe {
         guard(err, || {
@@ -542,7 +580,11 @@ pub unsafe extern "C" fn dfrt_model_free(model: *mut DfrtModel) {
 /// # Safety
 /// `model` is NULL or a live model; `out` is NULL or writable; `err` as everywhere.
 #[no_mangle]
-pub unsafe extern "C" fn dfrt_model_info(model: *const DfrtModel, out: *mut DfrtModelInfo, err: *mut DfrtError) -> DfrtStatus {
+pub unsafe extern "C" fn dfrt_model_info(
+    model: *const DfrtModel,
+    out: *mut DfrtModelInfo,
+    err: *mut DfrtError,
+) -> DfrtStatus {
     // SAFETY: pointer contracts forwarded from this function's.
     unsafe {
         guard(err, || {
@@ -616,14 +658,27 @@ pub unsafe extern "C" fn dfrt_session_new(
             let frames = (frames != 0).then_some(frames);
             // Sizes must be representable before anything multiplies them (info, buffers).
             let c = &m.inner.cfg;
-            let chunk = [c.in_dim, height, width, FRAMES_PER_CHUNK, 4].iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+            let chunk =
+                [c.in_dim, height, width, FRAMES_PER_CHUNK, 4].iter().try_fold(1usize, |a, &b| a.checked_mul(b));
             let all = chunk.and_then(|n| n.checked_mul(frames.unwrap_or(0) / FRAMES_PER_CHUNK + 1));
             if all.is_none() {
-                return Err(Fail::new(DFRT_ERR_INVALID_ARGUMENT, format!("{height}×{width} latents × {} frames is too large to address", frames.unwrap_or(0))));
+                return Err(Fail::new(
+                    DFRT_ERR_INVALID_ARGUMENT,
+                    format!("{height}×{width} latents × {} frames is too large to address", frames.unwrap_or(0)),
+                ));
             }
             let opts = SessionOptions::parse(policy, height, width, frames, c)?;
             opts.check(c)?;
-            let s = DfrtSession { model: m.inner.clone(), device, opts, context: None, noise: NoiseSource::Seed(0), run: None, broken: false, video: None };
+            let s = DfrtSession {
+                model: m.inner.clone(),
+                device,
+                opts,
+                context: None,
+                noise: NoiseSource::Seed(0),
+                run: None,
+                broken: false,
+                video: None,
+            };
             *out = Box::into_raw(Box::new(s));
             Ok(())
         })
@@ -649,7 +704,11 @@ pub unsafe extern "C" fn dfrt_session_free(session: *mut DfrtSession) {
 /// # Safety
 /// `session` is NULL or a live session; `out` is NULL or writable; `err` as everywhere.
 #[no_mangle]
-pub unsafe extern "C" fn dfrt_session_info(session: *const DfrtSession, out: *mut DfrtSessionInfo, err: *mut DfrtError) -> DfrtStatus {
+pub unsafe extern "C" fn dfrt_session_info(
+    session: *const DfrtSession,
+    out: *mut DfrtSessionInfo,
+    err: *mut DfrtError,
+) -> DfrtStatus {
     // SAFETY: pointer contracts forwarded from this function's.
     unsafe {
         guard(err, || {
@@ -667,7 +726,13 @@ pub unsafe extern "C" fn dfrt_session_info(session: *const DfrtSession, out: *mu
 /// # Safety
 /// `data` is NULL or valid for `rows · cols` reads; `session`, `err` as everywhere.
 #[no_mangle]
-pub unsafe extern "C" fn dfrt_session_set_context(session: *mut DfrtSession, data: *const f32, rows: usize, cols: usize, err: *mut DfrtError) -> DfrtStatus {
+pub unsafe extern "C" fn dfrt_session_set_context(
+    session: *mut DfrtSession,
+    data: *const f32,
+    rows: usize,
+    cols: usize,
+    err: *mut DfrtError,
+) -> DfrtStatus {
     // SAFETY: pointer contracts forwarded from this function's.
     unsafe {
         guard(err, || {
@@ -684,7 +749,10 @@ pub unsafe extern "C" fn dfrt_session_set_context(session: *mut DfrtSession, dat
             }
             let v = std::slice::from_raw_parts(data, rows * cols);
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(Fail::new(DFRT_ERR_INVALID_ARGUMENT, format!("context value {i} (row {}, col {}) is {} (not finite)", i / cols, i % cols, v[i])));
+                return Err(Fail::new(
+                    DFRT_ERR_INVALID_ARGUMENT,
+                    format!("context value {i} (row {}, col {}) is {} (not finite)", i / cols, i % cols, v[i]),
+                ));
             }
             s.settable("set the context")?;
             s.context = Some((v.to_vec(), rows));
@@ -700,7 +768,11 @@ pub unsafe extern "C" fn dfrt_session_set_context(session: *mut DfrtSession, dat
 /// # Safety
 /// `session`, `err` as everywhere.
 #[no_mangle]
-pub unsafe extern "C" fn dfrt_session_set_seed(session: *mut DfrtSession, seed: u64, err: *mut DfrtError) -> DfrtStatus {
+pub unsafe extern "C" fn dfrt_session_set_seed(
+    session: *mut DfrtSession,
+    seed: u64,
+    err: *mut DfrtError,
+) -> DfrtStatus {
     // SAFETY: pointer contracts forwarded from this function's.
     unsafe {
         guard(err, || {
@@ -721,7 +793,11 @@ pub unsafe extern "C" fn dfrt_session_set_seed(session: *mut DfrtSession, seed: 
 /// # Safety
 /// `session`, `err` as everywhere.
 #[no_mangle]
-pub unsafe extern "C" fn dfrt_session_set_graphs(session: *mut DfrtSession, enabled: c_int, err: *mut DfrtError) -> DfrtStatus {
+pub unsafe extern "C" fn dfrt_session_set_graphs(
+    session: *mut DfrtSession,
+    enabled: c_int,
+    err: *mut DfrtError,
+) -> DfrtStatus {
     // SAFETY: pointer contracts forwarded from this function's.
     unsafe {
         guard(err, || {
@@ -742,7 +818,12 @@ pub unsafe extern "C" fn dfrt_session_set_graphs(session: *mut DfrtSession, enab
 /// # Safety
 /// `noise` is NULL or valid for `len` reads; `session`, `err` as everywhere.
 #[no_mangle]
-pub unsafe extern "C" fn dfrt_session_set_noise(session: *mut DfrtSession, noise: *const f32, len: usize, err: *mut DfrtError) -> DfrtStatus {
+pub unsafe extern "C" fn dfrt_session_set_noise(
+    session: *mut DfrtSession,
+    noise: *const f32,
+    len: usize,
+    err: *mut DfrtError,
+) -> DfrtStatus {
     // SAFETY: pointer contracts forwarded from this function's.
     unsafe {
         guard(err, || {
@@ -750,7 +831,9 @@ pub unsafe extern "C" fn dfrt_session_set_noise(session: *mut DfrtSession, noise
             if noise.is_null() {
                 return Err(Fail::null("noise"));
             }
-            let frames = s.opts.frames.ok_or_else(|| Fail::new(DFRT_ERR_STATE, "given noise needs a bounded session (frames > 0 at dfrt_session_new)"))?;
+            let frames = s.opts.frames.ok_or_else(|| {
+                Fail::new(DFRT_ERR_STATE, "given noise needs a bounded session (frames > 0 at dfrt_session_new)")
+            })?;
             let v = std::slice::from_raw_parts(noise, len);
             noise_from_draws(v, frames, &s.opts.latent(&s.model.cfg))?;
             s.settable("set the noise")?;
@@ -767,7 +850,11 @@ pub unsafe extern "C" fn dfrt_session_set_noise(session: *mut DfrtSession, noise
 /// # Safety
 /// `json` is NULL or a NUL-terminated string; `session`, `err` as everywhere.
 #[no_mangle]
-pub unsafe extern "C" fn dfrt_session_set_head_program(session: *mut DfrtSession, json: *const c_char, err: *mut DfrtError) -> DfrtStatus {
+pub unsafe extern "C" fn dfrt_session_set_head_program(
+    session: *mut DfrtSession,
+    json: *const c_char,
+    err: *mut DfrtError,
+) -> DfrtStatus {
     // SAFETY: pointer contracts forwarded from this function's.
     unsafe {
         guard(err, || {
@@ -810,20 +897,31 @@ pub unsafe extern "C" fn dfrt_session_next_chunk(
             }
             let s = session_mut(session)?;
             if s.broken {
-                return Err(Fail::new(DFRT_ERR_STATE, "an earlier call failed in the middle of a chunk; call dfrt_session_reset"));
+                return Err(Fail::new(
+                    DFRT_ERR_STATE,
+                    "an earlier call failed in the middle of a chunk; call dfrt_session_reset",
+                ));
             }
             if out.is_null() {
                 return Err(Fail::null("out"));
             }
             let info = s.info();
             if info.chunks_total > 0 && info.chunks_done >= info.chunks_total {
-                return Err(Fail::new(DFRT_ERR_FINISHED, format!("all {} frames are generated; call dfrt_session_reset to start over", info.frames)));
+                return Err(Fail::new(
+                    DFRT_ERR_FINISHED,
+                    format!("all {} frames are generated; call dfrt_session_reset to start over", info.frames),
+                ));
             }
             if capacity < info.chunk_len {
-                return Err(Fail::new(DFRT_ERR_BUFFER_TOO_SMALL, format!("`out` holds {capacity} floats, a chunk needs {}", info.chunk_len)));
+                return Err(Fail::new(
+                    DFRT_ERR_BUFFER_TOO_SMALL,
+                    format!("`out` holds {capacity} floats, a chunk needs {}", info.chunk_len),
+                ));
             }
             if s.run.is_none() {
-                let (ctx, rows) = s.context.as_ref().ok_or_else(|| Fail::new(DFRT_ERR_STATE, "no text embedding: call dfrt_session_set_context first"))?;
+                let (ctx, rows) = s.context.as_ref().ok_or_else(|| {
+                    Fail::new(DFRT_ERR_STATE, "no text embedding: call dfrt_session_set_context first")
+                })?;
                 let noise = s.noise()?;
                 s.run = Some(Engine::new(s.device, &s.model, &s.opts, ctx, *rows, noise)?);
             }
@@ -866,7 +964,13 @@ pub unsafe extern "C" fn dfrt_session_next_chunk(
 /// # Safety
 /// `data` is NULL or valid for `rows · cols` reads; `session`, `err` as everywhere.
 #[no_mangle]
-pub unsafe extern "C" fn dfrt_session_switch_prompt(session: *mut DfrtSession, data: *const f32, rows: usize, cols: usize, err: *mut DfrtError) -> DfrtStatus {
+pub unsafe extern "C" fn dfrt_session_switch_prompt(
+    session: *mut DfrtSession,
+    data: *const f32,
+    rows: usize,
+    cols: usize,
+    err: *mut DfrtError,
+) -> DfrtStatus {
     // SAFETY: pointer contracts forwarded from this function's.
     unsafe {
         guard(err, || {
@@ -876,14 +980,23 @@ pub unsafe extern "C" fn dfrt_session_switch_prompt(session: *mut DfrtSession, d
             }
             let cfg = &s.model.cfg;
             if cols != cfg.text_dim || rows == 0 || rows > cfg.text_len {
-                return Err(Fail::new(DFRT_ERR_INVALID_ARGUMENT, format!("context is [{rows}, {cols}], the model takes [1..={}, {}]", cfg.text_len, cfg.text_dim)));
+                return Err(Fail::new(
+                    DFRT_ERR_INVALID_ARGUMENT,
+                    format!("context is [{rows}, {cols}], the model takes [1..={}, {}]", cfg.text_len, cfg.text_dim),
+                ));
             }
             let v = std::slice::from_raw_parts(data, rows * cols);
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(Fail::new(DFRT_ERR_INVALID_ARGUMENT, format!("context value {i} is {} (not finite)", v[i])));
+                return Err(Fail::new(
+                    DFRT_ERR_INVALID_ARGUMENT,
+                    format!("context value {i} is {} (not finite)", v[i]),
+                ));
             }
             if s.broken {
-                return Err(Fail::new(DFRT_ERR_STATE, "an earlier call failed in the middle of a chunk; call dfrt_session_reset"));
+                return Err(Fail::new(
+                    DFRT_ERR_STATE,
+                    "an earlier call failed in the middle of a chunk; call dfrt_session_reset",
+                ));
             }
             let Some(run) = s.run.as_mut() else {
                 s.context = Some((v.to_vec(), rows));
@@ -909,7 +1022,13 @@ pub unsafe extern "C" fn dfrt_session_switch_prompt(session: *mut DfrtSession, d
 /// `buf` is NULL or valid for `capacity` byte writes; `needed` is NULL or writable;
 /// `session`, `err` as everywhere.
 #[no_mangle]
-pub unsafe extern "C" fn dfrt_session_head_program(session: *const DfrtSession, buf: *mut c_char, capacity: usize, needed: *mut usize, err: *mut DfrtError) -> DfrtStatus {
+pub unsafe extern "C" fn dfrt_session_head_program(
+    session: *const DfrtSession,
+    buf: *mut c_char,
+    capacity: usize,
+    needed: *mut usize,
+    err: *mut DfrtError,
+) -> DfrtStatus {
     // SAFETY: pointer contracts forwarded from this function's.
     unsafe {
         guard(err, || {
@@ -930,14 +1049,20 @@ pub unsafe extern "C" fn dfrt_session_head_program(session: *const DfrtSession, 
 
 fn program_of(s: &DfrtSession) -> Result<&HeadProgram, Fail> {
     if !matches!(s.opts.policy, dfrt_core::cache::Policy::Dummy(_)) {
-        return Err(Fail::new(DFRT_ERR_STATE, format!("policy `{}` has no head program (only dummy:N has)", s.opts.policy.name())));
+        return Err(Fail::new(
+            DFRT_ERR_STATE,
+            format!("policy `{}` has no head program (only dummy:N has)", s.opts.policy.name()),
+        ));
     }
     s.run.as_ref().and_then(Engine::head_program).ok_or_else(|| {
         let k = match s.opts.policy {
             dfrt_core::cache::Policy::Dummy(spec) => spec.ar_start,
             _ => 0,
         };
-        Fail::new(DFRT_ERR_STATE, format!("no head program yet: it is made in chunk {k} (AR step K = {k}); generate {} chunks first", k + 1))
+        Fail::new(
+            DFRT_ERR_STATE,
+            format!("no head program yet: it is made in chunk {k} (AR step K = {k}); generate {} chunks first", k + 1),
+        )
     })
 }
 
@@ -1007,7 +1132,13 @@ pub unsafe extern "C" fn dfrt_session_reset(session: *mut DfrtSession, err: *mut
 /// `encoder`, `tokenizer` and `dtype` are NULL or NUL-terminated strings (`dtype` may be
 /// NULL); `out` is NULL or writable; `err` as everywhere.
 #[no_mangle]
-pub unsafe extern "C" fn dfrt_text_encoder_load(encoder: *const c_char, tokenizer: *const c_char, dtype: *const c_char, out: *mut *mut DfrtTextEncoder, err: *mut DfrtError) -> DfrtStatus {
+pub unsafe extern "C" fn dfrt_text_encoder_load(
+    encoder: *const c_char,
+    tokenizer: *const c_char,
+    dtype: *const c_char,
+    out: *mut *mut DfrtTextEncoder,
+    err: *mut DfrtError,
+) -> DfrtStatus {
     // SAFETY: pointer contracts forwarded from this function's.
     unsafe {
         guard(err, || {
@@ -1050,7 +1181,12 @@ pub unsafe extern "C" fn dfrt_text_encoder_free(encoder: *mut DfrtTextEncoder) {
 /// `prompt` is NULL or a NUL-terminated string; `encoder` NULL or a live text encoder;
 /// `session`, `err` as everywhere.
 #[no_mangle]
-pub unsafe extern "C" fn dfrt_session_set_prompt(session: *mut DfrtSession, encoder: *const DfrtTextEncoder, prompt: *const c_char, err: *mut DfrtError) -> DfrtStatus {
+pub unsafe extern "C" fn dfrt_session_set_prompt(
+    session: *mut DfrtSession,
+    encoder: *const DfrtTextEncoder,
+    prompt: *const c_char,
+    err: *mut DfrtError,
+) -> DfrtStatus {
     // SAFETY: pointer contracts forwarded from this function's.
     unsafe {
         guard(err, || {
@@ -1145,7 +1281,13 @@ fn video_info(s: &DfrtSession) -> Option<DfrtVideoInfo> {
 /// `path` and `dtype` are NULL or NUL-terminated strings; `info` is NULL or writable;
 /// `session`, `err` as everywhere.
 #[no_mangle]
-pub unsafe extern "C" fn dfrt_session_set_vae(session: *mut DfrtSession, path: *const c_char, dtype: *const c_char, info: *mut DfrtVideoInfo, err: *mut DfrtError) -> DfrtStatus {
+pub unsafe extern "C" fn dfrt_session_set_vae(
+    session: *mut DfrtSession,
+    path: *const c_char,
+    dtype: *const c_char,
+    info: *mut DfrtVideoInfo,
+    err: *mut DfrtError,
+) -> DfrtStatus {
     // SAFETY: pointer contracts forwarded from this function's.
     unsafe {
         guard(err, || {
@@ -1171,19 +1313,33 @@ pub unsafe extern "C" fn dfrt_session_set_vae(session: *mut DfrtSession, path: *
 ///
 /// # Safety
 /// `progress` is NULL or a function safe to call with `user`.
-unsafe fn next_decoded(s: &mut DfrtSession, need: &dyn Fn(&DfrtVideoInfo, usize) -> Result<(), Fail>, progress: DfrtProgressFn, user: *mut c_void) -> Result<(Vec<f32>, usize), Fail> {
+unsafe fn next_decoded(
+    s: &mut DfrtSession,
+    need: &dyn Fn(&DfrtVideoInfo, usize) -> Result<(), Fail>,
+    progress: DfrtProgressFn,
+    user: *mut c_void,
+) -> Result<(Vec<f32>, usize), Fail> {
     if s.broken {
-        return Err(Fail::new(DFRT_ERR_STATE, "an earlier call failed in the middle of a chunk; call dfrt_session_reset"));
+        return Err(Fail::new(
+            DFRT_ERR_STATE,
+            "an earlier call failed in the middle of a chunk; call dfrt_session_reset",
+        ));
     }
     let vi = video_info(s).ok_or_else(|| Fail::new(DFRT_ERR_STATE, "no VAE: call dfrt_session_set_vae first"))?;
     let info = s.info();
     if info.chunks_total > 0 && info.chunks_done >= info.chunks_total {
-        return Err(Fail::new(DFRT_ERR_FINISHED, format!("all {} frames are generated; call dfrt_session_reset to start over", info.frames)));
+        return Err(Fail::new(
+            DFRT_ERR_FINISHED,
+            format!("all {} frames are generated; call dfrt_session_reset to start over", info.frames),
+        ));
     }
     let n = if info.chunks_done == 0 { vi.first_chunk_frames } else { vi.chunk_frames };
     need(&vi, n)?;
     if s.run.is_none() {
-        let (ctx, rows) = s.context.as_ref().ok_or_else(|| Fail::new(DFRT_ERR_STATE, "no text embedding: call dfrt_session_set_context first"))?;
+        let (ctx, rows) = s
+            .context
+            .as_ref()
+            .ok_or_else(|| Fail::new(DFRT_ERR_STATE, "no text embedding: call dfrt_session_set_context first"))?;
         let noise = s.noise()?;
         s.run = Some(Engine::new(s.device, &s.model, &s.opts, ctx, *rows, noise)?);
     }
@@ -1191,7 +1347,13 @@ unsafe fn next_decoded(s: &mut DfrtSession, need: &dyn Fn(&DfrtVideoInfo, usize)
     let mut on_progress = |p: Progress| {
         forward += 1;
         if let Some(cb) = progress {
-            let r = DfrtProgress { chunk: p.pass.chunk, step: p.pass.step.map_or(-1, |s| s as i32), forward, forwards_per_chunk: info.forwards_per_chunk, chunks_total: info.chunks_total };
+            let r = DfrtProgress {
+                chunk: p.pass.chunk,
+                step: p.pass.step.map_or(-1, |s| s as i32),
+                forward,
+                forwards_per_chunk: info.forwards_per_chunk,
+                chunks_total: info.chunks_total,
+            };
             // SAFETY: the caller gave a function safe to call with `user`; the report lives
             // for the call.
             unsafe { cb(&r, user) };
@@ -1240,14 +1402,18 @@ pub unsafe extern "C" fn dfrt_session_next_frames_rgb8(
             let need = |vi: &DfrtVideoInfo, n: usize| {
                 let b = n * vi.width * vi.height * 3;
                 if capacity < b {
-                    return Err(Fail::new(DFRT_ERR_BUFFER_TOO_SMALL, format!("`out` holds {capacity} bytes, this chunk's {n} RGB8 frames need {b}")));
+                    return Err(Fail::new(
+                        DFRT_ERR_BUFFER_TOO_SMALL,
+                        format!("`out` holds {capacity} bytes, this chunk's {n} RGB8 frames need {b}"),
+                    ));
                 }
                 Ok(())
             };
             let (px, n) = next_decoded(s, &need, progress, user)?;
             let vi = video_info(s).expect("decoded above");
             let fl = 3 * vi.width * vi.height;
-            let rgb: Vec<u8> = px.chunks(fl).flat_map(|f| dfrt_core::video::rgb8_from_pixels(f, vi.width, vi.height)).collect();
+            let rgb: Vec<u8> =
+                px.chunks(fl).flat_map(|f| dfrt_core::video::rgb8_from_pixels(f, vi.width, vi.height)).collect();
             copy_out(&rgb, out, capacity, "out", "bytes")?;
             if let Some(f) = frames.as_mut() {
                 *f = n;
@@ -1286,7 +1452,10 @@ pub unsafe extern "C" fn dfrt_session_next_frames_f32(
             let need = |vi: &DfrtVideoInfo, n: usize| {
                 let b = n * vi.width * vi.height * 3;
                 if capacity < b {
-                    return Err(Fail::new(DFRT_ERR_BUFFER_TOO_SMALL, format!("`out` holds {capacity} floats, this chunk's {n} frames need {b}")));
+                    return Err(Fail::new(
+                        DFRT_ERR_BUFFER_TOO_SMALL,
+                        format!("`out` holds {capacity} floats, this chunk's {n} frames need {b}"),
+                    ));
                 }
                 Ok(())
             };

@@ -39,7 +39,12 @@ fn static_lib() -> PathBuf {
     }
     let own = root().join("target/capi-c-example");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let st = Command::new(cargo).current_dir(root()).args(["build", "--release", "-p", "dfrt-capi", "--target-dir"]).arg(&own).status().expect("run cargo");
+    let st = Command::new(cargo)
+        .current_dir(root())
+        .args(["build", "--release", "-p", "dfrt-capi", "--target-dir"])
+        .arg(&own)
+        .status()
+        .expect("run cargo");
     assert!(st.success(), "cargo build -p dfrt-capi failed; looked for libdfrt.a in {candidates:?}");
     own.join("release/libdfrt.a")
 }
@@ -57,9 +62,20 @@ fn example_exe() -> &'static Path {
         let exe = tmp("exe").join("generate");
         let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
         let mut build = Command::new(&cc);
-        build.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1"]).arg(root().join("examples/c/generate.c")).arg("-I").arg(root().join("capi/include")).arg("-o").arg(&exe).arg(&lib);
+        build
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1"])
+            .arg(root().join("examples/c/generate.c"))
+            .arg("-I")
+            .arg(root().join("capi/include"))
+            .arg("-o")
+            .arg(&exe)
+            .arg(&lib);
         // The Rust standard library's system dependencies (`--print native-static-libs`).
-        build.args(if cfg!(target_os = "macos") { &["-lSystem", "-lc", "-lm"][..] } else { &["-lstdc++", "-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"][..] });
+        build.args(if cfg!(target_os = "macos") {
+            &["-lSystem", "-lc", "-lm"][..]
+        } else {
+            &["-lstdc++", "-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"][..]
+        });
         let o = build.output().unwrap_or_else(|e| panic!("cannot run the C compiler {cc:?}: {e}"));
         assert!(o.status.success(), "compiling examples/c/generate.c failed:\n{}", String::from_utf8_lossy(&o.stderr));
         exe
@@ -93,7 +109,19 @@ fn c_example_matches_the_rust_api_bit_for_bit() {
         let o = Command::new(exe)
             .arg(&model)
             .arg(&out)
-            .args(["--policy", policy, "--seed", &seed.to_string(), "--frames", &frames.to_string(), "--height", "8", "--width", "12", "--heads-out"])
+            .args([
+                "--policy",
+                policy,
+                "--seed",
+                &seed.to_string(),
+                "--frames",
+                &frames.to_string(),
+                "--height",
+                "8",
+                "--width",
+                "12",
+                "--heads-out",
+            ])
             .arg(&heads)
             .output()
             .unwrap();
@@ -157,7 +185,12 @@ fn c_example_links_the_shared_library_too() {
     let model = d.join("tiny.safetensors");
     dfrt_weights::synth_checkpoint(&model, &ModelConfig::preset("tiny").unwrap(), 8, DType::F32).unwrap();
     let run = |exe: &Path, out: &Path| {
-        let o = Command::new(exe).arg(&model).arg(out).args(["--policy", "window:6,sink:1", "--seed", "4", "--frames", "6", "--quiet"]).output().unwrap();
+        let o = Command::new(exe)
+            .arg(&model)
+            .arg(out)
+            .args(["--policy", "window:6,sink:1", "--seed", "4", "--frames", "6", "--quiet"])
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert!(o.stderr.is_empty(), "--quiet: {}", String::from_utf8_lossy(&o.stderr));
         std::fs::read(out).unwrap()

@@ -8,7 +8,11 @@ fn header_matches_the_source() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("capi/cbindgen.toml");
     // with_src parses the one source file; no `cargo metadata` run inside the test.
-    let bindings = cbindgen::Builder::new().with_config(config).with_src(dir.join("src/lib.rs")).generate().expect("cbindgen failed on capi/src/lib.rs");
+    let bindings = cbindgen::Builder::new()
+        .with_config(config)
+        .with_src(dir.join("src/lib.rs"))
+        .generate()
+        .expect("cbindgen failed on capi/src/lib.rs");
     let mut out = Vec::new();
     bindings.write(&mut out);
     let got = String::from_utf8(out).expect("header is UTF-8");
@@ -50,9 +54,16 @@ fn header_compiles_as_c99_and_cpp() {
          return (int)sizeof e.message + (int)i.chunk_len + (int)m.text_dim + p.step + DFRT_ERR_PANIC; }\n",
     )
     .unwrap();
-    let compilers: [(&str, &[&str]); 2] = [("cc", &["-x", "c", "-std=c99", "-pedantic"]), ("c++", &["-x", "c++", "-std=c++11", "-pedantic"])];
+    let compilers: [(&str, &[&str]); 2] =
+        [("cc", &["-x", "c", "-std=c99", "-pedantic"]), ("c++", &["-x", "c++", "-std=c++11", "-pedantic"])];
     for (cc, flags) in compilers {
-        let o = match std::process::Command::new(cc).args(flags).args(["-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-I"]).arg(dir.join("include")).arg(&src).output() {
+        let o = match std::process::Command::new(cc)
+            .args(flags)
+            .args(["-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-I"])
+            .arg(dir.join("include"))
+            .arg(&src)
+            .output()
+        {
             Ok(o) => o,
             // No C++ compiler on this machine: the C one is required, C++ is checked where present.
             Err(e) if cc == "c++" => {
@@ -61,7 +72,11 @@ fn header_compiles_as_c99_and_cpp() {
             }
             Err(e) => panic!("cannot run the C compiler `{cc}`: {e}"),
         };
-        assert!(o.status.success(), "dfrt.h does not compile with {cc} {flags:?}:\n{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "dfrt.h does not compile with {cc} {flags:?}:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     std::fs::remove_dir_all(&out).ok();
 }

@@ -70,7 +70,10 @@ fn real_main() -> Result<()> {
         None => synth(&a.preset)?,
     };
     let ckpt = TensorFile::open(&path)?;
-    eprintln!("profile: NVTX ranges {}", if dfrt::profile::active() { "on" } else { "off (build with --features nvtx, and libnvToolsExt must load)" });
+    eprintln!(
+        "profile: NVTX ranges {}",
+        if dfrt::profile::active() { "on" } else { "off (build with --features nvtx, and libnvToolsExt must load)" }
+    );
     match a.device.as_str() {
         "cpu" => run(&a, &ckpt, Arc::new(CpuBackend::new(precision)), &|_, _, _, _| Ok(())),
         "sim" => gpu(&a, &ckpt, GpuBackend::new(SimDevice::new(), precision)),
@@ -102,7 +105,9 @@ type Prepare<'a> = &'a dyn Fn(&ModelConfig, &Policy, Latent, usize) -> Result<()
 fn gpu<D: Device>(a: &Args, ckpt: &TensorFile, be: GpuBackend<D>) -> Result<()> {
     let be = Arc::new(be);
     let planner = be.clone();
-    run(a, ckpt, be, &move |cfg, policy, latent, frames| planner.prepare(cfg, policy, latent, Some(frames), ckpt).map(|_| ()))
+    run(a, ckpt, be, &move |cfg, policy, latent, frames| {
+        planner.prepare(cfg, policy, latent, Some(frames), ckpt).map(|_| ())
+    })
 }
 
 fn run<B: Backend + 'static>(a: &Args, ckpt: &TensorFile, be: Arc<B>, prepare: Prepare<'_>) -> Result<()> {
@@ -117,7 +122,16 @@ fn run<B: Backend + 'static>(a: &Args, ckpt: &TensorFile, be: Arc<B>, prepare: P
     let model = Arc::new(Model::load(&*be, ckpt, &cfg)?);
     be.status()?;
     let context = Rng::new(7).normals(cfg.text_len * cfg.text_dim);
-    let mut s = Session::new(model, be.clone(), policy, latent, Some(frames), &context, cfg.text_len, Noise::Seeded(Rng::new(1)))?;
+    let mut s = Session::new(
+        model,
+        be.clone(),
+        policy,
+        latent,
+        Some(frames),
+        &context,
+        cfg.text_len,
+        Noise::Seeded(Rng::new(1)),
+    )?;
     s.set_graphs(a.graphs == "on");
     while !s.done() {
         let c = s.chunk_index();

@@ -59,24 +59,28 @@ pub const CHECKPOINT_HINT: &str =
 pub fn open_checkpoint(path: impl AsRef<Path>) -> Result<(TensorFile, ModelConfig)> {
     let path = path.as_ref();
     let hint = |e: Error| match e {
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Error::Checkpoint {
-            path: path.display().to_string(),
-            msg: format!("no such file; {CHECKPOINT_HINT}"),
-        },
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::Checkpoint { path: path.display().to_string(), msg: format!("no such file; {CHECKPOINT_HINT}") }
+        }
         Error::Checkpoint { path, msg } if !msg.contains("dfrt-weights") => {
             Error::Checkpoint { path, msg: format!("{msg}; expected a dfrt runtime checkpoint: {CHECKPOINT_HINT}") }
         }
         e => e,
     };
     let f = TensorFile::open(path).map_err(hint)?;
-    if f.metadata.contains_key(crate::text::t5::T5_CONFIG_KEY) && !f.metadata.contains_key(crate::checkpoint::CONFIG_KEY) {
+    if f.metadata.contains_key(crate::text::t5::T5_CONFIG_KEY)
+        && !f.metadata.contains_key(crate::checkpoint::CONFIG_KEY)
+    {
         return Err(Error::Checkpoint {
             path: path.display().to_string(),
             msg: "is a umT5 text-encoder checkpoint, not a DiT: give it as --text-encoder (the DiT checkpoint goes in --model)".into(),
         });
     }
     let cfg = f.config().map_err(|e| match e {
-        Error::Config(m) => Error::Checkpoint { path: path.display().to_string(), msg: format!("bad `dfrt.config` metadata ({m}); {CHECKPOINT_HINT}") },
+        Error::Config(m) => Error::Checkpoint {
+            path: path.display().to_string(),
+            msg: format!("bad `dfrt.config` metadata ({m}); {CHECKPOINT_HINT}"),
+        },
         e => e,
     })?;
     Ok((f, cfg))
@@ -126,7 +130,17 @@ impl<B: Backend + 'static> LoadedModel<B> {
     pub fn session(&self, opts: &SessionOptions, context: &[f32], rows: usize, noise: Noise) -> Result<Session<B>> {
         opts.check(&self.cfg)?;
         let latent = opts.latent(&self.cfg);
-        let mut s = Session::new_with(self.model.clone(), self.be.clone(), opts.pipeline, opts.policy.clone(), latent, opts.frames, context, rows, noise)?;
+        let mut s = Session::new_with(
+            self.model.clone(),
+            self.be.clone(),
+            opts.pipeline,
+            opts.policy.clone(),
+            latent,
+            opts.frames,
+            context,
+            rows,
+            noise,
+        )?;
         s.set_graphs(opts.graphs);
         if let Some(d) = s.dummy_mut() {
             d.set_seed(opts.seed);
@@ -193,7 +207,17 @@ pub struct SessionOptions {
 impl SessionOptions {
     /// Options with a parsed policy (checked against `cfg`), row seed 0, no head program.
     pub fn parse(policy: &str, height: usize, width: usize, frames: Option<usize>, cfg: &ModelConfig) -> Result<Self> {
-        Ok(SessionOptions { policy: Policy::parse_for(policy, cfg)?, height, width, frames, seed: 0, heads: None, sampled_rows: BTreeMap::new(), graphs: true, pipeline: PipelineSpec::default() })
+        Ok(SessionOptions {
+            policy: Policy::parse_for(policy, cfg)?,
+            height,
+            width,
+            frames,
+            seed: 0,
+            heads: None,
+            sampled_rows: BTreeMap::new(),
+            graphs: true,
+            pipeline: PipelineSpec::default(),
+        })
     }
 
     /// Checks the options against a model without doing any work (the checks
@@ -202,7 +226,10 @@ impl SessionOptions {
         crate::pipeline::check_geometry(cfg, &self.policy, self.latent(cfg), self.frames)?;
         if let Some(p) = &self.heads {
             let Policy::Dummy(spec) = &self.policy else {
-                return Err(Error::Policy(format!("a head program needs a dummy policy (dummy:N), not `{}`", self.policy.name())));
+                return Err(Error::Policy(format!(
+                    "a head program needs a dummy policy (dummy:N), not `{}`",
+                    self.policy.name()
+                )));
             };
             p.validate_for(cfg)?;
             p.check_spec(spec)?;
@@ -249,7 +276,9 @@ pub fn draws_per_chunk(latent: &Latent) -> usize {
 /// ```
 pub fn noise_from_draws(draws: &[f32], frames: usize, latent: &Latent) -> Result<Noise> {
     if frames == 0 || frames % FRAMES_PER_CHUNK != 0 {
-        return Err(Error::Input(format!("given noise needs a frame count that is a positive multiple of {FRAMES_PER_CHUNK}, got {frames}")));
+        return Err(Error::Input(format!(
+            "given noise needs a frame count that is a positive multiple of {FRAMES_PER_CHUNK}, got {frames}"
+        )));
     }
     let per = draws_per_chunk(latent);
     let chunks = frames / FRAMES_PER_CHUNK;

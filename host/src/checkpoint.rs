@@ -277,12 +277,19 @@ impl OutTensor {
 
 /// Writes a safetensors file with every tensor's data aligned to [`ALIGN`] bytes from the
 /// start of the file. Tensors are written in the given order.
-pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[OutTensor], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn write_safetensors(
+    path: impl AsRef<Path>,
+    tensors: &[OutTensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let path = path.as_ref();
     for t in tensors {
         let n: usize = t.shape.iter().product();
         if n * t.dtype.size() != t.data.len() {
-            return Err(Error::tensor(&t.name, format!("{} bytes for shape {:?} {:?}", t.data.len(), t.shape, t.dtype)));
+            return Err(Error::tensor(
+                &t.name,
+                format!("{} bytes for shape {:?} {:?}", t.data.len(), t.shape, t.dtype),
+            ));
         }
     }
     // The header length depends on the padding entries, and the padding depends on the
@@ -297,7 +304,10 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &[OutTensor], metadata
             let aligned = (data_start + off).next_multiple_of(ALIGN) - data_start;
             if aligned > off {
                 let name = format!("{PAD_PREFIX}{i}");
-                entries.push((name, serde_json::json!({"dtype": "U8", "shape": [aligned - off], "data_offsets": [off, aligned]})));
+                entries.push((
+                    name,
+                    serde_json::json!({"dtype": "U8", "shape": [aligned - off], "data_offsets": [off, aligned]}),
+                ));
                 pads.push(aligned - off);
                 off = aligned;
             } else {

@@ -130,19 +130,26 @@ impl ModelConfig {
         };
         let cfg = match name {
             // The configuration of the public golden cases.
-            "tiny" => ModelConfig { dim: 256, ffn_dim: 512, text_dim: 64, text_len: 16, num_heads: 2, num_layers: 2, ..base },
+            "tiny" => {
+                ModelConfig { dim: 256, ffn_dim: 512, text_dim: 64, text_len: 16, num_heads: 2, num_layers: 2, ..base }
+            }
             // The configuration of the df-tiny golden case (4 layers).
-            "tiny4" => ModelConfig { dim: 256, ffn_dim: 512, text_dim: 64, text_len: 16, num_heads: 2, num_layers: 4, ..base },
+            "tiny4" => {
+                ModelConfig { dim: 256, ffn_dim: 512, text_dim: 64, text_len: 16, num_heads: 2, num_layers: 4, ..base }
+            }
             // A small multi-head config for CPU benchmarks (head dim 64).
-            "small" => ModelConfig { dim: 512, ffn_dim: 1024, text_dim: 256, text_len: 32, num_heads: 8, num_layers: 4, ..base },
+            "small" => ModelConfig {
+                dim: 512,
+                ffn_dim: 1024,
+                text_dim: 256,
+                text_len: 32,
+                num_heads: 8,
+                num_layers: 4,
+                ..base
+            },
             "wan-1.3b" => base,
             "wan-14b" => ModelConfig { dim: 5120, ffn_dim: 13824, num_heads: 40, num_layers: 40, ..base },
-            _ => {
-                return Err(Error::Config(format!(
-                    "unknown preset `{name}` (known: {})",
-                    Self::PRESETS.join(", ")
-                )))
-            }
+            _ => return Err(Error::Config(format!("unknown preset `{name}` (known: {})", Self::PRESETS.join(", ")))),
         };
         Ok(cfg)
     }
@@ -166,8 +173,7 @@ impl ModelConfig {
 
     /// Parses the JSON of [`ModelConfig::to_json`] and [validates](ModelConfig::validate) it.
     pub fn from_json(s: &str) -> Result<Self> {
-        let cfg: ModelConfig =
-            serde_json::from_str(s).map_err(|e| Error::Config(format!("bad config JSON: {e}")))?;
+        let cfg: ModelConfig = serde_json::from_str(s).map_err(|e| Error::Config(format!("bad config JSON: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }

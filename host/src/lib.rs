@@ -83,9 +83,9 @@ pub mod model;
 pub mod names;
 pub mod pipeline;
 pub mod profile;
+pub mod text;
 pub mod vae;
 pub mod video;
-pub mod text;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};

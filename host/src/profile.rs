@@ -122,7 +122,10 @@ mod nvtx {
                 Err(e) => errs.push(format!("{n}: {e}")),
             }
         }
-        Err(format!("no NVTX library ({}); set DFRT_NVTX_LIB to the path of libnvtx3interop.so.1 or libnvToolsExt.so.1", errs.join("; ")))
+        Err(format!(
+            "no NVTX library ({}); set DFRT_NVTX_LIB to the path of libnvtx3interop.so.1 or libnvToolsExt.so.1",
+            errs.join("; ")
+        ))
     }
 
     /// Pushes a range named by `f()`; false (nothing pushed) without the library.

@@ -18,7 +18,17 @@ fn golden_cases_through_the_cli() {
         checkpoint(case, &ck, |_| {});
         let out = d.join("out.safetensors");
         let inputs = golden().join(case).join("inputs.safetensors");
-        let (code, err) = dfrt(&["generate", "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--policy", policy, "--out", out.to_str().unwrap()]);
+        let (code, err) = dfrt(&[
+            "generate",
+            "--model",
+            ck.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--policy",
+            policy,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert_eq!(code, 0, "{err}");
         assert!(err.contains("tokens/s") && err.contains("peak memory"), "summary line: {err}");
         let o = TensorFile::open(&out).unwrap();
@@ -48,7 +58,28 @@ fn seeded_generation_is_deterministic() {
     write_safetensors(&ctx, &[OutTensor::f32("context", vec![11, 64], &c[..11 * 64])], &Default::default()).unwrap();
     let run = |seed: &str, out: &str| {
         let out = d.join(out);
-        let (code, err) = dfrt(&["generate", "--model", ck.to_str().unwrap(), "--context", ctx.to_str().unwrap(), "--frames", "6", "--seed", seed, "--height", "8", "--width", "12", "--policy", "window:6,sink:1", "--dtype", "bf16", "--quiet", "--out", out.to_str().unwrap()]);
+        let (code, err) = dfrt(&[
+            "generate",
+            "--model",
+            ck.to_str().unwrap(),
+            "--context",
+            ctx.to_str().unwrap(),
+            "--frames",
+            "6",
+            "--seed",
+            seed,
+            "--height",
+            "8",
+            "--width",
+            "12",
+            "--policy",
+            "window:6,sink:1",
+            "--dtype",
+            "bf16",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert_eq!(code, 0, "{err}");
         assert!(err.is_empty(), "--quiet prints nothing: {err}");
         TensorFile::open(&out).unwrap().f32("latents", &[1, 6, 16, 8, 12]).unwrap()
@@ -117,8 +148,13 @@ fn bad_inputs_give_readable_errors() {
     expect("no config", gen(&noconf, &[]), "not a dfrt runtime checkpoint");
 
     let ctx = d.join("ctx.safetensors");
-    write_safetensors(&ctx, &[OutTensor::f32("context", vec![1, 4, 32], &vec![0.5; 128])], &Default::default()).unwrap();
-    expect("context width", gen(&good, &["--context", ctx.to_str().unwrap()]), "has width 32, but the model's text_dim is 64");
+    write_safetensors(&ctx, &[OutTensor::f32("context", vec![1, 4, 32], &vec![0.5; 128])], &Default::default())
+        .unwrap();
+    expect(
+        "context width",
+        gen(&good, &["--context", ctx.to_str().unwrap()]),
+        "has width 32, but the model's text_dim is 64",
+    );
 
     expect("frames", gen(&good, &["--frames", "4"]), "not a positive multiple of the chunk");
     expect("too many frames", gen(&good, &["--frames", "12"]), "inputs hold noise for 9");
@@ -132,7 +168,11 @@ fn bad_inputs_give_readable_errors() {
 
 fn dfrt_out(args: &[&str]) -> (i32, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_dfrt")).args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// df-tiny through `generate --policy dummy:3`: latents and assignment as the official run, the
@@ -148,7 +188,19 @@ fn dummy_golden_and_head_program_round_trip() {
     let (ck_s, in_s) = (ck.to_str().unwrap(), inputs.to_str().unwrap());
     let heads = d.join("heads.json");
     let out1 = d.join("a.safetensors");
-    let (code, err) = dfrt(&["generate", "--model", ck_s, "--inputs", in_s, "--policy", "dummy:3", "--save-heads", heads.to_str().unwrap(), "--out", out1.to_str().unwrap()]);
+    let (code, err) = dfrt(&[
+        "generate",
+        "--model",
+        ck_s,
+        "--inputs",
+        in_s,
+        "--policy",
+        "dummy:3",
+        "--save-heads",
+        heads.to_str().unwrap(),
+        "--out",
+        out1.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     println!("{err}");
     assert!(err.contains("kv cache: sink 3 heads × 1 frame") && err.contains("% of full"), "summary: {err}");
@@ -174,10 +226,27 @@ fn dummy_golden_and_head_program_round_trip() {
 
     // Reuse: bit-identical.
     let out2 = d.join("b.safetensors");
-    let (code, err) = dfrt(&["generate", "--model", ck_s, "--inputs", in_s, "--policy", "dummy:3", "--heads", heads.to_str().unwrap(), "--quiet", "--out", out2.to_str().unwrap()]);
+    let (code, err) = dfrt(&[
+        "generate",
+        "--model",
+        ck_s,
+        "--inputs",
+        in_s,
+        "--policy",
+        "dummy:3",
+        "--heads",
+        heads.to_str().unwrap(),
+        "--quiet",
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     let o2 = TensorFile::open(&out2).unwrap();
-    assert_eq!(o2.f32("latents", &[1, 15, 16, 16, 16]).unwrap(), lat1, "--heads reproduces the calibrated run bit for bit");
+    assert_eq!(
+        o2.f32("latents", &[1, 15, 16, 16, 16]).unwrap(),
+        lat1,
+        "--heads reproduces the calibrated run bit for bit"
+    );
     assert_eq!(o2.i64_any("assignment").unwrap(), o1.i64_any("assignment").unwrap());
     assert!(o2.metadata["dfrt.heads"].starts_with("given:"));
 
@@ -190,7 +259,22 @@ fn dummy_golden_and_head_program_round_trip() {
     let edited = d.join("edited.json");
     std::fs::write(&edited, p.to_string()).unwrap();
     let out3 = d.join("c.safetensors");
-    let (code, err) = dfrt(&["generate", "--model", ck_s, "--inputs", in_s, "--frames", "9", "--policy", "dummy:3", "--heads", edited.to_str().unwrap(), "--quiet", "--out", out3.to_str().unwrap()]);
+    let (code, err) = dfrt(&[
+        "generate",
+        "--model",
+        ck_s,
+        "--inputs",
+        in_s,
+        "--frames",
+        "9",
+        "--policy",
+        "dummy:3",
+        "--heads",
+        edited.to_str().unwrap(),
+        "--quiet",
+        "--out",
+        out3.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     let o3 = TensorFile::open(&out3).unwrap();
     assert_eq!(o3.i64_any("assignment").unwrap(), vec![2, 0, 2, 0, 1, 1, 2, 0]);
@@ -209,7 +293,16 @@ fn dummy_policy_errors_are_readable() {
     let inputs = golden().join("df-tiny/inputs.safetensors");
     let out = d.join("o.safetensors");
     let gen = |extra: &[&str]| {
-        let mut a = vec!["generate", "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"];
+        let mut a = vec![
+            "generate",
+            "--model",
+            ck.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
         a.extend(extra);
         dfrt(&a)
     };
@@ -219,16 +312,25 @@ fn dummy_policy_errors_are_readable() {
         assert!(err.contains(needle), "{what}: `{needle}` not in: {err}");
         assert!(!err.contains("panicked"), "{what}: {err}");
     };
-    expect("N too large", gen(&["--policy", "dummy:9"]), "asks for 9 dummy heads, but the model has only 8 heads (4 layers × 2 heads)");
+    expect(
+        "N too large",
+        gen(&["--policy", "dummy:9"]),
+        "asks for 9 dummy heads, but the model has only 8 heads (4 layers × 2 heads)",
+    );
     expect("ar-start 0", gen(&["--policy", "dummy:3,ar-start:0"]), "ar-start must be at least 1");
     expect("chunks 0", gen(&["--policy", "dummy:3,chunks:0"]), "chunks must be at least 1");
     expect("bad option", gen(&["--policy", "dummy:3,window:2"]), "unknown option `window`");
     expect("heads without dummy", gen(&["--policy", "full", "--heads", "x.json"]), "need a dummy policy");
-    expect("save-heads too short", gen(&["--policy", "dummy:3,ar-start:2", "--frames", "6", "--save-heads", "x.json"]), "end before the calibration step");
+    expect(
+        "save-heads too short",
+        gen(&["--policy", "dummy:3,ar-start:2", "--frames", "6", "--save-heads", "x.json"]),
+        "end before the calibration step",
+    );
 
     // A program for another model (the 2-layer `tiny` config).
     let other = ModelConfig::preset("tiny").unwrap();
-    let scores: Vec<dfrt::dummy::LayerScores> = (0..2).map(|l| [vec![0.2, 0.3 + 0.1 * l as f32], vec![0.5, 0.1], vec![0.3, 0.6 - 0.1 * l as f32]]).collect();
+    let scores: Vec<dfrt::dummy::LayerScores> =
+        (0..2).map(|l| [vec![0.2, 0.3 + 0.1 * l as f32], vec![0.5, 0.1], vec![0.3, 0.6 - 0.1 * l as f32]]).collect();
     let spec = dfrt::dummy::DummySpec::new(1);
     let p = dfrt::dummy::HeadProgram::from_calibration(&other, spec, &scores).unwrap();
     let wrong = d.join("wrong.json");
@@ -236,13 +338,22 @@ fn dummy_policy_errors_are_readable() {
     expect("program for another model", gen(&["--policy", "dummy:1", "--heads", wrong.to_str().unwrap()]), "head program is for a different model (2 layers × 2 heads, dim 256) than the one loaded (4 layers × 2 heads, dim 256)");
     // The right model, another budget.
     let cfg = case_config("df-tiny");
-    let scores4: Vec<dfrt::dummy::LayerScores> = (0..4).map(|l| [vec![0.2, 0.1 * l as f32], vec![0.5, 0.1], vec![0.3, 0.9 - 0.1 * l as f32]]).collect();
+    let scores4: Vec<dfrt::dummy::LayerScores> =
+        (0..4).map(|l| [vec![0.2, 0.1 * l as f32], vec![0.5, 0.1], vec![0.3, 0.9 - 0.1 * l as f32]]).collect();
     let p = dfrt::dummy::HeadProgram::from_calibration(&cfg, dfrt::dummy::DummySpec::new(2), &scores4).unwrap();
     let two = d.join("two.json");
     p.save(&two).unwrap();
-    expect("budget mismatch", gen(&["--policy", "dummy:3", "--heads", two.to_str().unwrap()]), "the head program has 2 dummy heads, but the policy asks for 3");
+    expect(
+        "budget mismatch",
+        gen(&["--policy", "dummy:3", "--heads", two.to_str().unwrap()]),
+        "the head program has 2 dummy heads, but the policy asks for 3",
+    );
     std::fs::write(&two, "{ not json").unwrap();
-    expect("broken program", gen(&["--policy", "dummy:3", "--heads", two.to_str().unwrap()]), "head program is not valid JSON");
+    expect(
+        "broken program",
+        gen(&["--policy", "dummy:3", "--heads", two.to_str().unwrap()]),
+        "head program is not valid JSON",
+    );
     std::fs::remove_dir_all(&d).ok();
 }
 
@@ -259,7 +370,21 @@ fn calibrate_reports_stability_and_writes_the_majority() {
     let rev: Vec<f32> = c.iter().rev().map(|x| -0.5 * x).collect();
     write_safetensors(&c2, &[OutTensor::f32("context", vec![16, 64], &rev)], &Default::default()).unwrap();
     let prog = d.join("majority.json");
-    let base = ["calibrate", "--model", ck.to_str().unwrap(), "--context", c1.to_str().unwrap(), "--context", c2.to_str().unwrap(), "--policy", "dummy:3", "--height", "8", "--width", "8"];
+    let base = [
+        "calibrate",
+        "--model",
+        ck.to_str().unwrap(),
+        "--context",
+        c1.to_str().unwrap(),
+        "--context",
+        c2.to_str().unwrap(),
+        "--policy",
+        "dummy:3",
+        "--height",
+        "8",
+        "--width",
+        "8",
+    ];
     let mut args = base.to_vec();
     args.extend(["--seeds", "2", "--json", "--out", prog.to_str().unwrap()]);
     let (code, stdout, err) = dfrt_out(&args);
@@ -281,13 +406,50 @@ fn calibrate_reports_stability_and_writes_the_majority() {
     assert!(stdout.contains("unanimous:") && stdout.contains("keeping their group vs the first"), "{stdout}");
     // The program drives a generation.
     let out = d.join("o.safetensors");
-    let (code, err) = dfrt(&["generate", "--model", ck.to_str().unwrap(), "--context", c1.to_str().unwrap(), "--height", "8", "--width", "8", "--frames", "9", "--policy", "dummy:3", "--heads", prog.to_str().unwrap(), "--quiet", "--out", out.to_str().unwrap()]);
+    let (code, err) = dfrt(&[
+        "generate",
+        "--model",
+        ck.to_str().unwrap(),
+        "--context",
+        c1.to_str().unwrap(),
+        "--height",
+        "8",
+        "--width",
+        "8",
+        "--frames",
+        "9",
+        "--policy",
+        "dummy:3",
+        "--heads",
+        prog.to_str().unwrap(),
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(TensorFile::open(&out).unwrap().i64_any("assignment").unwrap(), p.assignment().to_i64());
     // Errors.
-    let (code, _, err) = dfrt_out(&["calibrate", "--model", ck.to_str().unwrap(), "--context", c1.to_str().unwrap(), "--policy", "window:6,sink:1"]);
+    let (code, _, err) = dfrt_out(&[
+        "calibrate",
+        "--model",
+        ck.to_str().unwrap(),
+        "--context",
+        c1.to_str().unwrap(),
+        "--policy",
+        "window:6,sink:1",
+    ]);
     assert!(code == 1 && err.contains("calibrate needs a dummy policy"), "{err}");
-    let (code, _, err) = dfrt_out(&["calibrate", "--model", ck.to_str().unwrap(), "--context", c1.to_str().unwrap(), "--policy", "dummy:2", "--frames", "3"]);
+    let (code, _, err) = dfrt_out(&[
+        "calibrate",
+        "--model",
+        ck.to_str().unwrap(),
+        "--context",
+        c1.to_str().unwrap(),
+        "--policy",
+        "dummy:2",
+        "--frames",
+        "3",
+    ]);
     assert!(code == 1 && err.contains("needs at least 6 frames"), "{err}");
     std::fs::remove_dir_all(&d).ok();
 }
@@ -303,7 +465,25 @@ fn long_dummy_video_through_the_cli() {
     let ctx = d.join("c.safetensors");
     write_safetensors(&ctx, &[OutTensor::f32("context", vec![16, 64], &c)], &Default::default()).unwrap();
     let out = d.join("o.safetensors");
-    let (code, err) = dfrt(&["generate", "--model", ck.to_str().unwrap(), "--context", ctx.to_str().unwrap(), "--height", "4", "--width", "4", "--frames", "120", "--policy", "dummy:4,packing:off", "--dtype", "bf16", "--out", out.to_str().unwrap()]);
+    let (code, err) = dfrt(&[
+        "generate",
+        "--model",
+        ck.to_str().unwrap(),
+        "--context",
+        ctx.to_str().unwrap(),
+        "--height",
+        "4",
+        "--width",
+        "4",
+        "--frames",
+        "120",
+        "--policy",
+        "dummy:4,packing:off",
+        "--dtype",
+        "bf16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     println!("{err}");
     let o = TensorFile::open(&out).unwrap();

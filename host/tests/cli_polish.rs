@@ -33,7 +33,11 @@ fn s(p: &Path) -> &str {
 /// (exit code, stdout, stderr)
 fn dfrt(args: &[&str]) -> (i32, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_dfrt")).args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn json(out: &str) -> Value {
@@ -60,7 +64,10 @@ fn fails(what: &str, args: &[&str], kind: &str, needle: &str) {
 #[test]
 fn every_command_has_help() {
     for (cmd, needles) in [
-        (vec!["--help"], vec!["generate", "calibrate", "info", "inspect", "--json", "--log-level", "--quiet", "--verbose"]),
+        (
+            vec!["--help"],
+            vec!["generate", "calibrate", "info", "inspect", "--json", "--log-level", "--quiet", "--verbose"],
+        ),
         (vec!["generate", "--help"], vec!["--model", "--policy", "--seed", "--json"]),
         (vec!["calibrate", "--help"], vec!["--context", "--seeds", "--json"]),
         (vec!["info", "--help"], vec!["devices", "--json"]),
@@ -91,9 +98,13 @@ fn info_lists_devices_and_kernels() {
     assert_eq!(j["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(j["ptx"]["target"], "sm_90");
     assert!(j["ptx"]["isa_version"].as_str().unwrap().contains('.'));
-    let names: Vec<&str> = j["ptx"]["kernels"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        j["ptx"]["kernels"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
     assert_eq!(names, dfrt_kernels::KERNELS);
-    assert!(j["ptx"]["kernels"].as_array().unwrap().iter().all(|k| k["in_ptx"] == true), "every kernel is in the committed PTX");
+    assert!(
+        j["ptx"]["kernels"].as_array().unwrap().iter().all(|k| k["in_ptx"] == true),
+        "every kernel is in the committed PTX"
+    );
     let hot = j["ptx"]["kernels"].as_array().unwrap().iter().filter(|k| k["hot"] == true).count();
     assert_eq!(hot, dfrt_kernels::HOT_KERNELS.len());
     let devs = j["devices"].as_array().unwrap();
@@ -106,7 +117,12 @@ fn inspect_checkpoints_and_other_safetensors() {
     let (m, ctx) = model();
     let (code, out, err) = dfrt(&["inspect", s(m)]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("checkpoint, 69 tensors") && out.contains("2 layers × 2 heads") && out.contains("tensors match the config"), "{out}");
+    assert!(
+        out.contains("checkpoint, 69 tensors")
+            && out.contains("2 layers × 2 heads")
+            && out.contains("tensors match the config"),
+        "{out}"
+    );
     let (code, out, _) = dfrt(&["inspect", s(m), "--json"]);
     assert_eq!(code, 0);
     let j = json(&out);
@@ -122,7 +138,12 @@ fn inspect_checkpoints_and_other_safetensors() {
 
     // A checkpoint with a tensor missing and one misshapen: reported, exit 1.
     let f = TensorFile::open(m).unwrap();
-    let mut ts: Vec<OutTensor> = f.tensors.keys().filter(|n| *n != "head.head.bias").map(|n| OutTensor::f32(n.clone(), f.info(n).unwrap().shape.clone(), &f.f32_any(n).unwrap())).collect();
+    let mut ts: Vec<OutTensor> = f
+        .tensors
+        .keys()
+        .filter(|n| *n != "head.head.bias")
+        .map(|n| OutTensor::f32(n.clone(), f.info(n).unwrap().shape.clone(), &f.f32_any(n).unwrap()))
+        .collect();
     let i = ts.iter().position(|t| t.name == "blocks.0.self_attn.q.bias").unwrap();
     ts[i] = OutTensor::f32("blocks.0.self_attn.q.bias", vec![255], &vec![0.5; 255]);
     let bad = tmp().join("bad.safetensors");
@@ -152,7 +173,23 @@ fn generate_json_and_log_levels_then_inspect_the_head_program() {
     let (m, ctx) = model();
     let out = tmp().join("gen.safetensors");
     let heads = tmp().join("heads.json");
-    let base = ["generate", "--model", s(m), "--context", s(ctx), "--frames", "6", "--height", "8", "--width", "8", "--seed", "3", "--out", s(&out)];
+    let base = [
+        "generate",
+        "--model",
+        s(m),
+        "--context",
+        s(ctx),
+        "--frames",
+        "6",
+        "--height",
+        "8",
+        "--width",
+        "8",
+        "--seed",
+        "3",
+        "--out",
+        s(&out),
+    ];
     let mut a = base.to_vec();
     a.extend(["--policy", "dummy:2", "--save-heads", s(&heads), "--json"]);
     let (code, stdout, err) = dfrt(&a);
@@ -172,7 +209,10 @@ fn generate_json_and_log_levels_then_inspect_the_head_program() {
     opts.seed = 3;
     let c = dfrt::pipeline::inputs::read_context(&TensorFile::open(ctx).unwrap(), &lm.cfg).unwrap();
     let want = lm.session(&opts, &c.data, c.rows, dfrt::pipeline::Noise::seeded(3)).unwrap().run(&mut |_| {}).unwrap();
-    assert!(latents.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()) && latents.len() == want.len(), "CLI vs dfrt::api");
+    assert!(
+        latents.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()) && latents.len() == want.len(),
+        "CLI vs dfrt::api"
+    );
     // The output carries the config but is no checkpoint: inspect describes it, exit 0.
     let (code, stdout, err) = dfrt(&["inspect", s(&out), "--json"]);
     assert_eq!(code, 0, "{err}");
@@ -185,7 +225,12 @@ fn generate_json_and_log_levels_then_inspect_the_head_program() {
     assert_eq!(names, ["assignment", "latents"]);
 
     // -q: nothing on stderr; -v and --log-level debug: debug lines; the output is the same.
-    for (flags, debug) in [(vec!["-q"], None), (vec!["-v"], Some(true)), (vec!["--log-level", "debug"], Some(true)), (vec!["--log-level", "warn"], Some(false))] {
+    for (flags, debug) in [
+        (vec!["-q"], None),
+        (vec!["-v"], Some(true)),
+        (vec!["--log-level", "debug"], Some(true)),
+        (vec!["--log-level", "warn"], Some(false)),
+    ] {
         let mut a = base.to_vec();
         a.extend(["--policy", "window:6,sink:1"]);
         a.extend(flags.iter());
@@ -194,7 +239,9 @@ fn generate_json_and_log_levels_then_inspect_the_head_program() {
         assert!(stdout.is_empty(), "no --json, no stdout");
         match debug {
             None => assert!(err.is_empty(), "{flags:?}: {err}"),
-            Some(true) => assert!(err.contains("dfrt: debug: loaded") && err.contains("debug: chunk 2/2"), "{flags:?}: {err}"),
+            Some(true) => {
+                assert!(err.contains("dfrt: debug: loaded") && err.contains("debug: chunk 2/2"), "{flags:?}: {err}")
+            }
             Some(false) => assert!(err.is_empty(), "warn hides info: {err}"),
         }
     }
@@ -203,7 +250,10 @@ fn generate_json_and_log_levels_then_inspect_the_head_program() {
 
     let (code, stdout, err) = dfrt(&["inspect", s(&heads)]);
     assert_eq!(code, 0, "{err}");
-    assert!(stdout.contains("heads: sink") && stdout.contains("layer   0:") && stdout.contains("layer   1:"), "{stdout}");
+    assert!(
+        stdout.contains("heads: sink") && stdout.contains("layer   0:") && stdout.contains("layer   1:"),
+        "{stdout}"
+    );
     let (code, stdout, _) = dfrt(&["--json", "inspect", s(&heads)]);
     assert_eq!(code, 0);
     let j = json(&stdout);
@@ -223,11 +273,27 @@ fn errors_say_what_to_do_next() {
     let (m, ctx) = model();
     let out = tmp().join("e.safetensors");
     let gen = |model: &str, extra: &[&str]| {
-        let mut a = vec!["generate", "--model", model, "--context", s(ctx), "--frames", "3", "--height", "8", "--width", "8", "--out", s(&out)];
+        let mut a = vec![
+            "generate",
+            "--model",
+            model,
+            "--context",
+            s(ctx),
+            "--frames",
+            "3",
+            "--height",
+            "8",
+            "--width",
+            "8",
+            "--out",
+            s(&out),
+        ];
         a.extend(extra);
         a.into_iter().map(String::from).collect::<Vec<_>>()
     };
-    let run = |what: &str, args: Vec<String>, kind: &str, needle: &str| fails(what, &args.iter().map(|x| x.as_str()).collect::<Vec<_>>(), kind, needle);
+    let run = |what: &str, args: Vec<String>, kind: &str, needle: &str| {
+        fails(what, &args.iter().map(|x| x.as_str()).collect::<Vec<_>>(), kind, needle)
+    };
     run("missing model", gen("/nonexistent/m.safetensors", &[]), "checkpoint", "dfrt-weights synth --preset tiny");
     run("context as model", gen(s(ctx), &[]), "checkpoint", "dfrt-weights convert");
     let junk = tmp().join("junk.bin");
@@ -235,8 +301,18 @@ fn errors_say_what_to_do_next() {
     run("junk as model", gen(s(&junk), &[]), "checkpoint", "dfrt-weights");
     run("bad policy", gen(s(m), &["--policy", "dummy:9"]), "policy", "only 4 heads");
     run("no gpu", gen(s(m), &["--device", "cuda"]), "device", "--device cpu");
-    fails("calibrate window", &["calibrate", "--model", s(m), "--context", s(ctx), "--policy", "window:6"], "policy", "dummy policy");
-    fails("calibrate missing", &["calibrate", "--model", "/nonexistent/m.safetensors", "--context", s(ctx)], "checkpoint", "dfrt-weights synth");
+    fails(
+        "calibrate window",
+        &["calibrate", "--model", s(m), "--context", s(ctx), "--policy", "window:6"],
+        "policy",
+        "dummy policy",
+    );
+    fails(
+        "calibrate missing",
+        &["calibrate", "--model", "/nonexistent/m.safetensors", "--context", s(ctx)],
+        "checkpoint",
+        "dfrt-weights synth",
+    );
     fails("inspect missing", &["inspect", "/nonexistent/x.safetensors"], "input", "no such file");
     fails("inspect junk", &["inspect", s(&junk)], "checkpoint", "head-program JSON");
     let broken = tmp().join("broken.json");

@@ -69,7 +69,9 @@ fn every_golden_case_through_convert_and_generate() {
         .filter(|p| p.join("manifest.json").exists())
         // DiT cases only: the VAE and text-encoder cases have their own tests and configs.
         .filter(|p| {
-            let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.join("manifest.json")).unwrap_or_default()).unwrap_or_default();
+            let m: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(p.join("manifest.json")).unwrap_or_default())
+                    .unwrap_or_default();
             serde_json::from_value::<ModelConfig>(m["model_config"].clone()).is_ok()
         })
         .collect();
@@ -79,9 +81,14 @@ fn every_golden_case_through_convert_and_generate() {
     std::fs::create_dir_all(&tmp).unwrap();
     for case in &cases {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
-        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case.join("manifest.json")).unwrap()).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(case.join("manifest.json")).unwrap()).unwrap();
         let Some(extra) = system_args(&m) else {
-            let why = if m.get("prompts").is_some() && m.get("latent_shape").is_some() { "LongLive's window recache is not implemented" } else { "not a DiT pipeline case" };
+            let why = if m.get("prompts").is_some() && m.get("latent_shape").is_some() {
+                "LongLive's window recache is not implemented"
+            } else {
+                "not a DiT pipeline case"
+            };
             println!("{name}: skipped here: {why}");
             continue;
         };
@@ -97,7 +104,8 @@ fn every_golden_case_through_convert_and_generate() {
             dtype: Some(if dtype == "bf16" { DType::BF16 } else { DType::F32 }),
             ..Default::default()
         };
-        let rep = convert_file(case.join("weights.safetensors"), &ck, &opts).unwrap_or_else(|e| panic!("{name}: convert: {e}"));
+        let rep = convert_file(case.join("weights.safetensors"), &ck, &opts)
+            .unwrap_or_else(|e| panic!("{name}: convert: {e}"));
         assert_eq!(rep.config, want_cfg, "{name}: inferred config");
         let out = tmp.join(format!("{name}.out.safetensors"));
         let o = Command::new(env!("CARGO_BIN_EXE_dfrt"))
@@ -118,7 +126,9 @@ fn every_golden_case_through_convert_and_generate() {
         let got = TensorFile::open(&out).unwrap();
         let e = rel_l2(&name, &got.f32("latents", &shape).unwrap(), &want.f32_any("latents").unwrap());
         let tol = if dtype == "bf16" { 1.5e-2 } else { 1e-4 };
-        println!("{name}: convert → generate --policy {policy} --dtype {dtype}: latents rel L2 {e:.3e} (bound {tol:.1e})");
+        println!(
+            "{name}: convert → generate --policy {policy} --dtype {dtype}: latents rel L2 {e:.3e} (bound {tol:.1e})"
+        );
         assert!(e <= tol, "{name}: latents rel L2 {e:.3e} > {tol:.1e}");
         if m.get("dummy_forcing").is_some() {
             assert_eq!(got.i64_any("assignment").unwrap(), want.i64_any("assignment").unwrap(), "{name}: assignment");

@@ -81,19 +81,44 @@ fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
 
     let (wc, wg) = both(&mut r, &[40, cols]);
     let (bc, bg) = both(&mut r, &[40]);
-    check(&name("linear+bias"), &gpu.download(&gpu.linear(&xg, &wg, Some(&bg))), &cpu.download(&cpu.linear(&xc, &wc, Some(&bc))), tol);
+    check(
+        &name("linear+bias"),
+        &gpu.download(&gpu.linear(&xg, &wg, Some(&bg))),
+        &cpu.download(&cpu.linear(&xc, &wc, Some(&bc))),
+        tol,
+    );
     check(&name("linear"), &gpu.download(&gpu.linear(&xg, &wg, None)), &cpu.download(&cpu.linear(&xc, &wc, None)), tol);
     // The device GEMM's fused bias + GELU epilogue (cuBLASLt GELU_BIAS) against linear then
     // GELU; fused, the bf16 result is rounded once instead of twice. cuBLASLt's GELU formula is
     // its own, so CUDA gets a looser bound.
     let eg = gpu.zeros(&[rows, 40]);
-    let g = Gemm { dtype: p, x: xg.ptr(), w: wg.ptr(), y: eg.ptr(), bias: Some(bg.ptr()), gelu: true, n: rows, k: cols, m: 40 };
+    let g = Gemm {
+        dtype: p,
+        x: xg.ptr(),
+        w: wg.ptr(),
+        y: eg.ptr(),
+        bias: Some(bg.ptr()),
+        gelu: true,
+        n: rows,
+        k: cols,
+        m: 40,
+    };
     gpu.device().gemm(&g).unwrap();
     let gtol = if gpu.name() == "cuda" { tol.max(1e-3) } else { tol };
-    check(&name("gemm bias+gelu epilogue"), &gpu.download(&eg), &cpu.download(&cpu.gelu_tanh(&cpu.linear(&xc, &wc, Some(&bc)))), gtol);
+    check(
+        &name("gemm bias+gelu epilogue"),
+        &gpu.download(&eg),
+        &cpu.download(&cpu.gelu_tanh(&cpu.linear(&xc, &wc, Some(&bc)))),
+        gtol,
+    );
     // The op the FFN uses: fused in bf16 (one rounding), composed in f32 (exactly the reference).
     let lg = gpu.download(&gpu.linear_gelu(&xg, &wg, Some(&bg)));
-    check(&name("linear_gelu"), &lg, &cpu.download(&cpu.linear_gelu(&xc, &wc, Some(&bc))), if p == Precision::F32 { tol } else { gtol });
+    check(
+        &name("linear_gelu"),
+        &lg,
+        &cpu.download(&cpu.linear_gelu(&xc, &wc, Some(&bc))),
+        if p == Precision::F32 { tol } else { gtol },
+    );
     gpu.set_fused_gelu(false);
     let lu = gpu.download(&gpu.linear_gelu(&xg, &wg, Some(&bg)));
     gpu.set_fused_gelu(true);
@@ -104,16 +129,41 @@ fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
 
     let (nwc, nwg) = both(&mut r, &[cols]);
     let (nbc, nbg) = both(&mut r, &[cols]);
-    check(&name("layer_norm"), &gpu.download(&gpu.layer_norm(&xg, 1e-6, None)), &cpu.download(&cpu.layer_norm(&xc, 1e-6, None)), tol);
-    check(&name("layer_norm affine"), &gpu.download(&gpu.layer_norm(&xg, 1e-6, Some((&nwg, &nbg)))), &cpu.download(&cpu.layer_norm(&xc, 1e-6, Some((&nwc, &nbc)))), tol);
+    check(
+        &name("layer_norm"),
+        &gpu.download(&gpu.layer_norm(&xg, 1e-6, None)),
+        &cpu.download(&cpu.layer_norm(&xc, 1e-6, None)),
+        tol,
+    );
+    check(
+        &name("layer_norm affine"),
+        &gpu.download(&gpu.layer_norm(&xg, 1e-6, Some((&nwg, &nbg)))),
+        &cpu.download(&cpu.layer_norm(&xc, 1e-6, Some((&nwc, &nbc)))),
+        tol,
+    );
     let (shc, shg) = both(&mut r, &[rows / rpf, cols]);
     let (scc, scg) = both(&mut r, &[rows / rpf, cols]);
-    check(&name("norm_modulate"), &gpu.download(&gpu.norm_modulate(&xg, 1e-6, &shg, &scg, rpf)), &cpu.download(&cpu.norm_modulate(&xc, 1e-6, &shc, &scc, rpf)), tol);
-    check(&name("rms_norm"), &gpu.download(&gpu.rms_norm(&xg, &nwg, 1e-6)), &cpu.download(&cpu.rms_norm(&xc, &nwc, 1e-6)), tol);
+    check(
+        &name("norm_modulate"),
+        &gpu.download(&gpu.norm_modulate(&xg, 1e-6, &shg, &scg, rpf)),
+        &cpu.download(&cpu.norm_modulate(&xc, 1e-6, &shc, &scc, rpf)),
+        tol,
+    );
+    check(
+        &name("rms_norm"),
+        &gpu.download(&gpu.rms_norm(&xg, &nwg, 1e-6)),
+        &cpu.download(&cpu.rms_norm(&xc, &nwc, 1e-6)),
+        tol,
+    );
     check(&name("gelu_tanh"), &gpu.download(&gpu.gelu_tanh(&xg)), &cpu.download(&cpu.gelu_tanh(&xc)), tol);
     check(&name("silu"), &gpu.download(&gpu.silu(&xg)), &cpu.download(&cpu.silu(&xc)), tol);
     check(&name("add"), &gpu.download(&gpu.add(&xg, &yg)), &cpu.download(&cpu.add(&xc, &yc)), 0.0);
-    check(&name("gated_residual"), &gpu.download(&gpu.gated_residual(&xg, &yg, &scg, rpf)), &cpu.download(&cpu.gated_residual(&xc, &yc, &scc, rpf)), 0.0);
+    check(
+        &name("gated_residual"),
+        &gpu.download(&gpu.gated_residual(&xg, &yg, &scg, rpf)),
+        &cpu.download(&cpu.gated_residual(&xc, &yc, &scc, rpf)),
+        0.0,
+    );
 
     let (k, frames) = (6, 3);
     let (tc, tg) = both(&mut r, &[k, cols]);
@@ -129,7 +179,12 @@ fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
     // RoPE on [f·h·w, heads·d] at a frame offset; head dim 64 splits 10/11/11 pairs.
     let (grid, heads, d) = ([3, 2, 4], 2, 64);
     let (qc, qg) = both(&mut r, &[24, heads * d]);
-    check(&name("rope"), &gpu.download(&gpu.rope(&qg, heads, grid, 7)), &cpu.download(&cpu.rope(&qc, heads, grid, 7)), tol);
+    check(
+        &name("rope"),
+        &gpu.download(&gpu.rope(&qg, heads, grid, 7)),
+        &cpu.download(&cpu.rope(&qc, heads, grid, 7)),
+        tol,
+    );
 
     let (kc, kg) = both(&mut r, &[24, heads * d]);
     let (wqc, wqg) = both(&mut r, &[heads * d]);
@@ -140,7 +195,12 @@ fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
     check(&name("qk_norm_rope k"), &gpu.download(&gk), &cpu.download(&ck), tol);
 
     let ts = [1000.0, 937.5, 0.0];
-    check(&name("sinusoid"), &gpu.download(&gpu.sinusoid(&ts, 256)), &cpu.download(&cpu.sinusoid(&ts, 256)), if p == Precision::F32 { 1e-6 } else { tol });
+    check(
+        &name("sinusoid"),
+        &gpu.download(&gpu.sinusoid(&ts, 256)),
+        &cpu.download(&cpu.sinusoid(&ts, 256)),
+        if p == Precision::F32 { 1e-6 } else { tol },
+    );
 
     let (lc, lg) = both(&mut r, &[3, 4, 6, 8]);
     let pg = gpu.patchify(&lg, [1, 2, 2]);
@@ -148,7 +208,12 @@ fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
     assert_eq!(gpu.shape(&pg), cpu.shape(&pc));
     check(&name("patchify"), &gpu.download(&pg), &cpu.download(&pc), 0.0);
     let (uc, ug) = both(&mut r, &[3 * 3 * 4, 2 * 2 * 5]);
-    check(&name("unpatchify"), &gpu.download(&gpu.unpatchify(&ug, [3, 3, 4], [1, 2, 2], 5)), &cpu.download(&cpu.unpatchify(&uc, [3, 3, 4], [1, 2, 2], 5)), 0.0);
+    check(
+        &name("unpatchify"),
+        &gpu.download(&gpu.unpatchify(&ug, [3, 3, 4], [1, 2, 2], 5)),
+        &cpu.download(&cpu.unpatchify(&uc, [3, 3, 4], [1, 2, 2], 5)),
+        0.0,
+    );
 
     // copy_rows: strided head rows into a packed slot, at offsets, over a random destination.
     let (mut dc, mut dg) = both(&mut r, &[2, 5, d]);
@@ -192,33 +257,59 @@ fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
     }
     let ag = gpu.attention(&q2g, d, &ctx(&skg, &svg, &fkg, &fvg, heads, d));
     let ac = cpu.attention(&q2c, d, &ctx(&skc, &svc, &fkc, &fvc, heads, d));
-    check(&name("attention (mixed segments)"), &gpu.download(&ag), &cpu.download(&ac), if p == Precision::F32 { 1e-5 } else { 2e-2 });
+    check(
+        &name("attention (mixed segments)"),
+        &gpu.download(&ag),
+        &cpu.download(&ac),
+        if p == Precision::F32 { 1e-5 } else { 2e-2 },
+    );
     fn one<'a, T>(t: &'a T, u: &'a T, heads: usize, d: usize) -> Vec<Vec<Seg<'a, T>>> {
         (0..heads).map(|h| vec![Seg { k: t, v: u, offset: h * d, rows: 13, stride: heads * d, frame: None }]).collect()
     }
     let ag = gpu.attention(&q2g, d, &one(&fkg, &fvg, heads, d));
     let ac = cpu.attention(&q2c, d, &one(&fkc, &fvc, heads, d));
-    check(&name("attention (one segment)"), &gpu.download(&ag), &cpu.download(&ac), if p == Precision::F32 { 1e-5 } else { 2e-2 });
+    check(
+        &name("attention (one segment)"),
+        &gpu.download(&ag),
+        &cpu.download(&ac),
+        if p == Precision::F32 { 1e-5 } else { 2e-2 },
+    );
 
     // Dummy Forcing's calibration statistic on the device against the host statistic
     // (`layer_masses`, f64 sums) over the phase-1 layout: a slot [heads, 9, d] (head-major)
     // then the chunk's K [13, heads·d], regions cutting through both.
     fn phase1<'a, T>(sk: &'a T, fk: &'a T, heads: usize, d: usize) -> Vec<Vec<Seg<'a, T>>> {
-        (0..heads).map(|h| vec![Seg { k: sk, v: sk, offset: h * 9 * d, rows: 9, stride: d, frame: Some(0) }, Seg { k: fk, v: fk, offset: h * d, rows: 13, stride: heads * d, frame: Some(3) }]).collect()
+        (0..heads)
+            .map(|h| {
+                vec![
+                    Seg { k: sk, v: sk, offset: h * 9 * d, rows: 9, stride: d, frame: Some(0) },
+                    Seg { k: fk, v: fk, offset: h * d, rows: 13, stride: heads * d, frame: Some(3) },
+                ]
+            })
+            .collect()
     }
     let (slotc, slotg) = both(&mut r, &[heads, 9, d]);
     let (q3c, q3g) = both(&mut r, &[13, heads * d]);
     let rows = [0, 12, 5, 5, 7];
     let (first_end, mid_end) = (4, 22 - 13);
-    assert!(cpu.calibration_masses(&q3c, d, &[], &rows, first_end, mid_end).is_none(), "the CPU backend computes it on the host");
-    let got = gpu.calibration_masses(&q3g, d, &phase1(&slotg, &fkg, heads, d), &rows, first_end, mid_end).expect("phase-1 contexts run on the device").unwrap();
+    assert!(
+        cpu.calibration_masses(&q3c, d, &[], &rows, first_end, mid_end).is_none(),
+        "the CPU backend computes it on the host"
+    );
+    let got = gpu
+        .calibration_masses(&q3g, d, &phase1(&slotg, &fkg, heads, d), &rows, first_end, mid_end)
+        .expect("phase-1 contexts run on the device")
+        .unwrap();
     let (slot_h, fk_h, q_h) = (cpu.download(&slotc), cpu.download(&fkc), cpu.download(&q3c));
     let keys = [KeySegment::htd(&slot_h, heads, d).unwrap(), KeySegment::thd(&fk_h, heads, d).unwrap()];
     // layer_masses takes the first region from the chunk size (L/3 for ar_start 1 = 4 here).
     let want = layer_masses(&q_h, 13, heads, d, &rows, &keys, 1).unwrap().concat();
     check(&name("calibration masses"), &got, &want, 2e-5);
     // A context the kernel does not cover (heads in different tensors) is left to the host.
-    let mixed: Vec<Vec<Seg<'_, GpuTensor<D>>>> = vec![vec![Seg { k: &slotg, v: &slotg, offset: 0, rows: 22, stride: d, frame: None }], vec![Seg { k: &fkg, v: &fkg, offset: d, rows: 13, stride: heads * d, frame: None }]];
+    let mixed: Vec<Vec<Seg<'_, GpuTensor<D>>>> = vec![
+        vec![Seg { k: &slotg, v: &slotg, offset: 0, rows: 22, stride: d, frame: None }],
+        vec![Seg { k: &fkg, v: &fkg, offset: d, rows: 13, stride: heads * d, frame: None }],
+    ];
     assert!(gpu.calibration_masses(&q3g, d, &mixed, &rows, first_end, mid_end).is_none());
     gpu.status().expect("no op failed");
 }
@@ -238,7 +329,8 @@ fn failed_ops_are_sticky_errors_not_panics() {
     let be = GpuBackend::new(SimDevice::new(), Precision::Bf16);
     let q = be.upload(&[0.5; 4 * 2 * 48], &[4, 96]);
     // bf16 attention exists for head dims 64 and 128 only.
-    let ctx: Vec<Vec<Seg<'_, _>>> = (0..2).map(|h| vec![Seg { k: &q, v: &q, offset: h * 48, rows: 4, stride: 96, frame: None }]).collect();
+    let ctx: Vec<Vec<Seg<'_, _>>> =
+        (0..2).map(|h| vec![Seg { k: &q, v: &q, offset: h * 48, rows: 4, stride: 96, frame: None }]).collect();
     let o = be.attention(&q, 48, &ctx);
     let err = be.status().unwrap_err().to_string();
     assert!(err.contains("head_dim 48"), "{err}");
@@ -260,7 +352,22 @@ fn golden_case(case: &str, policy: &str, dtype: &str, tol: f64) {
     let out = d.join("out.safetensors");
     let inputs = golden().join(case).join("inputs.safetensors");
     let t0 = std::time::Instant::now();
-    let (code, err) = dfrt(&["generate", "--device", "sim", "--dtype", dtype, "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--policy", policy, "--quiet", "--out", out.to_str().unwrap()]);
+    let (code, err) = dfrt(&[
+        "generate",
+        "--device",
+        "sim",
+        "--dtype",
+        dtype,
+        "--model",
+        ck.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--policy",
+        policy,
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     let o = TensorFile::open(&out).unwrap();
     let want = TensorFile::open(golden().join(case).join("outputs.safetensors")).unwrap();
@@ -269,7 +376,10 @@ fn golden_case(case: &str, policy: &str, dtype: &str, tol: f64) {
     println!("{case} ({policy}, {dtype}) on sim: latents rel L2 {e:.3e} in {:.1?}", t0.elapsed());
     assert!(e <= tol, "{case} on sim: latents rel L2 {e:.3e} > {tol:.1e}");
     assert_eq!(o.metadata["dfrt.device"], "sim");
-    assert_eq!(o.metadata["dfrt.graphs"], "on", "the golden cases run the graph path (sessions_replay_graphs_* checks it against direct launches)");
+    assert_eq!(
+        o.metadata["dfrt.graphs"], "on",
+        "the golden cases run the graph path (sessions_replay_graphs_* checks it against direct launches)"
+    );
     if want.tensors.contains_key("assignment") {
         assert_eq!(o.i64_any("assignment").unwrap(), want.i64_any("assignment").unwrap(), "{case}: head assignment");
     }
@@ -278,7 +388,11 @@ fn golden_case(case: &str, policy: &str, dtype: &str, tol: f64) {
         // tests/golden.rs; the official bf16 run itself is 0.9 % away from the f32 one).
         let f32_out = golden().join(case.trim_end_matches("-bf16")).join("outputs.safetensors");
         if f32_out.exists() {
-            let e = rel_l2(case, &o.f32("latents", &shape).unwrap(), &TensorFile::open(f32_out).unwrap().f32_any("latents").unwrap());
+            let e = rel_l2(
+                case,
+                &o.f32("latents", &shape).unwrap(),
+                &TensorFile::open(f32_out).unwrap().f32_any("latents").unwrap(),
+            );
             println!("{case} on sim vs the f32 golden run: latents rel L2 {e:.3e}");
             assert!(e <= 2e-2, "{case} on sim vs f32 golden: {e:.3e}");
         }
@@ -298,7 +412,18 @@ fn golden_system_on_sim(case: &str, args: &[&str], frames: Option<usize>, tol: f
     let inputs = golden().join(case).join("inputs.safetensors");
     let t0 = std::time::Instant::now();
     let n = frames.map(|f| f.to_string());
-    let mut a = vec!["generate", "--device", "sim", "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--quiet", "--out", out.to_str().unwrap()];
+    let mut a = vec![
+        "generate",
+        "--device",
+        "sim",
+        "--model",
+        ck.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     if let Some(n) = &n {
         a.extend(["--frames", n.as_str()]);
     }
@@ -320,7 +445,8 @@ fn golden_system_on_sim(case: &str, args: &[&str], frames: Option<usize>, tol: f
         let meta: serde_json::Value = serde_json::from_str(&o.metadata["dfrt.teacache"]).unwrap();
         let steps = want.info("teacache.skipped").unwrap().shape[1];
         let chunks = got.len() / (all.len() / want.info("teacache.skipped").unwrap().shape[0]);
-        let want_pairs: Vec<[usize; 2]> = (0..chunks * steps).filter(|&i| skipped[i]).map(|i| [i / steps, i % steps]).collect();
+        let want_pairs: Vec<[usize; 2]> =
+            (0..chunks * steps).filter(|&i| skipped[i]).map(|i| [i / steps, i % steps]).collect();
         let got_pairs: Vec<[usize; 2]> = serde_json::from_value(meta["skipped"].clone()).unwrap();
         assert_eq!(got_pairs, want_pairs, "{case}: TeaCache skipped forwards");
     }
@@ -383,7 +509,28 @@ fn bf16_gpu_path_follows_the_cpu_bf16_path() {
     for policy in ["window:6,sink:1", "dummy:3"] {
         let run = |dev: &str| {
             let out = d.join(format!("{dev}.safetensors"));
-            let (code, err) = dfrt(&["generate", "--device", dev, "--dtype", "bf16", "--model", ck.to_str().unwrap(), "--context", ctx.to_str().unwrap(), "--height", "8", "--width", "8", "--frames", "12", "--policy", policy, "--quiet", "--out", out.to_str().unwrap()]);
+            let (code, err) = dfrt(&[
+                "generate",
+                "--device",
+                dev,
+                "--dtype",
+                "bf16",
+                "--model",
+                ck.to_str().unwrap(),
+                "--context",
+                ctx.to_str().unwrap(),
+                "--height",
+                "8",
+                "--width",
+                "8",
+                "--frames",
+                "12",
+                "--policy",
+                policy,
+                "--quiet",
+                "--out",
+                out.to_str().unwrap(),
+            ]);
             assert_eq!(code, 0, "{dev}: {err}");
             TensorFile::open(out).unwrap()
         };
@@ -402,7 +549,14 @@ fn bf16_gpu_path_follows_the_cpu_bf16_path() {
 /// A session of golden case `case`'s model on `be`, the way the CLI makes one: the memory plan
 /// reserved, the weights loaded, then `policy` at `h×w` latents for `frames` frames, a random
 /// 3-row context from `ctx_seed` and noise seeded with `noise_seed`.
-fn gpu_session<D: Device>(be: &Arc<GpuBackend<D>>, case: &str, policy: &str, (h, w): (usize, usize), frames: usize, (ctx_seed, noise_seed): (u64, u64)) -> Session<GpuBackend<D>> {
+fn gpu_session<D: Device>(
+    be: &Arc<GpuBackend<D>>,
+    case: &str,
+    policy: &str,
+    (h, w): (usize, usize),
+    frames: usize,
+    (ctx_seed, noise_seed): (u64, u64),
+) -> Session<GpuBackend<D>> {
     let cfg = case_config(case);
     let weights = TensorFile::open(golden().join(case).join("weights.safetensors")).unwrap();
     let policy = Policy::parse_for(policy, &cfg).unwrap();
@@ -434,7 +588,8 @@ fn alloc_counts(policy: &str, dtype: Precision, chunks: usize) -> (u64, Vec<u64>
     let (weights_live, _, _) = be.heap_stats();
     be.reset_peak();
     let ctx = Rand(5).vec(3 * cfg.text_dim);
-    let mut s = Session::new(model, be.clone(), policy, latent, Some(frames), &ctx, 3, Noise::Seeded(Rng::new(9))).unwrap();
+    let mut s =
+        Session::new(model, be.clone(), policy, latent, Some(frames), &ctx, 3, Noise::Seeded(Rng::new(9))).unwrap();
     let mut counts = Vec::new();
     while !s.done() {
         let x = s.next_chunk(&mut |_| {}).unwrap();
@@ -447,12 +602,16 @@ fn alloc_counts(policy: &str, dtype: Precision, chunks: usize) -> (u64, Vec<u64>
 
 #[test]
 fn chunk_loop_makes_no_device_allocation() {
-    for (policy, dtype) in [("full", Precision::F32), ("window:6,sink:1", Precision::Bf16), ("dummy:3", Precision::F32)] {
+    for (policy, dtype) in [("full", Precision::F32), ("window:6,sink:1", Precision::Bf16), ("dummy:3", Precision::F32)]
+    {
         let t0 = std::time::Instant::now();
         let (prep, counts, peak, plan) = alloc_counts(policy, dtype, 4);
         println!("{policy} {dtype:?}: allocations after prepare {prep}, after each chunk {counts:?}; peak beyond weights {peak} B, plan {} B ({:.1?})", plan.arena(), t0.elapsed());
         assert_eq!(prep, 1, "{policy}: the plan reserves one region");
-        assert!(counts.iter().all(|&c| c == prep), "{policy}: device allocations in the chunk loop: {counts:?} (after prepare: {prep})");
+        assert!(
+            counts.iter().all(|&c| c == prep),
+            "{policy}: device allocations in the chunk loop: {counts:?} (after prepare: {prep})"
+        );
         assert!(peak <= plan.core(), "{policy}: measured peak {peak} exceeds the estimate {plan:?}");
     }
 }
@@ -498,7 +657,23 @@ fn a_device_too_small_fails_before_generating() {
     let out = d.join("out.safetensors");
     // A full-policy 3000-frame video does not fit the simulated device's 16 GiB.
     let ctx = golden().join("tiny-full/inputs.safetensors");
-    let (code, err) = dfrt(&["generate", "--device", "sim", "--model", ck.to_str().unwrap(), "--context", ctx.to_str().unwrap(), "--height", "512", "--width", "512", "--frames", "3000", "--out", out.to_str().unwrap()]);
+    let (code, err) = dfrt(&[
+        "generate",
+        "--device",
+        "sim",
+        "--model",
+        ck.to_str().unwrap(),
+        "--context",
+        ctx.to_str().unwrap(),
+        "--height",
+        "512",
+        "--width",
+        "512",
+        "--frames",
+        "3000",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("out of device memory") && err.contains("bytes free"), "{err}");
     assert!(!out.exists());
@@ -530,18 +705,41 @@ fn cuda_golden_cases() {
         println!("skipped: {e}");
         return;
     }
-    for (case, policy, dtype, tol) in [("tiny-full", "full", "f32", 1e-4), ("tiny-window", "window:6,sink:1", "f32", 1e-4), ("df-tiny", "dummy:3", "f32", 1e-4), ("tiny-full-bf16", "full", "bf16", 1.5e-2)] {
+    for (case, policy, dtype, tol) in [
+        ("tiny-full", "full", "f32", 1e-4),
+        ("tiny-window", "window:6,sink:1", "f32", 1e-4),
+        ("df-tiny", "dummy:3", "f32", 1e-4),
+        ("tiny-full-bf16", "full", "bf16", 1.5e-2),
+    ] {
         let d = tmp(&format!("cuda-{case}"));
         let ck = d.join("model.safetensors");
         checkpoint(case, &ck, |_| {});
         let out = d.join("out.safetensors");
         let inputs = golden().join(case).join("inputs.safetensors");
-        let (code, err) = dfrt(&["generate", "--device", "cuda", "--dtype", dtype, "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--policy", policy, "--out", out.to_str().unwrap()]);
+        let (code, err) = dfrt(&[
+            "generate",
+            "--device",
+            "cuda",
+            "--dtype",
+            dtype,
+            "--model",
+            ck.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--policy",
+            policy,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert_eq!(code, 0, "{err}");
         println!("{err}");
         let want = TensorFile::open(golden().join(case).join("outputs.safetensors")).unwrap();
         let shape = want.info("latents").unwrap().shape.clone();
-        let e = rel_l2(case, &TensorFile::open(&out).unwrap().f32("latents", &shape).unwrap(), &want.f32_any("latents").unwrap());
+        let e = rel_l2(
+            case,
+            &TensorFile::open(&out).unwrap().f32("latents", &shape).unwrap(),
+            &want.f32_any("latents").unwrap(),
+        );
         println!("{case} on cuda: latents rel L2 {e:.3e}");
         assert!(e <= tol, "{case} on cuda: {e:.3e} > {tol:.1e}");
     }
@@ -554,7 +752,19 @@ fn cuda_device_without_a_gpu_is_a_clear_error() {
     checkpoint("tiny-full", &ck, |_| {});
     let inputs = golden().join("tiny-full/inputs.safetensors");
     let out = d.join("out.safetensors");
-    let (code, err) = dfrt(&["generate", "--device", "cuda", "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--frames", "3", "--out", out.to_str().unwrap()]);
+    let (code, err) = dfrt(&[
+        "generate",
+        "--device",
+        "cuda",
+        "--model",
+        ck.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--frames",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     if CudaDevice::new(0, false).is_ok() {
         println!("skipped: a GPU is present (the run exited {code})");
         return;
@@ -562,10 +772,31 @@ fn cuda_device_without_a_gpu_is_a_clear_error() {
     assert_eq!(code, 1, "exit code; stderr: {err}");
     assert!(err.starts_with("error: device:") && !err.contains("panicked"), "{err}");
     println!("{err}");
-    let (code, err) = dfrt(&["generate", "--device", "tpu", "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (code, err) = dfrt(&[
+        "generate",
+        "--device",
+        "tpu",
+        "--model",
+        ck.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("unknown device `tpu`"), "{err}");
-    let (code, err) = dfrt(&["generate", "--device", "sim", "--sync-debug", "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (code, err) = dfrt(&[
+        "generate",
+        "--device",
+        "sim",
+        "--sync-debug",
+        "--model",
+        ck.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("--sync-debug is for --device cuda"), "{err}");
     std::fs::remove_dir_all(&d).ok();
@@ -600,7 +831,8 @@ fn graph_replays_a_forward<D: Device>(dev: D, precision: Precision) {
     };
     let (want_a, want_b) = (eager(&a), eager(&b));
     let mut x = be.upload(&a, &shape);
-    let (flow, graph) = be.capture(|be| model.forward(be, &x, 937.5, &pass, &mut s.cache, &s.text, &mut NoHook, None)).unwrap();
+    let (flow, graph) =
+        be.capture(|be| model.forward(be, &x, 937.5, &pass, &mut s.cache, &s.text, &mut NoHook, None)).unwrap();
     let flow = flow.unwrap();
     for round in 0..2 {
         be.replay(graph).unwrap();
@@ -641,7 +873,8 @@ fn cuda_graph_capture_replays_a_forward() {
 /// 4 replays per chunk, no graph left alive after a chunk, and still no device allocation in
 /// the chunk loop.
 fn graphs_match_direct_launches<D: Device>(make: &dyn Fn() -> D) {
-    for (policy, dtype) in [("full", Precision::F32), ("window:6,sink:1", Precision::Bf16), ("dummy:3", Precision::F32)] {
+    for (policy, dtype) in [("full", Precision::F32), ("window:6,sink:1", Precision::Bf16), ("dummy:3", Precision::F32)]
+    {
         let case = if policy.starts_with("dummy") { "df-tiny" } else { "tiny-full" };
         let frames = 9;
         let run = |graphs: bool| {
@@ -666,14 +899,23 @@ fn graphs_match_direct_launches<D: Device>(make: &dyn Fn() -> D) {
         let t0 = std::time::Instant::now();
         let (direct, n0, a0) = run(false);
         let (graphed, n1, a1) = run(true);
-        println!("{policy} {dtype:?}: {n1} graph replays over {} chunks, latents identical: {} ({:.1?})", frames / 3, direct == graphed, t0.elapsed());
+        println!(
+            "{policy} {dtype:?}: {n1} graph replays over {} chunks, latents identical: {} ({:.1?})",
+            frames / 3,
+            direct == graphed,
+            t0.elapsed()
+        );
         assert_eq!(n0, 0, "graphs off: no replay");
         // One replay per forward (4 steps + the clean pass), but for the clean pass Dummy
         // Forcing calibrates in (chunk 1, which runs directly).
         let calibrating = usize::from(policy.starts_with("dummy"));
         assert_eq!(n1 as usize, 5 * frames / 3 - calibrating, "one replay per forward");
         assert!(graphed.iter().all(|v| v.is_finite()));
-        assert!(direct == graphed, "{policy}: graph replay changed the latents (rel L2 {:.3e})", rel_l2(policy, &graphed, &direct));
+        assert!(
+            direct == graphed,
+            "{policy}: graph replay changed the latents (rel L2 {:.3e})",
+            rel_l2(policy, &graphed, &direct)
+        );
         assert_eq!(a0, a1, "{policy}: head assignment");
     }
 }
@@ -698,7 +940,10 @@ fn cuda_sessions_replay_graphs_with_the_latents_of_direct_launches() {
 #[test]
 fn cuda_session_on_a_caller_stream() {
     // SAFETY: a null stream is refused before anything touches it.
-    let err = unsafe { CudaDevice::with_stream(0, false, std::ptr::null_mut()) }.err().expect("the legacy stream is refused").to_string();
+    let err = unsafe { CudaDevice::with_stream(0, false, std::ptr::null_mut()) }
+        .err()
+        .expect("the legacy stream is refused")
+        .to_string();
     assert!(err.contains("legacy default stream"), "{err}");
     if let Err(e) = CudaDevice::new(0, false) {
         println!("skipped: {e}");
@@ -760,5 +1005,9 @@ fn a_given_head_program_replays_every_forward() {
     let (graphed, _, n1) = run(true, Some(program));
     assert_eq!((n0, n1), (0, 15), "every forward replays from a graph");
     assert!(graphed.iter().all(|v| v.is_finite()));
-    assert!(direct == graphed, "given program: graph replay changed the latents (rel L2 {:.3e})", rel_l2("given", &graphed, &direct));
+    assert!(
+        direct == graphed,
+        "given program: graph replay changed the latents (rel L2 {:.3e})",
+        rel_l2("given", &graphed, &direct)
+    );
 }

@@ -34,7 +34,9 @@ fn run(policy: &str, layers: usize, frames: usize, seed: u64) -> Vec<usize> {
     let mut rng = Rng::new(seed + 100);
     let ctx = rng.normals(5 * cfg.text_dim);
     let latent = Latent { channels: cfg.in_dim, height: 4, width: 4 };
-    let mut s = Session::new(model.clone(), be, policy.clone(), latent, Some(frames), &ctx, 5, Noise::Seeded(Rng::new(seed))).unwrap();
+    let mut s =
+        Session::new(model.clone(), be, policy.clone(), latent, Some(frames), &ctx, 5, Noise::Seeded(Rng::new(seed)))
+            .unwrap();
     if let Some(d) = s.dummy_mut() {
         d.set_seed(seed);
     }
@@ -71,7 +73,13 @@ fn run(policy: &str, layers: usize, frames: usize, seed: u64) -> Vec<usize> {
         }
         let foot = s.kv_footprint().unwrap();
         if matches!(policy, Policy::Dummy(_) | Policy::Full) {
-            assert_eq!(foot.total_bytes, s.cache.bytes() as u64, "{} chunk {c}: accounting vs allocation ({})", policy.name(), foot.summary());
+            assert_eq!(
+                foot.total_bytes,
+                s.cache.bytes() as u64,
+                "{} chunk {c}: accounting vs allocation ({})",
+                policy.name(),
+                foot.summary()
+            );
         }
         bytes.push(s.cache.bytes());
     }
@@ -85,7 +93,12 @@ fn assert_bounded(name: &str, bytes: &[usize], warm: usize) {
         panic!("{name}: cache bytes {b} after chunk {c}, {top} after warm-up chunk {warm}");
     }
     assert!(bytes[..warm].iter().all(|&b| b <= bytes.iter().copied().max().unwrap()));
-    println!("{name}: {} chunks, cache {} bytes from chunk {warm} on (max {})", bytes.len(), top, bytes.iter().max().unwrap());
+    println!(
+        "{name}: {} chunks, cache {} bytes from chunk {warm} on (max {})",
+        bytes.len(),
+        top,
+        bytes.iter().max().unwrap()
+    );
 }
 
 #[test]

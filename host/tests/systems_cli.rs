@@ -14,7 +14,16 @@ fn generate(case: &str, tag: &str, args: &[&str]) -> Result<TensorFile, (i32, St
     checkpoint(case, &ck, |_| {});
     let out = d.join("out.safetensors");
     let inputs = golden().join(case).join("inputs.safetensors");
-    let mut a = vec!["generate", "--model", ck.to_str().unwrap(), "--inputs", inputs.to_str().unwrap(), "--quiet", "--out", out.to_str().unwrap()];
+    let mut a = vec![
+        "generate",
+        "--model",
+        ck.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     a.extend_from_slice(args);
     let (code, err) = dfrt(&a);
     if code != 0 {
@@ -26,7 +35,8 @@ fn generate(case: &str, tag: &str, args: &[&str]) -> Result<TensorFile, (i32, St
 #[test]
 fn prompt_switches_from_the_cli_match_df_switch() {
     // context.1 and context.2 of the inputs at frames 12 and 21 (the case's switch frames).
-    let o = generate("df-switch", "cli", &["--policy", "dummy:3,chunks:2,ar-start:2", "--prompts-at", "12,21"]).unwrap();
+    let o =
+        generate("df-switch", "cli", &["--policy", "dummy:3,chunks:2,ar-start:2", "--prompts-at", "12,21"]).unwrap();
     let want = TensorFile::open(golden().join("df-switch/outputs.safetensors")).unwrap();
     let e = rel_l2("df-switch", &o.f32_any("latents").unwrap(), &want.f32_any("latents").unwrap());
     println!("df-switch through the CLI: latents rel L2 {e:.3e}");
@@ -40,7 +50,10 @@ fn teacache_lists_its_skipped_forwards_in_the_metadata() {
     let o = generate("df-teacache", "cli", &["--policy", "dummy:3", "--teacache", "0.2", "--frames", "6"]).unwrap();
     let m: serde_json::Value = serde_json::from_str(&o.metadata["dfrt.teacache"]).unwrap();
     assert_eq!(m["skipped"], serde_json::json!([[0, 1], [0, 3], [1, 1], [1, 3]]));
-    assert_eq!((m["skipped_forwards"].as_u64(), m["denoising_forwards"].as_u64(), m["threshold"].as_f64()), (Some(4), Some(8), Some(0.2)));
+    assert_eq!(
+        (m["skipped_forwards"].as_u64(), m["denoising_forwards"].as_u64(), m["threshold"].as_f64()),
+        (Some(4), Some(8), Some(0.2))
+    );
     let want = TensorFile::open(golden().join("df-teacache/outputs.safetensors")).unwrap().f32_any("latents").unwrap();
     let got = o.f32_any("latents").unwrap();
     assert!(rel_l2("df-teacache prefix", &got, &want[..got.len()]) <= 1e-4);

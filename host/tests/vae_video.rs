@@ -45,7 +45,9 @@ fn have_ffmpeg() -> bool {
     let ok = Command::new("ffprobe").arg("-version").output().is_ok_and(|o| o.status.success());
     if !ok {
         if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("ffprobe/ffmpeg not found: CI must install Debian's ffmpeg (.ci/run does `apt-get install -y ffmpeg`)");
+            panic!(
+                "ffprobe/ffmpeg not found: CI must install Debian's ffmpeg (.ci/run does `apt-get install -y ffmpeg`)"
+            );
         }
         println!("SKIPPED: ffprobe/ffmpeg not installed (apt-get install -y ffmpeg); CI runs this check");
     }
@@ -68,7 +70,12 @@ fn probe(path: &Path) -> serde_json::Value {
 
 /// The file decoded back to RGB8 frames by ffmpeg.
 fn ffmpeg_rgb(path: &Path) -> Vec<u8> {
-    let o = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]).output().unwrap();
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "ffmpeg could not decode {}: {}", path.display(), String::from_utf8_lossy(&o.stderr));
     o.stdout
 }
@@ -94,7 +101,11 @@ fn pattern(t: usize, w: usize, h: usize) -> Vec<f32> {
 }
 
 fn assert_clean(dir: &Path, target: &str) {
-    let left: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains(target)).collect();
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(target))
+        .collect();
     assert!(left.is_empty(), "left behind after a failed write: {left:?}");
 }
 
@@ -228,7 +239,8 @@ fn streaming_decode_equals_one_shot_for_any_chunking() {
 #[test]
 fn bad_vae_checkpoints_and_latents_are_clear_errors() {
     let f = TensorFile::open(vae_file()).unwrap();
-    let all: Vec<(String, Vec<usize>, Vec<f32>)> = f.tensors.iter().map(|(n, i)| (n.clone(), i.shape.clone(), f.f32_any(n).unwrap())).collect();
+    let all: Vec<(String, Vec<usize>, Vec<f32>)> =
+        f.tensors.iter().map(|(n, i)| (n.clone(), i.shape.clone(), f.f32_any(n).unwrap())).collect();
     let meta = f.metadata.clone();
     let write = |name: &str, edit: &dyn Fn(&mut Vec<OutTensor>)| {
         let mut ts: Vec<OutTensor> = all.iter().map(|(n, s, d)| OutTensor::f32(n.clone(), s.clone(), d)).collect();
@@ -267,14 +279,32 @@ fn bad_vae_checkpoints_and_latents_are_clear_errors() {
 /// (exit code, stdout, stderr)
 fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
     let o = Command::new(bin).args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn generate_with_vae_writes_the_video_that_decode_makes_from_its_latents() {
     let (m, c) = model();
     let dfrt = env!("CARGO_BIN_EXE_dfrt");
-    let base = ["generate", "--model", s(m), "--context", s(c), "--frames", "6", "--height", "8", "--width", "8", "--seed", "5"];
+    let base = [
+        "generate",
+        "--model",
+        s(m),
+        "--context",
+        s(c),
+        "--frames",
+        "6",
+        "--height",
+        "8",
+        "--width",
+        "8",
+        "--seed",
+        "5",
+    ];
     let lat = tmp().join("gen.safetensors");
     let (code, _, err) = run(dfrt, &[&base[..], &["--out", s(&lat)]].concat());
     assert_eq!(code, 0, "{err}");
@@ -302,7 +332,12 @@ fn generate_with_vae_writes_the_video_that_decode_makes_from_its_latents() {
     }
     // Bad inputs through the CLI: clear errors, exit 1, no panic, nothing written.
     let bad = tmp().join("bad8.safetensors");
-    write_safetensors(&bad, &[OutTensor::f32("latents", vec![1, 3, 8, 4, 4], &vec![0.1; 3 * 8 * 16])], &Default::default()).unwrap();
+    write_safetensors(
+        &bad,
+        &[OutTensor::f32("latents", vec![1, 3, 8, 4, 4], &vec![0.1; 3 * 8 * 16])],
+        &Default::default(),
+    )
+    .unwrap();
     for (args, needle) in [
         (vec!["decode", s(&bad), "--vae", s(vae_file()), "-o", s(&tmp().join("b.mp4"))], "8 channels"),
         (vec!["decode", s(&lat), "--vae", s(vae_file()), "-o", s(&tmp().join("b.avi"))], "unknown video extension"),
@@ -326,7 +361,8 @@ fn video_session_hands_out_each_chunk_decoded() {
     let opts = SessionOptions::parse("full", 8, 8, Some(9), &lm.cfg).unwrap();
     let ctx = dfrt::pipeline::Rng::new(8).normals(4 * lm.cfg.text_dim);
     let vae = Arc::new(Vae::open(vae_file(), Precision::F32).unwrap());
-    let mut vs = dfrt::video::VideoSession::new(lm.session(&opts, &ctx, 4, Noise::seeded(3)).unwrap(), vae.clone()).unwrap();
+    let mut vs =
+        dfrt::video::VideoSession::new(lm.session(&opts, &ctx, 4, Noise::seeded(3)).unwrap(), vae.clone()).unwrap();
     let mut frames = Vec::new();
     let mut latents = Vec::new();
     let mut counts = Vec::new();
@@ -346,6 +382,9 @@ fn video_session_hands_out_each_chunk_decoded() {
     let p8 = tmp().join("vae_z8.safetensors");
     dfrt_weights::vae::synth_vae(&p8, &cfg8, 1, DType::F32).unwrap();
     let v8 = Arc::new(Vae::open(&p8, Precision::F32).unwrap());
-    let e = dfrt::video::VideoSession::new(lm.session(&opts, &ctx, 4, Noise::seeded(3)).unwrap(), v8).err().unwrap().to_string();
+    let e = dfrt::video::VideoSession::new(lm.session(&opts, &ctx, 4, Noise::seeded(3)).unwrap(), v8)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("16 channels") && e.contains("takes 8"), "{e}");
 }

@@ -96,7 +96,11 @@ impl Launch for CalibMassParams {
     /// thread's partials (max and three sums per row).
     fn dims(&self) -> LaunchDims {
         LaunchDims {
-            grid: [self.n_rows.div_ceil(CALIB_ROWS).max(1), self.heads.max(1), 1],
+            grid: [
+                self.n_rows.div_ceil(CALIB_ROWS).max(1),
+                self.heads.max(1),
+                1,
+            ],
             block: [CALIB_THREADS, 1, 1],
             dyn_smem: self.q_bytes() + CALIB_ROWS * CALIB_THREADS * 16,
         }
@@ -135,7 +139,10 @@ unsafe fn calib_mass_body<T: Elem>(p: CalibMassParams) {
     while i < CALIB_ROWS * d {
         let (r, c) = (i / d, i % d);
         let row = *rows.add((row0 + r).min(p.n_rows - 1) as usize);
-        let v = T::ld(p.q as *const T, row as usize * qstride + (h * p.head_dim + c) as usize);
+        let v = T::ld(
+            p.q as *const T,
+            row as usize * qstride + (h * p.head_dim + c) as usize,
+        );
         st_shared_f32(smem + 4 * i, v);
         i += nt;
     }

@@ -155,7 +155,11 @@ unsafe fn add_body<T: Elem>(p: AddParams) {
     let (mut i, stride) = grid_stride();
     while i < p.n {
         let i_ = i as usize;
-        T::st(p.out as *mut T, i_, T::ld(p.x as *const T, i_) + T::ld(p.y as *const T, i_));
+        T::st(
+            p.out as *mut T,
+            i_,
+            T::ld(p.x as *const T, i_) + T::ld(p.y as *const T, i_),
+        );
         i += stride;
     }
 }
@@ -364,7 +368,11 @@ pub fn cos_sin_f64(a: f64) -> (f64, f64) {
     const PIO2_LO: f64 = 6.077_100_506_506_192e-11; // π/2 − PIO2_HI
     let kf = a * core::f64::consts::FRAC_2_PI;
     // Round to nearest; `as` saturates, and angles here are far below 2^62.
-    let k = if kf >= 0.0 { (kf + 0.5) as i64 } else { (kf - 0.5) as i64 };
+    let k = if kf >= 0.0 {
+        (kf + 0.5) as i64
+    } else {
+        (kf - 0.5) as i64
+    };
     let r = (a - k as f64 * PIO2_HI) - k as f64 * PIO2_LO;
     let r2 = r * r;
     // Horner forms of the Taylor series to x^15 (sin) and x^16 (cos).
@@ -412,7 +420,8 @@ unsafe fn sinusoid_body<T: Elem>(p: SinusoidParams) {
         let (row, col) = (o / dim, o % dim);
         let v = if col < 2 * half {
             let j = if col < half { col } else { col - half };
-            let a = *(p.t as *const f32).add(row as usize) as f64 * *(p.freqs as *const f64).add(j as usize);
+            let a = *(p.t as *const f32).add(row as usize) as f64
+                * *(p.freqs as *const f64).add(j as usize);
             let (c, s) = cos_sin_f64(a);
             (if col < half { c } else { s }) as f32
         } else {

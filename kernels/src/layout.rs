@@ -26,7 +26,11 @@ fn grid_stride() -> (u32, u32) {
 
 fn copy_dims(n: u64, grid_y: u32) -> LaunchDims {
     LaunchDims {
-        grid: [crate::grid_for(n.min(u32::MAX as u64) as u32, COPY_THREADS), grid_y.max(1), 1],
+        grid: [
+            crate::grid_for(n.min(u32::MAX as u64) as u32, COPY_THREADS),
+            grid_y.max(1),
+            1,
+        ],
         block: [COPY_THREADS, 1, 1],
         dyn_smem: 0,
     }
@@ -145,7 +149,10 @@ pub struct UnpatchifyParams {
 
 impl UnpatchifyParams {
     pub fn len(&self) -> u64 {
-        [self.f, self.gh, self.gw, self.ph, self.pw, self.c].iter().map(|&v| v as u64).product()
+        [self.f, self.gh, self.gw, self.ph, self.pw, self.c]
+            .iter()
+            .map(|&v| v as u64)
+            .product()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -368,7 +375,9 @@ unsafe fn head_copy_job<W: Copy>(job: &HeadCopyJob, s: HeadCopyShape) {
 
 /// A job's pointers all aligned to `a` bytes.
 fn job_aligned(j: &HeadCopyJob, a: u64) -> bool {
-    [j.src_k, j.src_v, j.dst_k, j.dst_v].iter().all(|&p| p % a == 0)
+    [j.src_k, j.src_v, j.dst_k, j.dst_v]
+        .iter()
+        .all(|&p| p % a == 0)
 }
 
 /// bf16: move pairs as u32 when the shape and the job's pointers allow it (uniform branch).

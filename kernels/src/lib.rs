@@ -123,9 +123,9 @@
 mod macros;
 pub mod gpu;
 #[cfg(not(target_arch = "nvptx64"))]
-pub mod sim;
-#[cfg(not(target_arch = "nvptx64"))]
 pub mod ptx;
+#[cfg(not(target_arch = "nvptx64"))]
+pub mod sim;
 
 pub mod attention;
 pub mod calib;
@@ -159,7 +159,11 @@ const ALL_KERNELS: [&str; HOT_KERNELS.len() + TEST_KERNELS.len()] = {
     let mut all = [""; HOT_KERNELS.len() + TEST_KERNELS.len()];
     let mut i = 0;
     while i < all.len() {
-        all[i] = if i < HOT_KERNELS.len() { HOT_KERNELS[i] } else { TEST_KERNELS[i - HOT_KERNELS.len()] };
+        all[i] = if i < HOT_KERNELS.len() {
+            HOT_KERNELS[i]
+        } else {
+            TEST_KERNELS[i - HOT_KERNELS.len()]
+        };
         i += 1;
     }
     all

@@ -2,9 +2,9 @@
 //! adaLN modulation. One block per row; sums in f32 (the CPU reference sums in f64, so f32
 //! results differ from it by a few f32 ulp; bf16 results agree up to a rare 1-ulp tie flip).
 
+use crate::elem::{Bf16, Elem};
 use crate::gpu::reduce::{block_sum, BLOCK_SUM_SCRATCH};
 use crate::gpu::{block_dim_x, block_idx_x, dyn_smem_addr, sqrt, thread_idx_x};
-use crate::elem::{Bf16, Elem};
 use crate::{Launch, LaunchDims};
 
 /// Threads per block of the row kernels (a multiple of 32).
@@ -159,7 +159,11 @@ unsafe fn layer_norm_row<T: Elem>(p: LayerNormParams) {
     while c < cols {
         let n = (T::ld(x, c) - mean) * rstd;
         // One rounding at the end, as the reference (no intermediate rounding of n).
-        let v = if w.is_null() { n } else { n * T::ld(w, c) + T::ld(b, c) };
+        let v = if w.is_null() {
+            n
+        } else {
+            n * T::ld(w, c) + T::ld(b, c)
+        };
         T::st(y, c, v);
         c += block_dim_x() as usize;
     }

@@ -16,7 +16,9 @@
 
 use crate::elem::{Bf16, Elem};
 use crate::gpu::reduce::{block_sum, BLOCK_SUM_SCRATCH};
-use crate::gpu::{block_dim_x, block_idx_x, block_idx_y, dyn_smem_addr, grid_dim_x, sqrt, thread_idx_x};
+use crate::gpu::{
+    block_dim_x, block_idx_x, block_idx_y, dyn_smem_addr, grid_dim_x, sqrt, thread_idx_x,
+};
 use crate::norm::ROW_THREADS;
 use crate::{Launch, LaunchDims};
 
@@ -246,7 +248,11 @@ unsafe fn qk_norm_rope_row<T: Elem>(p: QkNormRopeParams) {
     if t >= p.tokens() {
         return;
     }
-    let (x, w, y) = if block_idx_y() == 0 { (p.q, p.wq, p.q_out) } else { (p.k, p.wk, p.k_out) };
+    let (x, w, y) = if block_idx_y() == 0 {
+        (p.q, p.wq, p.q_out)
+    } else {
+        (p.k, p.wk, p.k_out)
+    };
     let cols = p.heads * p.head_dim;
     let (tid, nt) = (thread_idx_x(), block_dim_x());
     let x = (x as *const T).add((t * cols) as usize);

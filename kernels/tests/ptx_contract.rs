@@ -1,7 +1,9 @@
 //! The embedded PTX matches the crate: every kernel in `KERNELS` is an entry point and nothing
 //! else is; the params structs keep the layout the host passes by value.
 
-use dfrt_kernels::{calib::*, elem::Bf16, elementwise::*, layout::*, norm::*, rope::*, HOT_KERNELS, KERNELS, PTX};
+use dfrt_kernels::{
+    calib::*, elem::Bf16, elementwise::*, layout::*, norm::*, rope::*, HOT_KERNELS, KERNELS, PTX,
+};
 
 #[test]
 fn ptx_entries_are_the_kernel_list() {
@@ -87,56 +89,64 @@ fn params_abi_matches_the_ptx_param_declarations() {
     use dfrt_kernels::testk::*;
     use dfrt_kernels::Entry;
     fn abi<P: Entry>(m: &dfrt_kernels::ptx::ir::Module) {
-        let e = m.entries.get(P::NAME).unwrap_or_else(|| panic!("{} is not in the PTX", P::NAME));
+        let e = m
+            .entries
+            .get(P::NAME)
+            .unwrap_or_else(|| panic!("{} is not in the PTX", P::NAME));
         let got = (std::mem::size_of::<P>(), std::mem::align_of::<P>());
-        assert_eq!(got, (e.param_size as usize, e.param_align as usize), "{}: (size, align) of the params struct vs the PTX", P::NAME);
+        assert_eq!(
+            got,
+            (e.param_size as usize, e.param_align as usize),
+            "{}: (size, align) of the params struct vs the PTX",
+            P::NAME
+        );
     }
     let m = dfrt_kernels::ptx::module().unwrap_or_else(|e| panic!("{e}"));
-        abi::<Bf16<AddParams>>(m);
-        abi::<AddParams>(m);
-        abi::<AttnBf16D128>(m);
-        abi::<AttnBf16D128W8>(m);
-        abi::<AttnBf16D64>(m);
-        abi::<AttnF32>(m);
-        abi::<Bf16<CalibMassParams>>(m);
-        abi::<CalibMassParams>(m);
-        abi::<CalibMeanParams>(m);
-        abi::<Bf16<CopyRowsParams>>(m);
-        abi::<CopyRowsParams>(m);
-        abi::<Bf16<GatedResidualParams>>(m);
-        abi::<GatedResidualParams>(m);
-        abi::<Bf16<GeluParams>>(m);
-        abi::<GeluParams>(m);
-        abi::<Bf16<KvCompactParams>>(m);
-        abi::<KvCompactParams>(m);
-        abi::<Bf16<KvWriteParams>>(m);
-        abi::<KvWriteParams>(m);
-        abi::<Bf16<LayerNormParams>>(m);
-        abi::<LayerNormParams>(m);
-        abi::<Bf16<LayerNormModParams>>(m);
-        abi::<LayerNormModParams>(m);
-        abi::<Bf16<ModulationParams>>(m);
-        abi::<ModulationParams>(m);
-        abi::<Bf16<PatchifyParams>>(m);
-        abi::<PatchifyParams>(m);
-        abi::<Bf16<QkNormRopeParams>>(m);
-        abi::<QkNormRopeParams>(m);
-        abi::<Bf16<RmsNormParams>>(m);
-        abi::<RmsNormParams>(m);
-        abi::<Bf16<RopeParams>>(m);
-        abi::<RopeParams>(m);
-        abi::<Bf16<SiluParams>>(m);
-        abi::<SiluParams>(m);
-        abi::<Bf16<SinusoidParams>>(m);
-        abi::<SinusoidParams>(m);
-        abi::<CpAsyncParams>(m);
-        abi::<DivergentBarrierParams>(m);
-        abi::<DivergentShflParams>(m);
-        abi::<IndependentBarrierParams>(m);
-        abi::<MmaTileParams>(m);
-        abi::<SmemOobParams>(m);
-        abi::<WarpOpsParams>(m);
-        abi::<Bf16<UnpatchifyParams>>(m);
-        abi::<UnpatchifyParams>(m);
+    abi::<Bf16<AddParams>>(m);
+    abi::<AddParams>(m);
+    abi::<AttnBf16D128>(m);
+    abi::<AttnBf16D128W8>(m);
+    abi::<AttnBf16D64>(m);
+    abi::<AttnF32>(m);
+    abi::<Bf16<CalibMassParams>>(m);
+    abi::<CalibMassParams>(m);
+    abi::<CalibMeanParams>(m);
+    abi::<Bf16<CopyRowsParams>>(m);
+    abi::<CopyRowsParams>(m);
+    abi::<Bf16<GatedResidualParams>>(m);
+    abi::<GatedResidualParams>(m);
+    abi::<Bf16<GeluParams>>(m);
+    abi::<GeluParams>(m);
+    abi::<Bf16<KvCompactParams>>(m);
+    abi::<KvCompactParams>(m);
+    abi::<Bf16<KvWriteParams>>(m);
+    abi::<KvWriteParams>(m);
+    abi::<Bf16<LayerNormParams>>(m);
+    abi::<LayerNormParams>(m);
+    abi::<Bf16<LayerNormModParams>>(m);
+    abi::<LayerNormModParams>(m);
+    abi::<Bf16<ModulationParams>>(m);
+    abi::<ModulationParams>(m);
+    abi::<Bf16<PatchifyParams>>(m);
+    abi::<PatchifyParams>(m);
+    abi::<Bf16<QkNormRopeParams>>(m);
+    abi::<QkNormRopeParams>(m);
+    abi::<Bf16<RmsNormParams>>(m);
+    abi::<RmsNormParams>(m);
+    abi::<Bf16<RopeParams>>(m);
+    abi::<RopeParams>(m);
+    abi::<Bf16<SiluParams>>(m);
+    abi::<SiluParams>(m);
+    abi::<Bf16<SinusoidParams>>(m);
+    abi::<SinusoidParams>(m);
+    abi::<CpAsyncParams>(m);
+    abi::<DivergentBarrierParams>(m);
+    abi::<DivergentShflParams>(m);
+    abi::<IndependentBarrierParams>(m);
+    abi::<MmaTileParams>(m);
+    abi::<SmemOobParams>(m);
+    abi::<WarpOpsParams>(m);
+    abi::<Bf16<UnpatchifyParams>>(m);
+    abi::<UnpatchifyParams>(m);
     assert_eq!(m.entries.len(), 46, "an entry without an ABI check");
 }

@@ -8,7 +8,8 @@ use common::*;
 use dfrt_kernels::ptx::{self, ir, Counters, PtxOptions};
 use dfrt_kernels::sim::{SimError, SimErrorKind};
 
-const HEAD: &str = ".version 8.0\n.target sm_90\n.address_size 64\n.extern .shared .align 16 .b8 dyn_smem[];\n";
+const HEAD: &str =
+    ".version 8.0\n.target sm_90\n.address_size 64\n.extern .shared .align 16 .b8 dyn_smem[];\n";
 
 /// One entry `k` with a 16-byte (two pointer) params struct and `body`.
 fn module(body: &str) -> ir::Module {
@@ -18,18 +19,44 @@ fn module(body: &str) -> ir::Module {
     ir::load(&src).unwrap_or_else(|e| panic!("planted kernel does not load: {e}"))
 }
 
-fn run(m: &ir::Module, threads: u32, smem: u32, p: [u64; 2], live: Option<Vec<(u64, u64)>>) -> Result<(), SimError> {
+fn run(
+    m: &ir::Module,
+    threads: u32,
+    smem: u32,
+    p: [u64; 2],
+    live: Option<Vec<(u64, u64)>>,
+) -> Result<(), SimError> {
     let bytes: Vec<u8> = p.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let opts = PtxOptions { racecheck: true, live };
+    let opts = PtxOptions {
+        racecheck: true,
+        live,
+    };
     // SAFETY: the planted kernels only touch the buffers passed in `p` (or fail memcheck first).
-    unsafe { ptx::launch_bytes(m, "k", [1, 1, 1], [threads, 1, 1], smem, &bytes, 8, opts, None) }
+    unsafe {
+        ptx::launch_bytes(
+            m,
+            "k",
+            [1, 1, 1],
+            [threads, 1, 1],
+            smem,
+            &bytes,
+            8,
+            opts,
+            None,
+        )
+    }
 }
 
 #[test]
 fn committed_ptx_decodes_every_entry() {
     let t0 = std::time::Instant::now();
     let m = ir::load(dfrt_kernels::PTX).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("decoded {} entries, {} instructions in {:?}", m.entries.len(), m.n_instrs, t0.elapsed());
+    eprintln!(
+        "decoded {} entries, {} instructions in {:?}",
+        m.entries.len(),
+        m.n_instrs,
+        t0.elapsed()
+    );
     // Every `.entry` of the text is decoded, and every instruction statement of it.
     let names: Vec<&str> = dfrt_kernels::PTX
         .lines()
@@ -44,13 +71,26 @@ fn committed_ptx_decodes_every_entry() {
     let stmts = dfrt_kernels::PTX
         .lines()
         .map(|l| l.split("//").next().unwrap().trim())
-        .filter(|l| !l.is_empty() && !l.starts_with('.') && !l.ends_with(':') && !l.starts_with('{') && !l.starts_with('}') && !l.starts_with('(') && !l.starts_with(')') && !l.starts_with('$'))
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with('.')
+                && !l.ends_with(':')
+                && !l.starts_with('{')
+                && !l.starts_with('}')
+                && !l.starts_with('(')
+                && !l.starts_with(')')
+                && !l.starts_with('$')
+        })
         .filter(|l| !l.starts_with("call.uni") || true)
         .count();
     // The three panic stubs hold 5 statements that are not part of any entry (3 exit, 1 trap,
     // 2 calls, minus the `trap; exit;` line counted once); the scoped vote block is one line
     // of three statements (`.reg` + setp + vote: 2 instructions).
-    assert!(m.n_instrs + 10 >= stmts && m.n_instrs <= stmts + 10, "decoded {} of about {stmts} instruction lines", m.n_instrs);
+    assert!(
+        m.n_instrs + 10 >= stmts && m.n_instrs <= stmts + 10,
+        "decoded {} of about {stmts} instruction lines",
+        m.n_instrs
+    );
 }
 
 #[test]
@@ -79,7 +119,10 @@ fn planted_out_of_bounds_global_store_is_caught_by_memcheck() {
     assert_eq!(e.kind, SimErrorKind::Memcheck, "{e}");
     assert_eq!(e.thread, Some([16, 0, 0]), "{e}");
     let s = e.to_string();
-    assert!(s.contains("st.b32") && s.contains("out-of-bounds global store"), "{s}");
+    assert!(
+        s.contains("st.b32") && s.contains("out-of-bounds global store"),
+        "{s}"
+    );
     // The threads before the culprit did store.
     assert_eq!(&out[..16], &(0..16).collect::<Vec<u32>>()[..]);
     assert!(out[16..].iter().all(|&v| v == 0));
@@ -96,7 +139,10 @@ fn planted_shared_race_is_reported_with_both_sites() {
     eprintln!("{e}");
     assert_eq!(e.kind, SimErrorKind::Race, "{e}");
     let s = e.to_string();
-    assert!(s.contains("st.shared.u32") && s.contains("ld.shared.u32"), "both sites: {s}");
+    assert!(
+        s.contains("st.shared.u32") && s.contains("ld.shared.u32"),
+        "both sites: {s}"
+    );
     assert!(s.contains("warp 0") && s.contains("warp 1"), "{s}");
     // With a barrier between the store and the load, it is clean.
     let m = module(
@@ -114,7 +160,11 @@ fn planted_divergent_shuffle_is_an_error_not_a_hang() {
     let e = run(&m, 32, 0, [0x10000, 0], None).unwrap_err();
     eprintln!("{e}");
     assert_eq!(e.kind, SimErrorKind::Collective, "{e}");
-    assert!(e.to_string().contains("warp 0 are at different collectives"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("warp 0 are at different collectives"),
+        "{e}"
+    );
     // A shuffle some lanes skip (they return) is an error too.
     let m = module(
         "\tmov.u32 %r1, %tid.x;\n\tsetp.lt.u32 %p1, %r1, 16;\n\t@%p1 bra $L_a;\n\tshfl.sync.bfly.b32 %r2, %r1, 1, 0x1f, 0xffffffff;\n$L_a:\n\tret;",
@@ -140,9 +190,21 @@ fn planted_missing_cp_async_wait_group_is_a_race() {
     eprintln!("{e}");
     assert_eq!(e.kind, SimErrorKind::Race, "{e}");
     let s = e.to_string();
-    assert!(s.contains("un-waited cp.async") && s.contains("cp.async.cg.shared.global") && s.contains("ld.shared.u32"), "{s}");
+    assert!(
+        s.contains("un-waited cp.async")
+            && s.contains("cp.async.cg.shared.global")
+            && s.contains("ld.shared.u32"),
+        "{s}"
+    );
     // With the wait it is clean, and the data arrived.
-    run(&module(&body("\tcp.async.wait_group 0;\n")), 32, 512, p, None).unwrap();
+    run(
+        &module(&body("\tcp.async.wait_group 0;\n")),
+        32,
+        512,
+        p,
+        None,
+    )
+    .unwrap();
     for t in 0..32 {
         assert_eq!(out[t], src[4 * ((t + 1) % 32)], "thread {t}");
     }
@@ -153,18 +215,40 @@ fn planted_params_size_mismatch_names_the_declaration() {
     // add_f32 takes a 32-byte struct; pass 24 bytes.
     let p = [0u64; 3];
     // SAFETY: the launch fails before any thread runs.
-    let e = unsafe { ptx::launch("add_f32", [1, 1, 1], [32, 1, 1], 0, &p, PtxOptions::default(), None) }.unwrap_err();
+    let e = unsafe {
+        ptx::launch(
+            "add_f32",
+            [1, 1, 1],
+            [32, 1, 1],
+            0,
+            &p,
+            PtxOptions::default(),
+            None,
+        )
+    }
+    .unwrap_err();
     eprintln!("{e}");
     assert_eq!(e.kind, SimErrorKind::Params, "{e}");
-    assert!(e.to_string().contains("24 bytes") && e.to_string().contains("add_f32_param_0[32]"), "{e}");
+    assert!(
+        e.to_string().contains("24 bytes") && e.to_string().contains("add_f32_param_0[32]"),
+        "{e}"
+    );
 }
 
 #[test]
 fn trap_and_partial_barrier_name_kernel_block_and_thread() {
     let m = module("\tmov.u32 %r1, %tid.x;\n\tsetp.eq.b32 %p1, %r1, 5;\n\t@%p1 bra $L_t;\n\tret;\n$L_t:\n\ttrap;\n\tret;");
     let e = run(&m, 32, 0, [0x10000, 0], None).unwrap_err();
-    assert_eq!((e.kind, e.thread), (SimErrorKind::Trap, Some([5, 0, 0])), "{e}");
-    assert!(e.to_string().contains("kernel `k` block (0,0,0) thread (5,0,0)"), "{e}");
+    assert_eq!(
+        (e.kind, e.thread),
+        (SimErrorKind::Trap, Some([5, 0, 0])),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("kernel `k` block (0,0,0) thread (5,0,0)"),
+        "{e}"
+    );
     let m = module("\tmov.u32 %r1, %tid.x;\n\tsetp.lt.u32 %p1, %r1, 40;\n\t@%p1 bra $L_t;\n\tbar.sync 0;\n$L_t:\n\tret;");
     let e = run(&m, 64, 0, [0x10000, 0], None).unwrap_err();
     assert_eq!(e.kind, SimErrorKind::Barrier, "{e}");
@@ -222,13 +306,24 @@ fn mma_fragments_follow_the_sm80_16x8x16_layouts() {
         }
     }
     let mut out = vec![f32::NAN; 32 * 4];
-    run(&m, 32, 0, [frag.as_ptr() as u64, out.as_mut_ptr() as u64], None).unwrap();
+    run(
+        &m,
+        32,
+        0,
+        [frag.as_ptr() as u64, out.as_mut_ptr() as u64],
+        None,
+    )
+    .unwrap();
     for lane in 0..32 {
         for v in 0..4 {
             let i = cute(lane, v, &[2, 2], &[32, 1, 16, 8]);
             let (mm, n) = (i % 16, i / 16);
             let want = c[mm * 8 + n] + (0..16).map(|k| a[mm * 16 + k] * b[k * 8 + n]).sum::<f32>();
-            assert_eq!(out[lane * 4 + v], want, "lane {lane} value {v} = D[{mm}][{n}]");
+            assert_eq!(
+                out[lane * 4 + v],
+                want,
+                "lane {lane} value {v} = D[{mm}][{n}]"
+            );
         }
     }
 }
@@ -241,10 +336,26 @@ fn counters_see_coalescing_and_bank_conflicts() {
         "\tld.param.b64 %rd1, [k_param_0];\n\tmov.u32 %r1, %tid.x;\n\tmul.wide.u32 %rd2, %r1, 4;\n\tadd.s64 %rd3, %rd1, %rd2;\n\tld.b32 %r2, [%rd3];\n\tmul.wide.u32 %rd4, %r1, 128;\n\tadd.s64 %rd5, %rd1, %rd4;\n\tld.b32 %r3, [%rd5];\n\tmov.u32 %r4, dyn_smem;\n\tshl.b32 %r5, %r1, 2;\n\tadd.s32 %r6, %r4, %r5;\n\tst.shared.u32 [%r6], %r2;\n\tbar.sync 0;\n\tshl.b32 %r7, %r1, 7;\n\tadd.s32 %r8, %r4, %r7;\n\tst.shared.u32 [%r8], %r3;\n\tret;",
     );
     let buf = vec![0u32; 32 * 32 + 64];
-    let bytes: Vec<u8> = [buf.as_ptr() as u64 + 64 & !63, 0].iter().flat_map(|v: &u64| v.to_le_bytes()).collect();
+    let bytes: Vec<u8> = [buf.as_ptr() as u64 + 64 & !63, 0]
+        .iter()
+        .flat_map(|v: &u64| v.to_le_bytes())
+        .collect();
     let mut c = Counters::default();
     // SAFETY: the kernel reads inside `buf` and writes shared memory only.
-    unsafe { ptx::launch_bytes(&m, "k", [1, 1, 1], [32, 1, 1], 4096, &bytes, 8, PtxOptions::default(), Some(&mut c)) }.unwrap();
+    unsafe {
+        ptx::launch_bytes(
+            &m,
+            "k",
+            [1, 1, 1],
+            [32, 1, 1],
+            4096,
+            &bytes,
+            8,
+            PtxOptions::default(),
+            Some(&mut c),
+        )
+    }
+    .unwrap();
     eprintln!("{}", c.summary());
     assert_eq!(c.global[&ptx::IClass::LdGlobal], (2, 4 + 32));
     assert_eq!(c.shared[&ptx::IClass::StShared], (2, 1 + 32));
@@ -270,24 +381,57 @@ fn dual_mode_reports_the_first_differing_byte() {
     let n = 300;
     let (x, y) = (rng.vec(n, 1.0, 2.0), rng.vec(n, 1.0, 2.0));
     let mut out = vec![f32::NAN; n];
-    let p = dfrt_kernels::elementwise::AddParams { x: x.as_ptr() as u64, y: y.as_ptr() as u64, out: out.as_mut_ptr() as u64, n: n as u32 };
+    let p = dfrt_kernels::elementwise::AddParams {
+        x: x.as_ptr() as u64,
+        y: y.as_ptr() as u64,
+        out: out.as_mut_ptr() as u64,
+        n: n as u32,
+    };
     let d = p.dims();
-    let opts = Options { timeout: std::time::Duration::from_secs(3), engine: Engine::Dual };
+    let opts = Options {
+        timeout: std::time::Duration::from_secs(3),
+        engine: Engine::Dual,
+    };
     // The real kernel: both engines agree.
     // SAFETY: x, y and out hold n f32.
-    unsafe { launch_with(opts, d.grid, d.block, d.dyn_smem, dfrt_kernels::elementwise::add_f32, p) }.unwrap();
+    unsafe {
+        launch_with(
+            opts,
+            d.grid,
+            d.block,
+            d.dyn_smem,
+            dfrt_kernels::elementwise::add_f32,
+            p,
+        )
+    }
+    .unwrap();
     for i in 0..n {
         assert_eq!(out[i], x[i] + y[i], "out[{i}]");
     }
     // A native body that differs at element 37: the PTX run (the real add_f32) disagrees.
-    let k = Kernel { name: "add_f32", f: add_but_one, independent: true };
+    let k = Kernel {
+        name: "add_f32",
+        f: add_but_one,
+        independent: true,
+    };
     // SAFETY: as above.
     let e = unsafe { launch_with(opts, d.grid, d.block, d.dyn_smem, k, p) }.unwrap_err();
     eprintln!("{e}");
     assert_eq!(e.kind, SimErrorKind::Mismatch, "{e}");
     let s = e.to_string();
-    assert!(s.contains("kernel `add_f32`") && s.contains("params field at byte 16"), "{s}");
+    assert!(
+        s.contains("kernel `add_f32`") && s.contains("params field at byte 16"),
+        "{s}"
+    );
     // The first differing byte is in element 37 (byte 148..152; f32 low bytes may agree).
-    let off: usize = s.split("offset ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let off: usize = s
+        .split("offset ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((148..152).contains(&off), "{s}");
 }

@@ -340,7 +340,11 @@ fn run_case(rng: &mut Rng, c: &Case) -> Vec<f32> {
         let got = run_variant(c, &qf, &q, warps);
         match &first {
             // The versions change the block shape, not any row's arithmetic: equal bit for bit.
-            Some(v1) => assert!(v1.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: {warps} warps differ from 4 warps", c.name),
+            Some(v1) => assert!(
+                v1.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{}: {warps} warps differ from 4 warps",
+                c.name
+            ),
             None => first = Some(got),
         }
     }
@@ -739,7 +743,10 @@ fn checks_reject_bad_params() {
     assert!(AttnBf16D128(bad(&|p| p.q_stride = 260)).check().is_err());
     assert!(AttnBf16D128W8(good).check().is_ok());
     assert!(AttnBf16D128W8(bad(&|p| p.q = 0x1008)).check().is_err());
-    assert!(AttnBf16D128W8(bad(&|p| p.head_dim = 64)).check().unwrap_err().contains("attn_bf16_d128_w8"));
+    assert!(AttnBf16D128W8(bad(&|p| p.head_dim = 64))
+        .check()
+        .unwrap_err()
+        .contains("attn_bf16_d128_w8"));
     // Version 2 covers twice the rows per block with twice the threads.
     let (v1, v2) = (AttnBf16D128(good).dims(), AttnBf16D128W8(good).dims());
     assert_eq!((v1.block[0], v2.block[0]), (128, 256));

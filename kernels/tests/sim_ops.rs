@@ -87,7 +87,10 @@ enum Output {
 impl Output {
     fn new(n: usize, bf16: bool) -> Output {
         if bf16 {
-            Output::Bf16 { buf: vec![POISON16; n + 2 * GUARD], n }
+            Output::Bf16 {
+                buf: vec![POISON16; n + 2 * GUARD],
+                n,
+            }
         } else {
             Output::F32(Guarded::poisoned(n))
         }
@@ -114,9 +117,14 @@ impl Output {
         match self {
             Output::F32(g) => g.out().to_vec(),
             Output::Bf16 { buf, n } => {
-                let bad = (0..GUARD).chain(GUARD + n..n + 2 * GUARD).find(|&i| buf[i] != POISON16);
+                let bad = (0..GUARD)
+                    .chain(GUARD + n..n + 2 * GUARD)
+                    .find(|&i| buf[i] != POISON16);
                 if let Some(i) = bad {
-                    panic!("kernel wrote outside its output: index {} (output has {n} elements)", i as i64 - GUARD as i64);
+                    panic!(
+                        "kernel wrote outside its output: index {} (output has {n} elements)",
+                        i as i64 - GUARD as i64
+                    );
                 }
                 buf[GUARD..GUARD + n].iter().map(|&h| unbf(h)).collect()
             }
@@ -147,7 +155,11 @@ fn check(what: &str, bf16: bool, got: &[f32], want: &[f64], tol: (f64, f64), bf_
     let (mut max_ulps, mut max_abs, mut bad) = (0u32, 0f64, None);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let wr = r16(w) as f32;
-        let u = if g.is_nan() || wr.is_nan() { u32::MAX } else { ulps16(g, wr) };
+        let u = if g.is_nan() || wr.is_nan() {
+            u32::MAX
+        } else {
+            ulps16(g, wr)
+        };
         let abs = (g as f64 - w).abs();
         if u != u32::MAX {
             max_ulps = max_ulps.max(u);
@@ -219,10 +231,24 @@ fn rms_norm_both_dtypes() {
             let (x, xd) = data(&mut rng, (rows * cols) as usize, -3.0, 3.0, bf16);
             let (w, wd) = data(&mut rng, cols as usize, 0.5, 1.5, bf16);
             let mut y = Output::new(x.len(), bf16);
-            let p = RmsNormParams { x: xd.ptr(), w: wd.ptr(), y: y.ptr(), rows, cols, eps: 1e-6 };
+            let p = RmsNormParams {
+                x: xd.ptr(),
+                w: wd.ptr(),
+                y: y.ptr(),
+                rows,
+                cols,
+                eps: 1e-6,
+            };
             run(p, bf16);
             let want = rms_ref(&x, &w, cols as usize, 1e-6, if bf16 { r16 } else { ident });
-            check(&format!("rms_norm {} {rows}x{cols}", name(bf16)), bf16, &y.values(), &want, (1e-5, 1e-5), 0.0);
+            check(
+                &format!("rms_norm {} {rows}x{cols}", name(bf16)),
+                bf16,
+                &y.values(),
+                &want,
+                (1e-5, 1e-5),
+                0.0,
+            );
         }
     }
 }
@@ -261,11 +287,22 @@ fn layer_norm_with_and_without_affine() {
                 let (mean, rstd) = mean_rstd(&x[r * c..][..c], 1e-6);
                 for j in 0..c {
                     let n = (x[r * c + j] as f64 - mean) * rstd;
-                    want[r * c + j] = if affine { n * w[j] as f64 + b[j] as f64 } else { n };
+                    want[r * c + j] = if affine {
+                        n * w[j] as f64 + b[j] as f64
+                    } else {
+                        n
+                    };
                 }
             }
             // The f32 kernel's statistics carry f32 error on O(10)-sized inputs.
-            check(&format!("layer_norm {} affine {affine}", name(bf16)), bf16, &y.values(), &want, (3e-5, 3e-5), 1e-6);
+            check(
+                &format!("layer_norm {} affine {affine}", name(bf16)),
+                bf16,
+                &y.values(),
+                &want,
+                (3e-5, 3e-5),
+                1e-6,
+            );
         }
     }
 }
@@ -280,7 +317,11 @@ fn layer_norm_modulate_both_dtypes() {
         let (shift, shd) = data(&mut rng, frames * cols as usize, -1.0, 1.0, bf16);
         let (scale, scd) = data(&mut rng, frames * cols as usize, -0.5, 0.5, bf16);
         // In place for bf16 (the kernel allows y == x), out of place for f32.
-        let mut y = if bf16 { Output::with(&xd) } else { Output::new(x.len(), bf16) };
+        let mut y = if bf16 {
+            Output::with(&xd)
+        } else {
+            Output::new(x.len(), bf16)
+        };
         let p = LayerNormModParams {
             x: if bf16 { y.ptr() } else { xd.ptr() },
             shift: shd.ptr(),
@@ -305,7 +346,14 @@ fn layer_norm_modulate_both_dtypes() {
             }
         }
         // bf16: a 1-ulp flip of the rounded product can meet cancellation with the shift.
-        check(&format!("layer_norm_modulate {}", name(bf16)), bf16, &y.values(), &want, (3e-5, 3e-5), 2f64.powi(-7));
+        check(
+            &format!("layer_norm_modulate {}", name(bf16)),
+            bf16,
+            &y.values(),
+            &want,
+            (3e-5, 3e-5),
+            2f64.powi(-7),
+        );
     }
 }
 
@@ -328,15 +376,43 @@ fn gelu_and_silu_both_dtypes() {
         v.extend([0.0, -0.0, 20.0, -20.0, 1e-3, -1e-3, 90.0, -90.0]);
         let (x, xd) = stored(&v, bf16);
         let mut y = Output::new(x.len(), bf16);
-        run(GeluParams { x: xd.ptr(), y: y.ptr(), n: x.len() as u32 }, bf16);
+        run(
+            GeluParams {
+                x: xd.ptr(),
+                y: y.ptr(),
+                n: x.len() as u32,
+            },
+            bf16,
+        );
         let want: Vec<f64> = x.iter().map(|&v| gelu_ref(v as f64)).collect();
         // The f64 formula's tail underflows to -0 (as the CPU's f32 one does) where the kernel's
         // x·sigmoid(2u) form keeps a ~1e-21 value: an absolute floor covers that.
-        check(&format!("gelu {}", name(bf16)), bf16, &y.values(), &want, (1e-6, 1e-5), 1e-6);
+        check(
+            &format!("gelu {}", name(bf16)),
+            bf16,
+            &y.values(),
+            &want,
+            (1e-6, 1e-5),
+            1e-6,
+        );
         let mut y = Output::new(x.len(), bf16);
-        run(SiluParams { x: xd.ptr(), y: y.ptr(), n: x.len() as u32 }, bf16);
+        run(
+            SiluParams {
+                x: xd.ptr(),
+                y: y.ptr(),
+                n: x.len() as u32,
+            },
+            bf16,
+        );
         let want: Vec<f64> = x.iter().map(|&v| silu_ref(v as f64)).collect();
-        check(&format!("silu {}", name(bf16)), bf16, &y.values(), &want, (1e-6, 1e-5), 1e-6);
+        check(
+            &format!("silu {}", name(bf16)),
+            bf16,
+            &y.values(),
+            &want,
+            (1e-6, 1e-5),
+            1e-6,
+        );
     }
 }
 
@@ -348,10 +424,29 @@ fn add_both_dtypes() {
         let (x, xd) = data(&mut rng, n, -4.0, 4.0, bf16);
         let (y, yd) = data(&mut rng, n, -4.0, 4.0, bf16);
         let mut o = Output::new(n, bf16);
-        run(AddParams { x: xd.ptr(), y: yd.ptr(), out: o.ptr(), n: n as u32 }, bf16);
-        let want: Vec<f64> = x.iter().zip(&y).map(|(&a, &b)| a as f64 + b as f64).collect();
+        run(
+            AddParams {
+                x: xd.ptr(),
+                y: yd.ptr(),
+                out: o.ptr(),
+                n: n as u32,
+            },
+            bf16,
+        );
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&y)
+            .map(|(&a, &b)| a as f64 + b as f64)
+            .collect();
         // One rounding of an exact sum: bit-exact in both dtypes.
-        check(&format!("add {}", name(bf16)), bf16, &o.values(), &want, (0.0, 6e-8), 0.0);
+        check(
+            &format!("add {}", name(bf16)),
+            bf16,
+            &o.values(),
+            &want,
+            (0.0, 6e-8),
+            0.0,
+        );
     }
 }
 
@@ -365,7 +460,11 @@ fn gated_residual_both_dtypes() {
             let (x, xd) = data(&mut rng, (rows * cols) as usize, -2.0, 2.0, bf16);
             let (y, yd) = data(&mut rng, x.len(), -2.0, 2.0, bf16);
             let (g, gd) = data(&mut rng, frames * cols as usize, -1.0, 1.0, bf16);
-            let mut out = if in_place { Output::with(&xd) } else { Output::new(x.len(), bf16) };
+            let mut out = if in_place {
+                Output::with(&xd)
+            } else {
+                Output::new(x.len(), bf16)
+            };
             let p = GatedResidualParams {
                 x: if in_place { out.ptr() } else { xd.ptr() },
                 y: yd.ptr(),
@@ -379,9 +478,18 @@ fn gated_residual_both_dtypes() {
             let r = if bf16 { r16 } else { ident };
             let c = cols as usize;
             let want: Vec<f64> = (0..x.len())
-                .map(|i| x[i] as f64 + r(y[i] as f64 * g[(i / c / rpf as usize) * c + i % c] as f64))
+                .map(|i| {
+                    x[i] as f64 + r(y[i] as f64 * g[(i / c / rpf as usize) * c + i % c] as f64)
+                })
                 .collect();
-            check(&format!("gated_residual {} in_place {in_place}", name(bf16)), bf16, &out.values(), &want, (1e-6, 1e-6), 0.0);
+            check(
+                &format!("gated_residual {} in_place {in_place}", name(bf16)),
+                bf16,
+                &out.values(),
+                &want,
+                (1e-6, 1e-6),
+                0.0,
+            );
         }
     }
 }
@@ -394,7 +502,14 @@ fn modulation_both_dtypes() {
         let (table, td) = data(&mut rng, (k * dim) as usize, -1.0, 1.0, bf16);
         let (e, ed) = data(&mut rng, (frames * k * dim) as usize, -1.0, 1.0, bf16);
         let mut out = Output::new((k * frames * dim) as usize, bf16);
-        let p = ModulationParams { table: td.ptr(), e: ed.ptr(), out: out.ptr(), frames, k, dim };
+        let p = ModulationParams {
+            table: td.ptr(),
+            e: ed.ptr(),
+            out: out.ptr(),
+            frames,
+            k,
+            dim,
+        };
         p.check().unwrap();
         run(p, bf16);
         // out[i] is Backend::modulation's i-th [frames, dim] tensor.
@@ -403,11 +518,19 @@ fn modulation_both_dtypes() {
         for i in 0..k_ {
             for f in 0..f_ {
                 for j in 0..d_ {
-                    want[(i * f_ + f) * d_ + j] = table[i * d_ + j] as f64 + e[f * k_ * d_ + i * d_ + j] as f64;
+                    want[(i * f_ + f) * d_ + j] =
+                        table[i * d_ + j] as f64 + e[f * k_ * d_ + i * d_ + j] as f64;
                 }
             }
         }
-        check(&format!("modulation {}", name(bf16)), bf16, &out.values(), &want, (0.0, 6e-8), 0.0);
+        check(
+            &format!("modulation {}", name(bf16)),
+            bf16,
+            &out.values(),
+            &want,
+            (0.0, 6e-8),
+            0.0,
+        );
     }
 }
 
@@ -421,7 +544,13 @@ fn sinusoid_both_dtypes() {
             t.extend([0.0, 999.0, 1.5, -3.25]);
             let freqs = sinusoid_freqs(dim);
             let mut y = Output::new(t.len() * dim as usize, bf16);
-            let p = SinusoidParams { t: t.as_ptr() as u64, freqs: freqs.as_ptr() as u64, y: y.ptr(), n: t.len() as u32, dim };
+            let p = SinusoidParams {
+                t: t.as_ptr() as u64,
+                freqs: freqs.as_ptr() as u64,
+                y: y.ptr(),
+                n: t.len() as u32,
+                dim,
+            };
             run(p, bf16);
             // The CPU reference: f64 cos/sin of the f64 angle, rounded to f32 (then bf16).
             let half = (dim / 2) as usize;
@@ -434,7 +563,14 @@ fn sinusoid_both_dtypes() {
                 }
             }
             // f32: at most 1 f32 ulp (values ≤ 1) from the correctly rounded f64 result.
-            check(&format!("sinusoid {} dim {dim}", name(bf16)), bf16, &y.values(), &want, (6e-8, 0.0), 0.0);
+            check(
+                &format!("sinusoid {} dim {dim}", name(bf16)),
+                bf16,
+                &y.values(),
+                &want,
+                (6e-8, 0.0),
+                0.0,
+            );
         }
     }
 }
@@ -460,7 +596,8 @@ fn rope_ref(x: &[f32], grid: [u32; 3], heads: u32, d: u32, start: u32) -> Vec<f6
     let [_, h, w] = grid.map(|v| v as usize);
     let (c, d) = ((d / 2) as usize, d as usize);
     let parts = [c - 2 * (c / 3), c / 3, c / 3];
-    let freq = |part: usize, j: usize| 1.0 / 10000f64.powf((2 * j) as f64 / (2 * parts[part]) as f64);
+    let freq =
+        |part: usize, j: usize| 1.0 / 10000f64.powf((2 * j) as f64 / (2 * parts[part]) as f64);
     let cols = heads as usize * d;
     let mut out = vec![0f64; x.len()];
     for t in 0..x.len() / cols {
@@ -489,7 +626,9 @@ fn rope_ref(x: &[f32], grid: [u32; 3], heads: u32, d: u32, start: u32) -> Vec<f6
 fn rope3d_both_dtypes() {
     let mut rng = Rng::new("rope3d_both_dtypes");
     for bf16 in DTYPES {
-        for &(f, h, w, heads, d, start) in &[(2u32, 3u32, 5u32, 3u32, 20u32, 4u32), (1, 4, 4, 1, 128, 17)] {
+        for &(f, h, w, heads, d, start) in
+            &[(2u32, 3u32, 5u32, 3u32, 20u32, 4u32), (1, 4, 4, 1, 128, 17)]
+        {
             let rows = 24;
             let table = rope_table(d, rows);
             let (x, xd) = data(&mut rng, (f * h * w * heads * d) as usize, -2.0, 2.0, bf16);
@@ -509,7 +648,14 @@ fn rope3d_both_dtypes() {
             p.check().unwrap();
             run(p, bf16);
             let want = rope_ref(&x, [f, h, w], heads, d, start);
-            check(&format!("rope3d {} f{f} h{h} w{w} d{d}", name(bf16)), bf16, &y.values(), &want, (2e-6, 2e-6), 2e-7);
+            check(
+                &format!("rope3d {} f{f} h{h} w{w} d{d}", name(bf16)),
+                bf16,
+                &y.values(),
+                &want,
+                (2e-6, 2e-6),
+                2e-7,
+            );
         }
     }
 }
@@ -538,7 +684,13 @@ fn qk_norm_rope_matches_rms_norm_then_rope() {
             };
             let p = QkNormRopeParams {
                 q: if in_place { qo.ptr() } else { qd.ptr() },
-                k: if !with_k { 0 } else if in_place { ko.ptr() } else { kd.ptr() },
+                k: if !with_k {
+                    0
+                } else if in_place {
+                    ko.ptr()
+                } else {
+                    kd.ptr()
+                },
                 wq: wqd.ptr(),
                 wk: wkd.ptr(),
                 q_out: qo.ptr(),
@@ -559,11 +711,17 @@ fn qk_norm_rope_matches_rms_norm_then_rope() {
             for (what, x, wt, out) in [("q", &q, &wq, &qo), ("k", &k, &wk, &ko)] {
                 if what == "k" && !with_k {
                     // k untouched: still the poison (or the input when in place).
-                    assert!(out.values().iter().all(|v| v.is_nan()), "k written although k = 0");
+                    assert!(
+                        out.values().iter().all(|v| v.is_nan()),
+                        "k written although k = 0"
+                    );
                     continue;
                 }
                 // cpu: rms_norm (rounded), then rope on the rounded values.
-                let normed: Vec<f32> = rms_ref(x, wt, cols, 1e-6, r).iter().map(|&v| r(v) as f32).collect();
+                let normed: Vec<f32> = rms_ref(x, wt, cols, 1e-6, r)
+                    .iter()
+                    .map(|&v| r(v) as f32)
+                    .collect();
                 let want = rope_ref(&normed, [f, h, w], heads, d, start);
                 check(
                     &format!("qk_norm_rope {} {what} f{f} h{h} w{w} heads{heads} d{d} in_place {in_place}", name(bf16)),
@@ -593,12 +751,27 @@ fn patchify_and_unpatchify_match_cpu_layouts() {
         let (gh, gw) = (hh / ph, ww / pw);
         let feat = (c * ph * pw) as usize;
         let mut y = Output::new(x.len(), bf16);
-        let p = PatchifyParams { x: xd.ptr(), y: y.ptr(), f, c, hh, ww, ph, pw };
+        let p = PatchifyParams {
+            x: xd.ptr(),
+            y: y.ptr(),
+            f,
+            c,
+            hh,
+            ww,
+            ph,
+            pw,
+        };
         p.check().unwrap();
         run(p, bf16);
         // cpu.rs patchify, loop for loop.
         let mut want = vec![0f64; x.len()];
-        let (c_, hh_, ww_, ph_, pw_) = (c as usize, hh as usize, ww as usize, ph as usize, pw as usize);
+        let (c_, hh_, ww_, ph_, pw_) = (
+            c as usize,
+            hh as usize,
+            ww as usize,
+            ph as usize,
+            pw as usize,
+        );
         for fi in 0..f as usize {
             for i in 0..gh as usize {
                 for j in 0..gw as usize {
@@ -606,20 +779,38 @@ fn patchify_and_unpatchify_match_cpu_layouts() {
                     for ci in 0..c_ {
                         for a in 0..ph_ {
                             for b in 0..pw_ {
-                                want[tok * feat + (ci * ph_ + a) * pw_ + b] = x[((fi * c_ + ci) * hh_ + i * ph_ + a) * ww_ + j * pw_ + b] as f64;
+                                want[tok * feat + (ci * ph_ + a) * pw_ + b] = x
+                                    [((fi * c_ + ci) * hh_ + i * ph_ + a) * ww_ + j * pw_ + b]
+                                    as f64;
                             }
                         }
                     }
                 }
             }
         }
-        check(&format!("patchify {}", name(bf16)), bf16, &y.values(), &want, (0.0, 0.0), 0.0);
+        check(
+            &format!("patchify {}", name(bf16)),
+            bf16,
+            &y.values(),
+            &want,
+            (0.0, 0.0),
+            0.0,
+        );
         assert!(PatchifyParams { hh: 5, ..p }.check().is_err());
 
         // unpatchify: channel-fastest features → latent.
         let (z, zd) = data(&mut rng, x.len(), -1.0, 1.0, bf16);
         let mut out = Output::new(x.len(), bf16);
-        let p = UnpatchifyParams { x: zd.ptr(), y: out.ptr(), f, gh, gw, ph, pw, c };
+        let p = UnpatchifyParams {
+            x: zd.ptr(),
+            y: out.ptr(),
+            f,
+            gh,
+            gw,
+            ph,
+            pw,
+            c,
+        };
         p.check().unwrap();
         run(p, bf16);
         let mut want = vec![0f64; x.len()];
@@ -630,14 +821,22 @@ fn patchify_and_unpatchify_match_cpu_layouts() {
                     for a in 0..ph_ {
                         for b in 0..pw_ {
                             for ci in 0..c_ {
-                                want[((fi * c_ + ci) * hh_ + i * ph_ + a) * ww_ + j * pw_ + b] = z[tok * feat + (a * pw_ + b) * c_ + ci] as f64;
+                                want[((fi * c_ + ci) * hh_ + i * ph_ + a) * ww_ + j * pw_ + b] =
+                                    z[tok * feat + (a * pw_ + b) * c_ + ci] as f64;
                             }
                         }
                     }
                 }
             }
         }
-        check(&format!("unpatchify {}", name(bf16)), bf16, &out.values(), &want, (0.0, 0.0), 0.0);
+        check(
+            &format!("unpatchify {}", name(bf16)),
+            bf16,
+            &out.values(),
+            &want,
+            (0.0, 0.0),
+            0.0,
+        );
     }
 }
 
@@ -646,7 +845,13 @@ fn copy_rows_is_backend_copy_rows() {
     let mut rng = Rng::new("copy_rows");
     for bf16 in DTYPES {
         let (rows, cols, src_stride, src_off) = (7u32, 13u32, 40u32, 5usize);
-        let (src, sd) = data(&mut rng, src_off + (rows * src_stride) as usize, -1.0, 1.0, bf16);
+        let (src, sd) = data(
+            &mut rng,
+            src_off + (rows * src_stride) as usize,
+            -1.0,
+            1.0,
+            bf16,
+        );
         // The destination already holds data; only the copied window may change.
         let (dst0, dd) = data(&mut rng, 200, -1.0, 1.0, bf16);
         let mut dst = Output::with(&dd);
@@ -665,10 +870,18 @@ fn copy_rows_is_backend_copy_rows() {
         let mut want: Vec<f64> = dst0.iter().map(|&v| v as f64).collect();
         for r in 0..rows as usize {
             for c in 0..cols as usize {
-                want[dst_off + r * cols as usize + c] = src[src_off + r * src_stride as usize + c] as f64;
+                want[dst_off + r * cols as usize + c] =
+                    src[src_off + r * src_stride as usize + c] as f64;
             }
         }
-        check(&format!("copy_rows {}", name(bf16)), bf16, &dst.values(), &want, (0.0, 0.0), 0.0);
+        check(
+            &format!("copy_rows {}", name(bf16)),
+            bf16,
+            &dst.values(),
+            &want,
+            (0.0, 0.0),
+            0.0,
+        );
     }
 }
 
@@ -684,16 +897,24 @@ fn kv_write_gathers_a_groups_heads_into_a_slot() {
         // Chunk K/V [frames·tpf, heads·d]; write frame 1's rows of heads [4, 1, 2] into a slot,
         // once token-major [tpf, 3·d] and once head-major [3, tpf, d]; d odd once (bf16 then
         // copies element by element).
-        for &(d, token_major, with_v) in &[(8usize, true, true), (8, false, true), (5, true, false)] {
+        for &(d, token_major, with_v) in &[(8usize, true, true), (8, false, true), (5, true, false)]
+        {
             let (heads, tpf, frames) = (5usize, 6usize, 3usize);
             let group: Vec<u32> = vec![4, 1, 2];
             let gh = group.len();
             let (k, kd) = data(&mut rng, frames * tpf * heads * d, -2.0, 2.0, bf16);
             let (v, vd) = data(&mut rng, frames * tpf * heads * d, -2.0, 2.0, bf16);
-            let (mut ks, mut vs) = (Output::new(tpf * gh * d, bf16), Output::new(tpf * gh * d, bf16));
+            let (mut ks, mut vs) = (
+                Output::new(tpf * gh * d, bf16),
+                Output::new(tpf * gh * d, bf16),
+            );
             let esz = if bf16 { 2 } else { 4 };
             let frame_off = (tpf * heads * d * esz) as u64;
-            let (drs, dhs) = if token_major { (gh * d, d) } else { (d, tpf * d) };
+            let (drs, dhs) = if token_major {
+                (gh * d, d)
+            } else {
+                (d, tpf * d)
+            };
             let p = KvWriteParams {
                 job: HeadCopyJob {
                     src_k: kd.ptr() + frame_off,
@@ -718,18 +939,32 @@ fn kv_write_gathers_a_groups_heads_into_a_slot() {
             for (what, src, out) in [("k", &k, &ks), ("v", &v, &vs)] {
                 let got = out.values();
                 if what == "v" && !with_v {
-                    assert!(got.iter().all(|x| x.is_nan()), "v written although dst_v = 0");
+                    assert!(
+                        got.iter().all(|x| x.is_nan()),
+                        "v written although dst_v = 0"
+                    );
                     continue;
                 }
                 let mut want = vec![f64::NAN; tpf * gh * d];
                 for (gi, &h) in group.iter().enumerate() {
                     for r in 0..tpf {
                         for c in 0..d {
-                            want[at(r, gi, c, drs, dhs)] = src[(tpf + r) * heads * d + h as usize * d + c] as f64;
+                            want[at(r, gi, c, drs, dhs)] =
+                                src[(tpf + r) * heads * d + h as usize * d + c] as f64;
                         }
                     }
                 }
-                check(&format!("kv_write {} {what} d{d} token_major {token_major}", name(bf16)), bf16, &got, &want, (0.0, 0.0), 0.0);
+                check(
+                    &format!(
+                        "kv_write {} {what} d{d} token_major {token_major}",
+                        name(bf16)
+                    ),
+                    bf16,
+                    &got,
+                    &want,
+                    (0.0, 0.0),
+                    0.0,
+                );
             }
         }
     }
@@ -744,9 +979,18 @@ fn kv_compact_moves_retained_frames_into_group_slots() {
         // keeps slots 1..4; dummy group [1, 4] keeps the last slot; plus an empty group (no jobs).
         let (heads, tpf, d, slots) = (5usize, 4usize, 6usize, 4usize);
         let slot_len = heads * tpf * d;
-        let old_k: Vec<(Vec<f32>, Input)> = (0..slots).map(|_| data(&mut rng, slot_len, -2.0, 2.0, bf16)).collect();
-        let old_v: Vec<(Vec<f32>, Input)> = (0..slots).map(|_| data(&mut rng, slot_len, -2.0, 2.0, bf16)).collect();
-        let groups: Vec<(Vec<u32>, Vec<usize>)> = vec![(vec![0, 3], vec![0]), (vec![2], vec![1, 2, 3]), (vec![1, 4], vec![3]), (vec![], vec![])];
+        let old_k: Vec<(Vec<f32>, Input)> = (0..slots)
+            .map(|_| data(&mut rng, slot_len, -2.0, 2.0, bf16))
+            .collect();
+        let old_v: Vec<(Vec<f32>, Input)> = (0..slots)
+            .map(|_| data(&mut rng, slot_len, -2.0, 2.0, bf16))
+            .collect();
+        let groups: Vec<(Vec<u32>, Vec<usize>)> = vec![
+            (vec![0, 3], vec![0]),
+            (vec![2], vec![1, 2, 3]),
+            (vec![1, 4], vec![3]),
+            (vec![], vec![]),
+        ];
         let mut outs = Vec::new(); // (group, frame slot, K out, V out)
         let mut jobs = Vec::new();
         for (gi, (hs, frames)) in groups.iter().enumerate() {
@@ -787,11 +1031,19 @@ fn kv_compact_moves_retained_frames_into_group_slots() {
                 for (pi, &h) in hs.iter().enumerate() {
                     for r in 0..tpf {
                         for c in 0..d {
-                            want[(pi * tpf + r) * d + c] = src[(h as usize * tpf + r) * d + c] as f64;
+                            want[(pi * tpf + r) * d + c] =
+                                src[(h as usize * tpf + r) * d + c] as f64;
                         }
                     }
                 }
-                check(&format!("kv_compact {} group {gi} slot {s} {what}", name(bf16)), bf16, &out.values(), &want, (0.0, 0.0), 0.0);
+                check(
+                    &format!("kv_compact {} group {gi} slot {s} {what}", name(bf16)),
+                    bf16,
+                    &out.values(),
+                    &want,
+                    (0.0, 0.0),
+                    0.0,
+                );
             }
         }
     }
@@ -828,25 +1080,44 @@ fn calib_masses_match_the_cpu_statistic() {
             let row = heads * d;
             if one_seg {
                 bufs.push(stored(&kall[..cached * tpf * row], bf16).1);
-                segs.push(CalibSeg { k: 0, tokens: (cached * tpf) as u32, token_stride: row as u32, head_stride: d as u32, _pad: 0 });
+                segs.push(CalibSeg {
+                    k: 0,
+                    tokens: (cached * tpf) as u32,
+                    token_stride: row as u32,
+                    head_stride: d as u32,
+                    _pad: 0,
+                });
             } else {
                 for f in 0..cached {
                     let mut slot = vec![0f32; tpf * row];
                     for h in 0..heads {
                         for t in 0..tpf {
                             for c in 0..d {
-                                slot[(h * tpf + t) * d + c] = kall[((f * tpf + t) * heads + h) * d + c];
+                                slot[(h * tpf + t) * d + c] =
+                                    kall[((f * tpf + t) * heads + h) * d + c];
                             }
                         }
                     }
                     bufs.push(stored(&slot, bf16).1);
-                    segs.push(CalibSeg { k: 0, tokens: tpf as u32, token_stride: d as u32, head_stride: (tpf * d) as u32, _pad: 0 });
+                    segs.push(CalibSeg {
+                        k: 0,
+                        tokens: tpf as u32,
+                        token_stride: d as u32,
+                        head_stride: (tpf * d) as u32,
+                        _pad: 0,
+                    });
                 }
             }
             for f in 0..3 {
                 let o = (cached + f) * tpf * row;
                 bufs.push(stored(&kall[o..o + tpf * row], bf16).1);
-                segs.push(CalibSeg { k: 0, tokens: tpf as u32, token_stride: row as u32, head_stride: d as u32, _pad: 0 });
+                segs.push(CalibSeg {
+                    k: 0,
+                    tokens: tpf as u32,
+                    token_stride: row as u32,
+                    head_stride: d as u32,
+                    _pad: 0,
+                });
             }
             for (s, b) in segs.iter_mut().zip(&bufs) {
                 s.k = b.ptr();
@@ -869,7 +1140,12 @@ fn calib_masses_match_the_cpu_statistic() {
             p.check().unwrap();
             run(p, bf16);
             let mut means = Output::new(3 * heads, false);
-            let mp = CalibMeanParams { per_row: per_row.ptr(), out: means.ptr(), heads: heads as u32, n_rows: nr as u32 };
+            let mp = CalibMeanParams {
+                per_row: per_row.ptr(),
+                out: means.ptr(),
+                heads: heads as u32,
+                n_rows: nr as u32,
+            };
             // SAFETY: buffers sized for the params.
             unsafe { sim::run(mp) }.unwrap();
 
@@ -880,23 +1156,47 @@ fn calib_masses_match_the_cpu_statistic() {
                 for (i, &r) in rows.iter().enumerate() {
                     let lg: Vec<f64> = (0..n)
                         .map(|t| {
-                            (0..d).map(|c| q[(r as usize * heads + h) * d + c] as f64 * kall[(t * heads + h) * d + c] as f64).sum::<f64>()
+                            (0..d)
+                                .map(|c| {
+                                    q[(r as usize * heads + h) * d + c] as f64
+                                        * kall[(t * heads + h) * d + c] as f64
+                                })
+                                .sum::<f64>()
                                 / (d as f64).sqrt()
                         })
                         .collect();
                     let mx = lg.iter().cloned().fold(f64::MIN, f64::max);
                     let e: Vec<f64> = lg.iter().map(|x| (x - mx).exp()).collect();
                     let z: f64 = e.iter().sum();
-                    let m = [e[..hwr].iter().sum::<f64>() / z, e[hwr..n - l].iter().sum::<f64>() / z, e[n - l..].iter().sum::<f64>() / z];
+                    let m = [
+                        e[..hwr].iter().sum::<f64>() / z,
+                        e[hwr..n - l].iter().sum::<f64>() / z,
+                        e[n - l..].iter().sum::<f64>() / z,
+                    ];
                     for k in 0..3 {
                         want_rows[(h * nr + i) * 3 + k] = m[k];
                         want_mean[k * heads + h] += m[k] / nr as f64;
                     }
                 }
             }
-            let what = format!("calib {} tpf{tpf} heads{heads} d{d} cached{cached} ar{ar} one_seg {one_seg}", name(bf16));
-            assert_close(&format!("{what} per-row masses"), &per_row.values(), &want_rows, 2e-5, 0.0);
-            assert_close(&format!("{what} mean masses [3, heads]"), &means.values(), &want_mean, 2e-5, 0.0);
+            let what = format!(
+                "calib {} tpf{tpf} heads{heads} d{d} cached{cached} ar{ar} one_seg {one_seg}",
+                name(bf16)
+            );
+            assert_close(
+                &format!("{what} per-row masses"),
+                &per_row.values(),
+                &want_rows,
+                2e-5,
+                0.0,
+            );
+            assert_close(
+                &format!("{what} mean masses [3, heads]"),
+                &means.values(),
+                &want_mean,
+                2e-5,
+                0.0,
+            );
         }
     }
 }
@@ -909,29 +1209,92 @@ fn calib_masses_match_the_cpu_statistic() {
 fn grid_stride_loops_cover_everything_with_a_tiny_grid() {
     // The real grids are capped (grid_for); a 1-2 block launch makes every thread loop.
     let mut rng = Rng::new("grid_stride");
-    let tiny = |p: dfrt_kernels::LaunchDims| dfrt_kernels::LaunchDims { grid: [2, p.grid[1], 1], ..p };
+    let tiny = |p: dfrt_kernels::LaunchDims| dfrt_kernels::LaunchDims {
+        grid: [2, p.grid[1], 1],
+        ..p
+    };
     // add, bf16
     let n = 3000;
     let (x, xd) = data(&mut rng, n, -4.0, 4.0, true);
     let (y, yd) = data(&mut rng, n, -4.0, 4.0, true);
     let mut o = Output::new(n, true);
-    let p = Bf16(AddParams { x: xd.ptr(), y: yd.ptr(), out: o.ptr(), n: n as u32 });
+    let p = Bf16(AddParams {
+        x: xd.ptr(),
+        y: yd.ptr(),
+        out: o.ptr(),
+        n: n as u32,
+    });
     launch(add_bf16, tiny(p.dims()), p).unwrap();
-    let want: Vec<f64> = x.iter().zip(&y).map(|(&a, &b)| a as f64 + b as f64).collect();
-    check("add bf16, 2 blocks", true, &o.values(), &want, (0.0, 0.0), 0.0);
+    let want: Vec<f64> = x
+        .iter()
+        .zip(&y)
+        .map(|(&a, &b)| a as f64 + b as f64)
+        .collect();
+    check(
+        "add bf16, 2 blocks",
+        true,
+        &o.values(),
+        &want,
+        (0.0, 0.0),
+        0.0,
+    );
     // kv_compact with two jobs, f32
     let (heads, tpf, d) = (3usize, 40usize, 8usize);
     let (src, sd) = data(&mut rng, heads * tpf * d, -1.0, 1.0, false);
     let hs: Vec<u32> = vec![2, 0];
-    let (mut a, mut b) = (Output::new(2 * tpf * d, false), Output::new(2 * tpf * d, false));
-    let job = |dst: u64| HeadCopyJob { src_k: sd.ptr(), src_v: 0, dst_k: dst, dst_v: 0, heads: hs.as_ptr() as u64, n_heads: 2, _pad: 0 };
+    let (mut a, mut b) = (
+        Output::new(2 * tpf * d, false),
+        Output::new(2 * tpf * d, false),
+    );
+    let job = |dst: u64| HeadCopyJob {
+        src_k: sd.ptr(),
+        src_v: 0,
+        dst_k: dst,
+        dst_v: 0,
+        heads: hs.as_ptr() as u64,
+        n_heads: 2,
+        _pad: 0,
+    };
     let jobs = [job(a.ptr()), job(b.ptr())];
-    let shape = HeadCopyShape { rows: tpf as u32, head_dim: d as u32, src_row_stride: d as u32, src_head_stride: (tpf * d) as u32, dst_row_stride: d as u32, dst_head_stride: (tpf * d) as u32 };
-    let p = KvCompactParams { jobs: jobs.as_ptr() as u64, n_jobs: 2, max_heads: 2, shape };
+    let shape = HeadCopyShape {
+        rows: tpf as u32,
+        head_dim: d as u32,
+        src_row_stride: d as u32,
+        src_head_stride: (tpf * d) as u32,
+        dst_row_stride: d as u32,
+        dst_head_stride: (tpf * d) as u32,
+    };
+    let p = KvCompactParams {
+        jobs: jobs.as_ptr() as u64,
+        n_jobs: 2,
+        max_heads: 2,
+        shape,
+    };
     launch(kv_compact_f32, tiny(p.dims()), p).unwrap();
-    let want: Vec<f64> = hs.iter().flat_map(|&h| src[h as usize * tpf * d..][..tpf * d].iter().map(|&v| v as f64)).collect();
-    check("kv_compact f32 job 0, 2 blocks", false, &a.values(), &want, (0.0, 0.0), 0.0);
-    check("kv_compact f32 job 1, 2 blocks", false, &b.values(), &want, (0.0, 0.0), 0.0);
+    let want: Vec<f64> = hs
+        .iter()
+        .flat_map(|&h| {
+            src[h as usize * tpf * d..][..tpf * d]
+                .iter()
+                .map(|&v| v as f64)
+        })
+        .collect();
+    check(
+        "kv_compact f32 job 0, 2 blocks",
+        false,
+        &a.values(),
+        &want,
+        (0.0, 0.0),
+        0.0,
+    );
+    check(
+        "kv_compact f32 job 1, 2 blocks",
+        false,
+        &b.values(),
+        &want,
+        (0.0, 0.0),
+        0.0,
+    );
 }
 
 #[test]
@@ -943,8 +1306,23 @@ fn kv_write_bf16_with_unaligned_pointers_copies_elementwise() {
     let group: Vec<u32> = vec![1, 2];
     let mut out = Output::new(1 + tpf * 2 * d, true);
     let p = Bf16(KvWriteParams {
-        job: HeadCopyJob { src_k: kd.ptr(), src_v: 0, dst_k: out.ptr() + 2, dst_v: 0, heads: group.as_ptr() as u64, n_heads: 2, _pad: 0 },
-        shape: HeadCopyShape { rows: tpf as u32, head_dim: d as u32, src_row_stride: (heads * d) as u32, src_head_stride: d as u32, dst_row_stride: (2 * d) as u32, dst_head_stride: d as u32 },
+        job: HeadCopyJob {
+            src_k: kd.ptr(),
+            src_v: 0,
+            dst_k: out.ptr() + 2,
+            dst_v: 0,
+            heads: group.as_ptr() as u64,
+            n_heads: 2,
+            _pad: 0,
+        },
+        shape: HeadCopyShape {
+            rows: tpf as u32,
+            head_dim: d as u32,
+            src_row_stride: (heads * d) as u32,
+            src_head_stride: d as u32,
+            dst_row_stride: (2 * d) as u32,
+            dst_head_stride: d as u32,
+        },
     });
     p.0.check().unwrap();
     launch(kv_write_bf16, p.dims(), p).unwrap();
@@ -958,7 +1336,14 @@ fn kv_write_bf16_with_unaligned_pointers_copies_elementwise() {
             }
         }
     }
-    check("kv_write bf16 unaligned", true, &got[1..], &want, (0.0, 0.0), 0.0);
+    check(
+        "kv_write bf16 unaligned",
+        true,
+        &got[1..],
+        &want,
+        (0.0, 0.0),
+        0.0,
+    );
 }
 
 #[test]
@@ -971,9 +1356,30 @@ fn barrier_kernels_agree_on_both_engines() {
         let (x, xd) = data(&mut rng, (rows * cols) as usize, -2.0, 2.0, true);
         let (w, wd) = data(&mut rng, cols as usize, 0.5, 1.5, true);
         let mut y = Output::new(x.len(), true);
-        let p = Bf16(RmsNormParams { x: xd.ptr(), w: wd.ptr(), y: y.ptr(), rows, cols, eps: 1e-6 });
-        launch_on(engine, std::time::Duration::from_secs(30), rms_norm_bf16, p.dims(), p).unwrap();
+        let p = Bf16(RmsNormParams {
+            x: xd.ptr(),
+            w: wd.ptr(),
+            y: y.ptr(),
+            rows,
+            cols,
+            eps: 1e-6,
+        });
+        launch_on(
+            engine,
+            std::time::Duration::from_secs(30),
+            rms_norm_bf16,
+            p.dims(),
+            p,
+        )
+        .unwrap();
         let want = rms_ref(&x, &w, cols as usize, 1e-6, r16);
-        check(&format!("rms_norm bf16 on {engine:?}"), true, &y.values(), &want, (0.0, 0.0), 0.0);
+        check(
+            &format!("rms_norm bf16 on {engine:?}"),
+            true,
+            &y.values(),
+            &want,
+            (0.0, 0.0),
+            0.0,
+        );
     }
 }

@@ -109,14 +109,23 @@ fn shuffle_lane_operands_of_32_and_more_use_their_low_5_bits() {
         let n = (blocks * threads) as usize;
         let vals: Vec<u32> = (0..n).map(|_| rng.u32()).collect();
         // a % 40 in 32..40 (the up/down delta), a itself ≥ 32 (the idx lane).
-        let args: Vec<u32> = (0..n).map(|_| (rng.u32() % 1000) * 40 + 32 + rng.u32() % 8).collect();
+        let args: Vec<u32> = (0..n)
+            .map(|_| (rng.u32() % 1000) * 40 + 32 + rng.u32() % 8)
+            .collect();
         let mut out = vec![0xffff_ffffu32; 8 * n];
         let p = WarpOpsParams {
             vals: vals.as_ptr() as u64,
             args: args.as_ptr() as u64,
             out: out.as_mut_ptr() as u64,
         };
-        launch_on(engine, Duration::from_secs(3), test_warp_ops, dims(blocks, threads, 0), p).unwrap();
+        launch_on(
+            engine,
+            Duration::from_secs(3),
+            test_warp_ops,
+            dims(blocks, threads, 0),
+            p,
+        )
+        .unwrap();
         for i in 0..n {
             let (w0, lane) = (i / 32 * 32, (i % 32) as u32);
             let a = args[i];
@@ -129,7 +138,11 @@ fn shuffle_lane_operands_of_32_and_more_use_their_low_5_bits() {
                 if k <= lane { v(lane - k) } else { vals[i] },
                 if lane + k <= 31 { v(lane + k) } else { vals[i] },
             ];
-            assert_eq!(&out[8 * i..8 * i + 4], &want, "{engine:?} thread {i}: [xor, idx, up, down] with arg {a}");
+            assert_eq!(
+                &out[8 * i..8 * i + 4],
+                &want,
+                "{engine:?} thread {i}: [xor, idx, up, down] with arg {a}"
+            );
         }
     }
 }
@@ -417,8 +430,14 @@ fn planted_divergent_barrier_is_reported_on(engine: Engine) {
         );
     }
     if ptx_only {
-        launch_on(engine, Duration::from_secs(3), test_divergent_barrier, dims(1, 64, 0), DivergentBarrierParams { split: 40, mode: 1 })
-            .expect("two bar.sync 0 sites reached by every thread");
+        launch_on(
+            engine,
+            Duration::from_secs(3),
+            test_divergent_barrier,
+            dims(1, 64, 0),
+            DivergentBarrierParams { split: 40, mode: 1 },
+        )
+        .expect("two bar.sync 0 sites reached by every thread");
     }
     // Every thread at the barrier: fine.
     launch_on(
@@ -451,7 +470,8 @@ fn planted_deadlock_is_reported() {
             matches!(e.kind, SimErrorKind::Barrier | SimErrorKind::Collective),
             "{e}"
         );
-        let why = if engine == Engine::Fibers || dfrt_kernels::sim::ptx_engine_from_env().is_some() {
+        let why = if engine == Engine::Fibers || dfrt_kernels::sim::ptx_engine_from_env().is_some()
+        {
             "deadlock"
         } else {
             "within"

@@ -46,9 +46,19 @@ pub fn diff(got: &[f32], want: &[f32]) -> Diff {
 /// Asserts relative L2 ≤ `tol`, printing the evidence either way.
 pub fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f64) -> Diff {
     let d = diff(got, want);
-    println!("{name:<24} rel_l2 {:.3e}  max_abs {:.3e}  max_rel {:.3e}  (n = {})", d.rel_l2, d.max_abs, d.max_rel, got.len());
+    println!(
+        "{name:<24} rel_l2 {:.3e}  max_abs {:.3e}  max_rel {:.3e}  (n = {})",
+        d.rel_l2,
+        d.max_abs,
+        d.max_rel,
+        got.len()
+    );
     if !(d.rel_l2 <= tol) {
-        let first = got.iter().zip(want).position(|(g, w)| ((g - w).abs() as f64) > tol * w.abs().max(1e-3) as f64).unwrap_or(d.worst);
+        let first = got
+            .iter()
+            .zip(want)
+            .position(|(g, w)| ((g - w).abs() as f64) > tol * w.abs().max(1e-3) as f64)
+            .unwrap_or(d.worst);
         panic!(
             "{name}: rel L2 {:.3e} > {tol:.1e}; first bad index {first}: got {} want {}; worst index {}: got {} want {}; max abs {:.3e}",
             d.rel_l2, got[first], want[first], d.worst, got[d.worst], want[d.worst], d.max_abs

@@ -94,11 +94,22 @@ pub fn diffusers_to_native(k: &str) -> Option<String> {
     idx.parse::<usize>().ok()?;
     let tail = if tail == "scale_shift_table" {
         "modulation".to_string()
-    } else if let Some(a) = tail.strip_prefix("attn1.").map(|a| ("self_attn", a)).or_else(|| tail.strip_prefix("attn2.").map(|a| ("cross_attn", a))) {
+    } else if let Some(a) = tail
+        .strip_prefix("attn1.")
+        .map(|a| ("self_attn", a))
+        .or_else(|| tail.strip_prefix("attn2.").map(|a| ("cross_attn", a)))
+    {
         let (attn, sub) = a;
-        let sub = [("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "o."), ("norm_q.", "norm_q."), ("norm_k.", "norm_k.")]
-            .iter()
-            .find_map(|(f, t)| sub.strip_prefix(f).map(|r| format!("{t}{r}")))?;
+        let sub = [
+            ("to_q.", "q."),
+            ("to_k.", "k."),
+            ("to_v.", "v."),
+            ("to_out.0.", "o."),
+            ("norm_q.", "norm_q."),
+            ("norm_k.", "norm_k."),
+        ]
+        .iter()
+        .find_map(|(f, t)| sub.strip_prefix(f).map(|r| format!("{t}{r}")))?;
         format!("{attn}.{sub}")
     } else if let Some(r) = tail.strip_prefix("norm2.") {
         // diffusers' norm2 is the affine LayerNorm before cross-attention: native norm3.
@@ -137,7 +148,11 @@ fn dim_of(shapes: &BTreeMap<String, Vec<usize>>, name: &str, rank: usize) -> Res
 /// Infers the config from native tensor names and shapes. The weights fix every field but
 /// `num_heads` (from `heads`, else a preset of the same width, else dim/128 as in all Wan2.1
 /// models), `text_len` (default 512) and `eps` (1e-6).
-pub fn infer_config(shapes: &BTreeMap<String, Vec<usize>>, heads: Option<usize>, text_len: Option<usize>) -> Result<ModelConfig> {
+pub fn infer_config(
+    shapes: &BTreeMap<String, Vec<usize>>,
+    heads: Option<usize>,
+    text_len: Option<usize>,
+) -> Result<ModelConfig> {
     let pe = dim_of(shapes, "patch_embedding.weight", 5)?;
     let (dim, in_dim, patch_size) = (pe[0], pe[1], [pe[2], pe[3], pe[4]]);
     let text_dim = dim_of(shapes, "text_embedding.0.weight", 2)?[1];
@@ -146,11 +161,16 @@ pub fn infer_config(shapes: &BTreeMap<String, Vec<usize>>, heads: Option<usize>,
     let head = dim_of(shapes, "head.head.weight", 2)?[0];
     let pp: usize = patch_size.iter().product();
     if pp == 0 || head % pp != 0 {
-        return Err(Error::tensor("head.head.weight", format!("{head} outputs is not a multiple of the patch volume {pp}")));
+        return Err(Error::tensor(
+            "head.head.weight",
+            format!("{head} outputs is not a multiple of the patch volume {pp}"),
+        ));
     }
     let mut layers = BTreeSet::new();
     for k in shapes.keys() {
-        if let Some(i) = k.strip_prefix("blocks.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok()) {
+        if let Some(i) =
+            k.strip_prefix("blocks.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok())
+        {
             layers.insert(i);
         }
     }
@@ -198,7 +218,8 @@ pub fn validate_shapes(cfg: &ModelConfig, shapes: &BTreeMap<String, Vec<usize>>)
 
 /// Prefixes of names that belong to the DiT: unknown tensors under them mean a model variant
 /// (i2v image cross-attention, LoRA, ...) that this runtime does not implement.
-const DIT_PREFIXES: [&str; 7] = ["blocks.", "head.", "patch_embedding.", "text_embedding.", "time_embedding.", "time_projection.", "img_emb."];
+const DIT_PREFIXES: [&str; 7] =
+    ["blocks.", "head.", "patch_embedding.", "text_embedding.", "time_embedding.", "time_projection.", "img_emb."];
 
 /// The mapping from native names to source tensors, with the report.
 pub struct Plan {
@@ -218,8 +239,12 @@ pub fn plan(srcs: &[Source], opts: &ConvertOptions) -> Result<Plan> {
     let all: Vec<(usize, usize, &SrcTensor)> =
         srcs.iter().enumerate().flat_map(|(p, s)| s.tensors.iter().enumerate().map(move |(i, t)| (p, i, t))).collect();
     let has = |g: &str| all.iter().any(|(_, _, t)| t.name.starts_with(&format!("{g}.")));
-    if all.iter().any(|(_, _, t)| t.name == "token_embedding.weight" || t.name.ends_with("SelfAttention.relative_attention_bias.weight")) {
-        return Err(Error::Input("this is a umT5 text-encoder checkpoint, not a DiT: convert it with `dfrt-weights convert-t5`".into()));
+    if all.iter().any(|(_, _, t)| {
+        t.name == "token_embedding.weight" || t.name.ends_with("SelfAttention.relative_attention_bias.weight")
+    }) {
+        return Err(Error::Input(
+            "this is a umT5 text-encoder checkpoint, not a DiT: convert it with `dfrt-weights convert-t5`".into(),
+        ));
     }
     let (has_gen, has_ema) = (has("generator"), has("generator_ema"));
     let group = match (opts.ema, has_gen, has_ema) {
@@ -229,8 +254,12 @@ pub fn plan(srcs: &[Source], opts: &ConvertOptions) -> Result<Plan> {
             }
             None
         }
-        (Some(true), _, false) => return Err(Error::Input("--ema: the checkpoint has no `generator_ema` state dict".into())),
-        (Some(false), false, _) => return Err(Error::Input("--no-ema: the checkpoint has no `generator` state dict".into())),
+        (Some(true), _, false) => {
+            return Err(Error::Input("--ema: the checkpoint has no `generator_ema` state dict".into()))
+        }
+        (Some(false), false, _) => {
+            return Err(Error::Input("--no-ema: the checkpoint has no `generator` state dict".into()))
+        }
         (Some(false), true, _) => Some("generator"),
         (_, _, true) => Some("generator_ema"),
         (None, true, false) => Some("generator"),
@@ -268,15 +297,22 @@ pub fn plan(srcs: &[Source], opts: &ConvertOptions) -> Result<Plan> {
     }
     let config = infer_config(&shapes, opts.heads, opts.text_len)?;
     if opts.heads.is_none() {
-        notes.push(format!("num_heads {} (head_dim {}); pass --heads to override", config.num_heads, config.head_dim()));
+        notes.push(format!(
+            "num_heads {} (head_dim {}); pass --heads to override",
+            config.num_heads,
+            config.head_dim()
+        ));
     }
     if opts.text_len.is_none() {
-        notes.push(format!("text_len {DEFAULT_TEXT_LEN} (Wan's default; the weights do not fix it); pass --text-len to override"));
+        notes.push(format!(
+            "text_len {DEFAULT_TEXT_LEN} (Wan's default; the weights do not fix it); pass --text-len to override"
+        ));
     }
     validate_shapes(&config, &shapes)?;
     let expected = expected_tensors(&config);
     let wanted: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-    let mut unknown: Vec<(String, usize)> = by_native.iter().filter(|(n, _)| !wanted.contains(n.as_str())).map(|(n, &i)| (n.clone(), i)).collect();
+    let mut unknown: Vec<(String, usize)> =
+        by_native.iter().filter(|(n, _)| !wanted.contains(n.as_str())).map(|(n, &i)| (n.clone(), i)).collect();
     unknown.sort();
     for (n, i) in unknown {
         let src_name = &all[i].2.name;
@@ -339,7 +375,10 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
             let bad = |m: &str| Error::Checkpoint { path: p.display().to_string(), msg: m.to_string() };
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&format!("bad JSON: {e}")))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no `weight_map` object: not a shard index"))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| bad("no `weight_map` object: not a shard index"))?;
             let dir = p.parent().unwrap_or(Path::new("."));
             for f in map.values() {
                 let f = dir.join(f.as_str().ok_or_else(|| bad("`weight_map` values must be file names"))?);
@@ -367,7 +406,8 @@ pub fn convert_files(inputs: &[PathBuf], output: impl AsRef<Path>, opts: &Conver
     let srcs = expand_inputs(inputs)?.iter().map(Source::open).collect::<Result<Vec<_>>>()?;
     let plan = plan(&srcs, opts)?;
     let dtype = plan.report.dtype;
-    let specs: Vec<Spec> = plan.tensors.iter().map(|(n, s, _, _)| Spec { name: n.clone(), dtype, shape: s.clone() }).collect();
+    let specs: Vec<Spec> =
+        plan.tensors.iter().map(|(n, s, _, _)| Spec { name: n.clone(), dtype, shape: s.clone() }).collect();
     write_checkpoint_streaming(output.as_ref(), &plan.config, &specs, |i, _spec, w| {
         let (_, _, part, idx) = &plan.tensors[i];
         let src = &srcs[*part];

@@ -48,7 +48,8 @@ pub fn file_config(src: &Source) -> (Option<ModelConfig>, &'static str) {
         };
     }
     // A raw file: infer from the (first group of) tensors, ignoring wrapper prefixes.
-    let group = ["generator_ema.", "generator."].into_iter().find(|g| src.tensors.iter().any(|t| t.name.starts_with(g)));
+    let group =
+        ["generator_ema.", "generator."].into_iter().find(|g| src.tensors.iter().any(|t| t.name.starts_with(g)));
     let shapes: BTreeMap<String, Vec<usize>> = src
         .tensors
         .iter()
@@ -90,7 +91,8 @@ pub fn inspect(path: impl AsRef<Path>, with_stats: bool, as_json: bool) -> Resul
             .map(|(t, bytes, st)| {
                 let mut o = json!({"name": t.name, "dtype": t.dtype_name, "shape": t.shape, "bytes": bytes});
                 if let Some(s) = st {
-                    o["stats"] = json!({"mean": s.mean, "std": s.std, "min": s.min, "max": s.max, "nonfinite": s.nonfinite});
+                    o["stats"] =
+                        json!({"mean": s.mean, "std": s.std, "min": s.min, "max": s.max, "nonfinite": s.nonfinite});
                 }
                 o
             })
@@ -110,7 +112,15 @@ pub fn inspect(path: impl AsRef<Path>, with_stats: bool, as_json: bool) -> Resul
         return Ok(serde_json::to_string_pretty(&v).unwrap() + "\n");
     }
     let mut o = String::new();
-    writeln!(o, "{} ({format}): {} tensors, {} parameters, {} bytes", src.path.display(), src.tensors.len(), total_params, total_bytes).unwrap();
+    writeln!(
+        o,
+        "{} ({format}): {} tensors, {} parameters, {} bytes",
+        src.path.display(),
+        src.tensors.len(),
+        total_params,
+        total_bytes
+    )
+    .unwrap();
     match &cfg {
         Some(c) => writeln!(o, "config ({cfg_src}): {}", c.to_json()).unwrap(),
         None => writeln!(o, "config: {cfg_src}").unwrap(),

@@ -80,17 +80,20 @@ pub mod inspect;
 pub mod pickle;
 pub mod source;
 pub mod synth;
-pub mod vae;
 pub mod t5;
+pub mod vae;
 pub mod writer;
 pub mod zip;
 
-pub use convert::{convert_file, convert_files, expand_inputs, diffusers_to_native, infer_config, native_name, strip_prefixes, validate_shapes, ConvertOptions, ConvertReport};
+pub use convert::{
+    convert_file, convert_files, diffusers_to_native, expand_inputs, infer_config, native_name, strip_prefixes,
+    validate_shapes, ConvertOptions, ConvertReport,
+};
 pub use dfrt::names::expected_tensors;
 pub use inspect::inspect;
 pub use source::Source;
-pub use t5::{convert_t5, T5Options, T5Report};
 pub use synth::{synth_checkpoint, synth_context, synth_tensor, synth_tensors, NamedTensor, Rng};
+pub use t5::{convert_t5, T5Options, T5Report};
 
 /// Parses a dtype flag value: `f32` or `bf16`.
 ///

@@ -433,7 +433,9 @@ impl<'a> Unpickler<'a> {
     }
 
     fn persistent_load(&self, pid: Value) -> Result<Storage, String> {
-        let Value::Tuple(t) = pid else { return self.err(format!("persistent id is a {}, expected a tuple", pid.kind())) };
+        let Value::Tuple(t) = pid else {
+            return self.err(format!("persistent id is a {}, expected a tuple", pid.kind()));
+        };
         match t.as_slice() {
             [Value::Str(tag), Value::Global(ty), Value::Str(key), _location, Value::Int(numel)] if tag == "storage" => {
                 let kind = ty.strip_prefix("torch.").unwrap_or(ty).to_string();
@@ -462,7 +464,9 @@ impl<'a> Unpickler<'a> {
     /// Interprets `REDUCE`/`NEWOBJ` for the callables a state dict uses.
     fn call(&mut self, f: Value, args: Value) -> Result<Value, String> {
         let Value::Global(name) = f else { return self.err(format!("REDUCE on a {}, expected a global", f.kind())) };
-        let Value::Tuple(args) = args else { return self.err(format!("REDUCE args are a {}, expected a tuple", args.kind())) };
+        let Value::Tuple(args) = args else {
+            return self.err(format!("REDUCE args are a {}, expected a tuple", args.kind()));
+        };
         match name.as_str() {
             "collections.OrderedDict" | "builtins.dict" | "__builtin__.dict" => {
                 let mut items = Vec::new();
@@ -497,7 +501,9 @@ impl<'a> Unpickler<'a> {
             "torch._utils._rebuild_from_type_v2" => {
                 // (func, new_type, args, state): a tensor subclass; rebuild the plain tensor.
                 match (args.first(), args.get(2)) {
-                    (Some(func @ Value::Global(f)), Some(inner @ Value::Tuple(_))) if f != "torch._utils._rebuild_from_type_v2" => {
+                    (Some(func @ Value::Global(f)), Some(inner @ Value::Tuple(_)))
+                        if f != "torch._utils._rebuild_from_type_v2" =>
+                    {
                         self.call(func.clone(), inner.clone())
                     }
                     _ => self.err("_rebuild_from_type_v2 with unexpected arguments"),
@@ -509,7 +515,10 @@ impl<'a> Unpickler<'a> {
                 Some(Value::Str(s)) => Ok(Value::Bytes(s.chars().map(|c| c as u32 as u8).collect())),
                 _ => self.err("_codecs.encode without a string"),
             },
-            n if n.starts_with("torch._utils.") || n.starts_with("torch._tensor.") || n.starts_with("torch.distributed.") => {
+            n if n.starts_with("torch._utils.")
+                || n.starts_with("torch._tensor.")
+                || n.starts_with("torch.distributed.") =>
+            {
                 self.err(format!("unsupported tensor type `{n}` (only dense CPU tensors are read)"))
             }
             n => Ok(Value::Object(n.to_string())),

@@ -111,7 +111,15 @@ impl Source {
             })
             .collect();
         let metadata = st.metadata.clone();
-        Ok(Source { path: path.to_path_buf(), format: Format::Safetensors, tensors, others: Vec::new(), metadata, st: Some(st), mmap: None })
+        Ok(Source {
+            path: path.to_path_buf(),
+            format: Format::Safetensors,
+            tensors,
+            others: Vec::new(),
+            metadata,
+            st: Some(st),
+            mmap: None,
+        })
     }
 
     fn open_torch(path: &Path) -> Result<Self> {
@@ -123,10 +131,8 @@ impl Source {
         let entries = zip::entries(&mmap).map_err(&bad)?;
         let by_name: HashMap<&str, &zip::Entry> = entries.iter().map(|e| (e.name.as_str(), e)).collect();
         // torch names the top folder after the file (or `archive`); find it via data.pkl.
-        let pkls: Vec<&zip::Entry> = entries
-            .iter()
-            .filter(|e| e.name.ends_with("/data.pkl") && e.name.matches('/').count() == 1)
-            .collect();
+        let pkls: Vec<&zip::Entry> =
+            entries.iter().filter(|e| e.name.ends_with("/data.pkl") && e.name.matches('/').count() == 1).collect();
         let pkl = match pkls.as_slice() {
             [one] => *one,
             [] => return Err(bad("zip archive without `<folder>/data.pkl`: not a torch.save checkpoint".into())),
@@ -169,11 +175,18 @@ impl Source {
                 )));
             }
             // The view must stay inside its storage: offset + Σ (size-1)·stride < numel.
-            let numel = t.shape.iter().try_fold(1usize, |a, &s| a.checked_mul(s)).ok_or_else(|| what("size overflows".into()))?;
+            let numel = t
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &s| a.checked_mul(s))
+                .ok_or_else(|| what("size overflows".into()))?;
             if numel > 0 {
                 let mut last = t.offset;
                 for (&s, &st) in t.shape.iter().zip(&t.stride) {
-                    last = (s - 1).checked_mul(st).and_then(|x| x.checked_add(last)).ok_or_else(|| what("view overflows".into()))?;
+                    last = (s - 1)
+                        .checked_mul(st)
+                        .and_then(|x| x.checked_add(last))
+                        .ok_or_else(|| what("view overflows".into()))?;
                 }
                 if last >= t.storage.numel {
                     return Err(what(format!(
@@ -185,7 +198,9 @@ impl Source {
             tensors.push(SrcTensor {
                 name,
                 dtype,
-                dtype_name: dtype.map(dtype_name).unwrap_or_else(|| t.storage.kind.trim_end_matches("Storage").to_string()),
+                dtype_name: dtype
+                    .map(dtype_name)
+                    .unwrap_or_else(|| t.storage.kind.trim_end_matches("Storage").to_string()),
                 shape: t.shape,
                 loc: Loc::Pt { storage_start: entry.start, offset: t.offset, stride: t.stride },
             });
@@ -207,7 +222,8 @@ impl Source {
 
     /// The tensor's elements in row-major order, in its own dtype (views are gathered).
     pub fn raw(&self, t: &SrcTensor) -> Result<Cow<'_, [u8]>> {
-        let dtype = t.dtype.ok_or_else(|| Error::tensor(&t.name, format!("dtype {} is not supported", t.dtype_name)))?;
+        let dtype =
+            t.dtype.ok_or_else(|| Error::tensor(&t.name, format!("dtype {} is not supported", t.dtype_name)))?;
         let es = dtype.size();
         match &t.loc {
             Loc::St => Ok(Cow::Borrowed(self.st.as_ref().unwrap().bytes(&t.name)?)),

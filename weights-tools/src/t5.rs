@@ -68,7 +68,9 @@ pub fn hf_to_wan(k: &str) -> Option<String> {
 fn wrong_kind(src: &Source) -> Option<String> {
     let has = |n: &str| src.tensors.iter().any(|t| t.name.ends_with(n));
     if has("patch_embedding.weight") || has("self_attn.q.weight") || has("attn1.to_q.weight") {
-        return Some("is a Wan DiT checkpoint, not the umT5 text encoder; convert it with `dfrt-weights convert`".into());
+        return Some(
+            "is a Wan DiT checkpoint, not the umT5 text encoder; convert it with `dfrt-weights convert`".into(),
+        );
     }
     if has("decoder.conv1.weight") || has("encoder.conv1.weight") {
         return Some("looks like a VAE checkpoint, not the umT5 text encoder".into());
@@ -110,7 +112,9 @@ pub fn convert_t5(input: impl AsRef<Path>, output: impl AsRef<Path>, opts: &T5Op
     let fc1 = shape("blocks.0.ffn.fc1.weight")?.to_vec();
     let pos = shape("blocks.0.pos_embedding.embedding.weight")?.to_vec();
     if [&emb, &q, &fc1, &pos].iter().any(|s| s.len() != 2) {
-        return Err(bad(format!("embedding {emb:?}, q {q:?}, fc1 {fc1:?} and bias table {pos:?} are not all matrices")));
+        return Err(bad(format!(
+            "embedding {emb:?}, q {q:?}, fc1 {fc1:?} and bias table {pos:?} are not all matrices"
+        )));
     }
     let layers = (0..).take_while(|i| map.contains_key(&format!("blocks.{i}.attn.q.weight"))).count();
     let cfg = T5Config {
@@ -139,7 +143,8 @@ pub fn convert_t5(input: impl AsRef<Path>, output: impl AsRef<Path>, opts: &T5Op
         }
     }
     let dtypes: Vec<Option<DType>> = want.iter().map(|(n, _)| src.tensors[map[n]].dtype).collect();
-    let dtype = opts.dtype.unwrap_or(if dtypes.iter().all(|d| *d == Some(DType::BF16)) { DType::BF16 } else { DType::F32 });
+    let dtype =
+        opts.dtype.unwrap_or(if dtypes.iter().all(|d| *d == Some(DType::BF16)) { DType::BF16 } else { DType::F32 });
     if !matches!(dtype, DType::F32 | DType::BF16) {
         return Err(Error::Config(format!("text encoder dtype {dtype:?}: f32 or bf16")));
     }
@@ -152,5 +157,12 @@ pub fn convert_t5(input: impl AsRef<Path>, output: impl AsRef<Path>, opts: &T5Op
         let bytes = if t.dtype == Some(dtype) { src.raw(t)?.into_owned() } else { encode(&src.f32(t)?, dtype)? };
         w.write_all(&bytes).map_err(|e| Error::io("<output>", e))
     })?;
-    Ok(T5Report { bytes: specs.iter().map(Spec::bytes).sum(), tensors: specs.len(), config: cfg, dtype, from_hf, dropped })
+    Ok(T5Report {
+        bytes: specs.iter().map(Spec::bytes).sum(),
+        tensors: specs.len(),
+        config: cfg,
+        dtype,
+        from_hf,
+        dropped,
+    })
 }

@@ -39,8 +39,13 @@ fn strip_vae_prefix(k: &str) -> String {
 
 /// `norm1.gamma` → `residual.0.gamma` and the other diffusers residual-block names.
 fn res_tail(t: &str) -> Option<String> {
-    const MAP: [(&str, &str); 5] =
-        [("norm1.", "residual.0."), ("conv1.", "residual.2."), ("norm2.", "residual.3."), ("conv2.", "residual.6."), ("conv_shortcut.", "shortcut.")];
+    const MAP: [(&str, &str); 5] = [
+        ("norm1.", "residual.0."),
+        ("conv1.", "residual.2."),
+        ("norm2.", "residual.3."),
+        ("conv2.", "residual.6."),
+        ("conv_shortcut.", "shortcut."),
+    ];
     MAP.iter().find_map(|(f, to)| t.strip_prefix(f).map(|r| format!("{to}{r}")))
 }
 
@@ -118,7 +123,10 @@ pub fn infer_vae_config(shapes: &BTreeMap<String, Vec<usize>>) -> Result<VaeConf
         } else if shapes.contains_key(&format!("{p}.resample.1.weight")) {
             temporal.push(shapes.contains_key(&format!("{p}.time_conv.weight")));
             if *nrb.get_or_insert(run) != run {
-                return Err(Error::tensor(format!("{p}.resample.1.weight"), "stages with different numbers of residual blocks"));
+                return Err(Error::tensor(
+                    format!("{p}.resample.1.weight"),
+                    "stages with different numbers of residual blocks",
+                ));
             }
             run = 0;
         } else {
@@ -152,14 +160,23 @@ pub struct VaeConvertReport {
 
 /// Converts a VAE state dict (one file or shards) to a runtime VAE checkpoint. The output
 /// dtype is `dtype`, else the source's if uniformly bf16, else f32.
-pub fn convert_vae_files(inputs: &[PathBuf], output: impl AsRef<Path>, dtype: Option<DType>) -> Result<VaeConvertReport> {
+pub fn convert_vae_files(
+    inputs: &[PathBuf],
+    output: impl AsRef<Path>,
+    dtype: Option<DType>,
+) -> Result<VaeConvertReport> {
     let srcs = expand_inputs(inputs)?.iter().map(Source::open).collect::<Result<Vec<_>>>()?;
-    let all: Vec<(usize, usize)> = srcs.iter().enumerate().flat_map(|(p, s)| (0..s.tensors.len()).map(move |i| (p, i))).collect();
+    let all: Vec<(usize, usize)> =
+        srcs.iter().enumerate().flat_map(|(p, s)| (0..s.tensors.len()).map(move |i| (p, i))).collect();
     let name = |&(p, i): &(usize, usize)| strip_vae_prefix(&srcs[p].tensors[i].name);
     // num_res_blocks from the diffusers decoder (resnets per up block − 1) when names are diffusers.
     let nrb = all
         .iter()
-        .filter_map(|t| name(t).strip_prefix("decoder.up_blocks.0.resnets.").and_then(|r| r.split('.').next()?.parse::<usize>().ok()))
+        .filter_map(|t| {
+            name(t)
+                .strip_prefix("decoder.up_blocks.0.resnets.")
+                .and_then(|r| r.split('.').next()?.parse::<usize>().ok())
+        })
         .max()
         .unwrap_or(0);
     let mut by_native: HashMap<String, (usize, usize)> = HashMap::new();
@@ -189,8 +206,11 @@ pub fn convert_vae_files(inputs: &[PathBuf], output: impl AsRef<Path>, dtype: Op
         }
     }
     let wanted: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-    let mut dropped: Vec<(String, String)> =
-        by_native.keys().filter(|n| !wanted.contains(n.as_str())).map(|n| (n.clone(), "not part of the Wan2.1 VAE".to_string())).collect();
+    let mut dropped: Vec<(String, String)> = by_native
+        .keys()
+        .filter(|n| !wanted.contains(n.as_str()))
+        .map(|n| (n.clone(), "not part of the Wan2.1 VAE".to_string()))
+        .collect();
     dropped.sort();
     let mut dtypes = std::collections::BTreeSet::new();
     for (n, _) in &expected {
@@ -283,7 +303,11 @@ mod tests {
         // Forward map (official → diffusers) written independently, then mapped back.
         let to_diffusers = |n: &str| -> String {
             let res = |t: &str| {
-                t.replace("residual.0.", "norm1.").replace("residual.2.", "conv1.").replace("residual.3.", "norm2.").replace("residual.6.", "conv2.").replace("shortcut.", "conv_shortcut.")
+                t.replace("residual.0.", "norm1.")
+                    .replace("residual.2.", "conv1.")
+                    .replace("residual.3.", "norm2.")
+                    .replace("residual.6.", "conv2.")
+                    .replace("shortcut.", "conv_shortcut.")
             };
             if let Some(r) = n.strip_prefix("conv1.") {
                 return format!("quant_conv.{r}");
@@ -327,7 +351,15 @@ mod tests {
 
     #[test]
     fn config_is_inferred_from_shapes() {
-        for cfg in [VaeConfig::with_dim(6), VaeConfig { dim_mult: vec![1, 2, 2], temperal_downsample: vec![true, false], num_res_blocks: 1, ..VaeConfig::with_dim(4) }] {
+        for cfg in [
+            VaeConfig::with_dim(6),
+            VaeConfig {
+                dim_mult: vec![1, 2, 2],
+                temperal_downsample: vec![true, false],
+                num_res_blocks: 1,
+                ..VaeConfig::with_dim(4)
+            },
+        ] {
             let shapes: BTreeMap<String, Vec<usize>> = cfg.expected_tensors().into_iter().collect();
             assert_eq!(infer_vae_config(&shapes).unwrap(), cfg);
         }

@@ -10,7 +10,11 @@ use dfrt::ModelConfig;
 
 fn run(args: &[&str]) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_dfrt-weights")).args(args).output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -18,14 +22,18 @@ fn cli_convert_synth_inspect() {
     let dir = scratch("cli");
     let out = dir.join("tiny-full.safetensors");
     let src = golden_dir().join("tiny-full/weights.safetensors");
-    let (ok, _, err) = run(&["convert", src.to_str().unwrap(), "-o", out.to_str().unwrap(), "--text-len", "16", "--dtype", "bf16"]);
+    let (ok, _, err) =
+        run(&["convert", src.to_str().unwrap(), "-o", out.to_str().unwrap(), "--text-len", "16", "--dtype", "bf16"]);
     assert!(ok, "{err}");
     assert!(err.contains("wrote") && err.contains("BF16") && err.contains("\"text_len\":16"), "{err}");
     assert_eq!(TensorFile::open(&out).unwrap().config().unwrap(), manifest_config(&golden_dir().join("tiny-full")));
 
     let (ok, text, err) = run(&["inspect", out.to_str().unwrap(), "--stats"]);
     assert!(ok, "{err}");
-    assert!(text.contains("config (metadata)") && text.contains("blocks.1.ffn.2.weight") && text.contains("BF16"), "{text}");
+    assert!(
+        text.contains("config (metadata)") && text.contains("blocks.1.ffn.2.weight") && text.contains("BF16"),
+        "{text}"
+    );
 
     let (ok, json, err) = run(&["inspect", out.to_str().unwrap(), "--json", "--stats"]);
     assert!(ok, "{err}");
@@ -44,12 +52,32 @@ fn cli_convert_synth_inspect() {
     assert_eq!(v["format"], "torch zip");
     assert_eq!(v["config"]["dim"], 12);
 
-    let (ok, _, err) = run(&["convert", pt.to_str().unwrap(), "-o", dir.join("pt.safetensors").to_str().unwrap(), "--heads", "2", "--no-ema"]);
+    let (ok, _, err) = run(&[
+        "convert",
+        pt.to_str().unwrap(),
+        "-o",
+        dir.join("pt.safetensors").to_str().unwrap(),
+        "--heads",
+        "2",
+        "--no-ema",
+    ]);
     assert!(ok, "{err}");
     assert!(err.contains("took the `generator` state dict") && err.contains("dropped: generator_ema."), "{err}");
 
     let s = dir.join("synth.safetensors");
-    let (ok, _, err) = run(&["synth", "--preset", "small", "--layers", "1", "--seed", "3", "--dtype", "bf16", "-o", s.to_str().unwrap()]);
+    let (ok, _, err) = run(&[
+        "synth",
+        "--preset",
+        "small",
+        "--layers",
+        "1",
+        "--seed",
+        "3",
+        "--dtype",
+        "bf16",
+        "-o",
+        s.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let f = TensorFile::open(&s).unwrap();
     assert_eq!(f.config().unwrap(), ModelConfig { num_layers: 1, ..ModelConfig::preset("small").unwrap() });

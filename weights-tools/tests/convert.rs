@@ -167,10 +167,26 @@ fn config_is_inferred_from_shapes() {
     let r = convert_file(dir.join("a.safetensors"), dir.join("b.safetensors"), &ConvertOptions::default()).unwrap();
     assert_eq!(r.config, ModelConfig { text_len: 512, ..want.clone() }, "text_len defaults to 512");
     assert!(r.notes.iter().any(|n| n.contains("text_len 512")), "{:?}", r.notes);
-    let r = convert_file(dir.join("a.safetensors"), dir.join("b.safetensors"), &ConvertOptions { heads: Some(4), text_len: Some(32), ..Default::default() }).unwrap();
+    let r = convert_file(
+        dir.join("a.safetensors"),
+        dir.join("b.safetensors"),
+        &ConvertOptions { heads: Some(4), text_len: Some(32), ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(r.config, ModelConfig { num_heads: 4, ..want.clone() });
     // A width with no preset: dim/128 heads; non-square patches and other in/out channels.
-    let odd = ModelConfig { dim: 384, ffn_dim: 1000, freq_dim: 64, text_dim: 48, in_dim: 36, out_dim: 8, patch_size: [1, 1, 2], num_layers: 1, cross_attn_norm: false, ..want };
+    let odd = ModelConfig {
+        dim: 384,
+        ffn_dim: 1000,
+        freq_dim: 64,
+        text_dim: 48,
+        in_dim: 36,
+        out_dim: 8,
+        patch_size: [1, 1, 2],
+        num_layers: 1,
+        cross_attn_norm: false,
+        ..want
+    };
     raw_state_dict(&dir.join("c.safetensors"), &odd, |_| {});
     let r = convert_file(dir.join("c.safetensors"), dir.join("d.safetensors"), &opts_text_len(32)).unwrap();
     assert_eq!(r.config, ModelConfig { num_heads: 3, ..odd });
@@ -218,7 +234,8 @@ fn bad_inputs_give_clear_errors() {
     raw_state_dict(&p, &cfg, |t| t.push(OutTensor::f32("blocks.0.cross_attn.k_img.weight", vec![2], &[1.0, 2.0])));
     let e = convert_err(&p, &o);
     assert!(e.contains("k_img") && e.contains("--drop-unknown"), "{e}");
-    let r = convert_file(&p, dir.join("i2v-dropped.safetensors"), &ConvertOptions { drop_unknown: true, ..o.clone() }).unwrap();
+    let r = convert_file(&p, dir.join("i2v-dropped.safetensors"), &ConvertOptions { drop_unknown: true, ..o.clone() })
+        .unwrap();
     assert_eq!(r.dropped.len(), 1);
 
     let e = convert_err(&p, &ConvertOptions { ema: Some(true), drop_unknown: true, ..o.clone() });
@@ -273,15 +290,23 @@ fn sharded_checkpoints_convert_like_one_file() {
     dfrt_weights::convert_files(std::slice::from_ref(&index), &from_index, &opts_text_len(16)).unwrap();
     assert!(std::fs::read(&single).unwrap() == std::fs::read(&from_index).unwrap(), "index conversion differs");
     let from_parts = dir.join("parts.safetensors");
-    dfrt_weights::convert_files(&[dir.join("part-1.safetensors"), dir.join("part-0.safetensors")], &from_parts, &opts_text_len(16)).unwrap();
+    dfrt_weights::convert_files(
+        &[dir.join("part-1.safetensors"), dir.join("part-0.safetensors")],
+        &from_parts,
+        &opts_text_len(16),
+    )
+    .unwrap();
     assert!(std::fs::read(&single).unwrap() == std::fs::read(&from_parts).unwrap(), "shard conversion differs");
     // One shard alone lacks tensors; the same shard twice has duplicates.
-    let e = convert_file(dir.join("part-0.safetensors"), dir.join("x.safetensors"), &opts_text_len(16)).unwrap_err().to_string();
+    let e = convert_file(dir.join("part-0.safetensors"), dir.join("x.safetensors"), &opts_text_len(16))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("missing"), "{e}");
     let p0 = dir.join("part-0.safetensors");
     let p0b = dir.join("part-0-copy.safetensors");
     std::fs::copy(&p0, &p0b).unwrap();
-    let e = dfrt_weights::convert_files(&[p0, p0b], dir.join("x.safetensors"), &opts_text_len(16)).unwrap_err().to_string();
+    let e =
+        dfrt_weights::convert_files(&[p0, p0b], dir.join("x.safetensors"), &opts_text_len(16)).unwrap_err().to_string();
     assert!(e.contains("map to it"), "{e}");
 }
 

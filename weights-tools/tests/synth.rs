@@ -97,7 +97,8 @@ fn rms(v: &[f32]) -> f32 {
 #[test]
 fn synth_weights_keep_activations_sane() {
     let cfg = ModelConfig::preset("tiny").unwrap();
-    let w: std::collections::HashMap<String, Vec<f32>> = synth_tensors(&cfg, 1).into_iter().map(|t| (t.name, t.data)).collect();
+    let w: std::collections::HashMap<String, Vec<f32>> =
+        synth_tensors(&cfg, 1).into_iter().map(|t| (t.name, t.data)).collect();
     let d = cfg.dim;
     for t in [1000.0f64, 625.0, 0.0] {
         let half = cfg.freq_dim / 2;
@@ -107,7 +108,12 @@ fn synth_weights_keep_activations_sane() {
             s[i] = f.cos() as f32;
             s[half + i] = f.sin() as f32;
         }
-        let e = linear(&w["time_embedding.2.weight"], &w["time_embedding.2.bias"], &silu(&linear(&w["time_embedding.0.weight"], &w["time_embedding.0.bias"], &s, d)), d);
+        let e = linear(
+            &w["time_embedding.2.weight"],
+            &w["time_embedding.2.bias"],
+            &silu(&linear(&w["time_embedding.0.weight"], &w["time_embedding.0.bias"], &s, d)),
+            d,
+        );
         let e0 = linear(&w["time_projection.1.weight"], &w["time_projection.1.bias"], &silu(&e), 6 * d);
         let (re, re0) = (rms(&e), rms(&e0));
         eprintln!("t={t}: rms(e) {re:.3}, rms(e0) {re0:.3}");

@@ -80,7 +80,8 @@ fn self_forcing_checkpoint_no_ema_and_bf16() {
     assert_eq!(r.dtype, DType::F32, "all-f32 source stays f32");
     check_against_expected(&out, "gen.", false);
     let out = dir.join("ema-bf16.safetensors");
-    let r = convert_file(fixtures().join("sf_tiny.pt"), &out, &ConvertOptions { dtype: Some(DType::BF16), ..opts() }).unwrap();
+    let r = convert_file(fixtures().join("sf_tiny.pt"), &out, &ConvertOptions { dtype: Some(DType::BF16), ..opts() })
+        .unwrap();
     assert_eq!(r.dtype, DType::BF16);
     check_against_expected(&out, "ema.", true);
 }

@@ -23,7 +23,11 @@ fn run(args: &[&str]) -> (bool, String) {
 /// The official name → diffusers name, as the diffusers conversion script lays them out.
 fn to_diffusers(n: &str, nrb: usize) -> String {
     let res = |t: &str| {
-        t.replace("residual.0.", "norm1.").replace("residual.2.", "conv1.").replace("residual.3.", "norm2.").replace("residual.6.", "conv2.").replace("shortcut.", "conv_shortcut.")
+        t.replace("residual.0.", "norm1.")
+            .replace("residual.2.", "conv1.")
+            .replace("residual.3.", "norm2.")
+            .replace("residual.6.", "conv2.")
+            .replace("shortcut.", "conv_shortcut.")
     };
     if let Some(r) = n.strip_prefix("conv1.") {
         return format!("quant_conv.{r}");
@@ -61,7 +65,8 @@ fn to_diffusers(n: &str, nrb: usize) -> String {
 #[test]
 fn synth_and_convert_official_and_diffusers_names_agree() {
     let d = tmp("conv");
-    let (ok, err) = run(&["synth", "--vae", "--vae-dim", "4", "--seed", "2", "-o", d.join("v.safetensors").to_str().unwrap()]);
+    let (ok, err) =
+        run(&["synth", "--vae", "--vae-dim", "4", "--seed", "2", "-o", d.join("v.safetensors").to_str().unwrap()]);
     assert!(ok, "{err}");
     let f = TensorFile::open(d.join("v.safetensors")).unwrap();
     let cfg = VaeConfig::from_json(&f.metadata[VAE_CONFIG_KEY]).unwrap();
@@ -76,10 +81,18 @@ fn synth_and_convert_official_and_diffusers_names_agree() {
     }
     // The same tensors under diffusers names (and bf16) convert back to the same checkpoint.
     let nrb = cfg.num_res_blocks;
-    let diff: Vec<OutTensor> = names.iter().map(|(n, s)| OutTensor::bf16(to_diffusers(n, nrb), s.clone(), &f.f32_any(n).unwrap())).collect();
+    let diff: Vec<OutTensor> =
+        names.iter().map(|(n, s)| OutTensor::bf16(to_diffusers(n, nrb), s.clone(), &f.f32_any(n).unwrap())).collect();
     write_safetensors(d.join("diffusers.safetensors"), &diff, &BTreeMap::new()).unwrap();
     let out = d.join("back.safetensors");
-    let (ok, err) = run(&["convert", d.join("diffusers.safetensors").to_str().unwrap(), "-o", out.to_str().unwrap(), "--dtype", "f32"]);
+    let (ok, err) = run(&[
+        "convert",
+        d.join("diffusers.safetensors").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--dtype",
+        "f32",
+    ]);
     assert!(ok, "{err}");
     assert!(err.contains("diffusers") && err.contains("VAE"), "{err}");
     let g = TensorFile::open(&out).unwrap();

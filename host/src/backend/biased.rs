@@ -19,7 +19,17 @@ fn round(x: f32, bf: bool) -> f32 {
 /// the values are rounded where the official bf16 run rounds: the logits, the biased
 /// logits, the probabilities (softmax itself in f32) and the output.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], n: usize, lk: usize, heads: usize, d: usize, bf: bool) -> Vec<f32> {
+pub fn attention_host(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: &[f32],
+    n: usize,
+    lk: usize,
+    heads: usize,
+    d: usize,
+    bf: bool,
+) -> Vec<f32> {
     let w = heads * d;
     assert_eq!(q.len(), n * w, "q shape");
     assert_eq!(k.len(), lk * w, "k shape");
@@ -36,7 +46,22 @@ pub fn attention_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], n: usize, l
             // SAFETY: q rows i·w + h·d + c (c < d), k rows j·w + h·d + c and s (n × lk,
             // row stride lk) are all inside their slices by the shape asserts above.
             unsafe {
-                matrixmultiply::sgemm(n, d, lk, 1.0, q[h * d..].as_ptr(), w as isize, 1, k[h * d..].as_ptr(), 1, w as isize, 0.0, s.as_mut_ptr(), lk as isize, 1);
+                matrixmultiply::sgemm(
+                    n,
+                    d,
+                    lk,
+                    1.0,
+                    q[h * d..].as_ptr(),
+                    w as isize,
+                    1,
+                    k[h * d..].as_ptr(),
+                    1,
+                    w as isize,
+                    0.0,
+                    s.as_mut_ptr(),
+                    lk as isize,
+                    1,
+                );
             }
             let b = &bias[h * n * lk..(h + 1) * n * lk];
             for (row, brow) in s.chunks_mut(lk).zip(b.chunks(lk)) {
@@ -57,7 +82,22 @@ pub fn attention_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], n: usize, l
             }
             // SAFETY: s is n × lk, v rows j·w + h·d + c, out n × d: in bounds as above.
             unsafe {
-                matrixmultiply::sgemm(n, lk, d, 1.0, s.as_ptr(), lk as isize, 1, v[h * d..].as_ptr(), w as isize, 1, 0.0, out.as_mut_ptr(), d as isize, 1);
+                matrixmultiply::sgemm(
+                    n,
+                    lk,
+                    d,
+                    1.0,
+                    s.as_ptr(),
+                    lk as isize,
+                    1,
+                    v[h * d..].as_ptr(),
+                    w as isize,
+                    1,
+                    0.0,
+                    out.as_mut_ptr(),
+                    d as isize,
+                    1,
+                );
             }
             out
         })

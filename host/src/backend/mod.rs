@@ -149,14 +149,34 @@ pub trait Backend {
     fn zeros(&self, shape: &[usize]) -> Self::Tensor;
     /// `dst[dst_off + r·cols + c] = src[src_off + r·src_stride + c]` for `r < rows, c < cols`:
     /// the copy behind cache commits (strided head rows → packed slot) and regrouping.
-    fn copy_rows(&self, dst: &mut Self::Tensor, dst_off: usize, src: &Self::Tensor, src_off: usize, src_stride: usize, rows: usize, cols: usize);
+    fn copy_rows(
+        &self,
+        dst: &mut Self::Tensor,
+        dst_off: usize,
+        src: &Self::Tensor,
+        src_off: usize,
+        src_stride: usize,
+        rows: usize,
+        cols: usize,
+    );
 
     /// The cache write of one frame for a head group: for each `(i, &h)` of `heads`, the
     /// `rows` rows of head `h` of `k` and `v` (row `r` at `src_off + r·src_stride + h·d`, `d`
     /// wide) go to rows `i·rows·d + r·d` of `dst_k` and `dst_v`. The default is
     /// [`Backend::copy_rows`] per head and tensor; the GPU backend does all in one launch.
     #[allow(clippy::too_many_arguments)]
-    fn write_heads(&self, dst_k: &mut Self::Tensor, dst_v: &mut Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, src_off: usize, src_stride: usize, heads: &[usize], rows: usize, d: usize) {
+    fn write_heads(
+        &self,
+        dst_k: &mut Self::Tensor,
+        dst_v: &mut Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        src_off: usize,
+        src_stride: usize,
+        heads: &[usize],
+        rows: usize,
+        d: usize,
+    ) {
         for (i, &h) in heads.iter().enumerate() {
             self.copy_rows(dst_k, i * rows * d, k, src_off + h * d, src_stride, rows, d);
             self.copy_rows(dst_v, i * rows * d, v, src_off + h * d, src_stride, rows, d);
@@ -179,7 +199,14 @@ pub trait Backend {
     /// LayerNorm over the last dim, eps, optional affine (weight, bias).
     fn layer_norm(&self, x: &Self::Tensor, eps: f32, affine: Option<(&Self::Tensor, &Self::Tensor)>) -> Self::Tensor;
     /// adaLN: `LN(x)·(1 + scale[f]) + shift[f]` with no-affine LN, for rows of frame `f`.
-    fn norm_modulate(&self, x: &Self::Tensor, eps: f32, shift: &Self::Tensor, scale: &Self::Tensor, rows_per_frame: usize) -> Self::Tensor;
+    fn norm_modulate(
+        &self,
+        x: &Self::Tensor,
+        eps: f32,
+        shift: &Self::Tensor,
+        scale: &Self::Tensor,
+        rows_per_frame: usize,
+    ) -> Self::Tensor;
     /// RMSNorm over the full last dim with a learned weight: normalisation in f32, rounded to
     /// the storage dtype, then multiplied by the weight (the official order).
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Tensor, eps: f32) -> Self::Tensor;
@@ -188,7 +215,13 @@ pub trait Backend {
     /// `x + y`.
     fn add(&self, x: &Self::Tensor, y: &Self::Tensor) -> Self::Tensor;
     /// Gated residual `x + y·gate[f]` for rows of frame `f`.
-    fn gated_residual(&self, x: &Self::Tensor, y: &Self::Tensor, gate: &Self::Tensor, rows_per_frame: usize) -> Self::Tensor;
+    fn gated_residual(
+        &self,
+        x: &Self::Tensor,
+        y: &Self::Tensor,
+        gate: &Self::Tensor,
+        rows_per_frame: usize,
+    ) -> Self::Tensor;
     /// Modulation rows: `table [k, dim]` + `e [frames, k·dim]` → k tensors `[frames, dim]`.
     fn modulation(&self, table: &Self::Tensor, e: &Self::Tensor, k: usize) -> Vec<Self::Tensor>;
 
@@ -200,7 +233,17 @@ pub trait Backend {
     /// so that a backend can fuse it (the GPU backend runs one `qk_norm_rope` kernel); the
     /// default composes the two ops, with their rounding points.
     #[allow(clippy::too_many_arguments)]
-    fn qk_norm_rope(&self, q: &Self::Tensor, k: &Self::Tensor, wq: &Self::Tensor, wk: &Self::Tensor, eps: f32, heads: usize, grid: [usize; 3], start_frame: usize) -> (Self::Tensor, Self::Tensor) {
+    fn qk_norm_rope(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        wq: &Self::Tensor,
+        wk: &Self::Tensor,
+        eps: f32,
+        heads: usize,
+        grid: [usize; 3],
+        start_frame: usize,
+    ) -> (Self::Tensor, Self::Tensor) {
         let q = self.rope(&self.rms_norm(q, wq, eps), heads, grid, start_frame);
         let k = self.rope(&self.rms_norm(k, wk, eps), heads, grid, start_frame);
         (q, k)
@@ -226,10 +269,28 @@ pub trait Backend {
     /// runs [`biased::attention_host`] on downloaded copies and uploads the result (exact, and
     /// the same on every backend; a GPU backend may override it with a kernel).
     #[allow(clippy::too_many_arguments)]
-    fn attention_biased(&self, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, heads: usize, head_dim: usize, bias: &Self::Tensor) -> Self::Tensor {
+    fn attention_biased(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        heads: usize,
+        head_dim: usize,
+        bias: &Self::Tensor,
+    ) -> Self::Tensor {
         let (n, lk) = (self.shape(q)[0], self.shape(k)[0]);
         let bf = self.precision() == Precision::Bf16;
-        let out = biased::attention_host(&self.download(q), &self.download(k), &self.download(v), &self.download(bias), n, lk, heads, head_dim, bf);
+        let out = biased::attention_host(
+            &self.download(q),
+            &self.download(k),
+            &self.download(v),
+            &self.download(bias),
+            n,
+            lk,
+            heads,
+            head_dim,
+            bf,
+        );
         self.upload(&out, &[n, heads * head_dim])
     }
 
@@ -242,7 +303,15 @@ pub trait Backend {
     /// backend's kernel does not cover); the caller computes it on the host
     /// (`dummy::calibrate::layer_masses`, which this must match to about 1e-5).
     #[allow(clippy::too_many_arguments)]
-    fn calibration_masses(&self, q: &Self::Tensor, head_dim: usize, ctx: &[Vec<Seg<'_, Self::Tensor>>], rows: &[usize], first_end: usize, mid_end: usize) -> Option<Result<Vec<f32>>> {
+    fn calibration_masses(
+        &self,
+        q: &Self::Tensor,
+        head_dim: usize,
+        ctx: &[Vec<Seg<'_, Self::Tensor>>],
+        rows: &[usize],
+        first_end: usize,
+        mid_end: usize,
+    ) -> Option<Result<Vec<f32>>> {
         let _ = (q, head_dim, ctx, rows, first_end, mid_end);
         None
     }

@@ -15,14 +15,18 @@ use dfrt::cache::Policy;
 use dfrt::checkpoint::{write_safetensors, OutTensor, TensorFile, CONFIG_KEY};
 use dfrt::config::FRAMES_PER_CHUNK;
 use dfrt::dummy::{stability, HeadProgram};
+use dfrt::gpu::{CudaDevice, Device, GpuBackend, SimDevice};
 use dfrt::pipeline::inputs::{read_context, Context, Inputs};
 use dfrt::pipeline::{Latent, Noise, Pipeline, PipelineSpec};
-use dfrt::gpu::{CudaDevice, Device, GpuBackend, SimDevice};
 use dfrt::{Error, ModelConfig, Result};
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "dfrt", version, about = "Autoregressive video diffusion runtime (Wan causal DiT, Self-Forcing, Dummy Forcing)")]
+#[command(
+    name = "dfrt",
+    version,
+    about = "Autoregressive video diffusion runtime (Wan causal DiT, Self-Forcing, Dummy Forcing)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -326,7 +330,10 @@ fn peak_rss() -> Option<u64> {
 fn generate(a: GenerateArgs, o: Output) -> Result<()> {
     let precision = Precision::parse(&a.dtype)?;
     if a.sync_debug && a.device != "cuda" {
-        return Err(Error::Input(format!("--sync-debug is for --device cuda (device `{}` runs every op synchronously already)", a.device)));
+        return Err(Error::Input(format!(
+            "--sync-debug is for --device cuda (device `{}` runs every op synchronously already)",
+            a.device
+        )));
     }
     match a.device.as_str() {
         "cpu" => generate_on(a, o, Arc::new(CpuBackend::new(precision)), &|_, _, _, _, _| Ok(())),
@@ -363,7 +370,10 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
         _ => None,
     };
     if spec.is_none() && (a.heads.is_some() || a.save_heads.is_some()) {
-        return Err(Error::Policy(format!("--heads and --save-heads need a dummy policy (--policy dummy:N), not `{}`", a.policy)));
+        return Err(Error::Policy(format!(
+            "--heads and --save-heads need a dummy policy (--policy dummy:N), not `{}`",
+            a.policy
+        )));
     }
     let t_load = Instant::now();
     let (ckpt, cfg) = dfrt::api::open_checkpoint(&a.model)?;
@@ -375,7 +385,11 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
         let f = TensorFile::open(p)?;
         let inp = Inputs::read_with_context(&f, &cfg, a.prompt_context.as_deref().cloned())?;
         let frames = a.frames.unwrap_or(inp.frames);
-        let noise = if pipeline.pipeline == Pipeline::Rolling { inp.noise_rolling(frames, pipeline.schedule().steps.len())? } else { inp.noise(frames)? };
+        let noise = if pipeline.pipeline == Pipeline::Rolling {
+            inp.noise_rolling(frames, pipeline.schedule().steps.len())?
+        } else {
+            inp.noise(frames)?
+        };
         switch_ctx = inp.switch_contexts;
         (inp.context, inp.latent, frames, noise, format!("inputs:{}", p.display()), inp.sampled_rows)
     } else {
@@ -394,7 +408,17 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
     let lm = LoadedModel::load(be.clone(), &a.model)?;
     be.status()?;
     let load_s = t_load.elapsed().as_secs_f64();
-    o.log(Level::Debug, format_args!("loaded {} in {load_s:.2} s: {} layers × {} heads, dim {}, {}", a.model.display(), cfg.num_layers, cfg.num_heads, cfg.dim, precision.name()));
+    o.log(
+        Level::Debug,
+        format_args!(
+            "loaded {} in {load_s:.2} s: {} layers × {} heads, dim {}, {}",
+            a.model.display(),
+            cfg.num_layers,
+            cfg.num_heads,
+            cfg.dim,
+            precision.name()
+        ),
+    );
     if let (Some(s), Some(_)) = (spec, &a.save_heads) {
         if frames <= s.ar_start * FRAMES_PER_CHUNK {
             return Err(Error::Policy(format!(
@@ -407,11 +431,27 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
         }
     }
     // The same path as the C API (dfrt::api), so both give the same latents bit for bit.
-    let opts = SessionOptions { policy: policy.clone(), height: latent.height, width: latent.width, frames: Some(frames), seed: a.seed, heads: program, sampled_rows: rows, graphs: a.graphs == "on", pipeline };
+    let opts = SessionOptions {
+        policy: policy.clone(),
+        height: latent.height,
+        width: latent.width,
+        frames: Some(frames),
+        seed: a.seed,
+        heads: program,
+        sampled_rows: rows,
+        graphs: a.graphs == "on",
+        pipeline,
+    };
     let mut session = lm.session(&opts, &context.data, context.rows, noise)?;
     session.set_recache_frames(a.recache_frames)?;
     let mut switches = switches.into_iter().peekable();
-    let graphs = if !be.supports_graphs() { "n/a" } else if session.graphs() { "on" } else { "off" };
+    let graphs = if !be.supports_graphs() {
+        "n/a"
+    } else if session.graphs() {
+        "on"
+    } else {
+        "off"
+    };
 
     let chunks = frames / FRAMES_PER_CHUNK;
     let forwards = session.forwards_for(frames) as u64;
@@ -432,7 +472,10 @@ fn generate_on<B: Backend + 'static>(a: GenerateArgs, o: Output, be: Arc<B>, pre
         ProgressBar::with_draw_target(Some(bar_len), ProgressDrawTarget::hidden())
     } else {
         let b = ProgressBar::new(bar_len);
-        b.set_style(ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit}  {{msg}}  [{{elapsed_precise}}]")).unwrap());
+        b.set_style(
+            ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit}  {{msg}}  [{{elapsed_precise}}]"))
+                .unwrap(),
+        );
         b
     };
     let counts_forwards = video.is_none();
@@ -574,12 +617,20 @@ fn decode(a: DecodeArgs, o: Output) -> Result<()> {
     let vae = Arc::new(dfrt::vae::Vae::open(&a.vae, precision)?);
     let f = TensorFile::open(&a.latents)?;
     let info = f.info("latents").map_err(|_| {
-        Error::Input(format!("{}: no tensor `latents` (expected a `dfrt generate` output, [1, F, C, H, W])", a.latents.display()))
+        Error::Input(format!(
+            "{}: no tensor `latents` (expected a `dfrt generate` output, [1, F, C, H, W])",
+            a.latents.display()
+        ))
     })?;
     let s = info.shape.clone();
     let (frames, c, h, w) = match s.as_slice() {
         [1, f, c, h, w] | [f, c, h, w] => (*f, *c, *h, *w),
-        _ => return Err(Error::Input(format!("{}: `latents` has shape {s:?}, expected [1, F, C, H, W]", a.latents.display()))),
+        _ => {
+            return Err(Error::Input(format!(
+                "{}: `latents` has shape {s:?}, expected [1, F, C, H, W]",
+                a.latents.display()
+            )))
+        }
     };
     if frames == 0 {
         return Err(Error::Input(format!("{}: `latents` has no frames", a.latents.display())));
@@ -629,7 +680,11 @@ fn decode(a: DecodeArgs, o: Output) -> Result<()> {
 
 /// `--prompts-at`: `FRAME:FILE,…` (context files), or `FRAME,…` taking `context.1`, … of the
 /// inputs file; frames ascending.
-fn parse_prompts_at(spec: Option<&str>, mut given: Vec<dfrt::pipeline::inputs::Context>, cfg: &ModelConfig) -> Result<Vec<(usize, dfrt::pipeline::inputs::Context)>> {
+fn parse_prompts_at(
+    spec: Option<&str>,
+    mut given: Vec<dfrt::pipeline::inputs::Context>,
+    cfg: &ModelConfig,
+) -> Result<Vec<(usize, dfrt::pipeline::inputs::Context)>> {
     let Some(spec) = spec else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     given.reverse();
@@ -638,13 +693,16 @@ fn parse_prompts_at(spec: Option<&str>, mut given: Vec<dfrt::pipeline::inputs::C
             Some((f, file)) => (f, Some(file)),
             None => (part, None),
         };
-        let f: usize = f.parse().map_err(|_| Error::Input(format!("--prompts-at: `{f}` in `{part}` is not a frame number")))?;
+        let f: usize =
+            f.parse().map_err(|_| Error::Input(format!("--prompts-at: `{f}` in `{part}` is not a frame number")))?;
         if out.last().is_some_and(|(p, _)| *p >= f) {
             return Err(Error::Input(format!("--prompts-at: frame {f} is not after the previous switch")));
         }
         let ctx = match file {
             Some(file) => read_context(&TensorFile::open(file)?, cfg)?,
-            None => given.pop().ok_or_else(|| Error::Input(format!("--prompts-at {f}: no FILE given and the inputs hold no more context.N tensors")))?,
+            None => given.pop().ok_or_else(|| {
+                Error::Input(format!("--prompts-at {f}: no FILE given and the inputs hold no more context.N tensors"))
+            })?,
         };
         out.push((f, ctx));
     }
@@ -669,9 +727,22 @@ fn calibrate(a: CalibrateArgs, o: Output) -> Result<()> {
     let need = (spec.ar_start + 1) * FRAMES_PER_CHUNK;
     let frames = a.frames.unwrap_or(need);
     if frames < need {
-        return Err(Error::Input(format!("--frames {frames}: calibration at AR step {} needs at least {need} frames", spec.ar_start)));
+        return Err(Error::Input(format!(
+            "--frames {frames}: calibration at AR step {} needs at least {need} frames",
+            spec.ar_start
+        )));
     }
-    let mut opts = SessionOptions { policy: policy.clone(), height: a.height, width: a.width, frames: Some(frames), seed: 0, heads: None, sampled_rows: Default::default(), graphs: true, pipeline: Default::default() };
+    let mut opts = SessionOptions {
+        policy: policy.clone(),
+        height: a.height,
+        width: a.width,
+        frames: Some(frames),
+        seed: 0,
+        heads: None,
+        sampled_rows: Default::default(),
+        graphs: true,
+        pipeline: Default::default(),
+    };
     let mut programs = Vec::new();
     let mut runs = Vec::new();
     for path in &a.context {
@@ -684,7 +755,9 @@ fn calibrate(a: CalibrateArgs, o: Output) -> Result<()> {
             }
             let mut p = s.dummy().and_then(|d| d.program().cloned()).expect("calibrated at AR step K");
             p.source = format!("calibration: context {}, seed {seed}", path.display());
-            runs.push(serde_json::json!({"context": path.display().to_string(), "seed": seed, "counts": counts_json(&p)}));
+            runs.push(
+                serde_json::json!({"context": path.display().to_string(), "seed": seed, "counts": counts_json(&p)}),
+            );
             programs.push(p);
         }
     }
@@ -705,10 +778,29 @@ fn calibrate(a: CalibrateArgs, o: Output) -> Result<()> {
     } else {
         let pct = |v: &[f64]| v.iter().map(|x| format!("{:.1}%", 100.0 * x)).collect::<Vec<_>>().join(" ");
         let c = st.majority.assignment().counts();
-        println!("dfrt calibrate: {} programs ({} contexts × {} seeds), {} heads, policy {spec}", st.programs, a.context.len(), a.seeds, st.heads);
-        println!("  heads keeping their group vs the first program: mean {:.1}% (per program: {})", 100.0 * st.mean_keep_vs_first, pct(&st.keep_vs_first));
-        println!("  heads keeping their group vs the majority:      mean {:.1}% (per program: {})", 100.0 * st.mean_keep_vs_majority, pct(&st.keep_vs_majority));
-        println!("  unanimous: {} of {} heads ({:.1}%)", (st.unanimous * st.heads as f64).round() as usize, st.heads, 100.0 * st.unanimous);
+        println!(
+            "dfrt calibrate: {} programs ({} contexts × {} seeds), {} heads, policy {spec}",
+            st.programs,
+            a.context.len(),
+            a.seeds,
+            st.heads
+        );
+        println!(
+            "  heads keeping their group vs the first program: mean {:.1}% (per program: {})",
+            100.0 * st.mean_keep_vs_first,
+            pct(&st.keep_vs_first)
+        );
+        println!(
+            "  heads keeping their group vs the majority:      mean {:.1}% (per program: {})",
+            100.0 * st.mean_keep_vs_majority,
+            pct(&st.keep_vs_majority)
+        );
+        println!(
+            "  unanimous: {} of {} heads ({:.1}%)",
+            (st.unanimous * st.heads as f64).round() as usize,
+            st.heads,
+            100.0 * st.unanimous
+        );
         println!("  majority program: sink {}, neighbor {}, dummy {}", c.sink, c.neighbor, c.dummy);
         if let Some(out) = &a.out {
             println!("  wrote {}", out.display());
@@ -765,7 +857,12 @@ fn info(o: Output) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&j).expect("json"));
         return Ok(());
     }
-    println!("dfrt {} ({profile} build, {}-{})", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH, std::env::consts::OS);
+    println!(
+        "dfrt {} ({profile} build, {}-{})",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    );
     println!("devices:");
     for d in &devs {
         println!("  {:<5} {}", d.name, d.status);
@@ -779,14 +876,21 @@ fn info(o: Output) -> Result<()> {
     );
     println!("kernels ({}, hot: no spills or stack allowed):", kernels.len());
     for (k, hot, present) in &kernels {
-        println!("  {k}{}{}", if *hot { "  [hot]" } else { "" }, if *present { "" } else { "  MISSING from the PTX: run `cargo xtask ptx`" });
+        println!(
+            "  {k}{}{}",
+            if *hot { "  [hot]" } else { "" },
+            if *present { "" } else { "  MISSING from the PTX: run `cargo xtask ptx`" }
+        );
     }
     Ok(())
 }
 
 fn inspect(a: InspectArgs, o: Output) -> Result<()> {
     let bytes = std::fs::read(&a.file).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::Input(format!("{}: no such file (inspect takes a checkpoint .safetensors or a head-program .json)", a.file.display())),
+        std::io::ErrorKind::NotFound => Error::Input(format!(
+            "{}: no such file (inspect takes a checkpoint .safetensors or a head-program .json)",
+            a.file.display()
+        )),
         _ => Error::io(&a.file, e),
     })?;
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
@@ -795,7 +899,9 @@ fn inspect(a: InspectArgs, o: Output) -> Result<()> {
     let f = TensorFile::open(&a.file).map_err(|e| match e {
         Error::Checkpoint { path, msg } => Error::Checkpoint {
             path,
-            msg: format!("{msg}; inspect takes a safetensors file (checkpoint, inputs, outputs) or a head-program JSON"),
+            msg: format!(
+                "{msg}; inspect takes a safetensors file (checkpoint, inputs, outputs) or a head-program JSON"
+            ),
         },
         e => e,
     })?;
@@ -806,7 +912,11 @@ fn inspect(a: InspectArgs, o: Output) -> Result<()> {
     // Outputs of `generate` carry the config too; a checkpoint is a file with model tensors.
     let expected = cfg.as_ref().map(dfrt::names::expected_tensors).unwrap_or_default();
     let is_checkpoint = expected.iter().any(|(n, _)| f.tensors.contains_key(n));
-    let tensors: Vec<_> = f.tensors.iter().map(|(n, i)| serde_json::json!({"name": n, "dtype": format!("{:?}", i.dtype), "shape": i.shape})).collect();
+    let tensors: Vec<_> = f
+        .tensors
+        .iter()
+        .map(|(n, i)| serde_json::json!({"name": n, "dtype": format!("{:?}", i.dtype), "shape": i.shape}))
+        .collect();
     let elements: usize = f.tensors.values().map(|i| i.shape.iter().product::<usize>()).sum();
     let data_bytes: usize = f.tensors.values().map(|i| i.end - i.start).sum();
     let mut dtypes = BTreeMap::new();
@@ -847,7 +957,12 @@ fn inspect(a: InspectArgs, o: Output) -> Result<()> {
         }
         println!("{}", serde_json::to_string_pretty(&j).expect("json"));
     } else {
-        println!("{}: {kind}, {} tensors, {elements} values, {data_bytes} bytes ({})", a.file.display(), f.tensors.len(), dtypes.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "));
+        println!(
+            "{}: {kind}, {} tensors, {elements} values, {data_bytes} bytes ({})",
+            a.file.display(),
+            f.tensors.len(),
+            dtypes.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ")
+        );
         if let Some(c) = &cfg {
             println!(
                 "config: dim {}, ffn {}, {} layers × {} heads (head dim {}), text {}×{}, in/out {}/{} channels, patch {:?}, eps {}, qk_norm {}, cross_attn_norm {}",
@@ -856,7 +971,11 @@ fn inspect(a: InspectArgs, o: Output) -> Result<()> {
             println!("fingerprint: {}", dfrt::dummy::heads::fingerprint(c));
         }
         for (k, v) in &others {
-            let v: String = if v.chars().count() > 100 { v.chars().take(100).chain("…".chars()).collect() } else { v.to_string() };
+            let v: String = if v.chars().count() > 100 {
+                v.chars().take(100).chain("…".chars()).collect()
+            } else {
+                v.to_string()
+            };
             println!("metadata {k}: {v}");
         }
         for (n, i) in &f.tensors {
@@ -866,7 +985,12 @@ fn inspect(a: InspectArgs, o: Output) -> Result<()> {
             if ok {
                 println!("tensors match the config");
             } else {
-                println!("tensors do NOT match the config: {} missing, {} unexpected, {} misshapen", missing.len(), unexpected.len(), misshapen.len());
+                println!(
+                    "tensors do NOT match the config: {} missing, {} unexpected, {} misshapen",
+                    missing.len(),
+                    unexpected.len(),
+                    misshapen.len()
+                );
                 for m in missing.iter().take(10) {
                     println!("  missing {m}");
                 }
@@ -881,7 +1005,10 @@ fn inspect(a: InspectArgs, o: Output) -> Result<()> {
     }
     if !ok {
         // The report is the output; the exit status says the checkpoint is not usable.
-        o.log(Level::Error, format_args!("{}: not a usable checkpoint; {}", a.file.display(), dfrt::api::CHECKPOINT_HINT));
+        o.log(
+            Level::Error,
+            format_args!("{}: not a usable checkpoint; {}", a.file.display(), dfrt::api::CHECKPOINT_HINT),
+        );
         std::process::exit(1);
     }
     Ok(())
@@ -911,7 +1038,10 @@ fn inspect_heads(path: &std::path::Path, o: Output) -> Result<()> {
         return Ok(());
     }
     println!("{}: head program ({}), policy {}", path.display(), p.source, p.spec);
-    println!("model: {} layers × {} heads, dim {}, {}", p.model.num_layers, p.model.num_heads, p.model.dim, p.model.fingerprint);
+    println!(
+        "model: {} layers × {} heads, dim {}, {}",
+        p.model.num_layers, p.model.num_heads, p.model.dim, p.model.fingerprint
+    );
     println!("heads: sink {}, neighbor {}, dummy {} (S sink, N neighbor, D dummy)", c.sink, c.neighbor, c.dummy);
     for (l, (s, nb, d, g)) in layers.iter().enumerate() {
         let letters: String = g.iter().map(|x| x.name()[..1].to_uppercase()).collect();
@@ -925,7 +1055,9 @@ fn inspect_heads(path: &std::path::Path, o: Output) -> Result<()> {
 fn generate_prompts(a: GenerateArgs, o: Output) -> Result<()> {
     let prompts: Vec<String> = match (&a.prompt, &a.prompts) {
         (Some(p), _) => vec![p.clone()],
-        (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?.lines().map(str::to_string).collect(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?.lines().map(str::to_string).collect()
+        }
         (None, None) => unreachable!("called with a prompt"),
     };
     if prompts.is_empty() {
@@ -973,7 +1105,14 @@ fn generate_prompts(a: GenerateArgs, o: Output) -> Result<()> {
 fn encode(a: EncodeArgs, o: Output) -> Result<()> {
     let precision = Precision::parse(&a.dtype)?;
     let t = Instant::now();
-    let e = dfrt::text::encode_prompts(&a.device, precision, &a.text_encoder, &a.tokenizer, std::slice::from_ref(&a.prompt), &mut |_, _| {})?;
+    let e = dfrt::text::encode_prompts(
+        &a.device,
+        precision,
+        &a.text_encoder,
+        &a.tokenizer,
+        std::slice::from_ref(&a.prompt),
+        &mut |_, _| {},
+    )?;
     let e = &e[0];
     let secs = t.elapsed().as_secs_f64();
     for n in &e.tokens.cleaned.notes {
@@ -989,7 +1128,11 @@ fn encode(a: EncodeArgs, o: Output) -> Result<()> {
     meta.insert("dfrt.text_encoder".to_string(), a.text_encoder.display().to_string());
     write_safetensors(
         &a.out,
-        &[OutTensor::f32("context", vec![1, rows, dim], &e.context.data), OutTensor::i64("ids", vec![rows], &ids), OutTensor::i64("mask", vec![rows], &mask)],
+        &[
+            OutTensor::f32("context", vec![1, rows, dim], &e.context.data),
+            OutTensor::i64("ids", vec![rows], &ids),
+            OutTensor::i64("mask", vec![rows], &mask),
+        ],
         &meta,
     )?;
     if o.json {
@@ -997,7 +1140,15 @@ fn encode(a: EncodeArgs, o: Output) -> Result<()> {
             "cleaned": e.tokens.cleaned.text, "notes": e.tokens.cleaned.notes.iter().map(|n| n.to_string()).collect::<Vec<_>>(), "encode_s": secs});
         println!("{}", serde_json::to_string_pretty(&j).expect("json"));
     } else {
-        o.log(Level::Info, format_args!("{} tokens → context [{rows}, {dim}] in {secs:.2} s on {}; wrote {}", e.tokens.len, a.device, a.out.display()));
+        o.log(
+            Level::Info,
+            format_args!(
+                "{} tokens → context [{rows}, {dim}] in {secs:.2} s on {}; wrote {}",
+                e.tokens.len,
+                a.device,
+                a.out.display()
+            ),
+        );
     }
     Ok(())
 }

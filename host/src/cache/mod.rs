@@ -161,7 +161,8 @@ impl Policy {
         let all: Vec<usize> = (0..heads).collect();
         Ok(match *self {
             Policy::Full => {
-                let f = total_frames.ok_or_else(|| Error::Policy("the full policy needs a known frame count".into()))?;
+                let f =
+                    total_frames.ok_or_else(|| Error::Policy("the full policy needs a known frame count".into()))?;
                 vec![GroupSpec::empty(all, 0, f)]
             }
             Policy::Window { window, sink } => vec![GroupSpec::empty(all, sink, window - sink - FRAMES_PER_CHUNK)],
@@ -312,7 +313,14 @@ pub struct KvCache<T> {
 
 impl<T> KvCache<T> {
     /// A cache of `layers` layers, each starting with `groups` (empty slots).
-    pub fn new(layers: usize, heads: usize, head_dim: usize, tokens_per_frame: usize, precision: Precision, groups: &[GroupSpec]) -> Result<Self> {
+    pub fn new(
+        layers: usize,
+        heads: usize,
+        head_dim: usize,
+        tokens_per_frame: usize,
+        precision: Precision,
+        groups: &[GroupSpec],
+    ) -> Result<Self> {
         let mut c = KvCache { heads, head_dim, tokens_per_frame, layers: Vec::new(), rolling: None, precision };
         for _ in 0..layers {
             for g in groups {
@@ -330,7 +338,13 @@ impl<T> KvCache<T> {
     /// Rolling Forcing's cache ([`rolling::RollingCache`]) with the official sizes: the model
     /// writes it before attending ([`rolling::RollingCache::write`]) and [`KvCache::commit`]
     /// does nothing.
-    pub fn new_rolling(layers: usize, heads: usize, head_dim: usize, tokens_per_frame: usize, precision: Precision) -> Result<Self> {
+    pub fn new_rolling(
+        layers: usize,
+        heads: usize,
+        head_dim: usize,
+        tokens_per_frame: usize,
+        precision: Precision,
+    ) -> Result<Self> {
         let all = [GroupSpec::empty((0..heads).collect(), 0, 0)];
         let mut c = KvCache::new(layers, heads, head_dim, tokens_per_frame, precision, &all)?;
         c.rolling = Some(rolling::RollingCache::new(layers, rolling::BUFFER_FRAMES, rolling::ATTENTION_FRAMES)?);
@@ -342,7 +356,10 @@ impl<T> KvCache<T> {
         for (gi, g) in groups.iter().enumerate() {
             for (pi, &h) in g.heads.iter().enumerate() {
                 if h >= self.heads {
-                    return Err(Error::Policy(format!("group {gi} names head {h}, but the layer has {} heads", self.heads)));
+                    return Err(Error::Policy(format!(
+                        "group {gi} names head {h}, but the layer has {} heads",
+                        self.heads
+                    )));
                 }
                 if head_slot[h].0 != usize::MAX {
                     return Err(Error::Policy(format!("head {h} is in two groups")));
@@ -371,7 +388,11 @@ impl<T> KvCache<T> {
     /// Bytes the cache holds at most (every slot of every group filled).
     pub fn capacity_bytes(&self) -> usize {
         let per_head_frame = 2 * self.tokens_per_frame * self.head_dim * self.precision.size();
-        self.layers.iter().flat_map(|l| &l.groups).map(|g| (g.sink_cap + g.ring_cap) * g.heads.len() * per_head_frame).sum()
+        self.layers
+            .iter()
+            .flat_map(|l| &l.groups)
+            .map(|g| (g.sink_cap + g.ring_cap) * g.heads.len() * per_head_frame)
+            .sum()
     }
 
     /// Frames head `head` of `layer` currently sees from the cache, in context order.
@@ -501,7 +522,12 @@ impl<T> KvCache<T> {
 impl<T> KvCache<T> {
     /// Group `group` of `layer` as `(frames, K, V)` with K/V laid out `[frames·tpf, heads_in_group, d]`
     /// (the official cache layout), for tests and inspection.
-    pub fn dump_group<B: Backend<Tensor = T>>(&self, be: &B, layer: usize, group: usize) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
+    pub fn dump_group<B: Backend<Tensor = T>>(
+        &self,
+        be: &B,
+        layer: usize,
+        group: usize,
+    ) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
         let (tpf, d) = (self.tokens_per_frame, self.head_dim);
         let g = &self.layers[layer].groups[group];
         let gh = g.heads.len();
@@ -618,7 +644,8 @@ mod tests {
         assert_eq!(c.head_frames(0, 0), vec![8], "a ring of one keeps the newest frame");
         assert_eq!(c.head_frames(0, 1), vec![0], "sink heads keep frame 0");
         // Errors: a frame not held, heads not partitioned.
-        let bad = vec![GroupSpec { heads: vec![0, 1], sink_cap: 1, ring_cap: 0, sink_frames: vec![3], ring_frames: vec![] }];
+        let bad =
+            vec![GroupSpec { heads: vec![0, 1], sink_cap: 1, ring_cap: 0, sink_frames: vec![3], ring_frames: vec![] }];
         assert!(c.replace_groups(&be, 0, &bad).unwrap_err().to_string().contains("frame 3"));
         let bad = vec![GroupSpec::empty(vec![0], 0, 1)];
         assert!(c.replace_groups(&be, 0, &bad).unwrap_err().to_string().contains("head 1 is in no group"));
@@ -633,7 +660,10 @@ mod tests {
         assert!(Policy::parse("dummy:4,chunks:0").unwrap_err().to_string().contains("chunks must be at least 1"));
         let cfg = ModelConfig::preset("tiny4").unwrap();
         assert!(Policy::parse_for("dummy:9", &cfg).unwrap_err().to_string().contains("only 8 heads"));
-        assert_eq!(Policy::parse("dummy:2,chunks:2").unwrap().initial_groups(2, None).unwrap(), vec![GroupSpec::empty(vec![0, 1], 1, 6)]);
+        assert_eq!(
+            Policy::parse("dummy:2,chunks:2").unwrap().initial_groups(2, None).unwrap(),
+            vec![GroupSpec::empty(vec![0, 1], 1, 6)]
+        );
         assert!(Policy::parse("window:x").unwrap_err().to_string().contains("not a number"));
     }
 }

@@ -73,13 +73,30 @@ pub struct RollingCache<T> {
 impl<T> RollingCache<T> {
     pub fn new(layers: usize, buffer_frames: usize, attention_frames: usize) -> Result<Self> {
         let b = FRAMES_PER_CHUNK;
-        if buffer_frames % b != 0 || attention_frames % b != 0 || attention_frames > buffer_frames || attention_frames < 2 * b {
+        if buffer_frames % b != 0
+            || attention_frames % b != 0
+            || attention_frames > buffer_frames
+            || attention_frames < 2 * b
+        {
             return Err(Error::Policy(format!("rolling buffer {buffer_frames} / attention {attention_frames} frames: both must be multiples of {b}, attention ≤ buffer, at least 2 blocks")));
         }
         let layers = (0..layers)
-            .map(|_| Layer { slots: Vec::new(), global_end: 0, local_end: 0, written: 0, anchor: None, working: 0..0, reads: false })
+            .map(|_| Layer {
+                slots: Vec::new(),
+                global_end: 0,
+                local_end: 0,
+                written: 0,
+                anchor: None,
+                working: 0..0,
+                reads: false,
+            })
             .collect();
-        Ok(RollingCache { buffer_blocks: buffer_frames / b, attention_blocks: attention_frames / b, layers, last: None })
+        Ok(RollingCache {
+            buffer_blocks: buffer_frames / b,
+            attention_blocks: attention_frames / b,
+            layers,
+            last: None,
+        })
     }
 
     /// Blocks held per slot of `layer` (slot 0 is the anchor).
@@ -107,10 +124,22 @@ impl<T> RollingCache<T> {
     /// heads·d]`; `grid` is `[1, h, w]` of one frame; `cache_pass` tells a cache pass (t = 0)
     /// from a denoising forward.
     #[allow(clippy::too_many_arguments)]
-    pub fn write<B: Backend<Tensor = T>>(&mut self, be: &B, layer: usize, fresh: &Fresh<'_, T>, k_plain: &T, heads: usize, grid: [usize; 3], cache_pass: bool) -> Result<()> {
+    pub fn write<B: Backend<Tensor = T>>(
+        &mut self,
+        be: &B,
+        layer: usize,
+        fresh: &Fresh<'_, T>,
+        k_plain: &T,
+        heads: usize,
+        grid: [usize; 3],
+        cache_pass: bool,
+    ) -> Result<()> {
         let nb = FRAMES_PER_CHUNK;
         if fresh.start_frame % nb != 0 || fresh.frames % nb != 0 || fresh.frames == 0 {
-            return Err(Error::Input(format!("rolling forward over frames {}+{}: must be whole blocks", fresh.start_frame, fresh.frames)));
+            return Err(Error::Input(format!(
+                "rolling forward over frames {}+{}: must be whole blocks",
+                fresh.start_frame, fresh.frames
+            )));
         }
         let (size, cap) = (self.buffer_blocks, self.attention_blocks);
         let first = fresh.start_frame / nb;
@@ -170,27 +199,48 @@ impl<T> RollingCache<T> {
             (working.start == 0).then_some(0)
         } else {
             let wf = (working.end - working.start) * nb;
-            Some(fresh.start_frame.checked_sub(wf + nb).ok_or_else(|| Error::Input("rolling: the anchor would sit before frame 0".into()))?)
+            Some(
+                fresh
+                    .start_frame
+                    .checked_sub(wf + nb)
+                    .ok_or_else(|| Error::Input("rolling: the anchor would sit before frame 0".into()))?,
+            )
         };
         l.anchor = rope_start.map(|rs| be.rope(&l.slots[0].k, heads, [nb, grid[1], grid[2]], rs));
         if layer == 0 {
             let blocks = working.clone().filter(|&i| i != 0).map(|i| l.slots[i].block).collect();
-            self.last = Some(CallLayout { written_slot: s, anchor_rope_start: rope_start, working_blocks: blocks, evicted });
+            self.last =
+                Some(CallLayout { written_slot: s, anchor_rope_start: rope_start, working_blocks: blocks, evicted });
         }
         Ok(())
     }
 
     /// Each head's context for the call [`RollingCache::write`] just prepared: the anchor (if
     /// read), the working blocks, then the call's own K/V.
-    pub fn context<'a>(&'a self, layer: usize, fresh: &Fresh<'a, T>, heads: usize, head_dim: usize, tpf: usize) -> Vec<Vec<Seg<'a, T>>> {
+    pub fn context<'a>(
+        &'a self,
+        layer: usize,
+        fresh: &Fresh<'a, T>,
+        heads: usize,
+        head_dim: usize,
+        tpf: usize,
+    ) -> Vec<Vec<Seg<'a, T>>> {
         let l = &self.layers[layer];
         let nb = FRAMES_PER_CHUNK;
         let stride = heads * head_dim;
-        let frame_segs = |segs: &mut Vec<Seg<'a, T>>, h: usize, k: &'a T, v: &'a T, first_frame: usize, frames: usize| {
-            for f in 0..frames {
-                segs.push(Seg { k, v, offset: f * tpf * stride + h * head_dim, rows: tpf, stride, frame: Some(first_frame + f) });
-            }
-        };
+        let frame_segs =
+            |segs: &mut Vec<Seg<'a, T>>, h: usize, k: &'a T, v: &'a T, first_frame: usize, frames: usize| {
+                for f in 0..frames {
+                    segs.push(Seg {
+                        k,
+                        v,
+                        offset: f * tpf * stride + h * head_dim,
+                        rows: tpf,
+                        stride,
+                        frame: Some(first_frame + f),
+                    });
+                }
+            };
         (0..heads)
             .map(|h| {
                 let mut segs = Vec::new();

@@ -151,9 +151,7 @@ pub fn layer_masses(
     let n: usize = keys.iter().map(|s| s.tokens).sum();
     let hwr = first_region_len(chunk_tokens, ar_start);
     if n < hwr + chunk_tokens {
-        return bad(format!(
-            "{n} keys is fewer than the first region ({hwr}) plus the current chunk ({chunk_tokens})"
-        ));
+        return bad(format!("{n} keys is fewer than the first region ({hwr}) plus the current chunk ({chunk_tokens})"));
     }
     let mid_end = n - chunk_tokens;
     let scale = (head_dim as f32).sqrt();
@@ -177,7 +175,13 @@ pub fn layer_masses(
                 let mut acc = [0f64; 3];
                 for (i, &x) in logits.iter().enumerate() {
                     let e = ((x - max) as f64).exp();
-                    acc[if i < hwr { 0 } else if i < mid_end { 1 } else { 2 }] += e;
+                    acc[if i < hwr {
+                        0
+                    } else if i < mid_end {
+                        1
+                    } else {
+                        2
+                    }] += e;
                 }
                 let z = acc[0] + acc[1] + acc[2];
                 [acc[0] / z, acc[1] / z, acc[2] / z]
@@ -260,9 +264,10 @@ pub fn sample_rows(chunk_tokens: usize, ar_start: usize, rng: &mut SplitMix64) -
 pub fn rows_from_i64(v: &[i64], chunk_tokens: usize) -> Result<Vec<usize>> {
     v.iter()
         .map(|&r| {
-            usize::try_from(r).ok().filter(|&r| r < chunk_tokens).ok_or_else(|| {
-                Error::Input(format!("sampled row {r} is outside the chunk's {chunk_tokens} rows"))
-            })
+            usize::try_from(r)
+                .ok()
+                .filter(|&r| r < chunk_tokens)
+                .ok_or_else(|| Error::Input(format!("sampled row {r} is outside the chunk's {chunk_tokens} rows")))
         })
         .collect()
 }
@@ -290,7 +295,9 @@ mod tests {
             for &r in rows {
                 let lg: Vec<f64> = (0..n)
                     .map(|t| {
-                        (0..d).map(|i| q[(r * heads + h) * d + i] as f64 * k[(t * heads + h) * d + i] as f64).sum::<f64>()
+                        (0..d)
+                            .map(|i| q[(r * heads + h) * d + i] as f64 * k[(t * heads + h) * d + i] as f64)
+                            .sum::<f64>()
                             / (d as f64).sqrt()
                     })
                     .collect();
@@ -378,7 +385,13 @@ mod tests {
         let mut k = randn(&mut rng, n * heads * d, 0.05);
         let mut q = randn(&mut rng, l * heads * d, 0.05);
         for t in 0..n {
-            let region = if t < hw { 0 } else if t < n - l { 1 } else { 2 };
+            let region = if t < hw {
+                0
+            } else if t < n - l {
+                1
+            } else {
+                2
+            };
             k[(t * heads + region) * d] += 8.0; // a shared direction for the planted region
         }
         for r in 0..l {

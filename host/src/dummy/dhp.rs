@@ -212,7 +212,11 @@ pub fn program(scores: &[LayerScores], num_dummy: usize) -> Result<Assignment> {
 /// Random per-head masses (each head's three masses sum to 1, none zero), for tests here and
 /// in the head-program module.
 #[cfg(test)]
-pub(crate) fn random_scores(rng: &mut crate::dummy::calibrate::SplitMix64, layers: usize, heads: usize) -> Vec<LayerScores> {
+pub(crate) fn random_scores(
+    rng: &mut crate::dummy::calibrate::SplitMix64,
+    layers: usize,
+    heads: usize,
+) -> Vec<LayerScores> {
     (0..layers)
         .map(|_| {
             let mut s: LayerScores = [vec![], vec![], vec![]];
@@ -267,7 +271,8 @@ mod tests {
         for l in 0..layers {
             let m = &manifest["head_groups_per_layer"][l.to_string()];
             for (g, key) in [(Group::Sink, "A_sink"), (Group::Neighbor, "B_neighbor"), (Group::Dummy, "C_dummy")] {
-                let want: Vec<usize> = m[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+                let want: Vec<usize> =
+                    m[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
                 assert_eq!(got.heads_in(l, g), want, "layer {l} group {key}");
             }
         }
@@ -305,14 +310,19 @@ mod tests {
         let (s0, s1) = (sum(0), sum(1));
         let cost = |l: usize, h: usize| (s[l][0][h] as f64 / s0).max(s[l][1][h] as f64 / s1);
         let a = program(&s, 11).unwrap();
-        let max_dummy = (0..6).flat_map(|l| (0..5).map(move |h| (l, h))).filter(|&(l, h)| a.get(l, h) == Group::Dummy).map(|(l, h)| cost(l, h)).fold(0.0, f64::max);
+        let max_dummy = (0..6)
+            .flat_map(|l| (0..5).map(move |h| (l, h)))
+            .filter(|&(l, h)| a.get(l, h) == Group::Dummy)
+            .map(|(l, h)| cost(l, h))
+            .fold(0.0, f64::max);
         for l in 0..6 {
             for h in 0..5 {
                 match a.get(l, h) {
                     Group::Dummy => {}
                     g => {
                         assert!(cost(l, h) >= max_dummy, "non-dummy head ({l},{h}) is cheaper than a dummy head");
-                        let want = if s[l][0][h] as f64 / s0 < s[l][1][h] as f64 / s1 { Group::Neighbor } else { Group::Sink };
+                        let want =
+                            if s[l][0][h] as f64 / s0 < s[l][1][h] as f64 / s1 { Group::Neighbor } else { Group::Sink };
                         assert_eq!(g, want, "head ({l},{h})");
                     }
                 }
@@ -351,7 +361,8 @@ mod tests {
         let mut rng = SplitMix64::new(14);
         let (layers, heads) = (6, 6);
         let mut planted = vec![Group::Sink; layers * heads];
-        let mut scores: Vec<LayerScores> = (0..layers).map(|_| [vec![0.0; heads], vec![0.0; heads], vec![0.0; heads]]).collect();
+        let mut scores: Vec<LayerScores> =
+            (0..layers).map(|_| [vec![0.0; heads], vec![0.0; heads], vec![0.0; heads]]).collect();
         let mut n_dummy = 0;
         for i in 0..layers * heads {
             let g = Group::ALL[rng.below(3) as usize];

@@ -137,17 +137,26 @@ pub fn kv_footprint(
     frames: usize,
 ) -> Result<KvFootprint> {
     if frames == 0 || frames % FRAMES_PER_CHUNK != 0 {
-        return Err(Error::Input(format!("{frames} latent frames is not a whole number of {FRAMES_PER_CHUNK}-frame chunks")));
+        return Err(Error::Input(format!(
+            "{frames} latent frames is not a whole number of {FRAMES_PER_CHUNK}-frame chunks"
+        )));
     }
     let per_head_frame = 2 * (tokens_per_frame * cfg.head_dim() * dtype_bytes) as u64;
     let all = cfg.num_layers * cfg.num_heads;
-    let group = |name, heads: usize, f: usize| GroupBytes { name, heads, frames_per_head: f, bytes: heads as u64 * f as u64 * per_head_frame };
+    let group = |name, heads: usize, f: usize| GroupBytes {
+        name,
+        heads,
+        frames_per_head: f,
+        bytes: heads as u64 * f as u64 * per_head_frame,
+    };
     let full_bytes = all as u64 * frames as u64 * per_head_frame;
     let (groups, peak_bytes) = match *policy {
         KvPolicy::Full => (vec![group("all", all, frames)], full_bytes),
         KvPolicy::Window { frames: w, sinks } => {
             if w == 0 || sinks >= w {
-                return Err(Error::Policy(format!("window:{w},sink:{sinks}: the window must be longer than its sinks")));
+                return Err(Error::Policy(format!(
+                    "window:{w},sink:{sinks}: the window must be longer than its sinks"
+                )));
             }
             let g = group("all", all, frames.min(w));
             let b = g.bytes;
@@ -164,7 +173,10 @@ pub fn kv_footprint(
                 (vec![g], peak1)
             } else {
                 let c = counts.ok_or_else(|| {
-                    Error::Input(format!("{frames} frames reach calibration (AR step {}), so group counts are needed", spec.ar_start))
+                    Error::Input(format!(
+                        "{frames} frames reach calibration (AR step {}), so group counts are needed",
+                        spec.ar_start
+                    ))
                 })?;
                 if c.total() != all || c.dummy != spec.num_dummy {
                     return Err(Error::Input(format!(
@@ -261,7 +273,10 @@ mod tests {
         // Errors.
         assert!(kv_footprint(&KvPolicy::Full, &cfg, 1560, 2, 20).is_err());
         assert!(kv_footprint(&KvPolicy::Window { frames: 3, sinks: 3 }, &cfg, 1560, 2, 21).is_err());
-        let bad = KvPolicy::Dummy { spec: DummySpec::new(180), counts: Some(GroupCounts { sink: 1, neighbor: 1, dummy: 180 }) };
+        let bad = KvPolicy::Dummy {
+            spec: DummySpec::new(180),
+            counts: Some(GroupCounts { sink: 1, neighbor: 1, dummy: 180 }),
+        };
         assert!(kv_footprint(&bad, &cfg, 1560, 2, 21).unwrap_err().to_string().contains("do not fit"));
     }
 }

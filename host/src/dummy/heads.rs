@@ -137,7 +137,13 @@ pub struct HeadProgram {
 
 impl HeadProgram {
     /// Packs an assignment and the masses it came from.
-    pub fn new(cfg: &ModelConfig, spec: DummySpec, scores: &[LayerScores], a: &Assignment, source: &str) -> Result<Self> {
+    pub fn new(
+        cfg: &ModelConfig,
+        spec: DummySpec,
+        scores: &[LayerScores],
+        a: &Assignment,
+        source: &str,
+    ) -> Result<Self> {
         if a.num_layers != cfg.num_layers || a.num_heads != cfg.num_heads || scores.len() != cfg.num_layers {
             return Err(Error::Input(format!(
                 "head program: assignment [{}, {}] / {} score layers do not match the model [{}, {}]",
@@ -151,7 +157,10 @@ impl HeadProgram {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for (l, s) in scores.iter().enumerate() {
             if s.iter().any(|r| r.len() != cfg.num_heads) {
-                return Err(Error::Input(format!("head program: layer {l} scores do not have {} heads", cfg.num_heads)));
+                return Err(Error::Input(format!(
+                    "head program: layer {l} scores do not have {} heads",
+                    cfg.num_heads
+                )));
             }
             layers.push(
                 (0..cfg.num_heads)
@@ -199,7 +208,11 @@ impl HeadProgram {
         self.layers
             .iter()
             .map(|l| {
-                [l.iter().map(|e| e.first).collect(), l.iter().map(|e| e.mid).collect(), l.iter().map(|e| e.last).collect()]
+                [
+                    l.iter().map(|e| e.first).collect(),
+                    l.iter().map(|e| e.mid).collect(),
+                    l.iter().map(|e| e.last).collect(),
+                ]
             })
             .collect()
     }
@@ -211,8 +224,8 @@ impl HeadProgram {
 
     /// Parses and checks a program on its own (format, shape, masses, dummy budget).
     pub fn from_json(s: &str) -> Result<Self> {
-        let p: HeadProgram =
-            serde_json::from_str(s).map_err(|e| Error::Input(format!("head program is not valid JSON of the expected form: {e}")))?;
+        let p: HeadProgram = serde_json::from_str(s)
+            .map_err(|e| Error::Input(format!("head program is not valid JSON of the expected form: {e}")))?;
         p.check_consistent()?;
         Ok(p)
     }
@@ -357,10 +370,12 @@ pub fn stability(programs: &[HeadProgram]) -> Result<Stability> {
     let (layers, heads) = (p0.num_layers(), p0.num_heads());
     let n = layers * heads;
     let k = programs.len() as f32;
-    let groups: Vec<Vec<Group>> = programs.iter().map(|p| p.layers.iter().flatten().map(|e| e.group).collect()).collect();
+    let groups: Vec<Vec<Group>> =
+        programs.iter().map(|p| p.layers.iter().flatten().map(|e| e.group).collect()).collect();
 
     // Mean masses.
-    let mut mean: Vec<LayerScores> = (0..layers).map(|_| [vec![0.0; heads], vec![0.0; heads], vec![0.0; heads]]).collect();
+    let mut mean: Vec<LayerScores> =
+        (0..layers).map(|_| [vec![0.0; heads], vec![0.0; heads], vec![0.0; heads]]).collect();
     for p in programs {
         for (l, hs) in p.layers.iter().enumerate() {
             for (h, e) in hs.iter().enumerate() {
@@ -454,7 +469,11 @@ mod tests {
         let same_shape = ModelConfig { ffn_dim: 999, ..c.clone() };
         let e = p.validate_for(&same_shape).unwrap_err().to_string();
         assert!(e.contains("ffn_dim 512 vs 999"), "{e}");
-        assert!(p.check_spec(&DummySpec::new(4)).unwrap_err().to_string().contains("has 3 dummy heads, but the policy asks for 4"));
+        assert!(p
+            .check_spec(&DummySpec::new(4))
+            .unwrap_err()
+            .to_string()
+            .contains("has 3 dummy heads, but the policy asks for 4"));
         assert!(p.check_spec(&DummySpec::parse("dummy:3,chunks:2").unwrap()).is_ok());
     }
 

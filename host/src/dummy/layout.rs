@@ -103,11 +103,27 @@ mod tests {
         let lay = hma_layout(&a, &spec);
         assert_eq!(lay.len(), 4);
         let l0 = &lay[0];
-        assert_eq!(l0[0], GroupLayout { group: Group::Sink, heads: vec![0], shape: SlotShape { sink_slots: 1, ring_cap: 0 }, source: HmaSource::Frame0 });
+        assert_eq!(
+            l0[0],
+            GroupLayout {
+                group: Group::Sink,
+                heads: vec![0],
+                shape: SlotShape { sink_slots: 1, ring_cap: 0 },
+                source: HmaSource::Frame0
+            }
+        );
         assert_eq!(l0[1].heads, Vec::<usize>::new());
         assert_eq!(l0[1].shape, SlotShape { sink_slots: 0, ring_cap: 3 });
         assert_eq!(l0[1].source, HmaSource::LocalWindow { frames: 3 });
-        assert_eq!(l0[2], GroupLayout { group: Group::Dummy, heads: vec![1], shape: SlotShape { sink_slots: 0, ring_cap: 1 }, source: HmaSource::LastLocalFrame });
+        assert_eq!(
+            l0[2],
+            GroupLayout {
+                group: Group::Dummy,
+                heads: vec![1],
+                shape: SlotShape { sink_slots: 0, ring_cap: 1 },
+                source: HmaSource::LastLocalFrame
+            }
+        );
         assert_eq!(lay[2][1].heads, vec![0, 1]);
         assert!(lay[2][0].heads.is_empty() && lay[2][2].heads.is_empty());
         assert_eq!(phase1_shape(&spec), SlotShape { sink_slots: 1, ring_cap: 3 });

@@ -118,16 +118,16 @@
 pub mod calibrate;
 pub mod dhp;
 pub mod footprint;
-pub mod layout;
 pub mod heads;
+pub mod layout;
 pub mod run;
 pub mod spec;
 
 pub use calibrate::{layer_masses, sample_rows, KeySegment, LayerScores, SplitMix64};
 pub use dhp::{program, Assignment, Group, GroupCounts};
 pub use footprint::{kv_footprint, GroupBytes, KvFootprint, KvPolicy};
-pub use layout::{hma_layout, local_frames_after_step, phase1_shape, GroupLayout, HmaSource, SlotShape};
 pub use heads::{stability, HeadEntry, HeadProgram, ModelIdentity, Stability};
+pub use layout::{hma_layout, local_frames_after_step, phase1_shape, GroupLayout, HmaSource, SlotShape};
 pub use run::DummyForcing;
 pub use spec::DummySpec;
 

@@ -9,7 +9,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::calibrate::{first_region_len, layer_masses, layer_scores_from_rows, rows_from_i64, sample_rows, KeySegment, LayerScores, SplitMix64};
+use super::calibrate::{
+    first_region_len, layer_masses, layer_scores_from_rows, rows_from_i64, sample_rows, KeySegment, LayerScores,
+    SplitMix64,
+};
 use super::dhp::Assignment;
 use super::heads::HeadProgram;
 use super::layout::{hma_layout, HmaSource};
@@ -80,14 +83,21 @@ impl DummyForcing {
     /// frame of the `frames`-frame window but its first when `ar_step ≤ L − 1`). The groups
     /// stay calibrated. A switch before calibration is an error (the official code raises a
     /// `KeyError` there).
-    pub fn reset_for_recache<B: Backend>(&self, be: &B, cache: &mut KvCache<B::Tensor>, ar_step: usize, frames: usize) -> Result<()> {
+    pub fn reset_for_recache<B: Backend>(
+        &self,
+        be: &B,
+        cache: &mut KvCache<B::Tensor>,
+        ar_step: usize,
+        frames: usize,
+    ) -> Result<()> {
         if self.program.is_none() {
             return Err(Error::Policy(format!(
                 "a prompt switch needs the head groups, which are calibrated at AR step {}; switch at a later chunk",
                 self.spec.ar_start
             )));
         }
-        let ring = if ar_step + 1 > self.spec.chunks { self.spec.local_frames() } else { frames.saturating_sub(1).max(1) };
+        let ring =
+            if ar_step + 1 > self.spec.chunks { self.spec.local_frames() } else { frames.saturating_sub(1).max(1) };
         let all = GroupSpec::empty((0..self.cfg.num_heads).collect(), 1, ring);
         for l in 0..cache.layers.len() {
             cache.replace_groups(be, l, std::slice::from_ref(&all))?;
@@ -131,16 +141,30 @@ impl DummyForcing {
     /// With `recache` (the re-pack after a prompt switch) the phase-1 group holds the recache
     /// window: its sink is the window's first frame (not frame 0) and its ring may hold more
     /// than `3·L` frames (the neighbor heads keep them all until the next clean pass).
-    fn regroup<B: Backend>(&self, be: &B, cache: &mut KvCache<B::Tensor>, layer: usize, lay: &[super::layout::GroupLayout; 3], recache: bool) -> Result<()> {
+    fn regroup<B: Backend>(
+        &self,
+        be: &B,
+        cache: &mut KvCache<B::Tensor>,
+        layer: usize,
+        lay: &[super::layout::GroupLayout; 3],
+        recache: bool,
+    ) -> Result<()> {
         let groups = &cache.layers[layer].groups;
         if groups.len() != 1 || groups[0].sink_cap != 1 {
-            return Err(Error::Policy(format!("layer {layer}: HMA expects the single phase-1 group, found {} groups", groups.len())));
+            return Err(Error::Policy(format!(
+                "layer {layer}: HMA expects the single phase-1 group, found {} groups",
+                groups.len()
+            )));
         }
         let frames = groups[0].frames();
         let (sink, ring) = match frames.split_first() {
             Some((&0, ring)) if !ring.is_empty() => (0usize, ring.to_vec()),
             Some((&f, ring)) if recache && !ring.is_empty() => (f, ring.to_vec()),
-            _ => return Err(Error::Policy(format!("layer {layer}: phase-1 cache holds frames {frames:?}, expected frame 0 then a window"))),
+            _ => {
+                return Err(Error::Policy(format!(
+                    "layer {layer}: phase-1 cache holds frames {frames:?}, expected frame 0 then a window"
+                )))
+            }
         };
         let mut specs = Vec::new();
         for g in lay.iter().filter(|g| !g.heads.is_empty()) {
@@ -149,13 +173,22 @@ impl DummyForcing {
                 HmaSource::LastLocalFrame => (vec![], vec![*ring.last().expect("checked non-empty")]),
                 HmaSource::LocalWindow { frames } => {
                     if frames != ring.len() && !recache {
-                        return Err(Error::Policy(format!("layer {layer}: the phase-1 window holds {} frames, HMA expects {frames}", ring.len())));
+                        return Err(Error::Policy(format!(
+                            "layer {layer}: the phase-1 window holds {} frames, HMA expects {frames}",
+                            ring.len()
+                        )));
                     }
                     (vec![], ring.clone())
                 }
                 HmaSource::Nothing => (vec![], vec![]),
             };
-            specs.push(GroupSpec { heads: g.heads.clone(), sink_cap: g.shape.sink_slots, ring_cap: g.shape.ring_cap, sink_frames, ring_frames });
+            specs.push(GroupSpec {
+                heads: g.heads.clone(),
+                sink_cap: g.shape.sink_slots,
+                ring_cap: g.shape.ring_cap,
+                sink_frames,
+                ring_frames,
+            });
         }
         cache.replace_groups(be, layer, &specs)
     }
@@ -167,7 +200,15 @@ impl<B: Backend> ForwardHook<B> for DummyForcing {
     }
 
     /// Calibration: the masses of this layer over the full key set, before the commit.
-    fn on_self_attention(&mut self, be: &B, pass: &PassInfo, layer: usize, q: &B::Tensor, head_dim: usize, ctx: &[Vec<Seg<'_, B::Tensor>>]) -> Result<()> {
+    fn on_self_attention(
+        &mut self,
+        be: &B,
+        pass: &PassInfo,
+        layer: usize,
+        q: &B::Tensor,
+        head_dim: usize,
+        ctx: &[Vec<Seg<'_, B::Tensor>>],
+    ) -> Result<()> {
         let heads = ctx.len();
         let t = be.shape(q)[0];
         let rows = match self.rows.get(&layer) {
@@ -180,14 +221,25 @@ impl<B: Backend> ForwardHook<B> for DummyForcing {
         if ctx.iter().any(|segs| segs.iter().map(|s| s.rows).sum::<usize>() != n) {
             return Err(Error::Policy(format!("layer {layer}: calibration needs the same key count for every head")));
         }
-        let fresh: usize = ctx[0].iter().filter(|s| s.frame.is_some_and(|f| f >= pass.start_frame)).map(|s| s.rows).sum();
-        if fresh != t || ctx[0].iter().rev().take_while(|s| s.frame.is_some_and(|f| f >= pass.start_frame)).map(|s| s.rows).sum::<usize>() != t {
+        let fresh: usize =
+            ctx[0].iter().filter(|s| s.frame.is_some_and(|f| f >= pass.start_frame)).map(|s| s.rows).sum();
+        if fresh != t
+            || ctx[0]
+                .iter()
+                .rev()
+                .take_while(|s| s.frame.is_some_and(|f| f >= pass.start_frame))
+                .map(|s| s.rows)
+                .sum::<usize>()
+                != t
+        {
             return Err(Error::Policy(format!("layer {layer}: the last {t} keys must be the current chunk")));
         }
         // On the device where the backend has the kernel (the GPU path), else on the host.
         let first_end = first_region_len(t, self.spec.ar_start);
         if n < first_end + t {
-            return Err(Error::Policy(format!("layer {layer}: {n} keys is fewer than the first region ({first_end}) plus the current chunk ({t})")));
+            return Err(Error::Policy(format!(
+                "layer {layer}: {n} keys is fewer than the first region ({first_end}) plus the current chunk ({t})"
+            )));
         }
         if let Some(v) = be.calibration_masses(q, head_dim, ctx, &rows, first_end, n - t) {
             self.scores[layer] = Some(layer_scores_from_rows(&v?, heads)?);
@@ -220,7 +272,9 @@ impl<B: Backend> ForwardHook<B> for DummyForcing {
         let program = match &self.given {
             Some(p) => p.clone(),
             None => {
-                let scores = self.calibration_scores().ok_or_else(|| Error::Policy("calibration did not run in every layer".into()))?;
+                let scores = self
+                    .calibration_scores()
+                    .ok_or_else(|| Error::Policy("calibration did not run in every layer".into()))?;
                 HeadProgram::from_calibration(&self.cfg, self.spec, &scores)?
             }
         };

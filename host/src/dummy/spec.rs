@@ -121,9 +121,7 @@ impl DummySpec {
             return bad("chunks must be at least 1 (neighbor heads keep the last L chunks)".into());
         }
         if spec.ar_start == 0 {
-            return bad(
-                "ar-start must be at least 1: calibration needs cached frames, and AR step 0 has none".into(),
-            );
+            return bad("ar-start must be at least 1: calibration needs cached frames, and AR step 0 has none".into());
         }
         Ok(spec)
     }
@@ -177,7 +175,10 @@ mod tests {
 
     #[test]
     fn parses_defaults_and_options() {
-        assert_eq!(DummySpec::parse("dummy:180").unwrap(), DummySpec { num_dummy: 180, chunks: 1, ar_start: 1, packing: true });
+        assert_eq!(
+            DummySpec::parse("dummy:180").unwrap(),
+            DummySpec { num_dummy: 180, chunks: 1, ar_start: 1, packing: true }
+        );
         let s = DummySpec::parse("dummy:7,packing:off,ar-start:2,chunks:3").unwrap();
         assert_eq!(s, DummySpec { num_dummy: 7, chunks: 3, ar_start: 2, packing: false });
         assert_eq!(s.local_frames(), 9);

@@ -17,8 +17,12 @@ use std::sync::{Arc, Mutex};
 use dfrt_kernels::attention::{AttnBf16D128, AttnBf16D128W8, AttnBf16D64, AttnF32, AttnParams, KvSeg};
 use dfrt_kernels::calib::{CalibMassParams, CalibMeanParams};
 use dfrt_kernels::elem::Bf16;
-use dfrt_kernels::elementwise::{AddParams, GatedResidualParams, GeluParams, ModulationParams, SiluParams, SinusoidParams};
-use dfrt_kernels::layout::{CopyRowsParams, HeadCopyJob, HeadCopyShape, KvWriteParams, PatchifyParams, UnpatchifyParams};
+use dfrt_kernels::elementwise::{
+    AddParams, GatedResidualParams, GeluParams, ModulationParams, SiluParams, SinusoidParams,
+};
+use dfrt_kernels::layout::{
+    CopyRowsParams, HeadCopyJob, HeadCopyShape, KvWriteParams, PatchifyParams, UnpatchifyParams,
+};
 use dfrt_kernels::norm::{LayerNormModParams, LayerNormParams, RmsNormParams};
 use dfrt_kernels::rope::{QkNormRopeParams, RopeParams};
 use dfrt_kernels::{Entry, Launch};
@@ -267,7 +271,12 @@ impl<D: Device> GpuBackend<D> {
             }
         };
         drop(heap);
-        Ok(GpuTensor { block: Some(Arc::new(Block { ptr, sh: self.sh.clone() })), ptr, shape: shape.to_vec(), precision })
+        Ok(GpuTensor {
+            block: Some(Arc::new(Block { ptr, sh: self.sh.clone() })),
+            ptr,
+            shape: shape.to_vec(),
+            precision,
+        })
     }
 
     fn new_tensor(&self, shape: &[usize]) -> Result<GpuTensor<D>> {
@@ -429,7 +438,16 @@ impl<D: Device> GpuBackend<D> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn try_copy_rows(&self, dst: &GpuTensor<D>, dst_off: usize, src: &GpuTensor<D>, src_off: usize, src_stride: usize, rows: usize, cols: usize) -> Result<()> {
+    fn try_copy_rows(
+        &self,
+        dst: &GpuTensor<D>,
+        dst_off: usize,
+        src: &GpuTensor<D>,
+        src_off: usize,
+        src_stride: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
         if rows == 0 || cols == 0 {
             return Ok(());
         }
@@ -437,20 +455,47 @@ impl<D: Device> GpuBackend<D> {
         if dst_off + rows * cols > dst.numel() || src_end > src.numel() {
             return Err(Error::Device(format!("copy_rows: {rows}×{cols} rows out of range (dst {:?} at {dst_off}, src {:?} at {src_off} stride {src_stride})", dst.shape, src.shape)));
         }
-        let p = CopyRowsParams { dst: dst.at(dst_off), src: src.at(src_off), dst_stride: u32_of(cols, "cols")?, src_stride: u32_of(src_stride, "src_stride")?, rows: u32_of(rows, "rows")?, cols: u32_of(cols, "cols")? };
+        let p = CopyRowsParams {
+            dst: dst.at(dst_off),
+            src: src.at(src_off),
+            dst_stride: u32_of(cols, "cols")?,
+            src_stride: u32_of(src_stride, "src_stride")?,
+            rows: u32_of(rows, "rows")?,
+            cols: u32_of(cols, "cols")?,
+        };
         p.check().map_err(|e| Error::Device(e.into()))?;
         self.launch_ew(p)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn try_write_heads(&self, dst_k: &GpuTensor<D>, dst_v: &GpuTensor<D>, k: &GpuTensor<D>, v: &GpuTensor<D>, src_off: usize, src_stride: usize, heads: &[usize], rows: usize, d: usize) -> Result<()> {
+    fn try_write_heads(
+        &self,
+        dst_k: &GpuTensor<D>,
+        dst_v: &GpuTensor<D>,
+        k: &GpuTensor<D>,
+        v: &GpuTensor<D>,
+        src_off: usize,
+        src_stride: usize,
+        heads: &[usize],
+        rows: usize,
+        d: usize,
+    ) -> Result<()> {
         if heads.is_empty() || rows == 0 || d == 0 {
             return Ok(());
         }
         let maxh = *heads.iter().max().unwrap();
         let src_end = src_off + maxh * d + (rows - 1) * src_stride + d;
-        if src_end > k.numel() || src_end > v.numel() || heads.len() * rows * d > dst_k.numel().min(dst_v.numel()) || src_stride < d {
-            return Err(Error::Device(format!("write_heads: {} heads × {rows}×{d} from {:?} at {src_off} (stride {src_stride}) into {:?}", heads.len(), k.shape, dst_k.shape)));
+        if src_end > k.numel()
+            || src_end > v.numel()
+            || heads.len() * rows * d > dst_k.numel().min(dst_v.numel())
+            || src_stride < d
+        {
+            return Err(Error::Device(format!(
+                "write_heads: {} heads × {rows}×{d} from {:?} at {src_off} (stride {src_stride}) into {:?}",
+                heads.len(),
+                k.shape,
+                dst_k.shape
+            )));
         }
         let list: Vec<u32> = heads.iter().map(|&h| u32_of(h, "head")).collect::<Result<_>>()?;
         let heads_ptr = {
@@ -467,7 +512,15 @@ impl<D: Device> GpuBackend<D> {
             }
         };
         let p = KvWriteParams {
-            job: HeadCopyJob { src_k: k.at(src_off), src_v: v.at(src_off), dst_k: dst_k.ptr, dst_v: dst_v.ptr, heads: heads_ptr, n_heads: u32_of(heads.len(), "heads")?, _pad: 0 },
+            job: HeadCopyJob {
+                src_k: k.at(src_off),
+                src_v: v.at(src_off),
+                dst_k: dst_k.ptr,
+                dst_v: dst_v.ptr,
+                heads: heads_ptr,
+                n_heads: u32_of(heads.len(), "heads")?,
+                _pad: 0,
+            },
             shape: HeadCopyShape {
                 rows: u32_of(rows, "rows")?,
                 head_dim: u32_of(d, "head_dim")?,
@@ -481,7 +534,13 @@ impl<D: Device> GpuBackend<D> {
         self.launch_ew(p)
     }
 
-    fn try_linear(&self, x: &GpuTensor<D>, w: &GpuTensor<D>, b: Option<&GpuTensor<D>>, gelu: bool) -> Result<GpuTensor<D>> {
+    fn try_linear(
+        &self,
+        x: &GpuTensor<D>,
+        w: &GpuTensor<D>,
+        b: Option<&GpuTensor<D>>,
+        gelu: bool,
+    ) -> Result<GpuTensor<D>> {
         let k = x.cols();
         let n = x.rows();
         if w.shape.len() != 2 || w.shape[1] != k {
@@ -496,31 +555,76 @@ impl<D: Device> GpuBackend<D> {
         let mut shape = x.shape.clone();
         *shape.last_mut().unwrap() = m;
         let y = self.new_tensor(&shape)?;
-        self.sh.dev.gemm(&Gemm { dtype: self.precision, x: x.ptr, w: w.ptr, y: y.ptr, bias: b.map(|b| b.ptr), gelu, n, k, m })?;
+        self.sh.dev.gemm(&Gemm {
+            dtype: self.precision,
+            x: x.ptr,
+            w: w.ptr,
+            y: y.ptr,
+            bias: b.map(|b| b.ptr),
+            gelu,
+            n,
+            k,
+            m,
+        })?;
         Ok(y)
     }
 
-    fn try_layer_norm(&self, x: &GpuTensor<D>, eps: f32, affine: Option<(&GpuTensor<D>, &GpuTensor<D>)>) -> Result<GpuTensor<D>> {
+    fn try_layer_norm(
+        &self,
+        x: &GpuTensor<D>,
+        eps: f32,
+        affine: Option<(&GpuTensor<D>, &GpuTensor<D>)>,
+    ) -> Result<GpuTensor<D>> {
         let cols = x.cols();
         if let Some((w, b)) = affine {
             if w.numel() != cols || b.numel() != cols {
-                return Err(Error::Device(format!("layer_norm: affine {:?}/{:?} for {cols} columns", w.shape, b.shape)));
+                return Err(Error::Device(format!(
+                    "layer_norm: affine {:?}/{:?} for {cols} columns",
+                    w.shape, b.shape
+                )));
             }
         }
         let y = self.new_tensor(&x.shape)?;
         let (w, b) = affine.map_or((0, 0), |(w, b)| (w.ptr, b.ptr));
-        self.launch_ew(LayerNormParams { x: x.ptr, w, b, y: y.ptr, rows: u32_of(x.rows(), "rows")?, cols: u32_of(cols, "cols")?, eps })?;
+        self.launch_ew(LayerNormParams {
+            x: x.ptr,
+            w,
+            b,
+            y: y.ptr,
+            rows: u32_of(x.rows(), "rows")?,
+            cols: u32_of(cols, "cols")?,
+            eps,
+        })?;
         Ok(y)
     }
 
-    fn try_norm_modulate(&self, x: &GpuTensor<D>, eps: f32, shift: &GpuTensor<D>, scale: &GpuTensor<D>, rpf: usize) -> Result<GpuTensor<D>> {
+    fn try_norm_modulate(
+        &self,
+        x: &GpuTensor<D>,
+        eps: f32,
+        shift: &GpuTensor<D>,
+        scale: &GpuTensor<D>,
+        rpf: usize,
+    ) -> Result<GpuTensor<D>> {
         let (rows, cols) = (x.rows(), x.cols());
         let frames = rows.div_ceil(rpf.max(1));
         if rpf == 0 || shift.numel() < frames * cols || scale.numel() < frames * cols {
-            return Err(Error::Device(format!("norm_modulate: x {:?}, {rpf} rows per frame, shift {:?}, scale {:?}", x.shape, shift.shape, scale.shape)));
+            return Err(Error::Device(format!(
+                "norm_modulate: x {:?}, {rpf} rows per frame, shift {:?}, scale {:?}",
+                x.shape, shift.shape, scale.shape
+            )));
         }
         let y = self.new_tensor(&x.shape)?;
-        self.launch_ew(LayerNormModParams { x: x.ptr, shift: shift.ptr, scale: scale.ptr, y: y.ptr, rows: u32_of(rows, "rows")?, cols: u32_of(cols, "cols")?, rows_per_frame: u32_of(rpf, "rows_per_frame")?, eps })?;
+        self.launch_ew(LayerNormModParams {
+            x: x.ptr,
+            shift: shift.ptr,
+            scale: scale.ptr,
+            y: y.ptr,
+            rows: u32_of(rows, "rows")?,
+            cols: u32_of(cols, "cols")?,
+            rows_per_frame: u32_of(rpf, "rows_per_frame")?,
+            eps,
+        })?;
         Ok(y)
     }
 
@@ -529,7 +633,14 @@ impl<D: Device> GpuBackend<D> {
             return Err(Error::Device(format!("rms_norm: weight {:?} for x {:?}", w.shape, x.shape)));
         }
         let y = self.new_tensor(&x.shape)?;
-        self.launch_ew(RmsNormParams { x: x.ptr, w: w.ptr, y: y.ptr, rows: u32_of(x.rows(), "rows")?, cols: u32_of(x.cols(), "cols")?, eps })?;
+        self.launch_ew(RmsNormParams {
+            x: x.ptr,
+            w: w.ptr,
+            y: y.ptr,
+            rows: u32_of(x.rows(), "rows")?,
+            cols: u32_of(x.cols(), "cols")?,
+            eps,
+        })?;
         Ok(y)
     }
 
@@ -551,14 +662,31 @@ impl<D: Device> GpuBackend<D> {
         Ok(out)
     }
 
-    fn try_gated_residual(&self, x: &GpuTensor<D>, y: &GpuTensor<D>, gate: &GpuTensor<D>, rpf: usize) -> Result<GpuTensor<D>> {
+    fn try_gated_residual(
+        &self,
+        x: &GpuTensor<D>,
+        y: &GpuTensor<D>,
+        gate: &GpuTensor<D>,
+        rpf: usize,
+    ) -> Result<GpuTensor<D>> {
         self.same_len("gated_residual", x, y)?;
         let (rows, cols) = (x.rows(), x.cols());
         if rpf == 0 || gate.numel() < rows.div_ceil(rpf) * cols {
-            return Err(Error::Device(format!("gated_residual: x {:?}, gate {:?}, {rpf} rows per frame", x.shape, gate.shape)));
+            return Err(Error::Device(format!(
+                "gated_residual: x {:?}, gate {:?}, {rpf} rows per frame",
+                x.shape, gate.shape
+            )));
         }
         let out = self.new_tensor(&x.shape)?;
-        self.launch_ew(GatedResidualParams { x: x.ptr, y: y.ptr, gate: gate.ptr, out: out.ptr, rows: u32_of(rows, "rows")?, cols: u32_of(cols, "cols")?, rows_per_frame: u32_of(rpf, "rows_per_frame")? })?;
+        self.launch_ew(GatedResidualParams {
+            x: x.ptr,
+            y: y.ptr,
+            gate: gate.ptr,
+            out: out.ptr,
+            rows: u32_of(rows, "rows")?,
+            cols: u32_of(cols, "cols")?,
+            rows_per_frame: u32_of(rpf, "rows_per_frame")?,
+        })?;
         Ok(out)
     }
 
@@ -569,7 +697,14 @@ impl<D: Device> GpuBackend<D> {
         }
         let (d, frames) = (kd / k, e.rows());
         let out = self.new_tensor(&[k, frames, d])?;
-        let p = ModulationParams { table: table.ptr, e: e.ptr, out: out.ptr, frames: u32_of(frames, "frames")?, k: u32_of(k, "k")?, dim: u32_of(d, "dim")? };
+        let p = ModulationParams {
+            table: table.ptr,
+            e: e.ptr,
+            out: out.ptr,
+            frames: u32_of(frames, "frames")?,
+            k: u32_of(k, "k")?,
+            dim: u32_of(d, "dim")?,
+        };
         p.check().map_err(|e| Error::Device(e.into()))?;
         self.launch_ew(p)?;
         // The kernel writes one [k, frames, d] buffer; the k results are views of it.
@@ -584,18 +719,48 @@ impl<D: Device> GpuBackend<D> {
         let d = x.cols() / heads;
         let (table, table_rows) = self.rope_table(d, (start_frame + f).max(h).max(w))?;
         let y = self.new_tensor(&x.shape)?;
-        let p = RopeParams { x: x.ptr, y: y.ptr, table, f: u32_of(f, "frames")?, h: u32_of(h, "h")?, w: u32_of(w, "w")?, heads: u32_of(heads, "heads")?, head_dim: u32_of(d, "head_dim")?, start_frame: u32_of(start_frame, "start_frame")?, table_rows: u32_of(table_rows, "rope rows")? };
+        let p = RopeParams {
+            x: x.ptr,
+            y: y.ptr,
+            table,
+            f: u32_of(f, "frames")?,
+            h: u32_of(h, "h")?,
+            w: u32_of(w, "w")?,
+            heads: u32_of(heads, "heads")?,
+            head_dim: u32_of(d, "head_dim")?,
+            start_frame: u32_of(start_frame, "start_frame")?,
+            table_rows: u32_of(table_rows, "rope rows")?,
+        };
         p.check().map_err(|e| Error::Device(e.into()))?;
         self.launch_ew(p)?;
         Ok(y)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn try_qk_norm_rope(&self, q: &GpuTensor<D>, k: &GpuTensor<D>, wq: &GpuTensor<D>, wk: &GpuTensor<D>, eps: f32, heads: usize, grid: [usize; 3], start_frame: usize) -> Result<(GpuTensor<D>, GpuTensor<D>)> {
+    fn try_qk_norm_rope(
+        &self,
+        q: &GpuTensor<D>,
+        k: &GpuTensor<D>,
+        wq: &GpuTensor<D>,
+        wk: &GpuTensor<D>,
+        eps: f32,
+        heads: usize,
+        grid: [usize; 3],
+        start_frame: usize,
+    ) -> Result<(GpuTensor<D>, GpuTensor<D>)> {
         let [f, h, w] = grid;
         let cols = q.cols();
-        if heads == 0 || !cols.is_multiple_of(heads) || q.rows() != f * h * w || k.shape != q.shape || wq.numel() != cols || wk.numel() != cols {
-            return Err(Error::Device(format!("qk_norm_rope: q {:?}, k {:?}, weights {:?}/{:?} for {heads} heads on grid {grid:?}", q.shape, k.shape, wq.shape, wk.shape)));
+        if heads == 0
+            || !cols.is_multiple_of(heads)
+            || q.rows() != f * h * w
+            || k.shape != q.shape
+            || wq.numel() != cols
+            || wk.numel() != cols
+        {
+            return Err(Error::Device(format!(
+                "qk_norm_rope: q {:?}, k {:?}, weights {:?}/{:?} for {heads} heads on grid {grid:?}",
+                q.shape, k.shape, wq.shape, wk.shape
+            )));
         }
         let d = cols / heads;
         let (table, table_rows) = self.rope_table(d, (start_frame + f).max(h).max(w))?;
@@ -627,17 +792,35 @@ impl<D: Device> GpuBackend<D> {
         let tt = self.alloc(&[t.len().max(1)], Precision::F32)?;
         self.sh.dev.h2d(tt.ptr, bytemuck::cast_slice(t))?;
         let y = self.new_tensor(&[t.len(), dim])?;
-        self.launch_ew(SinusoidParams { t: tt.ptr, freqs, y: y.ptr, n: u32_of(t.len(), "timesteps")?, dim: u32_of(dim, "dim")? })?;
+        self.launch_ew(SinusoidParams {
+            t: tt.ptr,
+            freqs,
+            y: y.ptr,
+            n: u32_of(t.len(), "timesteps")?,
+            dim: u32_of(dim, "dim")?,
+        })?;
         Ok(y)
     }
 
     fn try_patchify(&self, x: &GpuTensor<D>, patch: [usize; 3]) -> Result<GpuTensor<D>> {
         let [pt, ph, pw] = patch;
         if x.shape.len() != 4 || pt != 1 {
-            return Err(Error::Device(format!("patchify: latent {:?} with patch {patch:?} (temporal patch must be 1)", x.shape)));
+            return Err(Error::Device(format!(
+                "patchify: latent {:?} with patch {patch:?} (temporal patch must be 1)",
+                x.shape
+            )));
         }
         let [f, c, hh, ww] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
-        let p = PatchifyParams { x: x.ptr, y: 0, f: u32_of(f, "f")?, c: u32_of(c, "c")?, hh: u32_of(hh, "h")?, ww: u32_of(ww, "w")?, ph: u32_of(ph, "ph")?, pw: u32_of(pw, "pw")? };
+        let p = PatchifyParams {
+            x: x.ptr,
+            y: 0,
+            f: u32_of(f, "f")?,
+            c: u32_of(c, "c")?,
+            hh: u32_of(hh, "h")?,
+            ww: u32_of(ww, "w")?,
+            ph: u32_of(ph, "ph")?,
+            pw: u32_of(pw, "pw")?,
+        };
         p.check().map_err(|e| Error::Device(e.into()))?;
         let y = self.new_tensor(&[f * (hh / ph) * (ww / pw), c * ph * pw])?;
         self.launch_ew(PatchifyParams { y: y.ptr, ..p })?;
@@ -648,10 +831,22 @@ impl<D: Device> GpuBackend<D> {
         let [f, gh, gw] = grid;
         let [pt, ph, pw] = patch;
         if pt != 1 || x.rows() != f * gh * gw || x.cols() != ph * pw * c {
-            return Err(Error::Device(format!("unpatchify: x {:?} for grid {grid:?}, patch {patch:?}, {c} channels", x.shape)));
+            return Err(Error::Device(format!(
+                "unpatchify: x {:?} for grid {grid:?}, patch {patch:?}, {c} channels",
+                x.shape
+            )));
         }
         let y = self.new_tensor(&[f, c, gh * ph, gw * pw])?;
-        let p = UnpatchifyParams { x: x.ptr, y: y.ptr, f: u32_of(f, "f")?, gh: u32_of(gh, "gh")?, gw: u32_of(gw, "gw")?, ph: u32_of(ph, "ph")?, pw: u32_of(pw, "pw")?, c: u32_of(c, "c")? };
+        let p = UnpatchifyParams {
+            x: x.ptr,
+            y: y.ptr,
+            f: u32_of(f, "f")?,
+            gh: u32_of(gh, "gh")?,
+            gw: u32_of(gw, "gw")?,
+            ph: u32_of(ph, "ph")?,
+            pw: u32_of(pw, "pw")?,
+            c: u32_of(c, "c")?,
+        };
         p.check().map_err(|e| Error::Device(e.into()))?;
         self.launch_ew(p)?;
         Ok(y)
@@ -674,9 +869,17 @@ impl<D: Device> GpuBackend<D> {
                 }
                 let end = s.offset + (s.rows - 1) * s.stride + d;
                 if s.stride < d || end > s.k.numel() || end > s.v.numel() || s.k.ptr == 0 || s.v.ptr == 0 {
-                    return Err(Error::Device(format!("attention: segment at {} ({} rows, stride {}) outside K {:?} / V {:?}", s.offset, s.rows, s.stride, s.k.shape, s.v.shape)));
+                    return Err(Error::Device(format!(
+                        "attention: segment at {} ({} rows, stride {}) outside K {:?} / V {:?}",
+                        s.offset, s.rows, s.stride, s.k.shape, s.v.shape
+                    )));
                 }
-                segs.push(KvSeg { k: s.k.at(s.offset), v: s.v.at(s.offset), rows: u32_of(s.rows, "segment rows")?, stride: u32_of(s.stride, "segment stride")? });
+                segs.push(KvSeg {
+                    k: s.k.at(s.offset),
+                    v: s.v.at(s.offset),
+                    rows: u32_of(s.rows, "segment rows")?,
+                    stride: u32_of(s.stride, "segment stride")?,
+                });
             }
         }
         seg_start.push(u32_of(segs.len(), "segments")?);
@@ -729,7 +932,11 @@ impl<D: Device> GpuBackend<D> {
                 a.check_table(&seg_start, &segs).map_err(bad)?;
                 self.launch(a)?;
             }
-            (Precision::Bf16, _) => return Err(Error::Device(format!("attention: no bf16 kernel for head_dim {d} (have 64 and 128; use --dtype f32)"))),
+            (Precision::Bf16, _) => {
+                return Err(Error::Device(format!(
+                    "attention: no bf16 kernel for head_dim {d} (have 64 and 128; use --dtype f32)"
+                )))
+            }
         }
         Ok(o)
     }
@@ -801,7 +1008,16 @@ impl<D: Device> Backend for GpuBackend<D> {
             Ok(t)
         })
     }
-    fn copy_rows(&self, dst: &mut GpuTensor<D>, dst_off: usize, src: &GpuTensor<D>, src_off: usize, src_stride: usize, rows: usize, cols: usize) {
+    fn copy_rows(
+        &self,
+        dst: &mut GpuTensor<D>,
+        dst_off: usize,
+        src: &GpuTensor<D>,
+        src_off: usize,
+        src_stride: usize,
+        rows: usize,
+        cols: usize,
+    ) {
         if self.failed() {
             return;
         }
@@ -810,7 +1026,18 @@ impl<D: Device> Backend for GpuBackend<D> {
         }
     }
 
-    fn write_heads(&self, dst_k: &mut GpuTensor<D>, dst_v: &mut GpuTensor<D>, k: &GpuTensor<D>, v: &GpuTensor<D>, src_off: usize, src_stride: usize, heads: &[usize], rows: usize, d: usize) {
+    fn write_heads(
+        &self,
+        dst_k: &mut GpuTensor<D>,
+        dst_v: &mut GpuTensor<D>,
+        k: &GpuTensor<D>,
+        v: &GpuTensor<D>,
+        src_off: usize,
+        src_stride: usize,
+        heads: &[usize],
+        rows: usize,
+        d: usize,
+    ) {
         if self.failed() {
             return;
         }
@@ -834,7 +1061,14 @@ impl<D: Device> Backend for GpuBackend<D> {
     fn layer_norm(&self, x: &GpuTensor<D>, eps: f32, affine: Option<(&GpuTensor<D>, &GpuTensor<D>)>) -> GpuTensor<D> {
         self.guard(&x.shape, || self.try_layer_norm(x, eps, affine))
     }
-    fn norm_modulate(&self, x: &GpuTensor<D>, eps: f32, shift: &GpuTensor<D>, scale: &GpuTensor<D>, rpf: usize) -> GpuTensor<D> {
+    fn norm_modulate(
+        &self,
+        x: &GpuTensor<D>,
+        eps: f32,
+        shift: &GpuTensor<D>,
+        scale: &GpuTensor<D>,
+        rpf: usize,
+    ) -> GpuTensor<D> {
         self.guard(&x.shape, || self.try_norm_modulate(x, eps, shift, scale, rpf))
     }
     fn rms_norm(&self, x: &GpuTensor<D>, w: &GpuTensor<D>, eps: f32) -> GpuTensor<D> {
@@ -865,8 +1099,19 @@ impl<D: Device> Backend for GpuBackend<D> {
     fn rope(&self, x: &GpuTensor<D>, heads: usize, grid: [usize; 3], start_frame: usize) -> GpuTensor<D> {
         self.guard(&x.shape, || self.try_rope(x, heads, grid, start_frame))
     }
-    fn qk_norm_rope(&self, q: &GpuTensor<D>, k: &GpuTensor<D>, wq: &GpuTensor<D>, wk: &GpuTensor<D>, eps: f32, heads: usize, grid: [usize; 3], start_frame: usize) -> (GpuTensor<D>, GpuTensor<D>) {
-        let unbacked = || (GpuTensor::unbacked(&q.shape, self.precision), GpuTensor::unbacked(&k.shape, self.precision));
+    fn qk_norm_rope(
+        &self,
+        q: &GpuTensor<D>,
+        k: &GpuTensor<D>,
+        wq: &GpuTensor<D>,
+        wk: &GpuTensor<D>,
+        eps: f32,
+        heads: usize,
+        grid: [usize; 3],
+        start_frame: usize,
+    ) -> (GpuTensor<D>, GpuTensor<D>) {
+        let unbacked =
+            || (GpuTensor::unbacked(&q.shape, self.precision), GpuTensor::unbacked(&k.shape, self.precision));
         if self.failed() {
             return unbacked();
         }
@@ -881,7 +1126,11 @@ impl<D: Device> Backend for GpuBackend<D> {
     fn patchify(&self, x: &GpuTensor<D>, patch: [usize; 3]) -> GpuTensor<D> {
         let [_, ph, pw] = patch;
         let s = &x.shape;
-        let shape = if s.len() == 4 { vec![s[0] * (s[2] / ph.max(1)) * (s[3] / pw.max(1)), s[1] * ph * pw] } else { vec![0, 0] };
+        let shape = if s.len() == 4 {
+            vec![s[0] * (s[2] / ph.max(1)) * (s[3] / pw.max(1)), s[1] * ph * pw]
+        } else {
+            vec![0, 0]
+        };
         self.guard(&shape, || self.try_patchify(x, patch))
     }
     fn unpatchify(&self, x: &GpuTensor<D>, grid: [usize; 3], patch: [usize; 3], channels: usize) -> GpuTensor<D> {
@@ -894,7 +1143,15 @@ impl<D: Device> Backend for GpuBackend<D> {
 
     /// `calib_mass_*` then `calib_mean_f32`, when every head's context is the same run of
     /// segments at a fixed head stride (phase 1 of Dummy Forcing: all heads in one group).
-    fn calibration_masses(&self, q: &GpuTensor<D>, head_dim: usize, ctx: &[Vec<Seg<'_, GpuTensor<D>>>], rows: &[usize], first_end: usize, mid_end: usize) -> Option<Result<Vec<f32>>> {
+    fn calibration_masses(
+        &self,
+        q: &GpuTensor<D>,
+        head_dim: usize,
+        ctx: &[Vec<Seg<'_, GpuTensor<D>>>],
+        rows: &[usize],
+        first_end: usize,
+        mid_end: usize,
+    ) -> Option<Result<Vec<f32>>> {
         let segs = calib_segments(ctx, head_dim)?;
         Some(segs.and_then(|segs| {
             self.status()?;
@@ -907,7 +1164,10 @@ impl<D: Device> Backend for GpuBackend<D> {
 /// heads at a fixed head stride: `(key address, tokens, token stride, head stride)`; an error
 /// when a segment reaches outside its tensor.
 #[allow(clippy::type_complexity)]
-fn calib_segments<D: Device>(ctx: &[Vec<Seg<'_, GpuTensor<D>>>], d: usize) -> Option<Result<Vec<(DevPtr, usize, usize, usize)>>> {
+fn calib_segments<D: Device>(
+    ctx: &[Vec<Seg<'_, GpuTensor<D>>>],
+    d: usize,
+) -> Option<Result<Vec<(DevPtr, usize, usize, usize)>>> {
     let first = ctx.first()?;
     let mut out = Vec::with_capacity(first.len());
     for (i, s0) in first.iter().enumerate() {
@@ -917,7 +1177,11 @@ fn calib_segments<D: Device>(ctx: &[Vec<Seg<'_, GpuTensor<D>>>], d: usize) -> Op
         };
         for (h, l) in ctx.iter().enumerate() {
             let s = l.get(i)?;
-            let same = l.len() == first.len() && std::ptr::eq(s.k, s0.k) && s.offset == s0.offset + h * hs && s.rows == s0.rows && s.stride == s0.stride;
+            let same = l.len() == first.len()
+                && std::ptr::eq(s.k, s0.k)
+                && s.offset == s0.offset + h * hs
+                && s.rows == s0.rows
+                && s.stride == s0.stride;
             if !same || s.k.ptr == 0 {
                 return None;
             }
@@ -925,7 +1189,10 @@ fn calib_segments<D: Device>(ctx: &[Vec<Seg<'_, GpuTensor<D>>>], d: usize) -> Op
         if s0.rows > 0 {
             let end = s0.offset + (s0.rows - 1) * s0.stride + (ctx.len() - 1) * hs + d;
             if end > s0.k.numel() {
-                return Some(Err(Error::Device(format!("calibration: segment {i} at {} ({} rows, stride {}, head stride {hs}) outside K {:?}", s0.offset, s0.rows, s0.stride, s0.k.shape))));
+                return Some(Err(Error::Device(format!(
+                    "calibration: segment {i} at {} ({} rows, stride {}, head stride {hs}) outside K {:?}",
+                    s0.offset, s0.rows, s0.stride, s0.k.shape
+                ))));
             }
             out.push((s0.k.at(s0.offset), s0.rows, s0.stride, hs));
         }
@@ -935,10 +1202,23 @@ fn calib_segments<D: Device>(ctx: &[Vec<Seg<'_, GpuTensor<D>>>], d: usize) -> Op
 
 impl<D: Device> GpuBackend<D> {
     #[allow(clippy::too_many_arguments)]
-    fn try_calibration(&self, q: &GpuTensor<D>, d: usize, heads: usize, segs: &[(DevPtr, usize, usize, usize)], rows: &[usize], first_end: usize, mid_end: usize) -> Result<Vec<f32>> {
+    fn try_calibration(
+        &self,
+        q: &GpuTensor<D>,
+        d: usize,
+        heads: usize,
+        segs: &[(DevPtr, usize, usize, usize)],
+        rows: &[usize],
+        first_end: usize,
+        mid_end: usize,
+    ) -> Result<Vec<f32>> {
         let t = q.rows();
         if q.cols() != heads * d || rows.is_empty() || rows.iter().any(|&r| r >= t) {
-            return Err(Error::Device(format!("calibration: q {:?} for {heads} heads of {d}, {} sampled rows below {t}", q.shape, rows.len())));
+            return Err(Error::Device(format!(
+                "calibration: q {:?} for {heads} heads of {d}, {} sampled rows below {t}",
+                q.shape,
+                rows.len()
+            )));
         }
         let rows32: Vec<u32> = rows.iter().map(|&r| u32_of(r, "sampled row")).collect::<Result<_>>()?;
         let mut table = Vec::with_capacity(segs.len() * 24);
@@ -986,9 +1266,24 @@ impl<D: Device> GpuBackend<D> {
     /// (failing with "needs X bytes, Y free") and reserves the whole plan as one heap region,
     /// so neither loading nor the chunk loop allocates on the device afterwards. Call before
     /// loading the model.
-    pub fn prepare(&self, cfg: &crate::ModelConfig, policy: &crate::cache::Policy, latent: crate::pipeline::Latent, frames: Option<usize>, ckpt: &crate::checkpoint::TensorFile) -> Result<super::MemoryPlan> {
+    pub fn prepare(
+        &self,
+        cfg: &crate::ModelConfig,
+        policy: &crate::cache::Policy,
+        latent: crate::pipeline::Latent,
+        frames: Option<usize>,
+        ckpt: &crate::checkpoint::TensorFile,
+    ) -> Result<super::MemoryPlan> {
         let numel: usize = ckpt.tensors.values().map(|t| t.shape.iter().product::<usize>()).sum();
-        let plan = super::MemoryPlan::estimate(cfg, policy, latent, frames, self.precision, numel * self.precision.size(), ckpt.tensors.len())?;
+        let plan = super::MemoryPlan::estimate(
+            cfg,
+            policy,
+            latent,
+            frames,
+            self.precision,
+            numel * self.precision.size(),
+            ckpt.tensors.len(),
+        )?;
         let (free, total) = self.sh.dev.mem_info()?;
         plan.check(free, total)?;
         self.reserve(plan.total())?;

@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublaslt::{sys as ltsys, Activation, CudaBlasLT, Matmul, MatmulConfig, MatmulShared, Workspace};
-use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg, SyncOnDrop};
+use cudarc::driver::{
+    result, sys, CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaStream, DevicePtr, DevicePtrMut,
+    DeviceRepr, DeviceSlice, LaunchConfig, PushKernelArg, SyncOnDrop,
+};
 use dfrt_kernels::Launch;
 
 use super::{DevPtr, Device, Gemm};
@@ -163,7 +166,8 @@ impl Staging {
                     let cap = src.len().max(STAGING_CHUNK);
                     // SAFETY: a plain page-locked allocation of `cap` bytes (0 flags). Allowed
                     // during the capture: it is taken in relaxed mode (see begin_capture).
-                    let p = unsafe { result::malloc_host(cap, 0) }.map_err(drv("pinned staging for a captured upload"))?;
+                    let p =
+                        unsafe { result::malloc_host(cap, 0) }.map_err(drv("pinned staging for a captured upload"))?;
                     Pinned(p, cap)
                 }
             };
@@ -203,7 +207,11 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(p) => {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
             Err(Error::Device(format!("cuda: {what}: {msg}")))
         }
     }
@@ -259,7 +267,9 @@ impl CudaDevice {
                     let mut owner: sys::CUcontext = std::ptr::null_mut();
                     // SAFETY: `s` is a live stream (the caller's contract); the driver writes
                     // its context handle into `owner`.
-                    unsafe { sys::cuStreamGetCtx(s, &mut owner) }.result().map_err(drv("querying the caller's stream (is it a valid CUDA stream?)"))?;
+                    unsafe { sys::cuStreamGetCtx(s, &mut owner) }
+                        .result()
+                        .map_err(drv("querying the caller's stream (is it a valid CUDA stream?)"))?;
                     if owner != ctx.cu_ctx() {
                         return Err(Error::Device(format!("cuda: the caller's stream belongs to another CUDA context than GPU {ordinal}'s primary context (create it with the CUDA runtime on that GPU, or pass none)")));
                     }
@@ -268,9 +278,23 @@ impl CudaDevice {
                     unsafe { ctx.wrap_borrowed_stream(s) }
                 }
             };
-            let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(dfrt_kernels::PTX)).map_err(drv("loading the PTX module (driver too old for the PTX ISA?)"))?;
-            let lt = CudaBlasLT::new(stream.clone()).map_err(|e| Error::Device(format!("cuda: creating the cuBLASLt handle: {e}")))?;
-            Ok(CudaDevice { ctx, stream, module, funcs: Mutex::new(HashMap::new()), lt, live: Mutex::new(BTreeMap::new()), allocs: AtomicU64::new(0), sync_debug, graphs: Mutex::new(Graphs::default()), uploads: Mutex::new(Uploads { buf: None, ring: super::ring::Ring::new(UPLOAD_RING) }) })
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_src(dfrt_kernels::PTX))
+                .map_err(drv("loading the PTX module (driver too old for the PTX ISA?)"))?;
+            let lt = CudaBlasLT::new(stream.clone())
+                .map_err(|e| Error::Device(format!("cuda: creating the cuBLASLt handle: {e}")))?;
+            Ok(CudaDevice {
+                ctx,
+                stream,
+                module,
+                funcs: Mutex::new(HashMap::new()),
+                lt,
+                live: Mutex::new(BTreeMap::new()),
+                allocs: AtomicU64::new(0),
+                sync_debug,
+                graphs: Mutex::new(Graphs::default()),
+                uploads: Mutex::new(Uploads { buf: None, ring: super::ring::Ring::new(UPLOAD_RING) }),
+            })
         })
     }
 
@@ -293,7 +317,10 @@ impl CudaDevice {
         if let Some(k) = f.get(name) {
             return Ok(k.clone());
         }
-        let k = self.module.load_function(name).map_err(|e| Error::Device(format!("cuda: kernel `{name}` is not in the PTX module: {e}")))?;
+        let k = self
+            .module
+            .load_function(name)
+            .map_err(|e| Error::Device(format!("cuda: kernel `{name}` is not in the PTX module: {e}")))?;
         f.insert(name, k.clone());
         Ok(k)
     }
@@ -346,7 +373,8 @@ impl CudaDevice {
         // SAFETY: the destination is inside a live allocation; the pinned source stays
         // untouched until the fence below passes.
         unsafe { result::memcpy_htod_async(dst, host, self.stream.cu_stream()) }.map_err(drv("h2d"))?;
-        let fence = self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)).map_err(drv("h2d fence"))?;
+        let fence =
+            self.stream.record_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)).map_err(drv("h2d fence"))?;
         up.ring.commit(at, src.len(), fence);
         drop(up);
         self.after("h2d")
@@ -354,11 +382,12 @@ impl CudaDevice {
 
     fn after(&self, what: &str) -> Result<()> {
         if self.sync_debug && !self.capturing() {
-            self.stream.synchronize().map_err(|e| Error::Device(format!("cuda: {what} faulted: {e} (--sync-debug)")))?;
+            self.stream
+                .synchronize()
+                .map_err(|e| Error::Device(format!("cuda: {what} faulted: {e} (--sync-debug)")))?;
         }
         Ok(())
     }
-
 }
 
 impl Device for CudaDevice {
@@ -406,7 +435,8 @@ impl Device for CudaDevice {
             let host = staged.stage(src, spare)?;
             // SAFETY: the destination is inside a live allocation; the pinned source lives as
             // long as the graph.
-            return unsafe { result::memcpy_htod_async(dst, host, self.stream.cu_stream()) }.map_err(drv("captured h2d"));
+            return unsafe { result::memcpy_htod_async(dst, host, self.stream.cu_stream()) }
+                .map_err(drv("captured h2d"));
         }
         drop(g);
         if src.is_empty() {
@@ -449,10 +479,19 @@ impl Device for CudaDevice {
         let f = self.function(P::NAME)?;
         let d = p.dims();
         if d.dyn_smem > 48 * 1024 {
-            f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, d.dyn_smem as i32)
-                .map_err(|e| Error::Device(format!("cuda: kernel `{}`: {} bytes of dynamic shared memory: {e}", P::NAME, d.dyn_smem)))?;
+            f.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                d.dyn_smem as i32,
+            )
+            .map_err(|e| {
+                Error::Device(format!("cuda: kernel `{}`: {} bytes of dynamic shared memory: {e}", P::NAME, d.dyn_smem))
+            })?;
         }
-        let cfg = LaunchConfig { grid_dim: (d.grid[0], d.grid[1], d.grid[2]), block_dim: (d.block[0], d.block[1], d.block[2]), shared_mem_bytes: d.dyn_smem };
+        let cfg = LaunchConfig {
+            grid_dim: (d.grid[0], d.grid[1], d.grid[2]),
+            block_dim: (d.block[0], d.block[1], d.block[2]),
+            shared_mem_bytes: d.dyn_smem,
+        };
         let arg = KernelArg(p);
         let mut b = self.stream.launch_builder(&f);
         b.arg(&arg);
@@ -461,7 +500,15 @@ impl Device for CudaDevice {
         // caller guarantees the pointers inside are valid for the kernel's accesses.
         unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("cuda: launching kernel `{}`: {e}", P::NAME)))?;
         if self.sync_debug && !self.capturing() {
-            self.stream.synchronize().map_err(|e| Error::Device(format!("cuda: kernel `{}` faulted: {e} (grid {:?}, block {:?}, {} B shared)", P::NAME, d.grid, d.block, d.dyn_smem)))?;
+            self.stream.synchronize().map_err(|e| {
+                Error::Device(format!(
+                    "cuda: kernel `{}` faulted: {e} (grid {:?}, block {:?}, {} B shared)",
+                    P::NAME,
+                    d.grid,
+                    d.block,
+                    d.dyn_smem
+                ))
+            })?;
         }
         Ok(())
     }
@@ -499,14 +546,22 @@ impl Device for CudaDevice {
         let s = &self.stream;
         let r = match g.dtype {
             Precision::F32 => {
-                let (a, bb, mut c) = (Raw::<f32>::new(g.w, g.m * g.k, s), Raw::<f32>::new(g.x, g.n * g.k, s), Raw::<f32>::new(g.y, g.n * g.m, s));
+                let (a, bb, mut c) = (
+                    Raw::<f32>::new(g.w, g.m * g.k, s),
+                    Raw::<f32>::new(g.x, g.n * g.k, s),
+                    Raw::<f32>::new(g.y, g.n * g.m, s),
+                );
                 let bias = g.bias.map(|p| Raw::<f32>::new(p, g.m, s));
                 // SAFETY: every operand range was checked against live allocations above and
                 // matches the config's shapes; the output does not alias the inputs.
                 unsafe { ExactF32(&self.lt).matmul(cfg, &a, &bb, &mut c, bias.as_ref(), act.as_ref()) }
             }
             Precision::Bf16 => {
-                let (a, bb, mut c) = (Raw::<half::bf16>::new(g.w, g.m * g.k, s), Raw::<half::bf16>::new(g.x, g.n * g.k, s), Raw::<half::bf16>::new(g.y, g.n * g.m, s));
+                let (a, bb, mut c) = (
+                    Raw::<half::bf16>::new(g.w, g.m * g.k, s),
+                    Raw::<half::bf16>::new(g.x, g.n * g.k, s),
+                    Raw::<half::bf16>::new(g.y, g.n * g.m, s),
+                );
                 let bias = g.bias.map(|p| Raw::<half::bf16>::new(p, g.m, s));
                 // SAFETY: as above.
                 unsafe { self.lt.matmul(cfg, &a, &bb, &mut c, bias.as_ref(), act.as_ref()) }
@@ -531,7 +586,9 @@ impl Device for CudaDevice {
         // staging) or cuModuleGetFunction (a kernel's first use) on this thread. What must not
         // happen during a capture (allocation, freeing, downloads, synchronisation) this
         // device refuses itself.
-        self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED).map_err(drv("begin graph capture"))?;
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(drv("begin graph capture"))?;
         g.open = Some(Staging::default());
         Ok(())
     }
@@ -551,7 +608,8 @@ impl Device for CudaDevice {
             if g.open.is_some() {
                 return Err(Error::Device("cuda: a graph replay is not allowed during a graph capture".into()));
             }
-            let (graph, _) = g.done.get(id).and_then(|g| g.as_ref()).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
+            let (graph, _) =
+                g.done.get(id).and_then(|g| g.as_ref()).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
             graph.launch().map_err(drv("graph launch"))?;
         }
         self.after("graph replay")
@@ -562,7 +620,8 @@ impl Device for CudaDevice {
         if g.open.is_some() {
             return Err(Error::Device("cuda: dropping a graph is not allowed during a graph capture".into()));
         }
-        let slot = g.done.get_mut(id).filter(|s| s.is_some()).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
+        let slot =
+            g.done.get_mut(id).filter(|s| s.is_some()).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
         // A replay may still be reading the graph's pinned uploads: wait for it before they
         // are reused (the executable graph itself may be destroyed while in flight).
         self.stream.synchronize().map_err(drv("synchronize before dropping a graph"))?;

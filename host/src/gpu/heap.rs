@@ -128,7 +128,8 @@ impl Heap {
         let mut taken = Vec::new();
         for (ia, ib) in spans {
             // Free blocks overlapping [ia, ib): carve the overlap out.
-            let hits: Vec<(u64, usize)> = self.free.range(..ib).filter(|(&fa, &fs)| fa + fs as u64 > ia).map(|(&a, &s)| (a, s)).collect();
+            let hits: Vec<(u64, usize)> =
+                self.free.range(..ib).filter(|(&fa, &fs)| fa + fs as u64 > ia).map(|(&a, &s)| (a, s)).collect();
             for (fa, fs) in hits {
                 let fb = fa + fs as u64;
                 let (oa, ob) = (fa.max(ia), fb.min(ib));
@@ -259,7 +260,10 @@ mod tests {
         let mut others = Vec::new();
         for _ in 0..10 {
             let c = h.alloc(ALIGN).unwrap();
-            assert!(c + ALIGN as u64 <= a.min(b) || c >= a.max(b) + 3 * ALIGN as u64, "{c:#x} reuses the graph's memory");
+            assert!(
+                c + ALIGN as u64 <= a.min(b) || c >= a.max(b) + 3 * ALIGN as u64,
+                "{c:#x} reuses the graph's memory"
+            );
             assert!(![keep, old, sep, out, out + ALIGN as u64].contains(&c), "{c:#x} is taken");
             others.push(c);
         }

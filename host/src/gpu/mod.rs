@@ -91,13 +91,21 @@ impl Gemm {
 
 /// Checks that `[ptr, ptr + len)` lies inside one of a device's `live` allocations (base →
 /// size); the copy and GEMM range checks of both devices.
-pub(crate) fn check_live(live: &std::collections::BTreeMap<u64, usize>, device: &str, ptr: DevPtr, len: usize, what: &str) -> crate::Result<()> {
+pub(crate) fn check_live(
+    live: &std::collections::BTreeMap<u64, usize>,
+    device: &str,
+    ptr: DevPtr,
+    len: usize,
+    what: &str,
+) -> crate::Result<()> {
     if len == 0 {
         return Ok(());
     }
     match live.range(..=ptr).next_back() {
         Some((&base, &size)) if ptr + len as u64 <= base + size as u64 => Ok(()),
-        _ => Err(crate::Error::Device(format!("{device}: {what}: range {ptr:#x}+{len} is outside every live allocation"))),
+        _ => Err(crate::Error::Device(format!(
+            "{device}: {what}: range {ptr:#x}+{len} is outside every live allocation"
+        ))),
     }
 }
 

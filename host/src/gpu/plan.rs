@@ -34,18 +34,30 @@ impl MemoryPlan {
     /// The plan for `cfg` under `policy` at `latent` resolution for `frames` latent frames
     /// (None: unbounded, only for bounded policies). `weight_bytes` and `weight_tensors` describe
     /// the checkpoint in the storage precision.
-    pub fn estimate(cfg: &ModelConfig, policy: &Policy, latent: Latent, frames: Option<usize>, precision: Precision, weight_bytes: usize, weight_tensors: usize) -> Result<Self> {
+    pub fn estimate(
+        cfg: &ModelConfig,
+        policy: &Policy,
+        latent: Latent,
+        frames: Option<usize>,
+        precision: Precision,
+        weight_bytes: usize,
+        weight_tensors: usize,
+    ) -> Result<Self> {
         let e = precision.size();
         let [_, ph, pw] = cfg.patch_size;
         if ph == 0 || pw == 0 || !latent.height.is_multiple_of(ph) || !latent.width.is_multiple_of(pw) {
-            return Err(Error::Input(format!("latent {}×{} is not a multiple of the patch {ph}×{pw}", latent.height, latent.width)));
+            return Err(Error::Input(format!(
+                "latent {}×{} is not a multiple of the patch {ph}×{pw}",
+                latent.height, latent.width
+            )));
         }
         let tpf = (latent.height / ph) * (latent.width / pw);
         let (d, ffn, heads, layers) = (cfg.dim, cfg.ffn_dim, cfg.num_heads, cfg.num_layers);
         let hd = cfg.head_dim();
         let groups = policy.initial_groups(heads, frames)?;
         let cache_model = KvCache::<()>::new(layers, heads, hd, tpf, precision, &groups)?;
-        let slots: usize = cache_model.layers.iter().flat_map(|l| &l.groups).map(|g| 2 * (g.sink_cap + g.ring_cap)).sum();
+        let slots: usize =
+            cache_model.layers.iter().flat_map(|l| &l.groups).map(|g| 2 * (g.sink_cap + g.ring_cap)).sum();
         let mut cache = cache_model.capacity_bytes() + slots * BLOCK;
         if matches!(policy, Policy::Dummy(_)) {
             cache += cache.div_ceil(layers.max(1));
@@ -53,10 +65,14 @@ impl MemoryPlan {
         let text = e * cfg.text_len * d * (1 + 2 * layers) + (1 + 2 * layers) * BLOCK;
         let t = FRAMES_PER_CHUNK * tpf;
         let pf = cfg.patch_features().max(cfg.in_dim * ph * pw);
-        let per_forward = t * (20 * d + 2 * ffn + 2 * pf) + FRAMES_PER_CHUNK * (14 * d + cfg.freq_dim + 2 * cfg.in_dim * ph * pw);
+        let per_forward =
+            t * (20 * d + 2 * ffn + 2 * pf) + FRAMES_PER_CHUNK * (14 * d + cfg.freq_dim + 2 * cfg.in_dim * ph * pw);
         let text_embed = cfg.text_len * (cfg.text_dim + 3 * d);
         let activations = e * per_forward.max(text_embed) + 64 * BLOCK;
-        let tables = 1024 * hd * 4 + cfg.freq_dim * 8 + (64 << 10).max((heads * (frames.unwrap_or(64) + 8)).next_power_of_two() * 24) + 4 * BLOCK;
+        let tables = 1024 * hd * 4
+            + cfg.freq_dim * 8
+            + (64 << 10).max((heads * (frames.unwrap_or(64) + 8)).next_power_of_two() * 24)
+            + 4 * BLOCK;
         // The graphs' inputs and outputs (latents, time embedding, flow) come on top of a
         // forward's scratch.
         let graphs = activations + e * (2 * t * pf + FRAMES_PER_CHUNK * 7 * d) + 8 * BLOCK;

@@ -97,7 +97,10 @@ mod tests {
             }
             // Writing over a region that is still in flight would be the bug.
             for &o in &owner[at..at + len] {
-                assert!(o == usize::MAX || done[o] || !ring.pending.iter().any(|p| p.2 == o), "upload {id} overwrites {o} in flight");
+                assert!(
+                    o == usize::MAX || done[o] || !ring.pending.iter().any(|p| p.2 == o),
+                    "upload {id} overwrites {o} in flight"
+                );
             }
             owner[at..at + len].fill(id);
             regions.push((at, len));

@@ -52,7 +52,16 @@ impl SimDevice {
     /// A device with `bytes` of memory in all: allocations beyond it fail as out of memory,
     /// and `mem_info` reports it (to test the memory plan).
     pub fn with_limit(bytes: usize) -> Self {
-        SimDevice { live: Mutex::new(BTreeMap::new()), used: AtomicU64::new(0), limit: bytes, allocs: AtomicU64::new(0), launches: AtomicU64::new(0), profile: std::env::var_os("DFRT_SIM_PROFILE").map(|_| Mutex::new(HashMap::new())), capture: Mutex::new(None), graphs: Mutex::new(Vec::new()) }
+        SimDevice {
+            live: Mutex::new(BTreeMap::new()),
+            used: AtomicU64::new(0),
+            limit: bytes,
+            allocs: AtomicU64::new(0),
+            launches: AtomicU64::new(0),
+            profile: std::env::var_os("DFRT_SIM_PROFILE").map(|_| Mutex::new(HashMap::new())),
+            capture: Mutex::new(None),
+            graphs: Mutex::new(Vec::new()),
+        }
     }
 
     /// Kernel launches so far.
@@ -116,9 +125,14 @@ impl Device for SimDevice {
         let bytes = super::heap::round_up(bytes);
         let used = self.used.load(Ordering::Relaxed) as usize;
         if used + bytes > self.limit {
-            return Err(Error::Device(format!("sim: out of memory: {bytes} bytes requested, {} of {} free", self.limit - used, self.limit)));
+            return Err(Error::Device(format!(
+                "sim: out of memory: {bytes} bytes requested, {} of {} free",
+                self.limit - used,
+                self.limit
+            )));
         }
-        let layout = Layout::from_size_align(bytes, ALIGN).map_err(|e| Error::Device(format!("sim: bad allocation size {bytes}: {e}")))?;
+        let layout = Layout::from_size_align(bytes, ALIGN)
+            .map_err(|e| Error::Device(format!("sim: bad allocation size {bytes}: {e}")))?;
         // SAFETY: the layout has a non-zero size (round_up gives at least ALIGN).
         let p = unsafe { std::alloc::alloc(layout) };
         if p.is_null() {
@@ -136,7 +150,12 @@ impl Device for SimDevice {
 
     fn free(&self, ptr: DevPtr) -> Result<()> {
         self.not_capturing("freeing device memory")?;
-        let size = self.live.lock().unwrap().remove(&ptr).ok_or_else(|| Error::Device(format!("sim: free of {ptr:#x}, which is not an allocation")))?;
+        let size = self
+            .live
+            .lock()
+            .unwrap()
+            .remove(&ptr)
+            .ok_or_else(|| Error::Device(format!("sim: free of {ptr:#x}, which is not an allocation")))?;
         dfrt_kernels::ptx::unregister_allocation(ptr);
         self.used.fetch_sub(size as u64, Ordering::Relaxed);
         // SAFETY: `ptr` came from `alloc` with this size and alignment (it was in `live`), and
@@ -240,7 +259,22 @@ impl Device for SimDevice {
             // SAFETY: x is n×k row-major and w is m×k row-major (read as its transpose), both
             // valid (checked above, or our own widened copies); `acc` is n×m, exclusively ours.
             unsafe {
-                matrixmultiply::sgemm(n, k, m, 1.0, xp, k as isize, 1, wp, 1, k as isize, 0.0, acc.as_mut_ptr(), m as isize, 1);
+                matrixmultiply::sgemm(
+                    n,
+                    k,
+                    m,
+                    1.0,
+                    xp,
+                    k as isize,
+                    1,
+                    wp,
+                    1,
+                    k as isize,
+                    0.0,
+                    acc.as_mut_ptr(),
+                    m as isize,
+                    1,
+                );
             }
         }
         // Epilogue in the CPU backend's order: + bias, (GELU), one rounding to the storage type.
@@ -290,7 +324,12 @@ impl Device for SimDevice {
     }
 
     fn end_capture(&self) -> Result<usize> {
-        let ops = self.capture.lock().unwrap().take().ok_or_else(|| Error::Device("sim: end_capture without begin_capture".into()))?;
+        let ops = self
+            .capture
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| Error::Device("sim: end_capture without begin_capture".into()))?;
         let mut g = self.graphs.lock().unwrap();
         g.push(Some(Arc::new(ops)));
         Ok(g.len() - 1)
@@ -298,7 +337,14 @@ impl Device for SimDevice {
 
     fn replay(&self, graph: usize) -> Result<()> {
         self.not_capturing("a graph replay")?;
-        let ops = self.graphs.lock().unwrap().get(graph).cloned().flatten().ok_or_else(|| Error::Device(format!("sim: no graph {graph}")))?;
+        let ops = self
+            .graphs
+            .lock()
+            .unwrap()
+            .get(graph)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| Error::Device(format!("sim: no graph {graph}")))?;
         for op in ops.iter() {
             op(self)?;
         }

@@ -77,7 +77,13 @@ impl<T> ModelWeights<T> {
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("blocks.{i}");
-            let norm = |n: &str| -> Result<Option<T>> { if cfg.qk_norm { Ok(Some(t(&format!("{p}.{n}.weight"), &[d])?)) } else { Ok(None) } };
+            let norm = |n: &str| -> Result<Option<T>> {
+                if cfg.qk_norm {
+                    Ok(Some(t(&format!("{p}.{n}.weight"), &[d])?))
+                } else {
+                    Ok(None)
+                }
+            };
             blocks.push(Block {
                 modulation: be.upload(&f.f32(&format!("{p}.modulation"), &[1, 6, d])?, &[6, d]),
                 q: lin(&format!("{p}.self_attn.q"), d, d)?,
@@ -152,7 +158,15 @@ pub trait ForwardHook<B: Backend> {
     /// Called in every layer's self-attention, before the attention and before the commit, with
     /// the post-RoPE queries `q [T, heads·d]` and each head's full context (cache slots, then the
     /// current chunk frame by frame; each segment names its absolute frame).
-    fn on_self_attention(&mut self, _be: &B, _pass: &PassInfo, _layer: usize, _q: &B::Tensor, _head_dim: usize, _ctx: &[Vec<Seg<'_, B::Tensor>>]) -> Result<()> {
+    fn on_self_attention(
+        &mut self,
+        _be: &B,
+        _pass: &PassInfo,
+        _layer: usize,
+        _q: &B::Tensor,
+        _head_dim: usize,
+        _ctx: &[Vec<Seg<'_, B::Tensor>>],
+    ) -> Result<()> {
         Ok(())
     }
     /// Called after each forward (after the last block's commit in a clean pass).
@@ -190,10 +204,17 @@ impl<B: Backend> Model<B> {
     pub fn embed_text(&self, be: &B, context: &[f32], rows: usize) -> Result<TextState<B::Tensor>> {
         let c = &self.cfg;
         if context.len() != rows * c.text_dim {
-            return Err(Error::Input(format!("context has {} values, expected {rows} rows × text_dim {}", context.len(), c.text_dim)));
+            return Err(Error::Input(format!(
+                "context has {} values, expected {rows} rows × text_dim {}",
+                context.len(),
+                c.text_dim
+            )));
         }
         if rows > c.text_len {
-            return Err(Error::Input(format!("context has {rows} rows, more than the model's text_len {}", c.text_len)));
+            return Err(Error::Input(format!(
+                "context has {rows} rows, more than the model's text_len {}",
+                c.text_len
+            )));
         }
         let mut padded = context.to_vec();
         padded.resize(c.text_len * c.text_dim, 0.0);
@@ -301,16 +322,25 @@ impl<B: Backend> Model<B> {
         let xs = be.shape(x).to_vec();
         let [pt, ph, pw] = c.patch_size;
         if xs.len() != 4 || xs[1] != c.in_dim || xs[2] % ph != 0 || xs[3] % pw != 0 || xs[0] % pt != 0 {
-            return Err(Error::Input(format!("chunk has shape {xs:?}, expected [frames, {}, H, W] with H, W multiples of the patch", c.in_dim)));
+            return Err(Error::Input(format!(
+                "chunk has shape {xs:?}, expected [frames, {}, H, W] with H, W multiples of the patch",
+                c.in_dim
+            )));
         }
         let nf = xs[0];
         if be.shape(&temb.e).first() != Some(&nf) {
-            return Err(Error::Input(format!("time embedding for {:?} frames, the chunk has {nf}", be.shape(&temb.e).first())));
+            return Err(Error::Input(format!(
+                "time embedding for {:?} frames, the chunk has {nf}",
+                be.shape(&temb.e).first()
+            )));
         }
         let grid = [nf, xs[2] / ph, xs[3] / pw];
         let tpf = grid[1] * grid[2];
         if cache.tokens_per_frame != tpf {
-            return Err(Error::Input(format!("chunk has {tpf} tokens per frame, the cache was built for {}", cache.tokens_per_frame)));
+            return Err(Error::Input(format!(
+                "chunk has {tpf} tokens per frame, the cache was built for {}",
+                cache.tokens_per_frame
+            )));
         }
         let eps = c.eps;
         let _r = crate::profile::range("dit.forward");
@@ -394,7 +424,11 @@ impl<B: Backend> Model<B> {
             // Rolling Forcing writes the call's first block before attending.
             let kp = match &k_plain {
                 Some(kp) => kp,
-                None => return Err(Error::Config("Rolling Forcing needs qk_norm (its anchor is stored after the norm, before RoPE)".into())),
+                None => {
+                    return Err(Error::Config(
+                        "Rolling Forcing needs qk_norm (its anchor is stored after the norm, before RoPE)".into(),
+                    ))
+                }
             };
             r.write(be, l, &fresh, kp, heads, [1, grid[1], grid[2]], pass.commit)?;
         }
@@ -429,8 +463,9 @@ impl<B: Backend> Model<B> {
         }
         let (ck, cv) = &text.kv[l];
         let rows = be.shape(ck)[0];
-        let cctx: Vec<Vec<Seg<'_, B::Tensor>>> =
-            (0..heads).map(|hh| vec![Seg { k: ck, v: cv, offset: hh * hd, rows, stride: heads * hd, frame: None }]).collect();
+        let cctx: Vec<Vec<Seg<'_, B::Tensor>>> = (0..heads)
+            .map(|hh| vec![Seg { k: ck, v: cv, offset: hh * hd, rows, stride: heads * hd, frame: None }])
+            .collect();
         let ca = be.attention(&cq, hd, &cctx);
         h = be.add(&h, &be.linear(&ca, &b.co.w, Some(&b.co.b)));
         drop(rc);
@@ -451,7 +486,6 @@ fn tap<B: Backend>(be: &B, taps: &mut Option<&mut Taps>, name: &str, t: &B::Tens
         m.insert(name.to_string(), be.download(t));
     }
 }
-
 
 /// A copy of a tensor through the backend (used only when norm3 is the identity).
 fn h_clone<B: Backend>(be: &B, h: &B::Tensor) -> B::Tensor {

@@ -69,7 +69,10 @@ pub fn read_context_named(f: &TensorFile, cfg: &ModelConfig, name: &str) -> Resu
         return Err(Error::tensor(name, format!("has width {width}, but the model's text_dim is {}", cfg.text_dim)));
     }
     if rows == 0 || rows > cfg.text_len {
-        return Err(Error::tensor(name, format!("has {rows} rows, expected 1..={} (the model's text_len)", cfg.text_len)));
+        return Err(Error::tensor(
+            name,
+            format!("has {rows} rows, expected 1..={} (the model's text_len)", cfg.text_len),
+        ));
     }
     Ok(Context { data: f.f32_any(name)?, rows })
 }
@@ -135,7 +138,10 @@ impl Inputs {
                 sampled_rows.insert(l, f.i64_any(name)?);
             }
         }
-        let switch_contexts = (1..).map_while(|i| f.info(&format!("context.{i}")).ok().map(|_| i)).map(|i| read_context_named(f, cfg, &format!("context.{i}"))).collect::<Result<_>>()?;
+        let switch_contexts = (1..)
+            .map_while(|i| f.info(&format!("context.{i}")).ok().map(|_| i))
+            .map(|i| read_context_named(f, cfg, &format!("context.{i}")))
+            .collect::<Result<_>>()?;
         Ok(Inputs { context, switch_contexts, frames, latent, noise, renoise, sampled_rows })
     }
 
@@ -145,11 +151,15 @@ impl Inputs {
             return Err(Error::Input(format!("{frames} frames requested, the inputs hold noise for {}", self.frames)));
         }
         if frames == 0 || frames % FRAMES_PER_CHUNK != 0 {
-            return Err(Error::Input(format!("{frames} frames is not a positive multiple of the chunk ({FRAMES_PER_CHUNK} latent frames)")));
+            return Err(Error::Input(format!(
+                "{frames} frames is not a positive multiple of the chunk ({FRAMES_PER_CHUNK} latent frames)"
+            )));
         }
         let n = frames * self.latent.frame_len();
         // Per chunk its steps 0, 1, … as far as given (3 for Self-Forcing, 2 for CausVid).
-        let renoise = (0..frames / FRAMES_PER_CHUNK).map(|c| (0..).map_while(|s| self.renoise.get(&(c, s)).cloned()).collect::<Vec<_>>()).collect::<Vec<_>>();
+        let renoise = (0..frames / FRAMES_PER_CHUNK)
+            .map(|c| (0..).map_while(|s| self.renoise.get(&(c, s)).cloned()).collect::<Vec<_>>())
+            .collect::<Vec<_>>();
         if let Some(c) = renoise.iter().position(|r| r.is_empty()) {
             return Err(Error::tensor(&format!("renoise.{c}.0"), "missing from the inputs"));
         }
@@ -160,13 +170,21 @@ impl Inputs {
     /// its step `s` in window `b + s`, with the draw stored as `renoise.{b+s}.{b}`.
     pub fn noise_rolling(&self, frames: usize, steps: usize) -> Result<Noise> {
         if frames > self.frames || frames == 0 || frames % FRAMES_PER_CHUNK != 0 {
-            return Err(Error::Input(format!("{frames} frames: expected a positive multiple of {FRAMES_PER_CHUNK}, at most the inputs' {}", self.frames)));
+            return Err(Error::Input(format!(
+                "{frames} frames: expected a positive multiple of {FRAMES_PER_CHUNK}, at most the inputs' {}",
+                self.frames
+            )));
         }
         let mut renoise = Vec::new();
         for b in 0..frames / FRAMES_PER_CHUNK {
             let mut r = Vec::new();
             for s in 0..steps.saturating_sub(1) {
-                let x = self.renoise.get(&(b + s, b)).ok_or_else(|| Error::tensor(&format!("renoise.{}.{b}", b + s), "missing from the inputs (Rolling Forcing layout renoise.{window}.{block})"))?;
+                let x = self.renoise.get(&(b + s, b)).ok_or_else(|| {
+                    Error::tensor(
+                        &format!("renoise.{}.{b}", b + s),
+                        "missing from the inputs (Rolling Forcing layout renoise.{window}.{block})",
+                    )
+                })?;
                 r.push(x.clone());
             }
             renoise.push(r);

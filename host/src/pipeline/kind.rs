@@ -110,7 +110,9 @@ impl PipelineSpec {
         }
         if let Some(t) = self.teacache {
             if !t.is_finite() || t <= 0.0 {
-                return Err(Error::Input(format!("--teacache {t}: the threshold must be a positive number (the official value is 0.2)")));
+                return Err(Error::Input(format!(
+                    "--teacache {t}: the threshold must be a positive number (the official value is 0.2)"
+                )));
             }
         }
         Ok(())

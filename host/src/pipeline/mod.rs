@@ -119,7 +119,11 @@ impl Schedule {
             .iter()
             .map(|&d| {
                 let i = n - d as usize;
-                if i < n { timesteps[i] } else { 0.0 }
+                if i < n {
+                    timesteps[i]
+                } else {
+                    0.0
+                }
             })
             .collect();
         Schedule { sigmas, timesteps, steps }
@@ -199,11 +203,16 @@ pub fn check_geometry(c: &crate::ModelConfig, policy: &Policy, latent: Latent, f
     }
     let [_, ph, pw] = c.patch_size;
     if latent.height == 0 || latent.width == 0 || latent.height % ph != 0 || latent.width % pw != 0 {
-        return Err(Error::Input(format!("latent size {}×{} must be a positive multiple of the patch {ph}×{pw}", latent.height, latent.width)));
+        return Err(Error::Input(format!(
+            "latent size {}×{} must be a positive multiple of the patch {ph}×{pw}",
+            latent.height, latent.width
+        )));
     }
     if let Some(f) = frames {
         if f == 0 || f % FRAMES_PER_CHUNK != 0 {
-            return Err(Error::Input(format!("{f} frames is not a positive multiple of the chunk ({FRAMES_PER_CHUNK} latent frames)")));
+            return Err(Error::Input(format!(
+                "{f} frames is not a positive multiple of the chunk ({FRAMES_PER_CHUNK} latent frames)"
+            )));
         }
     }
     policy.validate(c)?;
@@ -288,13 +297,32 @@ impl<B: Backend + 'static> Session<B> {
     /// `context` is `[rows, text_dim]`. `frames` must be a multiple of 3 (None = unbounded,
     /// only with a bounded policy and seeded noise).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(model: Arc<Model<B>>, be: Arc<B>, policy: Policy, latent: Latent, frames: Option<usize>, context: &[f32], context_rows: usize, noise: Noise) -> Result<Self> {
+    pub fn new(
+        model: Arc<Model<B>>,
+        be: Arc<B>,
+        policy: Policy,
+        latent: Latent,
+        frames: Option<usize>,
+        context: &[f32],
+        context_rows: usize,
+        noise: Noise,
+    ) -> Result<Self> {
         Self::new_with(model, be, PipelineSpec::default(), policy, latent, frames, context, context_rows, noise)
     }
 
     /// [`Session::new`] for a given pipeline, schedule and TeaCache setting ([`PipelineSpec`]).
     #[allow(clippy::too_many_arguments)]
-    pub fn new_with(model: Arc<Model<B>>, be: Arc<B>, spec: PipelineSpec, policy: Policy, latent: Latent, frames: Option<usize>, context: &[f32], context_rows: usize, noise: Noise) -> Result<Self> {
+    pub fn new_with(
+        model: Arc<Model<B>>,
+        be: Arc<B>,
+        spec: PipelineSpec,
+        policy: Policy,
+        latent: Latent,
+        frames: Option<usize>,
+        context: &[f32],
+        context_rows: usize,
+        noise: Noise,
+    ) -> Result<Self> {
         let c = &model.cfg;
         check_geometry(c, &policy, latent, frames)?;
         spec.check()?;
@@ -309,9 +337,16 @@ impl<B: Backend + 'static> Session<B> {
         if let Noise::Given { noise, renoise } = &noise {
             let f = frames.ok_or_else(|| Error::Input("given noise needs a frame count".into()))?;
             if noise.len() < f * latent.frame_len() {
-                return Err(Error::Input(format!("noise holds {} frames, {f} requested", noise.len() / latent.frame_len())));
+                return Err(Error::Input(format!(
+                    "noise holds {} frames, {f} requested",
+                    noise.len() / latent.frame_len()
+                )));
             }
-            if renoise.len() < f / FRAMES_PER_CHUNK || renoise.iter().any(|r| r.len() < renoises || r.iter().any(|x| x.len() != FRAMES_PER_CHUNK * latent.frame_len())) {
+            if renoise.len() < f / FRAMES_PER_CHUNK
+                || renoise
+                    .iter()
+                    .any(|r| r.len() < renoises || r.iter().any(|x| x.len() != FRAMES_PER_CHUNK * latent.frame_len()))
+            {
                 return Err(Error::Input("re-noise tensors missing or misshapen".into()));
             }
         }
@@ -388,7 +423,11 @@ impl<B: Backend + 'static> Session<B> {
     /// Rolling Forcing window one forward and a cache pass.
     pub fn forwards_for(&self, frames: usize) -> usize {
         let (chunks, steps) = (frames / FRAMES_PER_CHUNK, self.schedule.steps.len());
-        if self.rolling.is_some() { 2 * (chunks + steps - 1) } else { chunks * (steps + 1) }
+        if self.rolling.is_some() {
+            2 * (chunks + steps - 1)
+        } else {
+            chunks * (steps + 1)
+        }
     }
 
     /// TeaCache's plan (None when off): which passes skip the blocks.
@@ -451,10 +490,18 @@ impl<B: Backend + 'static> Session<B> {
     pub fn kv_footprint(&self) -> Result<KvFootprint> {
         let tpf = self.cache.tokens_per_frame;
         let policy = match self.policy.kv_policy() {
-            KvPolicy::Dummy { spec, .. } => KvPolicy::Dummy { spec, counts: self.dummy.as_ref().and_then(|d| d.assignment()).map(|a| a.counts()) },
+            KvPolicy::Dummy { spec, .. } => {
+                KvPolicy::Dummy { spec, counts: self.dummy.as_ref().and_then(|d| d.assignment()).map(|a| a.counts()) }
+            }
             p => p,
         };
-        kv_footprint(&policy, &self.model.cfg, tpf, self.be.precision().size(), self.frames_done().max(FRAMES_PER_CHUNK))
+        kv_footprint(
+            &policy,
+            &self.model.cfg,
+            tpf,
+            self.be.precision().size(),
+            self.frames_done().max(FRAMES_PER_CHUNK),
+        )
     }
 
     /// Index of the next chunk.
@@ -599,7 +646,14 @@ impl<B: Backend + 'static> Session<B> {
     /// One forward under TeaCache: pass `index` of the chunk (its step, or the step count for
     /// the clean pass) either runs the blocks and keeps their residual, or, when the plan
     /// skips it, adds the kept residual to the patch embedding and runs only the head.
-    fn forward_teacache(&mut self, x: &B::Tensor, t: f32, pass: &PassInfo, index: usize, taps: Option<&mut Taps>) -> Result<B::Tensor> {
+    fn forward_teacache(
+        &mut self,
+        x: &B::Tensor,
+        t: f32,
+        pass: &PassInfo,
+        index: usize,
+        taps: Option<&mut Taps>,
+    ) -> Result<B::Tensor> {
         let skip = self.tea.as_ref().is_some_and(|p| p.get(pass.chunk, index).skip);
         let residual = self.tea_residual.take();
         let temb = self.model.time_embedding(&self.be, t, pass.frames, None);
@@ -679,7 +733,10 @@ impl<B: Backend + 'static> Session<B> {
             )));
         };
         if d.program().is_none() {
-            return Err(Error::Policy(format!("a prompt switch needs the head groups, which are calibrated at AR step {}; switch at a later chunk", d.spec.ar_start)));
+            return Err(Error::Policy(format!(
+                "a prompt switch needs the head groups, which are calibrated at AR step {}; switch at a later chunk",
+                d.spec.ar_start
+            )));
         }
         Ok(())
     }
@@ -737,7 +794,9 @@ impl<B: Backend + 'static> Session<B> {
         let x = be.zeros(&[pass.frames, lat.channels, lat.height, lat.width]);
         let temb = self.model.time_embedding(&be, t, pass.frames, None);
         let (model, _, cache, text, hook) = self.parts();
-        let (out, id) = be.capture_graph(&mut |be| model.forward_embedded(be, &x, &temb, pass, &mut *cache, text, &mut *hook, None))?;
+        let (out, id) = be.capture_graph(&mut |be| {
+            model.forward_embedded(be, &x, &temb, pass, &mut *cache, text, &mut *hook, None)
+        })?;
         Ok(Recorded { be: be.clone(), id, pass: *pass, x, temb, t, out })
     }
 

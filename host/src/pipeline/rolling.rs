@@ -85,7 +85,8 @@ impl<B: Backend + 'static> Session<B> {
                     let s_next = self.schedule.sigma(steps[step + 1]);
                     let eps = self.draw(b, Some(step));
                     let xb = &x0[(b - b0) * flen..(b - b0 + 1) * flen];
-                    let n = xb.iter().zip(&eps).map(|(&a, &e)| self.store_f32((1.0 - s_next) * a + s_next * e)).collect();
+                    let n =
+                        xb.iter().zip(&eps).map(|(&a, &e)| self.store_f32((1.0 - s_next) * a + s_next * e)).collect();
                     self.rolling.as_mut().unwrap().noisy[b] = Some(n);
                 }
             }

@@ -110,12 +110,18 @@ impl TeaPlan {
 
     /// The decision of chunk `chunk`'s pass `pass` (step index; the clean pass is the last).
     pub fn get(&self, chunk: usize, pass: usize) -> Decision {
-        if chunk == 0 { self.first[pass] } else { self.steady[pass] }
+        if chunk == 0 {
+            self.first[pass]
+        } else {
+            self.steady[pass]
+        }
     }
 
     /// Skipped (chunk, step) pairs of a video of `chunks` chunks.
     pub fn skipped(&self, chunks: usize) -> Vec<[usize; 2]> {
-        (0..chunks).flat_map(|c| (0..self.first.len()).filter(move |&p| self.get(c, p).skip).map(move |p| [c, p])).collect()
+        (0..chunks)
+            .flat_map(|c| (0..self.first.len()).filter(move |&p| self.get(c, p).skip).map(move |p| [c, p]))
+            .collect()
     }
 }
 
@@ -129,7 +135,7 @@ mod tests {
         for (rel, want) in [(0.0769420713186264, 0.1780687138170961), (0.07505879551172256, 0.17092539140019947)] {
             assert!((rescale(rel) - want).abs() < 1e-12, "{rel}: {} vs {want}", rescale(rel));
         }
-        assert!(rescale(0.1849052) .abs() < 1e-3 && rescale(0.31045878).abs() < 1e-3);
+        assert!(rescale(0.1849052).abs() < 1e-3 && rescale(0.31045878).abs() < 1e-3);
     }
 
     #[test]

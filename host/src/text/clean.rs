@@ -145,7 +145,8 @@ fn decode_ref(s: &str) -> (Option<String>, usize) {
     if b.first() == Some(&b'#') {
         let hex = matches!(b.get(1), Some(b'x' | b'X'));
         let start = if hex { 2 } else { 1 };
-        let digits = b[start..].iter().take_while(|c| if hex { c.is_ascii_hexdigit() } else { c.is_ascii_digit() }).count();
+        let digits =
+            b[start..].iter().take_while(|c| if hex { c.is_ascii_hexdigit() } else { c.is_ascii_digit() }).count();
         if digits == 0 {
             return (None, 0);
         }
@@ -254,8 +255,9 @@ fn ftfy_entity(ent: &str) -> Option<String> {
 
 /// Windows-1252 bytes 0x80–0x9F ("sloppy": the five undefined ones map to U+0081 etc.).
 const CP1252_HIGH: [u32; 32] = [
-    0x20AC, 0x81, 0x201A, 0x192, 0x201E, 0x2026, 0x2020, 0x2021, 0x2C6, 0x2030, 0x160, 0x2039, 0x152, 0x8D, 0x17D, 0x8F, 0x90,
-    0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014, 0x2DC, 0x2122, 0x161, 0x203A, 0x153, 0x9D, 0x17E, 0x178,
+    0x20AC, 0x81, 0x201A, 0x192, 0x201E, 0x2026, 0x2020, 0x2021, 0x2C6, 0x2030, 0x160, 0x2039, 0x152, 0x8D, 0x17D,
+    0x8F, 0x90, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014, 0x2DC, 0x2122, 0x161, 0x203A, 0x153, 0x9D,
+    0x17E, 0x178,
 ];
 
 /// The byte a character stands for in sloppy Windows-1252 (Latin-1 plus the 0x80–0x9F table).
@@ -334,7 +336,9 @@ fn ftfy_pass(s: &str, unescape: bool, notes: &mut Vec<FtfyNote>) -> String {
         step(&mut t, "unescape_html", &|x| ftfy_unescape(x).into_owned());
     }
     step(&mut t, "fix_encoding", &|x| fix_line_mojibake(x).unwrap_or_else(|| x.to_string()));
-    step(&mut t, "fix_c1_controls", &|x| x.chars().map(|c| if ('\u{80}'..='\u{9f}').contains(&c) { cp1252_char(c as u8) } else { c }).collect());
+    step(&mut t, "fix_c1_controls", &|x| {
+        x.chars().map(|c| if ('\u{80}'..='\u{9f}').contains(&c) { cp1252_char(c as u8) } else { c }).collect()
+    });
     let table = |tab: &'static [(char, &'static str)], x: &str| -> String {
         let mut o = String::with_capacity(x.len());
         for c in x.chars() {
@@ -376,11 +380,13 @@ fn ftfy_pass(s: &str, unescape: bool, notes: &mut Vec<FtfyNote>) -> String {
 /// continuation byte read in Windows-1252 (U+00A0–U+00BF or one of its 0x80–0x9F characters).
 fn mojibake_sample(s: &str) -> Option<String> {
     let c: Vec<char> = s.chars().collect();
-    c.windows(2).position(|w| {
-        let lead = ('\u{c2}'..='\u{f4}').contains(&w[0]);
-        let cont = cp1252_byte(w[1]).is_some_and(|b| (0x80..0xC0).contains(&b));
-        lead && cont
-    }).map(|i| c[i.saturating_sub(4)..(i + 6).min(c.len())].iter().collect())
+    c.windows(2)
+        .position(|w| {
+            let lead = ('\u{c2}'..='\u{f4}').contains(&w[0]);
+            let cont = cp1252_byte(w[1]).is_some_and(|b| (0x80..0xC0).contains(&b));
+            lead && cont
+        })
+        .map(|i| c[i.saturating_sub(4)..(i + 6).min(c.len())].iter().collect())
 }
 
 /// The reproduced part of `ftfy.fix_text` (see the module table): line by line, each line

@@ -88,8 +88,22 @@ impl<B: Backend> TextEncoder<B> {
 /// returns, so a GPU gets its memory back before the DiT's plan is reserved. The cpu device
 /// streams the blocks ([`Residency::Streamed`]: one block widened to f32 at a time); the GPU
 /// devices hold them.
-pub fn encode_prompts(device: &str, precision: Precision, encoder: &Path, tokenizer: &Path, prompts: &[String], progress: &mut dyn FnMut(usize, &Encoded)) -> Result<Vec<Encoded>> {
-    fn run<B: Backend>(be: B, r: Residency, encoder: &Path, tokenizer: &Path, prompts: &[String], progress: &mut dyn FnMut(usize, &Encoded)) -> Result<Vec<Encoded>> {
+pub fn encode_prompts(
+    device: &str,
+    precision: Precision,
+    encoder: &Path,
+    tokenizer: &Path,
+    prompts: &[String],
+    progress: &mut dyn FnMut(usize, &Encoded),
+) -> Result<Vec<Encoded>> {
+    fn run<B: Backend>(
+        be: B,
+        r: Residency,
+        encoder: &Path,
+        tokenizer: &Path,
+        prompts: &[String],
+        progress: &mut dyn FnMut(usize, &Encoded),
+    ) -> Result<Vec<Encoded>> {
         let te = TextEncoder::load(&be, encoder, tokenizer, r)?;
         let mut out = Vec::with_capacity(prompts.len());
         for (i, p) in prompts.iter().enumerate() {
@@ -101,8 +115,22 @@ pub fn encode_prompts(device: &str, precision: Precision, encoder: &Path, tokeni
     }
     match device {
         "cpu" => run(CpuBackend::new(precision), Residency::Streamed, encoder, tokenizer, prompts, progress),
-        "sim" => run(GpuBackend::new(SimDevice::new(), precision), Residency::Resident, encoder, tokenizer, prompts, progress),
-        "cuda" => run(GpuBackend::new(CudaDevice::new(0, false)?, precision), Residency::Resident, encoder, tokenizer, prompts, progress),
+        "sim" => run(
+            GpuBackend::new(SimDevice::new(), precision),
+            Residency::Resident,
+            encoder,
+            tokenizer,
+            prompts,
+            progress,
+        ),
+        "cuda" => run(
+            GpuBackend::new(CudaDevice::new(0, false)?, precision),
+            Residency::Resident,
+            encoder,
+            tokenizer,
+            prompts,
+            progress,
+        ),
         d => Err(Error::Device(format!("unknown text device `{d}` (expected cpu, sim or cuda)"))),
     }
 }

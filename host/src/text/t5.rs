@@ -51,7 +51,18 @@ pub struct T5Config {
 impl T5Config {
     /// umT5-XXL, encoder only: 5.7 B parameters.
     pub fn umt5_xxl() -> Self {
-        T5Config { vocab: 256_384, dim: 4096, dim_attn: 4096, dim_ffn: 10240, num_heads: 64, num_layers: 24, num_buckets: 32, max_distance: 128, eps: 1e-6, text_len: 512 }
+        T5Config {
+            vocab: 256_384,
+            dim: 4096,
+            dim_attn: 4096,
+            dim_ffn: 10240,
+            num_heads: 64,
+            num_layers: 24,
+            num_buckets: 32,
+            max_distance: 128,
+            eps: 1e-6,
+            text_len: 512,
+        }
     }
     pub fn head_dim(&self) -> usize {
         self.dim_attn / self.num_heads
@@ -59,14 +70,19 @@ impl T5Config {
     /// Checks that the shape is usable.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("text encoder: {m}")));
-        if [self.vocab, self.dim, self.dim_attn, self.dim_ffn, self.num_heads, self.num_layers, self.text_len].contains(&0) {
+        if [self.vocab, self.dim, self.dim_attn, self.dim_ffn, self.num_heads, self.num_layers, self.text_len]
+            .contains(&0)
+        {
             return bad(format!("every size must be positive: {self:?}"));
         }
         if self.dim_attn % self.num_heads != 0 {
             return bad(format!("dim_attn {} is not a multiple of {} heads", self.dim_attn, self.num_heads));
         }
         if self.num_buckets < 4 || self.num_buckets % 4 != 0 || self.max_distance <= self.num_buckets / 4 {
-            return bad(format!("{} buckets up to distance {} is not a bidirectional T5 bucketing", self.num_buckets, self.max_distance));
+            return bad(format!(
+                "{} buckets up to distance {} is not a bidirectional T5 bucketing",
+                self.num_buckets, self.max_distance
+            ));
         }
         if !(self.eps > 0.0 && self.eps.is_finite()) {
             return bad(format!("eps {} must be positive", self.eps));
@@ -75,7 +91,10 @@ impl T5Config {
     }
     /// Parameters in all (the relative-bias tables included).
     pub fn params(&self) -> usize {
-        let layer = 4 * self.dim * self.dim_attn + 3 * self.dim * self.dim_ffn + 2 * self.dim + self.num_buckets * self.num_heads;
+        let layer = 4 * self.dim * self.dim_attn
+            + 3 * self.dim * self.dim_ffn
+            + 2 * self.dim
+            + self.num_buckets * self.num_heads;
         self.vocab * self.dim + self.num_layers * layer + self.dim
     }
     /// FLOPs of one forward over `l` tokens (GEMMs and attention, 2 per multiply-add).
@@ -196,7 +215,8 @@ pub fn open_t5(path: impl AsRef<Path>) -> Result<(TensorFile, T5Config)> {
     };
     let cfg = T5Config::from_json(json).map_err(|e| bad(format!("bad `{T5_CONFIG_KEY}` metadata ({e})")))?;
     for (name, shape) in t5_tensor_names(&cfg) {
-        let i = f.info(&name).map_err(|_| bad(format!("tensor `{name}` is missing (a truncated or hand-edited file?)")))?;
+        let i =
+            f.info(&name).map_err(|_| bad(format!("tensor `{name}` is missing (a truncated or hand-edited file?)")))?;
         if i.shape != shape {
             return Err(bad(format!("tensor `{name}` has shape {:?}, expected {shape:?} from its config", i.shape)));
         }
@@ -224,7 +244,9 @@ impl<B: Backend> T5Encoder<B> {
     fn block(&self, be: &B, i: usize) -> Result<T5Block<B::Tensor>> {
         let c = &self.cfg;
         let p = format!("blocks.{i}");
-        let t = |n: &str, shape: &[usize]| -> Result<B::Tensor> { Ok(be.upload(&self.file.f32(&format!("{p}.{n}"), shape)?, shape)) };
+        let t = |n: &str, shape: &[usize]| -> Result<B::Tensor> {
+            Ok(be.upload(&self.file.f32(&format!("{p}.{n}"), shape)?, shape))
+        };
         Ok(T5Block {
             norm1: t("norm1.weight", &[c.dim])?,
             q: t("attn.q.weight", &[c.dim_attn, c.dim])?,
@@ -248,12 +270,17 @@ impl<B: Backend> T5Encoder<B> {
         for &id in ids {
             let id = id as usize;
             if id >= self.cfg.vocab {
-                return Err(Error::Input(format!("token id {id} is outside the encoder's vocabulary of {}", self.cfg.vocab)));
+                return Err(Error::Input(format!(
+                    "token id {id} is outside the encoder's vocabulary of {}",
+                    self.cfg.vocab
+                )));
             }
             let row = &bytes[id * d * es..(id + 1) * d * es];
             match info.dtype {
                 DType::F32 => out.extend(row.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-                DType::BF16 => out.extend(row.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+                DType::BF16 => {
+                    out.extend(row.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()))
+                }
                 _ => out.extend(row.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
             }
         }
@@ -264,11 +291,21 @@ impl<B: Backend> T5Encoder<B> {
     /// `[text_len, dim]` row-major with the rows at and after the prompt's length (the mask's
     /// sum) set to 0. `taps`, when given, receives `embed`, `hidden.{l}`, `final_norm` and
     /// `pos_bias.0` (named like the golden `p0.*` tensors).
-    pub fn encode(&self, be: &B, ids: &[u32], mask: &[u8], mut taps: Option<&mut BTreeMap<String, Vec<f32>>>) -> Result<Vec<f32>> {
+    pub fn encode(
+        &self,
+        be: &B,
+        ids: &[u32],
+        mask: &[u8],
+        mut taps: Option<&mut BTreeMap<String, Vec<f32>>>,
+    ) -> Result<Vec<f32>> {
         let c = &self.cfg;
         let l = c.text_len;
         if ids.len() != l || mask.len() != l {
-            return Err(Error::Input(format!("{} ids and {} mask entries, expected {l} (the encoder's text_len)", ids.len(), mask.len())));
+            return Err(Error::Input(format!(
+                "{} ids and {} mask entries, expected {l} (the encoder's text_len)",
+                ids.len(),
+                mask.len()
+            )));
         }
         let len = mask.iter().filter(|&&m| m != 0).count();
         if len == 0 {
@@ -303,7 +340,10 @@ impl<B: Backend> T5Encoder<B> {
             if i == 0 {
                 if let Some(t) = taps.as_deref_mut() {
                     // The table at each bucket, before masking (the golden pos_bias.0).
-                    let pb: Vec<f32> = (0..h).flat_map(|hh| self.buckets.iter().map(move |&bk| (hh, bk))).map(|(hh, bk)| b.pos[bk * h + hh]).collect();
+                    let pb: Vec<f32> = (0..h)
+                        .flat_map(|hh| self.buckets.iter().map(move |&bk| (hh, bk)))
+                        .map(|(hh, bk)| b.pos[bk * h + hh])
+                        .collect();
                     t.insert("pos_bias.0".into(), pb);
                 }
             }
@@ -344,7 +384,8 @@ mod tests {
         // query) of each forward bucket 24..=31; backward buckets are the same minus 16.
         let starts = [(8, 24), (12, 25), (16, 26), (23, 27), (32, 28), (46, 29), (64, 30), (91, 31)];
         for rel in 1..512i64 {
-            let want = if rel < 8 { 16 + rel as usize } else { starts.iter().rev().find(|(s, _)| rel >= *s).unwrap().1 };
+            let want =
+                if rel < 8 { 16 + rel as usize } else { starts.iter().rev().find(|(s, _)| rel >= *s).unwrap().1 };
             assert_eq!(rel_bucket(rel, 32, 128), want, "rel {rel}");
             assert_eq!(rel_bucket(-rel, 32, 128), want - 16, "rel -{rel}");
         }

@@ -9,7 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
-use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection, TruncationParams,
+    TruncationStrategy,
+};
 
 use super::clean::{wan_clean, Cleaned};
 use crate::{Error, Result};
@@ -56,7 +59,8 @@ impl TextTokenizer {
         }
         let bad = |m: String| Error::Checkpoint { path: file.display().to_string(), msg: m };
         let mut inner = Tokenizer::from_file(&file).map_err(|e| bad(format!("not a usable tokenizer.json ({e})")))?;
-        let pad_id = inner.token_to_id(PAD_TOKEN).ok_or_else(|| bad(format!("the vocabulary has no `{PAD_TOKEN}` token")))?;
+        let pad_id =
+            inner.token_to_id(PAD_TOKEN).ok_or_else(|| bad(format!("the vocabulary has no `{PAD_TOKEN}` token")))?;
         inner
             .with_truncation(Some(TruncationParams {
                 max_length: seq_len,

@@ -30,12 +30,13 @@ pub const VAE_CONFIG_KEY: &str = "dfrt.vae";
 
 /// The official latent statistics of Wan2.1's VAE (`WanVAEWrapper`): per channel mean.
 pub const WAN_MEAN: [f32; 16] = [
-    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503,
-    -0.2921,
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632, -0.1922,
+    -0.9497, 0.2503, -0.2921,
 ];
 /// The official per-channel std.
 pub const WAN_STD: [f32; 16] = [
-    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253,
+    2.8251, 1.9160,
 ];
 
 /// What a runtime VAE checkpoint needs besides its tensors: the `WanVAE_` constructor's
@@ -74,13 +75,25 @@ impl VaeConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("vae: {m}")));
         if self.dim == 0 || self.z_dim == 0 || self.dim_mult.is_empty() || self.dim_mult.contains(&0) {
-            return bad(format!("dim {}, z_dim {}, dim_mult {:?} must be positive", self.dim, self.z_dim, self.dim_mult));
+            return bad(format!(
+                "dim {}, z_dim {}, dim_mult {:?} must be positive",
+                self.dim, self.z_dim, self.dim_mult
+            ));
         }
         if self.temperal_downsample.len() + 1 != self.dim_mult.len() {
-            return bad(format!("{} temporal flags for {} stages (need stages − 1)", self.temperal_downsample.len(), self.dim_mult.len()));
+            return bad(format!(
+                "{} temporal flags for {} stages (need stages − 1)",
+                self.temperal_downsample.len(),
+                self.dim_mult.len()
+            ));
         }
         if self.mean.len() != self.z_dim || self.std.len() != self.z_dim {
-            return bad(format!("mean/std have {}/{} values for z_dim {}", self.mean.len(), self.std.len(), self.z_dim));
+            return bad(format!(
+                "mean/std have {}/{} values for z_dim {}",
+                self.mean.len(),
+                self.std.len(),
+                self.z_dim
+            ));
         }
         if self.std.iter().any(|s| !s.is_finite() || *s == 0.0) || self.mean.iter().any(|m| !m.is_finite()) {
             return bad("mean/std must be finite and std non-zero".into());
@@ -226,11 +239,23 @@ impl Loader<'_> {
             4 => [1, s[2], s[3]],
             _ => return Err(Error::tensor(&name, format!("has shape {s:?}, expected a conv weight"))),
         };
-        Ok(Conv { cout: s[0], cin: s[1], kt: k[0], kh: k[1], kw: k[2], w: self.vec(&name, &s)?, b: self.vec(&format!("{p}.bias"), &[s[0]])? })
+        Ok(Conv {
+            cout: s[0],
+            cin: s[1],
+            kt: k[0],
+            kh: k[1],
+            kw: k[2],
+            w: self.vec(&name, &s)?,
+            b: self.vec(&format!("{p}.bias"), &[s[0]])?,
+        })
     }
     fn res(&self, p: &str) -> Result<Res> {
         let conv1 = self.conv(&format!("{p}.residual.2"))?;
-        let shortcut = if self.f.tensors.contains_key(&format!("{p}.shortcut.weight")) { Some(self.conv(&format!("{p}.shortcut"))?) } else { None };
+        let shortcut = if self.f.tensors.contains_key(&format!("{p}.shortcut.weight")) {
+            Some(self.conv(&format!("{p}.shortcut"))?)
+        } else {
+            None
+        };
         Ok(Res {
             norm1: self.vec(&format!("{p}.residual.0.gamma"), &[conv1.cin, 1, 1, 1])?,
             norm2: self.vec(&format!("{p}.residual.3.gamma"), &[conv1.cout, 1, 1, 1])?,
@@ -240,10 +265,18 @@ impl Loader<'_> {
         })
     }
     fn attn(&self, p: &str, c: usize) -> Result<Attn> {
-        Ok(Attn { norm: self.vec(&format!("{p}.norm.gamma"), &[c, 1, 1])?, qkv: self.conv(&format!("{p}.to_qkv"))?, proj: self.conv(&format!("{p}.proj"))? })
+        Ok(Attn {
+            norm: self.vec(&format!("{p}.norm.gamma"), &[c, 1, 1])?,
+            qkv: self.conv(&format!("{p}.to_qkv"))?,
+            proj: self.conv(&format!("{p}.proj"))?,
+        })
     }
     fn middle(&self, p: &str, c: usize) -> Result<[Block; 3]> {
-        Ok([Block::Res(self.res(&format!("{p}.middle.0"))?), Block::Attn(self.attn(&format!("{p}.middle.1"), c)?), Block::Res(self.res(&format!("{p}.middle.2"))?)])
+        Ok([
+            Block::Res(self.res(&format!("{p}.middle.0"))?),
+            Block::Attn(self.attn(&format!("{p}.middle.1"), c)?),
+            Block::Res(self.res(&format!("{p}.middle.2"))?),
+        ])
     }
 }
 
@@ -266,10 +299,16 @@ enum Block {
     Attn(Attn),
     /// Nearest 2× then a 3×3 conv to c/2; with `time`, first a (3,1,1) causal conv to 2c
     /// channels interleaved into 2× the frames (skipped on latent frame 0).
-    Up { conv: Conv, time: Option<Conv> },
+    Up {
+        conv: Conv,
+        time: Option<Conv>,
+    },
     /// Zero pad right/bottom, 3×3 stride-2 conv; with `time`, then a stride-2 (3,1,1) conv over
     /// [last frame of the previous chunk, this chunk] (skipped on the first chunk).
-    Down { conv: Conv, time: Option<Conv> },
+    Down {
+        conv: Conv,
+        time: Option<Conv>,
+    },
 }
 
 /// A run of frames at one resolution: each frame `[c, h, w]`.
@@ -456,7 +495,8 @@ pub struct Vae {
 }
 
 /// What to tell a user whose `--vae` is not a usable VAE checkpoint.
-pub const VAE_HINT: &str = "make a test VAE with `dfrt-weights synth --vae -o FILE`, or convert Wan2.1_VAE.pth with `dfrt-weights convert`";
+pub const VAE_HINT: &str =
+    "make a test VAE with `dfrt-weights synth --vae -o FILE`, or convert Wan2.1_VAE.pth with `dfrt-weights convert`";
 
 impl Vae {
     /// Opens a runtime VAE checkpoint (config in its metadata). Errors name the file and say
@@ -471,7 +511,11 @@ impl Vae {
         })?;
         let bad = |msg: String| Error::Checkpoint { path: path.display().to_string(), msg };
         let s = f.metadata.get(VAE_CONFIG_KEY).ok_or_else(|| {
-            let what = if f.metadata.contains_key(crate::checkpoint::CONFIG_KEY) { "a DiT checkpoint, not a VAE" } else { "not a dfrt VAE checkpoint" };
+            let what = if f.metadata.contains_key(crate::checkpoint::CONFIG_KEY) {
+                "a DiT checkpoint, not a VAE"
+            } else {
+                "not a dfrt VAE checkpoint"
+            };
             bad(format!("no `{VAE_CONFIG_KEY}` metadata: {what}; {VAE_HINT}"))
         })?;
         let cfg = VaeConfig::from_json(s).map_err(|e| bad(format!("bad `{VAE_CONFIG_KEY}` metadata ({e})")))?;
@@ -511,7 +555,8 @@ impl Vae {
         }
         enc_blocks.extend(l.middle("encoder", ed[stages])?);
         let up = cfg.temperal_upsample();
-        let mut dec_blocks: Vec<(Block, Option<usize>)> = l.middle("decoder", dd[0])?.into_iter().map(|b| (b, None)).collect();
+        let mut dec_blocks: Vec<(Block, Option<usize>)> =
+            l.middle("decoder", dd[0])?.into_iter().map(|b| (b, None)).collect();
         let mut idx = 0;
         for s in 0..stages {
             for r in 0..nrb + 1 {
@@ -557,7 +602,9 @@ impl Vae {
             return Err(Error::Input(format!("encode: {t} pixel frames; the encoder takes 1 + {ts}·k frames")));
         }
         if h == 0 || w == 0 || h % ss != 0 || w % ss != 0 {
-            return Err(Error::Input(format!("encode: {h}×{w} pixels; height and width must be positive multiples of {ss}")));
+            return Err(Error::Input(format!(
+                "encode: {h}×{w} pixels; height and width must be positive multiples of {ss}"
+            )));
         }
         if pixels.len() != t * 3 * h * w {
             return Err(Error::Input(format!("encode: {} values for [{t}, 3, {h}, {w}]", pixels.len())));
@@ -572,7 +619,12 @@ impl Vae {
         while start < t {
             let n = if start == 0 { 1 } else { ts };
             cache.idx = 0;
-            let mut x = Seq { c: 3, h, w, frames: (start..start + n).map(|i| px[i * frame..(i + 1) * frame].to_vec()).collect() };
+            let mut x = Seq {
+                c: 3,
+                h,
+                w,
+                frames: (start..start + n).map(|i| px[i * frame..(i + 1) * frame].to_vec()).collect(),
+            };
             x = causal(p, &self.enc_conv1, cache.next(), &x);
             for b in &self.enc_blocks {
                 x = b.forward(p, x, &mut cache);

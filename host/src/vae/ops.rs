@@ -217,7 +217,8 @@ pub fn attention(p: Precision, q: &[f32], k: &[f32], v: &[f32], c: usize, n: usi
     let mut out_t = vec![0f32; n * c];
     out_t.par_chunks_mut(c).enumerate().for_each(|(i, o)| {
         let qi = &qt[i * c..(i + 1) * c];
-        let s: Vec<f32> = (0..n).map(|j| qi.iter().zip(&kt[j * c..(j + 1) * c]).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+        let s: Vec<f32> =
+            (0..n).map(|j| qi.iter().zip(&kt[j * c..(j + 1) * c]).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
         let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
         let sum: f32 = e.iter().sum();
@@ -301,10 +302,22 @@ mod tests {
         .iter()
         .enumerate()
         {
-            let c = Conv { cout, cin, kt, kh: k, kw: k, w: rnd(cout * cin * kt * k * k, 3 + i as u32), b: rnd(cout, 9 + i as u32) };
+            let c = Conv {
+                cout,
+                cin,
+                kt,
+                kh: k,
+                kw: k,
+                w: rnd(cout * cin * kt * k * k, 3 + i as u32),
+                b: rnd(cout, 9 + i as u32),
+            };
             let frames: Vec<Vec<f32>> = (0..kt).map(|t| rnd(cin * h * w, 20 + t as u32)).collect();
             // The first tap is causal padding when there are 3.
-            let taps: Vec<Option<&[f32]>> = frames.iter().enumerate().map(|(t, f)| if kt == 3 && t == 0 { None } else { Some(f.as_slice()) }).collect();
+            let taps: Vec<Option<&[f32]>> = frames
+                .iter()
+                .enumerate()
+                .map(|(t, f)| if kt == 3 && t == 0 { None } else { Some(f.as_slice()) })
+                .collect();
             let g = Geom { h, w, stride, pad };
             let (got, _, _) = c.frame(Precision::F32, &taps, g);
             let want = direct(&c, &taps, g);
@@ -337,7 +350,8 @@ mod tests {
         let v = rnd(c * n, 3);
         let o = attention(Precision::F32, &q, &k, &v, c, n);
         for ch in 0..c {
-            let (lo, hi) = v[ch * n..(ch + 1) * n].iter().fold((f32::MAX, f32::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+            let (lo, hi) =
+                v[ch * n..(ch + 1) * n].iter().fold((f32::MAX, f32::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
             for i in 0..n {
                 let y = o[ch * n + i];
                 assert!(y.is_finite() && y >= lo - 1e-6 && y <= hi + 1e-6, "{y} outside [{lo}, {hi}]");

@@ -135,7 +135,11 @@ impl Staged {
             _ => PathBuf::from("."),
         };
         if !parent.is_dir() {
-            return Err(Error::Input(format!("{}: the output folder {} does not exist", target.display(), parent.display())));
+            return Err(Error::Input(format!(
+                "{}: the output folder {} does not exist",
+                target.display(),
+                parent.display()
+            )));
         }
         let tmp = parent.join(format!(".{}.partial", name.to_string_lossy()));
         Ok(Staged { target, tmp, done: false })
@@ -173,7 +177,10 @@ impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if let Some(l) = self.limit {
             if self.written + buf.len() as u64 > l {
-                return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device (simulated)"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "No space left on device (simulated)",
+                ));
             }
         }
         let n = self.f.write(buf)?;
@@ -229,14 +236,23 @@ impl VideoWriter {
     /// As [`VideoWriter::create`], but writes fail as on a full disk once `limit` bytes are
     /// written: for testing the clean-up.
     #[doc(hidden)]
-    pub fn create_limited(path: impl AsRef<Path>, width: usize, height: usize, fps: u32, limit: Option<u64>) -> Result<Self> {
+    pub fn create_limited(
+        path: impl AsRef<Path>,
+        width: usize,
+        height: usize,
+        fps: u32,
+        limit: Option<u64>,
+    ) -> Result<Self> {
         let path = path.as_ref();
         let format = Format::of(path)?;
         if width == 0 || height == 0 || fps == 0 {
             return Err(Error::Input(format!("{}: a {width}×{height} video at {fps} fps", path.display())));
         }
         if format != Format::PngFolder && (width % 2 != 0 || height % 2 != 0) {
-            return Err(Error::Input(format!("{}: yuv420p needs an even width and height, not {width}×{height}", path.display())));
+            return Err(Error::Input(format!(
+                "{}: yuv420p needs an even width and height, not {width}×{height}",
+                path.display()
+            )));
         }
         let staged = Staged::new(path)?;
         if staged.tmp.exists() {
@@ -247,10 +263,13 @@ impl VideoWriter {
             }
         }
         let kind = match format {
-            Format::Mp4 => Kind::Mp4(Box::new(mp4::Mp4Writer::new(Sink::create(&staged.tmp, limit)?, width, height, fps)?)),
+            Format::Mp4 => {
+                Kind::Mp4(Box::new(mp4::Mp4Writer::new(Sink::create(&staged.tmp, limit)?, width, height, fps)?))
+            }
             Format::Y4m => {
                 let mut s = Sink::create(&staged.tmp, limit)?;
-                write!(s, "YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n").map_err(|e| Error::io(path, e))?;
+                write!(s, "YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n")
+                    .map_err(|e| Error::io(path, e))?;
                 Kind::Y4m(s)
             }
             Format::PngFolder => {
@@ -287,7 +306,10 @@ impl VideoWriter {
                 let data = png::encode_rgb8(rgb, w, h);
                 *written += data.len() as u64;
                 if limit.is_some_and(|l| *written > l) {
-                    return Err(io(std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device (simulated)")));
+                    return Err(io(std::io::Error::new(
+                        std::io::ErrorKind::StorageFull,
+                        "No space left on device (simulated)",
+                    )));
                 }
                 let p = dir.join(format!("frame_{:05}.png", self.frames));
                 std::fs::write(&p, data).map_err(io)?;

@@ -79,13 +79,16 @@ impl<W: Write + Seek> Mp4Writer<W> {
         let cfg = EncoderConfig::new()
             .skip_frames(false)
             .rate_control_mode(RateControlMode::Bufferbased)
-            .bitrate(openh264::encoder::BitRate::from_bps((width * height * fps as usize).clamp(200_000, u32::MAX as usize) as u32))
+            .bitrate(openh264::encoder::BitRate::from_bps(
+                (width * height * fps as usize).clamp(200_000, u32::MAX as usize) as u32,
+            ))
             .max_frame_rate(FrameRate::from_hz(fps as f32))
             .qp(QpRange::new(8, 20))
             .intra_frame_period(IntraFramePeriod::from_num_frames(2 * fps))
             .vui(VuiConfig::bt601())
             .num_threads(1);
-        let enc = Encoder::with_api_config(OpenH264API::from_source(), cfg).map_err(|e| Error::Device(format!("openh264 encoder: {e}")))?;
+        let enc = Encoder::with_api_config(OpenH264API::from_source(), cfg)
+            .map_err(|e| Error::Device(format!("openh264 encoder: {e}")))?;
         let mut ftyp = Be(Vec::new());
         ftyp.bytes(b"isom").u32(0x200).bytes(b"isomiso2avc1mp41");
         w.write_all(&bx(b"ftyp", &ftyp.0)).map_err(io)?;
@@ -94,7 +97,18 @@ impl<W: Write + Seek> Mp4Writer<W> {
         w.write_all(&[0, 0, 0, 1]).map_err(io)?;
         w.write_all(b"mdat").map_err(io)?;
         w.write_all(&[0u8; 8]).map_err(io)?;
-        Ok(Mp4Writer { w, enc, width, height, fps, mdat_start, sizes: Vec::new(), sync: Vec::new(), sps: None, pps: None })
+        Ok(Mp4Writer {
+            w,
+            enc,
+            width,
+            height,
+            fps,
+            mdat_start,
+            sizes: Vec::new(),
+            sync: Vec::new(),
+            sps: None,
+            pps: None,
+        })
     }
 
     /// Encodes one RGB8 frame `[h, w, 3]` and appends it as a sample.
@@ -186,9 +200,22 @@ impl<W: Write + Seek> Mp4Writer<W> {
         let dref = full(b"dref", 0, &[&1u32.to_be_bytes()[..], &full(b"url ", 1, &[])].concat());
         let dinf = bx(b"dinf", &dref);
         let mut avcc = Be(Vec::new());
-        avcc.bytes(&[1, sps[1], sps[2], sps[3], 0xff, 0xe1]).u16(sps.len() as u16).bytes(sps).bytes(&[1]).u16(pps.len() as u16).bytes(pps);
+        avcc.bytes(&[1, sps[1], sps[2], sps[3], 0xff, 0xe1])
+            .u16(sps.len() as u16)
+            .bytes(sps)
+            .bytes(&[1])
+            .u16(pps.len() as u16)
+            .bytes(pps);
         let mut e = Be(Vec::new());
-        e.bytes(&[0u8; 6]).u16(1).bytes(&[0u8; 16]).u16(w as u16).u16(h as u16).u32(0x0048_0000).u32(0x0048_0000).u32(0).u16(1);
+        e.bytes(&[0u8; 6])
+            .u16(1)
+            .bytes(&[0u8; 16])
+            .u16(w as u16)
+            .u16(h as u16)
+            .u32(0x0048_0000)
+            .u32(0x0048_0000)
+            .u32(0)
+            .u16(1);
         let mut name = [0u8; 32];
         name[0] = 4;
         name[1..5].copy_from_slice(b"dfrt");

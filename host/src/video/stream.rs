@@ -37,7 +37,10 @@ impl Frames {
 /// Checks that latents of `channels` channels at `h`×`w` fit the VAE.
 pub fn check_latents(vae: &Vae, channels: usize, h: usize, w: usize) -> Result<()> {
     if channels != vae.cfg.z_dim {
-        return Err(Error::Input(format!("latents have {channels} channels but the VAE takes {} (z_dim)", vae.cfg.z_dim)));
+        return Err(Error::Input(format!(
+            "latents have {channels} channels but the VAE takes {} (z_dim)",
+            vae.cfg.z_dim
+        )));
     }
     if h == 0 || w == 0 {
         return Err(Error::Input(format!("latents of {h}×{w} pixels")));
@@ -91,7 +94,14 @@ pub struct LatentVideo {
 
 impl LatentVideo {
     /// Opens `path` for latents of `channels`×`h`×`w` (checked against the VAE).
-    pub fn create(vae: Arc<Vae>, path: impl AsRef<Path>, channels: usize, h: usize, w: usize, fps: u32) -> Result<Self> {
+    pub fn create(
+        vae: Arc<Vae>,
+        path: impl AsRef<Path>,
+        channels: usize,
+        h: usize,
+        w: usize,
+        fps: u32,
+    ) -> Result<Self> {
         check_latents(&vae, channels, h, w)?;
         let s = vae.cfg.spatial_scale();
         let writer = VideoWriter::create(path, w * s, h * s, fps)?;

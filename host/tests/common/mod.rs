@@ -25,7 +25,8 @@ pub fn tmp(name: &str) -> PathBuf {
 
 /// A golden case's `model_config`.
 pub fn case_config(case: &str) -> ModelConfig {
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden().join(case).join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden().join(case).join("manifest.json")).unwrap()).unwrap();
     serde_json::from_value(m["model_config"].clone()).unwrap()
 }
 
@@ -33,7 +34,8 @@ pub fn case_config(case: &str) -> ModelConfig {
 /// applied to the tensor list.
 pub fn checkpoint(case: &str, out: &Path, edit: impl FnOnce(&mut Vec<OutTensor>)) {
     let f = TensorFile::open(golden().join(case).join("weights.safetensors")).unwrap();
-    let mut ts: Vec<OutTensor> = f.tensors.iter().map(|(n, i)| OutTensor::f32(n.clone(), i.shape.clone(), &f.f32_any(n).unwrap())).collect();
+    let mut ts: Vec<OutTensor> =
+        f.tensors.iter().map(|(n, i)| OutTensor::f32(n.clone(), i.shape.clone(), &f.f32_any(n).unwrap())).collect();
     edit(&mut ts);
     write_checkpoint(out, &case_config(case), &ts).unwrap();
 }
@@ -41,7 +43,8 @@ pub fn checkpoint(case: &str, out: &Path, edit: impl FnOnce(&mut Vec<OutTensor>)
 /// Runs the CLI under test: `$DFRT_BIN` (a binary carried to a GPU machine), else the one
 /// cargo built. Returns the exit code and stderr.
 pub fn dfrt(args: &[&str]) -> (i32, String) {
-    let bin = std::env::var_os("DFRT_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dfrt")));
+    let bin =
+        std::env::var_os("DFRT_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dfrt")));
     let o = Command::new(bin).args(args).output().unwrap();
     (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
 }

@@ -8,7 +8,9 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use super::ir::{Cmp, CTy, Entry, FOp, IClass, IOp, Op, Reg, ShflMode, Special, Src, Un, SMEM_BASE};
+use super::ir::{
+    CTy, Cmp, Entry, FOp, IClass, IOp, Op, Reg, ShflMode, Special, Src, Un, SMEM_BASE,
+};
 use super::{Counters, GlobalMem};
 use crate::sim::{SimError, SimErrorKind};
 
@@ -98,7 +100,11 @@ impl<'a> Run<'a> {
             counters,
             racecheck,
             smem: vec![0xff; dyn_smem as usize],
-            shadow: if racecheck { vec![Shadow::default(); dyn_smem as usize] } else { Vec::new() },
+            shadow: if racecheck {
+                vec![Shadow::default(); dyn_smem as usize]
+            } else {
+                Vec::new()
+            },
             epoch: 0,
             idx: [0; 3],
             regs: Vec::new(),
@@ -121,7 +127,13 @@ impl<'a> Run<'a> {
     }
 
     fn err(&self, kind: SimErrorKind, t: Option<usize>, detail: String) -> SimError {
-        SimError { kind, kernel: self.e.name.clone(), block: self.idx, thread: t.map(|t| self.tid(t)), detail }
+        SimError {
+            kind,
+            kernel: self.e.name.clone(),
+            block: self.idx,
+            thread: t.map(|t| self.tid(t)),
+            detail,
+        }
     }
 
     fn at(&self, pc: u32) -> String {
@@ -178,7 +190,9 @@ impl<'a> Run<'a> {
             for w in 0..warps {
                 let lanes = w * 32..(w * 32 + 32).min(n);
                 let pc0 = self.pc[lanes.start];
-                let all = lanes.clone().all(|t| self.st[t] == St::Meet && self.pc[t] == pc0);
+                let all = lanes
+                    .clone()
+                    .all(|t| self.st[t] == St::Meet && self.pc[t] == pc0);
                 if all && !matches!(self.e.code[pc0 as usize].op, Op::Bar) {
                     self.collective(w, pc0)?;
                     for t in lanes {
@@ -192,7 +206,9 @@ impl<'a> Run<'a> {
                 continue;
             }
             // The block barrier.
-            let at_bar = |s: &Self, t: usize| s.st[t] == St::Meet && matches!(s.e.code[s.pc[t] as usize].op, Op::Bar);
+            let at_bar = |s: &Self, t: usize| {
+                s.st[t] == St::Meet && matches!(s.e.code[s.pc[t] as usize].op, Op::Bar)
+            };
             if (0..n).all(|t| at_bar(self, t)) {
                 self.epoch += 1;
                 if let Some(c) = self.counters.as_deref_mut() {
@@ -219,11 +235,17 @@ impl<'a> Run<'a> {
             let coll: Vec<usize> = lanes
                 .iter()
                 .copied()
-                .filter(|&t| self.st[t] == St::Meet && !matches!(self.e.code[self.pc[t] as usize].op, Op::Bar))
+                .filter(|&t| {
+                    self.st[t] == St::Meet
+                        && !matches!(self.e.code[self.pc[t] as usize].op, Op::Bar)
+                })
                 .collect();
             if let Some(&t0) = coll.first() {
                 let done = lanes.iter().filter(|&&t| self.st[t] == St::Done).count();
-                if let Some(&t1) = lanes.iter().find(|&&t| self.st[t] == St::Meet && self.pc[t] != self.pc[t0]) {
+                if let Some(&t1) = lanes
+                    .iter()
+                    .find(|&&t| self.st[t] == St::Meet && self.pc[t] != self.pc[t0])
+                {
                     return self.err(
                         SimErrorKind::Collective,
                         Some(t1),
@@ -329,7 +351,11 @@ impl<'a> Run<'a> {
                         IOp::DivU | IOp::RemU => {
                             if b == 0 {
                                 // Undefined on the GPU (all ones for div); make it loud here.
-                                return Err(self.err(SimErrorKind::Trap, Some(t), format!("integer division by zero at {}", self.at(pc as u32))));
+                                return Err(self.err(
+                                    SimErrorKind::Trap,
+                                    Some(t),
+                                    format!("integer division by zero at {}", self.at(pc as u32)),
+                                ));
                             }
                             if *op == IOp::DivU {
                                 a / b
@@ -343,7 +369,10 @@ impl<'a> Run<'a> {
                     set!(*d, v & mask);
                 }
                 Op::Mad { mask, d, a, b, c } => {
-                    let v = self.rd(base, *a).wrapping_mul(self.rd(base, *b)).wrapping_add(self.rd(base, *c));
+                    let v = self
+                        .rd(base, *a)
+                        .wrapping_mul(self.rd(base, *b))
+                        .wrapping_add(self.rd(base, *c));
                     set!(*d, v & mask);
                 }
                 Op::F32 { op, d, a, b } => {
@@ -374,7 +403,13 @@ impl<'a> Run<'a> {
                         Un::NegS32 => (a as u32).wrapping_neg() as u64,
                         Un::NegF64 => (-f64b(a)).to_bits(),
                         Un::Ex2 => {
-                            let ftz = |v: f32| if v.is_subnormal() { 0.0f32.copysign(v) } else { v };
+                            let ftz = |v: f32| {
+                                if v.is_subnormal() {
+                                    0.0f32.copysign(v)
+                                } else {
+                                    v
+                                }
+                            };
                             ftz(ftz(f32b(a)).exp2()).to_bits() as u64
                         }
                         Un::Rcp => (1.0 / f32b(a)).to_bits() as u64,
@@ -399,11 +434,19 @@ impl<'a> Run<'a> {
                 }
                 Op::CvtBf16x2 { d, hi, lo } => {
                     let (h, l) = (f32b(self.rd(base, *hi)), f32b(self.rd(base, *lo)));
-                    set!(*d, crate::gpu::f32_to_bf16(l) as u64 | (crate::gpu::f32_to_bf16(h) as u64) << 16);
+                    set!(
+                        *d,
+                        crate::gpu::f32_to_bf16(l) as u64
+                            | (crate::gpu::f32_to_bf16(h) as u64) << 16
+                    );
                 }
                 Op::Bfe { d, a, pos, len } => {
                     let a = self.rd(base, *a) as u32;
-                    let v = if *len == 0 || *pos >= 32 { 0 } else { (a >> pos) & (((1u64 << len.min(&32)) - 1) as u32) };
+                    let v = if *len == 0 || *pos >= 32 {
+                        0
+                    } else {
+                        (a >> pos) & (((1u64 << len.min(&32)) - 1) as u32)
+                    };
                     set!(*d, v as u64);
                 }
                 Op::Setp { cmp, ty, d, a, b } => {
@@ -424,7 +467,11 @@ impl<'a> Run<'a> {
                     set!(*d, r as u64);
                 }
                 Op::Selp { mask, d, a, b, p } => {
-                    let v = if self.r(base, *p) != 0 { self.rd(base, *a) } else { self.rd(base, *b) };
+                    let v = if self.r(base, *p) != 0 {
+                        self.rd(base, *a)
+                    } else {
+                        self.rd(base, *b)
+                    };
                     set!(*d, v & mask);
                 }
                 Op::Sreg { d, s } => {
@@ -455,12 +502,24 @@ impl<'a> Run<'a> {
                             continue;
                         }
                         None => {
-                            return Err(self.err(SimErrorKind::Trap, Some(t), format!("brx.idx index {i} outside its {}-entry table at {}", targets.len(), self.at(pc as u32))));
+                            return Err(self.err(
+                                SimErrorKind::Trap,
+                                Some(t),
+                                format!(
+                                    "brx.idx index {i} outside its {}-entry table at {}",
+                                    targets.len(),
+                                    self.at(pc as u32)
+                                ),
+                            ));
                         }
                     }
                 }
                 Op::Trap(what) => {
-                    return Err(self.err(SimErrorKind::Trap, Some(t), format!("trap: {what} at {}", self.at(pc as u32))));
+                    return Err(self.err(
+                        SimErrorKind::Trap,
+                        Some(t),
+                        format!("trap: {what} at {}", self.at(pc as u32)),
+                    ));
                 }
                 Op::Exit => {
                     self.pc[t] = pc as u32;
@@ -480,7 +539,13 @@ impl<'a> Run<'a> {
                     v[..s].copy_from_slice(&self.params[o..o + s]);
                     set!(*d, u64::from_le_bytes(v));
                 }
-                Op::Ld { d, d2, base: b, off, size } => {
+                Op::Ld {
+                    d,
+                    d2,
+                    base: b,
+                    off,
+                    size,
+                } => {
                     let addr = self.r(base, *b).wrapping_add(*off as u64);
                     let total = *size * if d2.is_some() { 2 } else { 1 };
                     let mut v = [0u8; 8];
@@ -495,7 +560,12 @@ impl<'a> Run<'a> {
                         None => set!(*d, x),
                     }
                 }
-                Op::St { base: b, off, size, v } => {
+                Op::St {
+                    base: b,
+                    off,
+                    size,
+                    v,
+                } => {
                     let addr = self.r(base, *b).wrapping_add(*off as u64);
                     self.global(t, pc, addr, *size, *size as u64, true)?;
                     let x = self.r(base, *v).to_le_bytes();
@@ -519,11 +589,22 @@ impl<'a> Run<'a> {
                     let s = self.r(base, *src);
                     let n = self.rd(base, *src_size) as u32;
                     if n > 16 {
-                        return Err(self.err(SimErrorKind::Launch, Some(t), format!("cp.async src-size {n} > 16 at {}", self.at(pc as u32))));
+                        return Err(self.err(
+                            SimErrorKind::Launch,
+                            Some(t),
+                            format!("cp.async src-size {n} > 16 at {}", self.at(pc as u32)),
+                        ));
                     }
                     self.shared(t, pc, d, 16, true, "cp.async destination")?;
                     if s & 15 != 0 {
-                        return Err(self.err(SimErrorKind::Misaligned, Some(t), format!("cp.async source {s:#x} is not 16-byte aligned at {}", self.at(pc as u32))));
+                        return Err(self.err(
+                            SimErrorKind::Misaligned,
+                            Some(t),
+                            format!(
+                                "cp.async source {s:#x} is not 16-byte aligned at {}",
+                                self.at(pc as u32)
+                            ),
+                        ));
                     }
                     let mut data = [0u8; 16];
                     if n > 0 {
@@ -537,7 +618,11 @@ impl<'a> Run<'a> {
                             sh.inflight_pc = pc as u32;
                         }
                     }
-                    self.thr[t].cp_open.push(Cp { dst: d, data, pc: pc as u32 });
+                    self.thr[t].cp_open.push(Cp {
+                        dst: d,
+                        data,
+                        pc: pc as u32,
+                    });
                 }
                 Op::Commit => {
                     let g = std::mem::take(&mut self.thr[t].cp_open);
@@ -560,7 +645,11 @@ impl<'a> Run<'a> {
                         }
                     }
                 }
-                Op::Shfl { .. } | Op::Ballot { .. } | Op::Mma { .. } | Op::Ldmatrix { .. } | Op::Bar => {
+                Op::Shfl { .. }
+                | Op::Ballot { .. }
+                | Op::Mma { .. }
+                | Op::Ldmatrix { .. }
+                | Op::Bar => {
                     self.pc[t] = pc as u32;
                     self.st[t] = St::Meet;
                     return Ok(());
@@ -571,27 +660,56 @@ impl<'a> Run<'a> {
     }
 
     /// Memcheck of a global access (the live allocations), natural alignment.
-    fn global(&mut self, t: usize, pc: usize, addr: u64, len: u32, align: u64, write: bool) -> R<()> {
+    fn global(
+        &mut self,
+        t: usize,
+        pc: usize,
+        addr: u64,
+        len: u32,
+        align: u64,
+        write: bool,
+    ) -> R<()> {
         let what = if write { "store" } else { "load" };
         if addr % align != 0 {
-            return Err(self.err(SimErrorKind::Misaligned, Some(t), format!("global {what} of {len} bytes at {addr:#x} is misaligned at {}", self.at(pc as u32))));
+            return Err(self.err(
+                SimErrorKind::Misaligned,
+                Some(t),
+                format!(
+                    "global {what} of {len} bytes at {addr:#x} is misaligned at {}",
+                    self.at(pc as u32)
+                ),
+            ));
         }
         if let Err(why) = self.mem.check(addr, len as u64) {
             return Err(self.err(
                 SimErrorKind::Memcheck,
                 Some(t),
-                format!("out-of-bounds global {what} of {len} bytes at {addr:#x} ({why}) at {}", self.at(pc as u32)),
+                format!(
+                    "out-of-bounds global {what} of {len} bytes at {addr:#x} ({why}) at {}",
+                    self.at(pc as u32)
+                ),
             ));
         }
         if self.counters.is_some() {
             let k = self.visits[t * self.e.code.len() + pc];
-            self.requests.entry(((t / 32) as u32, pc as u32, k)).or_default().push((addr, len));
+            self.requests
+                .entry(((t / 32) as u32, pc as u32, k))
+                .or_default()
+                .push((addr, len));
         }
         Ok(())
     }
 
     /// Bounds, alignment and racecheck of a shared access; returns the offset.
-    fn shared(&mut self, t: usize, pc: usize, addr: u32, len: u32, write: bool, what: &str) -> R<usize> {
+    fn shared(
+        &mut self,
+        t: usize,
+        pc: usize,
+        addr: u32,
+        len: u32,
+        write: bool,
+        what: &str,
+    ) -> R<usize> {
         let size = self.smem.len() as i64;
         let off = addr as i64 - SMEM_BASE as i64;
         if off < 0 || off + len as i64 > size {
@@ -602,12 +720,22 @@ impl<'a> Run<'a> {
             ));
         }
         if addr % len != 0 {
-            return Err(self.err(SimErrorKind::Misaligned, Some(t), format!("{what} at shared address {addr:#x} is not {len}-byte aligned at {}", self.at(pc as u32))));
+            return Err(self.err(
+                SimErrorKind::Misaligned,
+                Some(t),
+                format!(
+                    "{what} at shared address {addr:#x} is not {len}-byte aligned at {}",
+                    self.at(pc as u32)
+                ),
+            ));
         }
         let off = off as usize;
         if self.counters.is_some() && what != "cp.async destination" {
             let k = self.visits[t * self.e.code.len() + pc];
-            self.requests.entry(((t / 32) as u32, pc as u32, k)).or_default().push((addr as u64 | 1 << 63, len));
+            self.requests
+                .entry(((t / 32) as u32, pc as u32, k))
+                .or_default()
+                .push((addr as u64 | 1 << 63, len));
         }
         if self.racecheck {
             let me = t as u32;
@@ -616,13 +744,29 @@ impl<'a> Run<'a> {
             for i in off..off + len as usize {
                 let sh = self.shadow[i];
                 let other = if sh.inflight != 0 && what != "cp.async destination" {
-                    Some((sh.inflight - 1, sh.inflight_pc, "an un-waited cp.async (no cp.async.wait_group covers it yet)"))
+                    Some((
+                        sh.inflight - 1,
+                        sh.inflight_pc,
+                        "an un-waited cp.async (no cp.async.wait_group covers it yet)",
+                    ))
                 } else if sh.inflight != 0 && sh.inflight - 1 != me {
-                    Some((sh.inflight - 1, sh.inflight_pc, "an un-waited cp.async of another thread"))
+                    Some((
+                        sh.inflight - 1,
+                        sh.inflight_pc,
+                        "an un-waited cp.async of another thread",
+                    ))
                 } else if sh.w_epoch == ep && sh.w_thr / 32 != warp {
-                    Some((sh.w_thr, sh.w_pc, "a write by another warp since the last barrier"))
+                    Some((
+                        sh.w_thr,
+                        sh.w_pc,
+                        "a write by another warp since the last barrier",
+                    ))
                 } else if write && sh.r_epoch == ep && sh.r_thr / 32 != warp {
-                    Some((sh.r_thr, sh.r_pc, "a read by another warp since the last barrier"))
+                    Some((
+                        sh.r_thr,
+                        sh.r_pc,
+                        "a read by another warp since the last barrier",
+                    ))
                 } else {
                     None
                 };
@@ -666,19 +810,37 @@ impl<'a> Run<'a> {
         let op = self.e.code[pc as usize].op.clone();
         let full = |s: &Self, what: &str| -> R<()> {
             if present != 32 {
-                return Err(s.err(SimErrorKind::Collective, Some(t0), format!("{what} needs a full warp of 32 threads at {}", s.at(pc))));
+                return Err(s.err(
+                    SimErrorKind::Collective,
+                    Some(t0),
+                    format!("{what} needs a full warp of 32 threads at {}", s.at(pc)),
+                ));
             }
             Ok(())
         };
         let reg = |s: &Self, t: usize, r: Reg| s.regs[t * nr + r as usize];
         match op {
-            Op::Shfl { mode, d, a, b, c, mask } => {
+            Op::Shfl {
+                mode,
+                d,
+                a,
+                b,
+                c,
+                mask,
+            } => {
                 let vals: Vec<u64> = lanes.clone().map(|t| self.rd(t * nr, a)).collect();
                 let mut out = Vec::with_capacity(present);
                 for (l, t) in lanes.clone().enumerate() {
                     let m = self.rd(t * nr, mask) as u32;
                     if m != u32::MAX {
-                        return Err(self.err(SimErrorKind::Collective, Some(t), format!("shfl member mask {m:#x} (only a full mask is supported) at {}", self.at(pc))));
+                        return Err(self.err(
+                            SimErrorKind::Collective,
+                            Some(t),
+                            format!(
+                                "shfl member mask {m:#x} (only a full mask is supported) at {}",
+                                self.at(pc)
+                            ),
+                        ));
                     }
                     // PTX ISA: bval = b[4:0], cval = c[4:0], segmask = c[12:8].
                     let bval = (self.rd(t * nr, b) & 0x1f) as i64;
@@ -710,7 +872,11 @@ impl<'a> Run<'a> {
                 let mut bits = 0u64;
                 for (l, t) in lanes.clone().enumerate() {
                     if self.rd(t * nr, mask) as u32 != u32::MAX {
-                        return Err(self.err(SimErrorKind::Collective, Some(t), format!("vote member mask is not full at {}", self.at(pc))));
+                        return Err(self.err(
+                            SimErrorKind::Collective,
+                            Some(t),
+                            format!("vote member mask is not full at {}", self.at(pc)),
+                        ));
                     }
                     if reg(self, t, p) != 0 {
                         bits |= 1 << l;
@@ -730,7 +896,15 @@ impl<'a> Run<'a> {
                     let (g, q) = (l / 4, l % 4);
                     // A fragment (PTX ISA, m16n8k16 .bf16): a0,a1: (g, 2q..), a2,a3: (g+8, 2q..),
                     // a4,a5: (g, 2q+8..), a6,a7: (g+8, 2q+8..); two bf16 per register.
-                    for (i, (r, k)) in [(g, 2 * q), (g + 8, 2 * q), (g, 2 * q + 8), (g + 8, 2 * q + 8)].into_iter().enumerate() {
+                    for (i, (r, k)) in [
+                        (g, 2 * q),
+                        (g + 8, 2 * q),
+                        (g, 2 * q + 8),
+                        (g + 8, 2 * q + 8),
+                    ]
+                    .into_iter()
+                    .enumerate()
+                    {
                         let v = reg(self, t, a[i]);
                         am[r][k] = lo(v);
                         am[r][k + 1] = hi(v);
@@ -747,7 +921,15 @@ impl<'a> Run<'a> {
                     let (g, q) = (l / 4, l % 4);
                     let mut out = [0u64; 4];
                     // C/D fragment: c0,c1: (g, 2q..), c2,c3: (g+8, 2q..).
-                    for (i, (r, col)) in [(g, 2 * q), (g, 2 * q + 1), (g + 8, 2 * q), (g + 8, 2 * q + 1)].into_iter().enumerate() {
+                    for (i, (r, col)) in [
+                        (g, 2 * q),
+                        (g, 2 * q + 1),
+                        (g + 8, 2 * q),
+                        (g + 8, 2 * q + 1),
+                    ]
+                    .into_iter()
+                    .enumerate()
+                    {
                         let acc = (0..16).fold(0f32, |s, k| s + am[r][k] * bm[k][col]);
                         out[i] = (f32b(reg(self, t, c[i])) + acc).to_bits() as u64;
                     }
@@ -759,7 +941,12 @@ impl<'a> Run<'a> {
                     }
                 }
             }
-            Op::Ldmatrix { n: m, trans, d, addr } => {
+            Op::Ldmatrix {
+                n: m,
+                trans,
+                d,
+                addr,
+            } => {
                 full(self, "ldmatrix")?;
                 let m = m as usize;
                 // Lanes 8i..8i+7 give the row addresses of matrix i; check and read them.
@@ -770,7 +957,9 @@ impl<'a> Run<'a> {
                     let off = self.shared(t, pc as usize, a, 16, false, "ldmatrix row")?;
                     row.copy_from_slice(&self.smem[off..off + 16]);
                 }
-                let h = |row: &[u8; 16], c: usize| u16::from_le_bytes([row[2 * c], row[2 * c + 1]]) as u64;
+                let h = |row: &[u8; 16], c: usize| {
+                    u16::from_le_bytes([row[2 * c], row[2 * c + 1]]) as u64
+                };
                 for (l, t) in lanes.enumerate() {
                     for i in 0..m {
                         let rr = |r: usize| &rows[8 * i + r];
@@ -792,7 +981,9 @@ impl<'a> Run<'a> {
 
     /// Turns the per-warp request lists of this block into sector and bank-conflict counts.
     fn flush_requests(&mut self) {
-        let Some(c) = self.counters.as_deref_mut() else { return };
+        let Some(c) = self.counters.as_deref_mut() else {
+            return;
+        };
         let mut keys: Vec<_> = self.requests.keys().copied().collect();
         keys.sort();
         for k in keys {
@@ -802,7 +993,11 @@ impl<'a> Run<'a> {
                 // Shared: 32 banks of 4 bytes. A request needs as many wavefronts as the
                 // most distinct 4-byte words any one bank is asked for. ldmatrix reads 8 rows
                 // of 16 bytes per matrix: each 8-row phase is its own request.
-                let phases: Vec<&[(u64, u32)]> = if class == IClass::Ldmatrix { accs.chunks(8).collect() } else { vec![&accs[..]] };
+                let phases: Vec<&[(u64, u32)]> = if class == IClass::Ldmatrix {
+                    accs.chunks(8).collect()
+                } else {
+                    vec![&accs[..]]
+                };
                 for ph in phases {
                     let mut words: HashSet<u64> = HashSet::new();
                     for &(a, len) in ph {
@@ -861,10 +1056,16 @@ pub fn summarize(c: &Counters) -> String {
     }
     s.push('\n');
     for (k, (req, wf)) in &c.shared {
-        s.push_str(&format!("shared {k:?}: {req} requests, {wf} wavefronts ({:.2} per request)\n", *wf as f64 / (*req).max(1) as f64));
+        s.push_str(&format!(
+            "shared {k:?}: {req} requests, {wf} wavefronts ({:.2} per request)\n",
+            *wf as f64 / (*req).max(1) as f64
+        ));
     }
     for (k, (req, sec)) in &c.global {
-        s.push_str(&format!("global {k:?}: {req} requests, {sec} sectors ({:.2} per request)\n", *sec as f64 / (*req).max(1) as f64));
+        s.push_str(&format!(
+            "global {k:?}: {req} requests, {sec} sectors ({:.2} per request)\n",
+            *sec as f64 / (*req).max(1) as f64
+        ));
     }
     s.push_str(&format!("barriers (per block, summed) {}\n", c.barriers));
     s

@@ -140,30 +140,139 @@ pub enum IClass {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
-    I { op: IOp, mask: u64, d: Reg, a: Src, b: Src },
+    I {
+        op: IOp,
+        mask: u64,
+        d: Reg,
+        a: Src,
+        b: Src,
+    },
     /// mad.lo: d = a * b + c
-    Mad { mask: u64, d: Reg, a: Src, b: Src, c: Src },
-    F32 { op: FOp, d: Reg, a: Src, b: Src },
-    F64 { op: FOp, d: Reg, a: Src, b: Src },
-    U { op: Un, mask: u64, d: Reg, a: Src },
-    Pack16 { d: Reg, lo: Reg, hi: Reg },
-    CvtBf16x2 { d: Reg, hi: Src, lo: Src },
-    Bfe { d: Reg, a: Src, pos: u32, len: u32 },
-    Setp { cmp: Cmp, ty: CTy, d: Reg, a: Src, b: Src },
-    Selp { mask: u64, d: Reg, a: Src, b: Src, p: Reg },
-    Sreg { d: Reg, s: Special },
-    Bra { guard: Option<(Reg, bool)>, target: u32 },
-    Brx { idx: Reg, targets: Vec<u32> },
-    LdParam { d: Reg, off: u32, size: u32 },
-    Ld { d: Reg, d2: Option<Reg>, base: Reg, off: i64, size: u32 },
-    St { base: Reg, off: i64, size: u32, v: Reg },
-    LdShared { d: Reg, addr: Reg, size: u32 },
-    StShared { addr: Reg, size: u32, v: Reg },
-    Shfl { mode: ShflMode, d: Reg, a: Src, b: Src, c: Src, mask: Src },
-    Ballot { d: Reg, p: Reg, mask: Src },
-    Mma { d: [Reg; 4], a: [Reg; 4], b: [Reg; 2], c: [Reg; 4] },
-    Ldmatrix { n: u32, trans: bool, d: [Reg; 4], addr: Reg },
-    CpAsync { dst: Reg, src: Reg, src_size: Src },
+    Mad {
+        mask: u64,
+        d: Reg,
+        a: Src,
+        b: Src,
+        c: Src,
+    },
+    F32 {
+        op: FOp,
+        d: Reg,
+        a: Src,
+        b: Src,
+    },
+    F64 {
+        op: FOp,
+        d: Reg,
+        a: Src,
+        b: Src,
+    },
+    U {
+        op: Un,
+        mask: u64,
+        d: Reg,
+        a: Src,
+    },
+    Pack16 {
+        d: Reg,
+        lo: Reg,
+        hi: Reg,
+    },
+    CvtBf16x2 {
+        d: Reg,
+        hi: Src,
+        lo: Src,
+    },
+    Bfe {
+        d: Reg,
+        a: Src,
+        pos: u32,
+        len: u32,
+    },
+    Setp {
+        cmp: Cmp,
+        ty: CTy,
+        d: Reg,
+        a: Src,
+        b: Src,
+    },
+    Selp {
+        mask: u64,
+        d: Reg,
+        a: Src,
+        b: Src,
+        p: Reg,
+    },
+    Sreg {
+        d: Reg,
+        s: Special,
+    },
+    Bra {
+        guard: Option<(Reg, bool)>,
+        target: u32,
+    },
+    Brx {
+        idx: Reg,
+        targets: Vec<u32>,
+    },
+    LdParam {
+        d: Reg,
+        off: u32,
+        size: u32,
+    },
+    Ld {
+        d: Reg,
+        d2: Option<Reg>,
+        base: Reg,
+        off: i64,
+        size: u32,
+    },
+    St {
+        base: Reg,
+        off: i64,
+        size: u32,
+        v: Reg,
+    },
+    LdShared {
+        d: Reg,
+        addr: Reg,
+        size: u32,
+    },
+    StShared {
+        addr: Reg,
+        size: u32,
+        v: Reg,
+    },
+    Shfl {
+        mode: ShflMode,
+        d: Reg,
+        a: Src,
+        b: Src,
+        c: Src,
+        mask: Src,
+    },
+    Ballot {
+        d: Reg,
+        p: Reg,
+        mask: Src,
+    },
+    Mma {
+        d: [Reg; 4],
+        a: [Reg; 4],
+        b: [Reg; 2],
+        c: [Reg; 4],
+    },
+    Ldmatrix {
+        n: u32,
+        trans: bool,
+        d: [Reg; 4],
+        addr: Reg,
+    },
+    CpAsync {
+        dst: Reg,
+        src: Reg,
+        src_size: Src,
+    },
     Commit,
     Wait(u32),
     Bar,
@@ -175,16 +284,28 @@ pub enum Op {
 impl Op {
     pub fn class(&self) -> IClass {
         match self {
-            Op::I { .. } | Op::Mad { .. } | Op::Bfe { .. } | Op::Setp { ty: CTy::U16 | CTy::U32 | CTy::U64, .. } => IClass::Int,
+            Op::I { .. }
+            | Op::Mad { .. }
+            | Op::Bfe { .. }
+            | Op::Setp {
+                ty: CTy::U16 | CTy::U32 | CTy::U64,
+                ..
+            } => IClass::Int,
             Op::F32 { op: FOp::Div, .. } => IClass::Sfu,
             Op::F32 { .. } | Op::CvtBf16x2 { .. } | Op::Setp { ty: CTy::F32, .. } => IClass::Fp32,
             Op::F64 { .. } | Op::Setp { ty: CTy::F64, .. } => IClass::Fp64,
-            Op::U { op: Un::Ex2 | Un::Rcp | Un::Sqrt, .. } => IClass::Sfu,
-            Op::U { op: Un::NegF64 | Un::CvtF64F32 | Un::CvtF32F64 | Un::CvtF64S64 | Un::CvtRziS64F64, .. } => {
-                IClass::Fp64
-            }
+            Op::U {
+                op: Un::Ex2 | Un::Rcp | Un::Sqrt,
+                ..
+            } => IClass::Sfu,
+            Op::U {
+                op: Un::NegF64 | Un::CvtF64F32 | Un::CvtF32F64 | Un::CvtF64S64 | Un::CvtRziS64F64,
+                ..
+            } => IClass::Fp64,
             Op::U { op: Un::NegS32, .. } => IClass::Int,
-            Op::U { op: Un::CvtF32U32, .. } => IClass::Fp32,
+            Op::U {
+                op: Un::CvtF32U32, ..
+            } => IClass::Fp32,
             Op::U { .. } | Op::Pack16 { .. } | Op::Selp { .. } | Op::Sreg { .. } => IClass::Mov,
             Op::Bra { .. } | Op::Brx { .. } | Op::Trap(_) | Op::Exit => IClass::Control,
             Op::LdParam { .. } => IClass::LdParam,
@@ -203,7 +324,10 @@ impl Op {
 
     /// Warp collectives and barriers stop a thread until its warp (block) meets.
     pub fn is_meeting(&self) -> bool {
-        matches!(self, Op::Shfl { .. } | Op::Ballot { .. } | Op::Mma { .. } | Op::Ldmatrix { .. } | Op::Bar)
+        matches!(
+            self,
+            Op::Shfl { .. } | Op::Ballot { .. } | Op::Mma { .. } | Op::Ldmatrix { .. } | Op::Bar
+        )
     }
 }
 
@@ -279,7 +403,14 @@ fn matching_brace(t: &str, open: usize) -> Result<usize, String> {
 /// Parses and decodes the whole PTX text.
 pub fn load(src: &str) -> Result<Module, String> {
     let t = strip_comments(src);
-    NEWLINES.with(|n| *n.borrow_mut() = t.bytes().enumerate().filter(|&(_, b)| b == b'\n').map(|(i, _)| i).collect());
+    NEWLINES.with(|n| {
+        *n.borrow_mut() = t
+            .bytes()
+            .enumerate()
+            .filter(|&(_, b)| b == b'\n')
+            .map(|(i, _)| i)
+            .collect()
+    });
     let mut pos = 0;
     let mut entries = HashMap::new();
     let mut funcs: HashMap<String, String> = HashMap::new();
@@ -305,7 +436,10 @@ pub fn load(src: &str) -> Result<Module, String> {
                     _ => v == "64",
                 };
                 if !ok {
-                    return Err(format!("line {}: unsupported `{word} {v}`", line_of(&t, pos)));
+                    return Err(format!(
+                        "line {}: unsupported `{word} {v}`",
+                        line_of(&t, pos)
+                    ));
                 }
                 pos += nl;
             }
@@ -341,12 +475,18 @@ pub fn load(src: &str) -> Result<Module, String> {
                 } else if header.contains(".noreturn") {
                     funcs.insert(name, body);
                 } else {
-                    return Err(format!("line {}: unsupported function `{name}`", line_of(&t, pos)));
+                    return Err(format!(
+                        "line {}: unsupported function `{name}`",
+                        line_of(&t, pos)
+                    ));
                 }
                 pos = close + 1;
             }
             _ => {
-                return Err(format!("line {}: unsupported top-level `{word}`", line_of(&t, pos)));
+                return Err(format!(
+                    "line {}: unsupported top-level `{word}`",
+                    line_of(&t, pos)
+                ));
             }
         }
     }
@@ -364,7 +504,11 @@ pub fn load(src: &str) -> Result<Module, String> {
                 if stmt == "trap" {
                     reaches = true;
                 } else if let Some(callee) = stmt.strip_prefix("call.uni") {
-                    let callee = callee.trim().trim_end_matches("()").trim().trim_end_matches(',');
+                    let callee = callee
+                        .trim()
+                        .trim_end_matches("()")
+                        .trim()
+                        .trim_end_matches(',');
                     reaches |= traps.get(callee).copied().unwrap_or(false);
                 } else {
                     return Err(format!("function {name}: unsupported statement `{stmt}`"));
@@ -413,7 +557,10 @@ impl Regs {
             c => return Err(format!("unsupported register class `{c}`")),
         };
         if let Some((pre, n)) = w[2].split_once('<') {
-            let n: u16 = n.trim_end_matches('>').parse().map_err(|_| format!("bad `{decl}`"))?;
+            let n: u16 = n
+                .trim_end_matches('>')
+                .parse()
+                .map_err(|_| format!("bad `{decl}`"))?;
             self.arrays.insert(pre.to_string(), (class, self.next, n));
             self.next = self.next.checked_add(n).ok_or("too many registers")?;
         } else {
@@ -492,12 +639,16 @@ impl Dec<'_> {
     fn src(&self, s: &str, want: &[Class]) -> Result<Src, String> {
         if let Some(h) = s.strip_prefix("0f") {
             if h.len() == 8 {
-                return u32::from_str_radix(h, 16).map(|v| Src::I(v as u64)).map_err(|e| e.to_string());
+                return u32::from_str_radix(h, 16)
+                    .map(|v| Src::I(v as u64))
+                    .map_err(|e| e.to_string());
             }
         }
         if let Some(h) = s.strip_prefix("0d") {
             if h.len() == 16 {
-                return u64::from_str_radix(h, 16).map(Src::I).map_err(|e| e.to_string());
+                return u64::from_str_radix(h, 16)
+                    .map(Src::I)
+                    .map_err(|e| e.to_string());
             }
         }
         if let Some(v) = parse_int(s) {
@@ -537,10 +688,18 @@ impl Dec<'_> {
     }
 
     fn label(&self, s: &str) -> Result<u32, String> {
-        self.labels.get(s).copied().ok_or_else(|| format!("unknown label `{s}`"))
+        self.labels
+            .get(s)
+            .copied()
+            .ok_or_else(|| format!("unknown label `{s}`"))
     }
 
-    fn decode(&self, opcode: &str, guard: Option<(Reg, bool)>, ops: &[String]) -> Result<Op, String> {
+    fn decode(
+        &self,
+        opcode: &str,
+        guard: Option<(Reg, bool)>,
+        ops: &[String],
+    ) -> Result<Op, String> {
         use Class::*;
         let n = ops.len();
         let o = |i: usize| -> &str { ops.get(i).map(|s| s.as_str()).unwrap_or("") };
@@ -580,7 +739,13 @@ impl Dec<'_> {
             ("add" | "sub" | "and" | "or" | "xor" | "shl", [ty]) if !ty.starts_with('f') => {
                 want(3)?;
                 let (c, mask) = cls(ty)?;
-                Op::I { op: iop(base).unwrap(), mask, d: self.reg(o(0), &[c])?, a: self.src(o(1), &[c])?, b: self.src(o(2), &[c])? }
+                Op::I {
+                    op: iop(base).unwrap(),
+                    mask,
+                    d: self.reg(o(0), &[c])?,
+                    a: self.src(o(1), &[c])?,
+                    b: self.src(o(2), &[c])?,
+                }
             }
             ("shr", ["u32" | "u64"]) | ("div" | "rem" | "min" | "max", ["u16" | "u32" | "u64"]) => {
                 want(3)?;
@@ -592,29 +757,65 @@ impl Dec<'_> {
                     "min" => IOp::MinU,
                     _ => IOp::MaxU,
                 };
-                Op::I { op, mask, d: self.reg(o(0), &[c])?, a: self.src(o(1), &[c])?, b: self.src(o(2), &[c])? }
+                Op::I {
+                    op,
+                    mask,
+                    d: self.reg(o(0), &[c])?,
+                    a: self.src(o(1), &[c])?,
+                    b: self.src(o(2), &[c])?,
+                }
             }
             ("mul", ["lo", ty @ ("s16" | "s32" | "s64")]) => {
                 want(3)?;
                 let (c, mask) = cls(ty)?;
-                Op::I { op: IOp::MulLo, mask, d: self.reg(o(0), &[c])?, a: self.src(o(1), &[c])?, b: self.src(o(2), &[c])? }
+                Op::I {
+                    op: IOp::MulLo,
+                    mask,
+                    d: self.reg(o(0), &[c])?,
+                    a: self.src(o(1), &[c])?,
+                    b: self.src(o(2), &[c])?,
+                }
             }
             ("mul", ["hi", "u32"]) => {
                 want(3)?;
-                Op::I { op: IOp::MulHiU32, mask: B32.mask(), d: self.reg(o(0), &[B32])?, a: self.src(o(1), &[B32])?, b: self.src(o(2), &[B32])? }
+                Op::I {
+                    op: IOp::MulHiU32,
+                    mask: B32.mask(),
+                    d: self.reg(o(0), &[B32])?,
+                    a: self.src(o(1), &[B32])?,
+                    b: self.src(o(2), &[B32])?,
+                }
             }
             ("mul", ["wide", "u32"]) => {
                 want(3)?;
-                Op::I { op: IOp::MulWideU32, mask: u64::MAX, d: self.reg(o(0), &[B64])?, a: self.src(o(1), &[B32])?, b: self.src(o(2), &[B32])? }
+                Op::I {
+                    op: IOp::MulWideU32,
+                    mask: u64::MAX,
+                    d: self.reg(o(0), &[B64])?,
+                    a: self.src(o(1), &[B32])?,
+                    b: self.src(o(2), &[B32])?,
+                }
             }
             ("mad", ["lo", ty @ ("s32" | "s64")]) => {
                 want(4)?;
                 let (c, mask) = cls(ty)?;
-                Op::Mad { mask, d: self.reg(o(0), &[c])?, a: self.src(o(1), &[c])?, b: self.src(o(2), &[c])?, c: self.src(o(3), &[c])? }
+                Op::Mad {
+                    mask,
+                    d: self.reg(o(0), &[c])?,
+                    a: self.src(o(1), &[c])?,
+                    b: self.src(o(2), &[c])?,
+                    c: self.src(o(3), &[c])?,
+                }
             }
             ("and" | "or", ["pred"]) => {
                 want(3)?;
-                Op::I { op: iop(base).unwrap(), mask: 1, d: self.reg(o(0), &[Pred])?, a: self.src(o(1), &[Pred])?, b: self.src(o(2), &[Pred])? }
+                Op::I {
+                    op: iop(base).unwrap(),
+                    mask: 1,
+                    d: self.reg(o(0), &[Pred])?,
+                    a: self.src(o(1), &[Pred])?,
+                    b: self.src(o(2), &[Pred])?,
+                }
             }
             ("add" | "sub" | "mul" | "div", ["rn", "f32"]) | ("max", ["f32"]) => {
                 want(3)?;
@@ -625,12 +826,22 @@ impl Dec<'_> {
                     "div" => FOp::Div,
                     _ => FOp::Max,
                 };
-                Op::F32 { op, d: self.reg(o(0), &[B32])?, a: self.src(o(1), &[B32])?, b: self.src(o(2), &[B32])? }
+                Op::F32 {
+                    op,
+                    d: self.reg(o(0), &[B32])?,
+                    a: self.src(o(1), &[B32])?,
+                    b: self.src(o(2), &[B32])?,
+                }
             }
             ("add" | "mul", ["rn", "f64"]) => {
                 want(3)?;
                 let op = if base == "add" { FOp::Add } else { FOp::Mul };
-                Op::F64 { op, d: self.reg(o(0), &[B64])?, a: self.src(o(1), &[B64])?, b: self.src(o(2), &[B64])? }
+                Op::F64 {
+                    op,
+                    d: self.reg(o(0), &[B64])?,
+                    a: self.src(o(1), &[B64])?,
+                    b: self.src(o(2), &[B64])?,
+                }
             }
             ("neg" | "ex2" | "rcp" | "sqrt", _) => {
                 want(2)?;
@@ -642,11 +853,20 @@ impl Dec<'_> {
                     ["rn", "f32"] if base == "sqrt" => (Un::Sqrt, B32),
                     _ => return Err("unsupported form".into()),
                 };
-                Op::U { op, mask: c.mask(), d: self.reg(o(0), &[c])?, a: self.src(o(1), &[c])? }
+                Op::U {
+                    op,
+                    mask: c.mask(),
+                    d: self.reg(o(0), &[c])?,
+                    a: self.src(o(1), &[c])?,
+                }
             }
             ("cvt", ["rn", "bf16x2", "f32"]) => {
                 want(3)?;
-                Op::CvtBf16x2 { d: self.reg(o(0), &[B32])?, hi: self.src(o(1), &[B32])?, lo: self.src(o(2), &[B32])? }
+                Op::CvtBf16x2 {
+                    d: self.reg(o(0), &[B32])?,
+                    hi: self.src(o(1), &[B32])?,
+                    lo: self.src(o(2), &[B32])?,
+                }
             }
             ("cvt", rest) => {
                 want(2)?;
@@ -661,7 +881,12 @@ impl Dec<'_> {
                     }
                     _ => return Err("unsupported form".into()),
                 };
-                Op::U { op, mask: dc.mask(), d: self.reg(o(0), &[dc])?, a: self.src(o(1), &[sc])? }
+                Op::U {
+                    op,
+                    mask: dc.mask(),
+                    d: self.reg(o(0), &[dc])?,
+                    a: self.src(o(1), &[sc])?,
+                }
             }
             ("mov", [ty @ ("b32" | "b64" | "u32")]) => {
                 want(2)?;
@@ -671,16 +896,30 @@ impl Dec<'_> {
                     // `mov.b64 {_, %r}, %rd` / `mov.b32 {_, %h}, %r`: the upper half.
                     let half = if c == B64 { B32 } else { B16 };
                     let dr = self.reg(inner.trim_end_matches('}').trim(), &[half])?;
-                    return Ok(Op::U { op: Un::Hi(if c == B64 { 32 } else { 16 }), mask: half.mask(), d: dr, a: Src::R(self.reg(s, &[c])?) });
+                    return Ok(Op::U {
+                        op: Un::Hi(if c == B64 { 32 } else { 16 }),
+                        mask: half.mask(),
+                        d: dr,
+                        a: Src::R(self.reg(s, &[c])?),
+                    });
                 }
                 if s.starts_with('{') && c == B32 {
                     let v = self.vec(s, 2, &[B16])?;
-                    return Ok(Op::Pack16 { d: self.reg(d, &[B32])?, lo: v[0], hi: v[1] });
+                    return Ok(Op::Pack16 {
+                        d: self.reg(d, &[B32])?,
+                        lo: v[0],
+                        hi: v[1],
+                    });
                 }
                 if *ty == "u32" {
                     let dr = self.reg(d, &[B32])?;
                     if s == "dyn_smem" {
-                        return Ok(Op::U { op: Un::Mov, mask, d: dr, a: Src::I(SMEM_BASE as u64) });
+                        return Ok(Op::U {
+                            op: Un::Mov,
+                            mask,
+                            d: dr,
+                            a: Src::I(SMEM_BASE as u64),
+                        });
                     }
                     let (sr, dim) = s.split_once('.').ok_or("unsupported mov.u32 source")?;
                     let dim = match dim {
@@ -698,11 +937,21 @@ impl Dec<'_> {
                     };
                     return Ok(Op::Sreg { d: dr, s: sp });
                 }
-                Op::U { op: Un::Mov, mask, d: self.reg(d, &[c])?, a: self.src(s, &[c])? }
+                Op::U {
+                    op: Un::Mov,
+                    mask,
+                    d: self.reg(d, &[c])?,
+                    a: self.src(s, &[c])?,
+                }
             }
             ("bfe", ["u32"]) => {
                 want(4)?;
-                Op::Bfe { d: self.reg(o(0), &[B32])?, a: self.src(o(1), &[B32])?, pos: self.imm(o(2))? as u32, len: self.imm(o(3))? as u32 }
+                Op::Bfe {
+                    d: self.reg(o(0), &[B32])?,
+                    a: self.src(o(1), &[B32])?,
+                    pos: self.imm(o(2))? as u32,
+                    len: self.imm(o(3))? as u32,
+                }
             }
             ("setp", [cmp, ty]) => {
                 want(3)?;
@@ -731,27 +980,54 @@ impl Dec<'_> {
                     return Err("unsupported comparison for the type".into());
                 }
                 let c = cls(ty)?.0;
-                Op::Setp { cmp, ty: cty, d: self.reg(o(0), &[Pred])?, a: self.src(o(1), &[c])?, b: self.src(o(2), &[c])? }
+                Op::Setp {
+                    cmp,
+                    ty: cty,
+                    d: self.reg(o(0), &[Pred])?,
+                    a: self.src(o(1), &[c])?,
+                    b: self.src(o(2), &[c])?,
+                }
             }
             ("selp", [ty @ ("b16" | "b32" | "b64" | "f32" | "f64")]) => {
                 want(4)?;
                 let (c, mask) = cls(ty)?;
-                Op::Selp { mask, d: self.reg(o(0), &[c])?, a: self.src(o(1), &[c])?, b: self.src(o(2), &[c])?, p: self.reg(o(3), &[Pred])? }
+                Op::Selp {
+                    mask,
+                    d: self.reg(o(0), &[c])?,
+                    a: self.src(o(1), &[c])?,
+                    b: self.src(o(2), &[c])?,
+                    p: self.reg(o(3), &[Pred])?,
+                }
             }
             ("bra", [] | ["uni"]) => {
                 want(1)?;
-                Op::Bra { guard, target: self.label(o(0))? }
+                Op::Bra {
+                    guard,
+                    target: self.label(o(0))?,
+                }
             }
             ("brx", ["idx"]) => {
                 want(2)?;
-                let table = self.brx_tables.get(o(1)).ok_or_else(|| format!("unknown branch table `{}`", o(1)))?;
-                let targets = table.iter().map(|l| self.label(l)).collect::<Result<_, _>>()?;
-                Op::Brx { idx: self.reg(o(0), &[B32])?, targets }
+                let table = self
+                    .brx_tables
+                    .get(o(1))
+                    .ok_or_else(|| format!("unknown branch table `{}`", o(1)))?;
+                let targets = table
+                    .iter()
+                    .map(|l| self.label(l))
+                    .collect::<Result<_, _>>()?;
+                Op::Brx {
+                    idx: self.reg(o(0), &[B32])?,
+                    targets,
+                }
             }
             ("call", ["uni"]) => {
                 want(2)?;
                 if o(1) != "()" || !self.traps.get(o(0)).copied().unwrap_or(false) {
-                    return Err(format!("call to `{}`, which is not a trapping .noreturn stub", o(0)));
+                    return Err(format!(
+                        "call to `{}`, which is not a trapping .noreturn stub",
+                        o(0)
+                    ));
                 }
                 Op::Trap(format!("call.uni {} (a Rust panic path)", o(0)))
             }
@@ -763,7 +1039,10 @@ impl Dec<'_> {
             ("ld", ["param", ty @ ("b32" | "b64")]) => {
                 want(2)?;
                 let (c, _) = cls(ty)?;
-                let inner = o(1).strip_prefix('[').and_then(|x| x.strip_suffix(']')).ok_or("bad param address")?;
+                let inner = o(1)
+                    .strip_prefix('[')
+                    .and_then(|x| x.strip_suffix(']'))
+                    .ok_or("bad param address")?;
                 let (name, off) = match inner.split_once('+') {
                     Some((n, off)) => (n.trim(), self.imm(off.trim())? as u32),
                     None => (inner.trim(), 0),
@@ -771,13 +1050,23 @@ impl Dec<'_> {
                 if name != self.param_name {
                     return Err(format!("unknown param `{name}`"));
                 }
-                Op::LdParam { d: self.reg(o(0), &[c])?, off, size: if c == B64 { 8 } else { 4 } }
+                Op::LdParam {
+                    d: self.reg(o(0), &[c])?,
+                    off,
+                    size: if c == B64 { 8 } else { 4 },
+                }
             }
             ("ld", ["v2", "b32"]) => {
                 want(2)?;
                 let v = self.vec(o(0), 2, &[B32])?;
                 let (base, off) = self.addr(o(1), &[B64])?;
-                Op::Ld { d: v[0], d2: Some(v[1]), base, off, size: 4 }
+                Op::Ld {
+                    d: v[0],
+                    d2: Some(v[1]),
+                    base,
+                    off,
+                    size: 4,
+                }
             }
             ("ld", [ty @ ("b16" | "b32" | "b64")]) => {
                 want(2)?;
@@ -792,13 +1081,28 @@ impl Dec<'_> {
                     _ => &[B64],
                 };
                 let (base, off) = self.addr(o(1), &[B64])?;
-                Op::Ld { d: self.reg(o(0), dc)?, d2: None, base, off, size }
+                Op::Ld {
+                    d: self.reg(o(0), dc)?,
+                    d2: None,
+                    base,
+                    off,
+                    size,
+                }
             }
             ("st", [ty @ ("b16" | "b32")]) => {
                 want(2)?;
-                let (size, vc): (u32, &[Class]) = if *ty == "b16" { (2, &[B16, B32]) } else { (4, &[B32]) };
+                let (size, vc): (u32, &[Class]) = if *ty == "b16" {
+                    (2, &[B16, B32])
+                } else {
+                    (4, &[B32])
+                };
                 let (base, off) = self.addr(o(0), &[B64])?;
-                Op::St { base, off, size, v: self.reg(o(1), vc)? }
+                Op::St {
+                    base,
+                    off,
+                    size,
+                    v: self.reg(o(1), vc)?,
+                }
             }
             ("ld", ["shared", ty @ ("f32" | "u32")]) => {
                 want(2)?;
@@ -807,7 +1111,11 @@ impl Dec<'_> {
                     return Err("unsupported offset".into());
                 }
                 let _ = ty;
-                Op::LdShared { d: self.reg(o(0), &[B32])?, addr, size: 4 }
+                Op::LdShared {
+                    d: self.reg(o(0), &[B32])?,
+                    addr,
+                    size: 4,
+                }
             }
             ("st", ["shared", ty @ ("f32" | "u32" | "u16")]) => {
                 want(2)?;
@@ -816,7 +1124,11 @@ impl Dec<'_> {
                     return Err("unsupported offset".into());
                 }
                 let (size, c) = if *ty == "u16" { (2, B16) } else { (4, B32) };
-                Op::StShared { addr, size, v: self.reg(o(1), &[c])? }
+                Op::StShared {
+                    addr,
+                    size,
+                    v: self.reg(o(1), &[c])?,
+                }
             }
             ("shfl", ["sync", mode, "b32"]) => {
                 want(5)?;
@@ -838,12 +1150,26 @@ impl Dec<'_> {
             }
             ("vote", ["sync", "ballot", "b32"]) => {
                 want(3)?;
-                Op::Ballot { d: self.reg(o(0), &[B32])?, p: self.reg(o(1), &[Pred])?, mask: self.src(o(2), &[B32])? }
+                Op::Ballot {
+                    d: self.reg(o(0), &[B32])?,
+                    p: self.reg(o(1), &[Pred])?,
+                    mask: self.src(o(2), &[B32])?,
+                }
             }
-            ("mma", ["sync", "aligned", "m16n8k16", "row", "col", "f32", "bf16", "bf16", "f32"]) => {
+            (
+                "mma",
+                ["sync", "aligned", "m16n8k16", "row", "col", "f32", "bf16", "bf16", "f32"],
+            ) => {
                 want(4)?;
-                let v4 = |i| -> Result<[Reg; 4], String> { Ok(self.vec(o(i), 4, &[B32])?.try_into().unwrap()) };
-                Op::Mma { d: v4(0)?, a: v4(1)?, b: self.vec(o(2), 2, &[B32])?.try_into().unwrap(), c: v4(3)? }
+                let v4 = |i| -> Result<[Reg; 4], String> {
+                    Ok(self.vec(o(i), 4, &[B32])?.try_into().unwrap())
+                };
+                Op::Mma {
+                    d: v4(0)?,
+                    a: v4(1)?,
+                    b: self.vec(o(2), 2, &[B32])?.try_into().unwrap(),
+                    c: v4(3)?,
+                }
             }
             ("ldmatrix", ["sync", "aligned", "m8n8", x, rest @ ..]) => {
                 want(2)?;
@@ -874,7 +1200,11 @@ impl Dec<'_> {
                 if o0 != 0 || o1 != 0 || self.imm(o(2))? != 16 {
                     return Err("unsupported cp.async form (needs cp-size 16, no offsets)".into());
                 }
-                Op::CpAsync { dst, src, src_size: self.src(o(3), &[B32])? }
+                Op::CpAsync {
+                    dst,
+                    src,
+                    src_size: self.src(o(3), &[B32])?,
+                }
             }
             ("cp", ["async", "commit_group"]) => {
                 want(0)?;
@@ -915,16 +1245,29 @@ fn decode_entry(
     let (param_align, param_name, param_size) = match w.as_slice() {
         [".param", ".align", a, ".b8", decl] => {
             let (pn, n) = decl.split_once('[').ok_or("bad param")?;
-            let a: u32 = a.parse().map_err(|_| format!("entry {name}: bad param alignment"))?;
-            let n: u32 = n.trim_end_matches(']').parse().map_err(|_| format!("entry {name}: bad param size"))?;
+            let a: u32 = a
+                .parse()
+                .map_err(|_| format!("entry {name}: bad param alignment"))?;
+            let n: u32 = n
+                .trim_end_matches(']')
+                .parse()
+                .map_err(|_| format!("entry {name}: bad param size"))?;
             (a, pn.to_string(), n)
         }
-        _ => return Err(format!("entry {name}: unsupported parameter list `{params}`")),
+        _ => {
+            return Err(format!(
+                "entry {name}: unsupported parameter list `{params}`"
+            ))
+        }
     };
     // First pass: statements, labels, register declarations, branch tables.
     let body = &t[start..end];
     let mut dec = Dec {
-        regs: Regs { arrays: HashMap::new(), named: HashMap::new(), next: 0 },
+        regs: Regs {
+            arrays: HashMap::new(),
+            named: HashMap::new(),
+            next: 0,
+        },
         labels: HashMap::new(),
         brx_tables: HashMap::new(),
         traps,
@@ -944,7 +1287,11 @@ fn decode_entry(
                 s = r;
             } else if let Some(colon) = s.find(':') {
                 let lbl = &s[..colon];
-                if !lbl.is_empty() && lbl.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
+                if !lbl.is_empty()
+                    && lbl
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+                {
                     let rest = s[colon + 1..].trim_start();
                     if let Some(tbl) = rest.strip_prefix(".branchtargets") {
                         let ls = tbl.split(',').map(|l| l.trim().to_string()).collect();
@@ -967,7 +1314,9 @@ fn decode_entry(
         }
         let line = line_of(t, pos);
         if s.starts_with(".reg") {
-            dec.regs.declare(s).map_err(|e| format!("entry {name} line {line}: {e}"))?;
+            dec.regs
+                .declare(s)
+                .map_err(|e| format!("entry {name} line {line}: {e}"))?;
         } else if s.starts_with(".pragma") {
             if s != ".pragma \"nounroll\"" {
                 return Err(format!("entry {name} line {line}: unsupported `{s}`"));
@@ -986,7 +1335,9 @@ fn decode_entry(
                     Some(g) => (true, g),
                     None => (false, g),
                 };
-                let p = dec.reg(g, &[Class::Pred]).map_err(|e| format!("entry {name} line {line}: `{s}`: {e}"))?;
+                let p = dec
+                    .reg(g, &[Class::Pred])
+                    .map_err(|e| format!("entry {name} line {line}: `{s}`: {e}"))?;
                 (Some((p, neg)), rest)
             }
             None => (None, s.as_str()),
@@ -996,9 +1347,16 @@ fn decode_entry(
         let op = dec
             .decode(opcode, guard, &ops)
             .map_err(|e| format!("entry {name} line {line}: `{opcode}` (in `{s}`): {e}"))?;
-        code.push(Instr { op, line: *line, text: s.clone() });
+        code.push(Instr {
+            op,
+            line: *line,
+            text: s.clone(),
+        });
     }
-    if !matches!(code.last().map(|i| &i.op), Some(Op::Exit | Op::Bra { guard: None, .. } | Op::Trap(_))) {
+    if !matches!(
+        code.last().map(|i| &i.op),
+        Some(Op::Exit | Op::Bra { guard: None, .. } | Op::Trap(_))
+    ) {
         return Err(format!("entry {name}: the code can run past its end"));
     }
     for (l, &i) in &dec.labels {
@@ -1006,5 +1364,11 @@ fn decode_entry(
             return Err(format!("entry {name}: label {l} points past the end"));
         }
     }
-    Ok(Entry { name: name.to_string(), param_size, param_align, n_regs: dec.regs.next as usize, code })
+    Ok(Entry {
+        name: name.to_string(),
+        param_size,
+        param_align,
+        n_regs: dec.regs.next as usize,
+        code,
+    })
 }

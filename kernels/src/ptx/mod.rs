@@ -43,7 +43,10 @@ static MODULE: OnceLock<Result<ir::Module, String>> = OnceLock::new();
 
 /// The committed PTX, decoded once per process.
 pub fn module() -> Result<&'static ir::Module, String> {
-    MODULE.get_or_init(|| ir::load(crate::PTX)).as_ref().map_err(|e| e.clone())
+    MODULE
+        .get_or_init(|| ir::load(crate::PTX))
+        .as_ref()
+        .map_err(|e| e.clone())
 }
 
 static LIVE: Mutex<BTreeMap<u64, u64>> = Mutex::new(BTreeMap::new());
@@ -51,7 +54,9 @@ static LIVE: Mutex<BTreeMap<u64, u64>> = Mutex::new(BTreeMap::new());
 /// Registers a live device allocation: while any is registered, every global access of the
 /// PTX engine must lie inside one.
 pub fn register_allocation(ptr: u64, len: usize) {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner()).insert(ptr, len as u64);
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(ptr, len as u64);
 }
 
 /// Forgets an allocation from [`register_allocation`].
@@ -98,10 +103,18 @@ impl GlobalMem {
     fn new(overlay: bool, live: Option<&[(u64, u64)]>) -> Self {
         let mut live: Vec<(u64, u64)> = match live {
             Some(l) => l.to_vec(),
-            None => LIVE.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(&a, &l)| (a, l)).collect(),
+            None => LIVE
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(&a, &l)| (a, l))
+                .collect(),
         };
         live.sort();
-        GlobalMem { live, overlay: overlay.then(HashMap::new) }
+        GlobalMem {
+            live,
+            overlay: overlay.then(HashMap::new),
+        }
     }
 
     /// Memcheck: `[addr, addr + len)` inside one live allocation (or, with none registered,
@@ -119,7 +132,10 @@ impl GlobalMem {
             if addr + len <= a + l {
                 return Ok(());
             }
-            return Err(format!("the nearest allocation below is {a:#x}+{l}, which it passes by {} bytes", addr + len - (a + l)));
+            return Err(format!(
+                "the nearest allocation below is {a:#x}+{l}, which it passes by {} bytes",
+                addr + len - (a + l)
+            ));
         }
         Err("below every live allocation".into())
     }
@@ -128,7 +144,9 @@ impl GlobalMem {
     pub fn read(&self, addr: u64, buf: &mut [u8]) {
         if self.overlay.is_none() {
             // SAFETY: as below; one copy instead of a byte loop (the common case).
-            unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, buf.as_mut_ptr(), buf.len()) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(addr as *const u8, buf.as_mut_ptr(), buf.len())
+            };
             return;
         }
         for (i, b) in buf.iter_mut().enumerate() {
@@ -151,12 +169,17 @@ impl GlobalMem {
         match &mut self.overlay {
             None => {
                 // SAFETY: as in `read`; the range passed memcheck.
-                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len()) }
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len())
+                }
             }
             Some(o) => {
                 for (i, &b) in bytes.iter().enumerate() {
                     let a = addr + i as u64;
-                    let p = o.entry(a / PAGE).or_insert_with(|| Page { data: Box::new([0; PAGE as usize]), written: [0; 64] });
+                    let p = o.entry(a / PAGE).or_insert_with(|| Page {
+                        data: Box::new([0; PAGE as usize]),
+                        written: [0; 64],
+                    });
                     let off = (a % PAGE) as usize;
                     p.data[off] = b;
                     p.written[off / 64] |= 1 << (off % 64);
@@ -195,12 +218,21 @@ pub struct PtxOptions {
 
 impl Default for PtxOptions {
     fn default() -> Self {
-        PtxOptions { racecheck: std::env::var("DFRT_PTX_RACECHECK").map_or(true, |v| v != "0"), live: None }
+        PtxOptions {
+            racecheck: std::env::var("DFRT_PTX_RACECHECK").map_or(true, |v| v != "0"),
+            live: None,
+        }
     }
 }
 
 fn launch_error(kernel: &str, kind: SimErrorKind, detail: String) -> SimError {
-    SimError { kind, kernel: kernel.to_string(), block: [0; 3], thread: None, detail }
+    SimError {
+        kind,
+        kernel: kernel.to_string(),
+        block: [0; 3],
+        thread: None,
+        detail,
+    }
 }
 
 /// Checks the params struct against the entry's `.param` declaration.
@@ -242,9 +274,27 @@ pub unsafe fn launch<P: Copy>(
     opts: PtxOptions,
     counters: Option<&mut Counters>,
 ) -> Result<(), SimError> {
-    let m = module().map_err(|e| launch_error(name, SimErrorKind::Load, format!("the committed PTX does not load: {e}")))?;
+    let m = module().map_err(|e| {
+        launch_error(
+            name,
+            SimErrorKind::Load,
+            format!("the committed PTX does not load: {e}"),
+        )
+    })?;
     // SAFETY: forwarded from this function's contract.
-    unsafe { launch_bytes(m, name, grid, block, dyn_smem, &bytes_of(params), std::mem::align_of::<P>(), opts, counters) }
+    unsafe {
+        launch_bytes(
+            m,
+            name,
+            grid,
+            block,
+            dyn_smem,
+            &bytes_of(params),
+            std::mem::align_of::<P>(),
+            opts,
+            counters,
+        )
+    }
 }
 
 /// Runs one launch of entry `name` of module `m` with the params given as bytes (`align`:
@@ -265,7 +315,9 @@ pub unsafe fn launch_bytes(
     counters: Option<&mut Counters>,
 ) -> Result<(), SimError> {
     let mut mem = GlobalMem::new(false, opts.live.as_deref());
-    run_on(m, name, grid, block, dyn_smem, params, align, opts, counters, &mut mem)
+    run_on(
+        m, name, grid, block, dyn_smem, params, align, opts, counters, &mut mem,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -281,22 +333,39 @@ fn run_on(
     counters: Option<&mut Counters>,
     mem: &mut GlobalMem,
 ) -> Result<(), SimError> {
-    let e = m
-        .entries
-        .get(name)
-        .ok_or_else(|| launch_error(name, SimErrorKind::Load, "no such entry in the committed PTX".into()))?;
+    let e = m.entries.get(name).ok_or_else(|| {
+        launch_error(
+            name,
+            SimErrorKind::Load,
+            "no such entry in the committed PTX".into(),
+        )
+    })?;
     check_params(e, params.len(), align)?;
     let mut print = None;
     let counters = match counters {
         Some(c) => Some(c),
-        None if std::env::var_os("DFRT_PTX_COUNTERS").is_some() => Some(print.insert(Counters::default())),
+        None if std::env::var_os("DFRT_PTX_COUNTERS").is_some() => {
+            Some(print.insert(Counters::default()))
+        }
         None => None,
     };
-    let mut run = exec::Run::new(e, grid, block, dyn_smem, params, mem, counters, opts.racecheck);
+    let mut run = exec::Run::new(
+        e,
+        grid,
+        block,
+        dyn_smem,
+        params,
+        mem,
+        counters,
+        opts.racecheck,
+    );
     let r = run.run();
     drop(run);
     if let Some(c) = print {
-        eprintln!("ptx counters `{name}` grid {grid:?} block {block:?}:\n{}", c.summary());
+        eprintln!(
+            "ptx counters `{name}` grid {grid:?} block {block:?}:\n{}",
+            c.summary()
+        );
     }
     r
 }
@@ -317,8 +386,25 @@ pub unsafe fn dual<P: Copy>(
 ) -> Result<(), SimError> {
     let bytes = bytes_of(params);
     let mut mem = GlobalMem::new(true, opts.live.as_deref());
-    let m = module().map_err(|e| launch_error(name, SimErrorKind::Load, format!("the committed PTX does not load: {e}")))?;
-    let ptx = run_on(m, name, grid, block, dyn_smem, &bytes, std::mem::align_of::<P>(), opts, None, &mut mem);
+    let m = module().map_err(|e| {
+        launch_error(
+            name,
+            SimErrorKind::Load,
+            format!("the committed PTX does not load: {e}"),
+        )
+    })?;
+    let ptx = run_on(
+        m,
+        name,
+        grid,
+        block,
+        dyn_smem,
+        &bytes,
+        std::mem::align_of::<P>(),
+        opts,
+        None,
+        &mut mem,
+    );
     native()?;
     ptx?;
     for (addr, b) in mem.written() {
@@ -328,7 +414,12 @@ pub unsafe fn dual<P: Copy>(
         if got != b {
             // Name the buffer: the params field holding the nearest pointer at or below.
             let (field, base) = (0..bytes.len() / 8)
-                .map(|i| (i * 8, u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap())))
+                .map(|i| {
+                    (
+                        i * 8,
+                        u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap()),
+                    )
+                })
                 .filter(|&(_, p)| p <= addr && addr - p < 1 << 32)
                 .max_by_key(|&(_, p)| p)
                 .unwrap_or((usize::MAX, addr));

@@ -249,11 +249,16 @@ pub unsafe fn launch_with<P: Copy + Send + Sync>(
         Engine::Ptx => {
             let o = crate::ptx::PtxOptions::default();
             // SAFETY: forwarded from this function's contract.
-            return unsafe { crate::ptx::launch(kernel.name, grid, block, dyn_smem_bytes, &params, o, None) };
+            return unsafe {
+                crate::ptx::launch(kernel.name, grid, block, dyn_smem_bytes, &params, o, None)
+            };
         }
         Engine::Dual => {
             let o = crate::ptx::PtxOptions::default();
-            let native = Options { engine: native_engine(false), ..opts };
+            let native = Options {
+                engine: native_engine(false),
+                ..opts
+            };
             // SAFETY: forwarded from this function's contract.
             return unsafe {
                 crate::ptx::dual(kernel.name, grid, block, dyn_smem_bytes, &params, o, || {

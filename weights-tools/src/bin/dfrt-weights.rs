@@ -117,7 +117,13 @@ fn run(cli: Cli) -> dfrt::Result<()> {
                 heads,
                 text_len,
                 dtype: dtype.as_deref().map(parse_dtype).transpose()?,
-                ema: if ema { Some(true) } else if no_ema { Some(false) } else { None },
+                ema: if ema {
+                    Some(true)
+                } else if no_ema {
+                    Some(false)
+                } else {
+                    None
+                },
                 drop_unknown,
             };
             let r = convert_files(&input, &out, &opts)?;
@@ -143,7 +149,14 @@ fn run(cli: Cli) -> dfrt::Result<()> {
                 eprintln!("dropped: {name} ({why})");
             }
             eprintln!("config: {}", r.config.to_json());
-            eprintln!("wrote {}: {} tensors, {} bytes of {:?}{}", out.display(), r.tensors, r.bytes, r.dtype, if r.from_hf { " (from Hugging Face names)" } else { "" });
+            eprintln!(
+                "wrote {}: {} tensors, {} bytes of {:?}{}",
+                out.display(),
+                r.tensors,
+                r.bytes,
+                r.dtype,
+                if r.from_hf { " (from Hugging Face names)" } else { "" }
+            );
         }
         Cmd::Synth { vae: true, vae_dim, seed, dtype, out, .. } => {
             let cfg = dfrt::vae::VaeConfig::with_dim(vae_dim);
@@ -160,7 +173,12 @@ fn run(cli: Cli) -> dfrt::Result<()> {
             let dtype = parse_dtype(&dtype)?;
             let t = std::time::Instant::now();
             let bytes = synth_checkpoint(&out, &cfg, seed, dtype)?;
-            eprintln!("wrote {}: preset {preset}, {} layers, seed {seed}, {bytes} bytes of {dtype:?} in {:.1} s", out.display(), cfg.num_layers, t.elapsed().as_secs_f64());
+            eprintln!(
+                "wrote {}: preset {preset}, {} layers, seed {seed}, {bytes} bytes of {dtype:?} in {:.1} s",
+                out.display(),
+                cfg.num_layers,
+                t.elapsed().as_secs_f64()
+            );
             if let Some(c) = context_out {
                 dfrt_weights::synth::synth_context(&c, &cfg, seed)?;
                 eprintln!("wrote {}: context [{}, {}]", c.display(), cfg.text_len, cfg.text_dim);

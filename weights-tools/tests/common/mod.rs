@@ -85,7 +85,8 @@ pub fn assert_aligned(path: &std::path::Path) {
 
 /// The golden manifest's model config as our ModelConfig.
 pub fn manifest_config(case: &std::path::Path) -> dfrt::ModelConfig {
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(case.join("manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(case.join("manifest.json")).unwrap()).unwrap();
     let c = &m["model_config"];
     let u = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("manifest model_config.{k}")) as usize;
     let ps: Vec<usize> = c["patch_size"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();

@@ -65,7 +65,9 @@ fn tile(q: &[f32], qs: usize, rows: usize, d: usize, segs: &[Seg<'_, CpuTensor>]
             let s = &mut s[..rows * bk];
             // S = scale·Q·Kᵀ: Kᵀ's element (c, j) is key j's component c.
             sgemm(rows, d, bk, qm, Mat::new(&seg.k.data[base..], 1, seg.stride), scale, s, bk, false, false);
-            for ((srow, mi), (li, arow)) in s.chunks_exact_mut(bk).zip(&mut m).zip(l.iter_mut().zip(acc.chunks_exact_mut(d))) {
+            for ((srow, mi), (li, arow)) in
+                s.chunks_exact_mut(bk).zip(&mut m).zip(l.iter_mut().zip(acc.chunks_exact_mut(d)))
+            {
                 let mx = max(srow).max(*mi);
                 // A row of only −inf scores keeps m = −inf; shifting by 0 then gives e^−inf = 0.
                 let shift = if mx == f32::NEG_INFINITY { 0.0 } else { mx };
@@ -81,7 +83,18 @@ fn tile(q: &[f32], qs: usize, rows: usize, d: usize, segs: &[Seg<'_, CpuTensor>]
                 *mi = mx;
             }
             // O += P·V
-            sgemm(rows, bk, d, Mat::new(s, bk, 1), Mat::new(&seg.v.data[base..], seg.stride, 1), 1.0, &mut acc, d, seen, false);
+            sgemm(
+                rows,
+                bk,
+                d,
+                Mat::new(s, bk, 1),
+                Mat::new(&seg.v.data[base..], seg.stride, 1),
+                1.0,
+                &mut acc,
+                d,
+                seen,
+                false,
+            );
             seen = true;
         }
     }
@@ -121,14 +134,21 @@ mod tests {
         for (h, segs) in ctx.iter().enumerate() {
             let kv: Vec<(&[f32], &[f32])> = segs
                 .iter()
-                .flat_map(|s| (0..s.rows).map(move |r| {
-                    let o = s.offset + r * s.stride;
-                    (&s.k.data[o..o + d], &s.v.data[o..o + d])
-                }))
+                .flat_map(|s| {
+                    (0..s.rows).map(move |r| {
+                        let o = s.offset + r * s.stride;
+                        (&s.k.data[o..o + d], &s.v.data[o..o + d])
+                    })
+                })
                 .collect();
             for i in 0..n {
                 let qi = &q[i * qc + h * d..i * qc + (h + 1) * d];
-                let sc: Vec<f64> = kv.iter().map(|(k, _)| qi.iter().zip(*k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (d as f64).sqrt()).collect();
+                let sc: Vec<f64> = kv
+                    .iter()
+                    .map(|(k, _)| {
+                        qi.iter().zip(*k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (d as f64).sqrt()
+                    })
+                    .collect();
                 let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let p: Vec<f64> = sc.iter().map(|x| (x - mx).exp()).collect();
                 let z: f64 = p.iter().sum();
@@ -147,8 +167,16 @@ mod tests {
         let be = CpuBackend::new(Precision::F32);
         let q = be.upload(&rand_vec(n * heads * d, seed), &[n, heads * d]);
         // Each segment lives in a tensor with 3 heads' worth of columns: stride 3d, offset d.
-        let kt: Vec<CpuTensor> = lens.iter().enumerate().map(|(i, &r)| be.upload(&rand_vec(r.max(1) * 3 * d, seed * 31 + i as u64), &[r.max(1), 3 * d])).collect();
-        let vt: Vec<CpuTensor> = lens.iter().enumerate().map(|(i, &r)| be.upload(&rand_vec(r.max(1) * 3 * d, seed * 37 + i as u64), &[r.max(1), 3 * d])).collect();
+        let kt: Vec<CpuTensor> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| be.upload(&rand_vec(r.max(1) * 3 * d, seed * 31 + i as u64), &[r.max(1), 3 * d]))
+            .collect();
+        let vt: Vec<CpuTensor> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| be.upload(&rand_vec(r.max(1) * 3 * d, seed * 37 + i as u64), &[r.max(1), 3 * d]))
+            .collect();
         let ctx: Vec<Vec<Seg<'_, CpuTensor>>> = (0..heads)
             .map(|h| {
                 lens.iter()
@@ -170,7 +198,12 @@ mod tests {
             }
         }
         let (e, i) = worst;
-        assert!(e < 2e-6, "n {n} heads {heads} d {d} lens {lens:?}: max abs error {e:.3e} at {i}: got {} want {}", got.data[i], want[i]);
+        assert!(
+            e < 2e-6,
+            "n {n} heads {heads} d {d} lens {lens:?}: max abs error {e:.3e} at {i}: got {} want {}",
+            got.data[i],
+            want[i]
+        );
     }
 
     #[test]

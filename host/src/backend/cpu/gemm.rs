@@ -17,7 +17,13 @@ impl<'a> Mat<'a> {
     /// strides that bounds every element the GEMM reads.
     fn check(&self, rows: usize, cols: usize, what: &str) {
         let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
-        assert!(last < self.data.len(), "gemm: {what} [{rows}, {cols}] strides ({}, {}) overruns {} values", self.rs, self.cs, self.data.len());
+        assert!(
+            last < self.data.len(),
+            "gemm: {what} [{rows}, {cols}] strides ({}, {}) overruns {} values",
+            self.rs,
+            self.cs,
+            self.data.len()
+        );
     }
 }
 
@@ -25,7 +31,18 @@ impl<'a> Mat<'a> {
 /// stride `rsc` and unit column stride. `threads`: whether the GEMM may split over rayon's
 /// threads (false inside work that is already parallel).
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm(m: usize, k: usize, n: usize, a: Mat, b: Mat, beta: f32, c: &mut [f32], rsc: usize, accumulate: bool, threads: bool) {
+pub fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Mat,
+    b: Mat,
+    beta: f32,
+    c: &mut [f32],
+    rsc: usize,
+    accumulate: bool,
+    threads: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -45,13 +62,24 @@ pub fn sgemm(m: usize, k: usize, n: usize, a: Mat, b: Mat, beta: f32, c: &mut [f
     // j < cols) inside the slices; `c` is exclusively borrowed, so it aliases neither input.
     unsafe {
         gemm::gemm(
-            m, n, k,
-            c.as_mut_ptr(), 1, rsc as isize,
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            rsc as isize,
             accumulate,
-            a.data.as_ptr(), a.cs as isize, a.rs as isize,
-            b.data.as_ptr(), b.cs as isize, b.rs as isize,
-            1.0, beta,
-            false, false, false,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
             par,
         );
     }

@@ -79,7 +79,10 @@ mod avx2 {
         // min/max return their second operand when either is NaN: NaN passes through.
         let x = _mm256_min_ps(_mm256_set1_ps(88.376_26), x);
         let x = _mm256_max_ps(_mm256_set1_ps(-87.336_54), x);
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+        ));
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
         let mut y = _mm256_set1_ps(P[0]);
@@ -157,7 +160,8 @@ mod avx2 {
         }
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+        let mut total =
+            ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
         let len = v.len();
         if n8 < len {
             let mut buf = [0f32; 8];
@@ -318,7 +322,16 @@ mod tests {
     /// amplifies a one-ulp error in the f32 argument), over results of magnitude at least
     /// `tiny`.
     #[allow(clippy::too_many_arguments)]
-    fn check(name: &str, f: fn(&[f32], &mut [f32]), want: fn(f64) -> f64, cond: fn(f64) -> f64, lo: f32, hi: f32, max_ulps: f64, tiny: f64) {
+    fn check(
+        name: &str,
+        f: fn(&[f32], &mut [f32]),
+        want: fn(f64) -> f64,
+        cond: fn(f64) -> f64,
+        lo: f32,
+        hi: f32,
+        max_ulps: f64,
+        tiny: f64,
+    ) {
         let x = inputs(100_003, lo, hi, 7);
         let mut y = vec![f32::NAN; x.len()];
         f(&x, &mut y);
@@ -332,7 +345,13 @@ mod tests {
             }
         }
         let (u, i) = worst;
-        assert!(u <= max_ulps, "{name}: {u:.2} ulp (scaled) at index {i}: x = {}, got {}, want {}", x[i], y[i], want(x[i] as f64));
+        assert!(
+            u <= max_ulps,
+            "{name}: {u:.2} ulp (scaled) at index {i}: x = {}, got {}, want {}",
+            x[i],
+            y[i],
+            want(x[i] as f64)
+        );
         eprintln!("{name} on [{lo}, {hi}]: worst {u:.2} ulp (scaled by the condition) at x = {}", x[i]);
     }
 
@@ -345,7 +364,11 @@ mod tests {
     /// included).
     fn gelu_cond(x: f64) -> f64 {
         let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
-        if u < 0.0 { -2.0 * u } else { 1.0 }
+        if u < 0.0 {
+            -2.0 * u
+        } else {
+            1.0
+        }
     }
 
     /// GELU-tanh in f64 as x·σ(2u) (= 0.5x(1 + tanh u); the tanh form cancels to nothing in

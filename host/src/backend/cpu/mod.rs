@@ -14,8 +14,8 @@ pub mod math;
 use rayon::prelude::*;
 
 use self::gemm::{sgemm, Mat};
-use self::math::{multiversion, round_bf16, round_bf16_slice};
 pub use self::math::{gelu_tanh_f32, silu_f32};
+use self::math::{multiversion, round_bf16, round_bf16_slice};
 use super::{Backend, Precision, Seg};
 
 /// A host tensor: row-major f32 data (bf16 values in bf16 mode) and its shape.
@@ -243,7 +243,9 @@ impl RopeGrid {
         let tables = RopeTables::new(d);
         let gf = rows.div_ceil(gh * gw);
         let axis = |n: usize, off: usize, fr: &[f64]| -> Vec<(f64, f64)> {
-            (0..n).flat_map(|p| fr.iter().map(move |&th| ((p + off) as f64 * th).sin_cos()).map(|(s, c)| (c, s))).collect()
+            (0..n)
+                .flat_map(|p| fr.iter().map(move |&th| ((p + off) as f64 * th).sin_cos()).map(|(s, c)| (c, s)))
+                .collect()
         };
         RopeGrid {
             tf: axis(gf, start_frame, &tables.freqs[0]),
@@ -295,7 +297,16 @@ impl Backend for CpuBackend {
     fn zeros(&self, shape: &[usize]) -> CpuTensor {
         CpuTensor::new(vec![0.0; shape.iter().product()], shape)
     }
-    fn copy_rows(&self, dst: &mut CpuTensor, dst_off: usize, src: &CpuTensor, src_off: usize, src_stride: usize, rows: usize, cols: usize) {
+    fn copy_rows(
+        &self,
+        dst: &mut CpuTensor,
+        dst_off: usize,
+        src: &CpuTensor,
+        src_off: usize,
+        src_stride: usize,
+        rows: usize,
+        cols: usize,
+    ) {
         for r in 0..rows {
             let s = src_off + r * src_stride;
             let d = dst_off + r * cols;
@@ -399,7 +410,17 @@ impl Backend for CpuBackend {
 
     /// Fused: each row of q and k is RMS-normalised and rotated in one pass (same rounding
     /// points as `rope(rms_norm(·))`).
-    fn qk_norm_rope(&self, q: &CpuTensor, k: &CpuTensor, wq: &CpuTensor, wk: &CpuTensor, eps: f32, heads: usize, grid: [usize; 3], start_frame: usize) -> (CpuTensor, CpuTensor) {
+    fn qk_norm_rope(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        wq: &CpuTensor,
+        wk: &CpuTensor,
+        eps: f32,
+        heads: usize,
+        grid: [usize; 3],
+        start_frame: usize,
+    ) -> (CpuTensor, CpuTensor) {
         let d = q.cols() / heads;
         let g = RopeGrid::new(d, q.rows().max(k.rows()), grid, start_frame);
         let bf = self.bf16();
@@ -432,7 +453,8 @@ impl Backend for CpuBackend {
                     for ci in 0..c {
                         for a in 0..ph {
                             for b in 0..pw {
-                                out[tok * feat + (ci * ph + a) * pw + b] = x.data[((fi * c + ci) * hh + i * ph + a) * ww + j * pw + b];
+                                out[tok * feat + (ci * ph + a) * pw + b] =
+                                    x.data[((fi * c + ci) * hh + i * ph + a) * ww + j * pw + b];
                             }
                         }
                     }
@@ -457,7 +479,8 @@ impl Backend for CpuBackend {
                         for b in 0..pw {
                             for ci in 0..c {
                                 // Feature index (p=0, q=a, r=b, channel) with the channel fastest.
-                                out[((fi * c + ci) * hh + i * ph + a) * ww + j * pw + b] = x.data[tok * feat + (a * pw + b) * c + ci];
+                                out[((fi * c + ci) * hh + i * ph + a) * ww + j * pw + b] =
+                                    x.data[tok * feat + (a * pw + b) * c + ci];
                             }
                         }
                     }
@@ -546,7 +569,8 @@ mod tests {
         let y = be.linear(&x, &w, Some(&b));
         for i in 0..n {
             for j in 0..m {
-                let r: f64 = (0..k).map(|t| x.data[i * k + t] as f64 * w.data[j * k + t] as f64).sum::<f64>() + b.data[j] as f64;
+                let r: f64 =
+                    (0..k).map(|t| x.data[i * k + t] as f64 * w.data[j * k + t] as f64).sum::<f64>() + b.data[j] as f64;
                 assert!((y.data[i * m + j] as f64 - r).abs() < 1e-5, "({i},{j}) {} vs {r}", y.data[i * m + j]);
             }
         }
@@ -573,19 +597,27 @@ mod tests {
         assert!(out.data.iter().all(|x| x.is_finite()));
         let rows_of = |h: usize| -> Vec<(Vec<f32>, Vec<f32>)> {
             if h == 0 {
-                [0, 1, 4, 5].iter().map(|&r| (slot_k.data[r * d..(r + 1) * d].to_vec(), slot_v.data[r * d..(r + 1) * d].to_vec())).collect()
+                [0, 1, 4, 5]
+                    .iter()
+                    .map(|&r| (slot_k.data[r * d..(r + 1) * d].to_vec(), slot_v.data[r * d..(r + 1) * d].to_vec()))
+                    .collect()
             } else {
-                (0..3).map(|r| {
-                    let o = r * heads * d + d;
-                    (cur_k.data[o..o + d].to_vec(), cur_v.data[o..o + d].to_vec())
-                }).collect()
+                (0..3)
+                    .map(|r| {
+                        let o = r * heads * d + d;
+                        (cur_k.data[o..o + d].to_vec(), cur_v.data[o..o + d].to_vec())
+                    })
+                    .collect()
             }
         };
         for h in 0..heads {
             let kv = rows_of(h);
             for i in 0..n {
                 let qi = &q.data[i * heads * d + h * d..i * heads * d + (h + 1) * d];
-                let s: Vec<f64> = kv.iter().map(|(k, _)| qi.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (d as f64).sqrt()).collect();
+                let s: Vec<f64> = kv
+                    .iter()
+                    .map(|(k, _)| qi.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (d as f64).sqrt())
+                    .collect();
                 let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let p: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
                 let z: f64 = p.iter().sum();
