@@ -117,9 +117,12 @@ fn open_session(case: &Case) -> (std::sync::Arc<CpuBackend>, Inputs, Session<Cpu
     (be, inputs, s)
 }
 
+/// The layer-0 cache after one chunk's clean pass: (chunk, shape, k, v).
+type CacheSnap = (usize, Vec<usize>, Vec<f32>, Vec<f32>);
+
 /// Runs a case chunk by chunk; returns the recorded tensors plus the layer-0 cache after
 /// every chunk's clean pass (`cache_k.{c}`, `cache_v.{c}`).
-fn run_case(case: &Case) -> (dfrt::model::Taps, Vec<(usize, Vec<usize>, Vec<f32>, Vec<f32>)>) {
+fn run_case(case: &Case) -> (dfrt::model::Taps, Vec<CacheSnap>) {
     let (be, _, mut s) = open_session(case);
     s.record = Some(Default::default());
     let mut latents = Vec::new();

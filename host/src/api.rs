@@ -275,7 +275,7 @@ pub fn draws_per_chunk(latent: &Latent) -> usize {
 /// # Ok::<(), dfrt::Error>(())
 /// ```
 pub fn noise_from_draws(draws: &[f32], frames: usize, latent: &Latent) -> Result<Noise> {
-    if frames == 0 || frames % FRAMES_PER_CHUNK != 0 {
+    if frames == 0 || !frames.is_multiple_of(FRAMES_PER_CHUNK) {
         return Err(Error::Input(format!(
             "given noise needs a frame count that is a positive multiple of {FRAMES_PER_CHUNK}, got {frames}"
         )));

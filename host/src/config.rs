@@ -74,20 +74,20 @@ impl ModelConfig {
     /// Checks the invariants the model code relies on.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.num_heads == 0 || self.dim == 0 || self.dim % self.num_heads != 0 {
+        if self.num_heads == 0 || self.dim == 0 || !self.dim.is_multiple_of(self.num_heads) {
             return bad(format!("dim {} is not divisible by num_heads {}", self.dim, self.num_heads));
         }
         let hd = self.head_dim();
-        if hd % 2 != 0 || hd < 6 {
+        if !hd.is_multiple_of(2) || hd < 6 {
             return bad(format!("head_dim {hd} must be even and at least 6 for 3D RoPE"));
         }
-        if self.num_layers == 0 || self.ffn_dim == 0 || self.freq_dim == 0 || self.freq_dim % 2 != 0 {
+        if self.num_layers == 0 || self.ffn_dim == 0 || self.freq_dim == 0 || !self.freq_dim.is_multiple_of(2) {
             return bad("num_layers, ffn_dim must be > 0 and freq_dim even and > 0".into());
         }
         if self.text_dim == 0 || self.text_len == 0 || self.in_dim == 0 || self.out_dim == 0 {
             return bad("text_dim, text_len, in_dim, out_dim must be > 0".into());
         }
-        if self.patch_size.iter().any(|&p| p == 0) || self.patch_size[0] != 1 {
+        if self.patch_size.contains(&0) || self.patch_size[0] != 1 {
             return bad(format!("patch_size {:?} unsupported: the temporal patch must be 1", self.patch_size));
         }
         if !(self.eps > 0.0) {

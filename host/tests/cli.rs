@@ -103,7 +103,7 @@ fn bad_inputs_give_readable_errors() {
     let out = d.join("o.safetensors");
     let gen = |model: &Path, extra: &[&str]| {
         let mut a = vec!["generate", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"];
-        if !extra.iter().any(|x| *x == "--context") {
+        if !extra.contains(&"--context") {
             a.extend(["--inputs", inputs.to_str().unwrap()]);
         }
         a.extend(extra);

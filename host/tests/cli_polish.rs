@@ -23,7 +23,7 @@ fn tmp() -> &'static Path {
 /// A tiny synthetic model and a context file for it, made once.
 fn model() -> &'static (PathBuf, PathBuf) {
     static M: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    M.get_or_init(|| common::tiny_model_files(&tmp()))
+    M.get_or_init(|| common::tiny_model_files(tmp()))
 }
 
 fn s(p: &Path) -> &str {

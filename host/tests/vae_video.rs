@@ -36,7 +36,7 @@ fn vae_file() -> &'static PathBuf {
 /// A tiny DiT and a context for it, made once.
 fn model() -> &'static (PathBuf, PathBuf) {
     static M: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    M.get_or_init(|| common::tiny_model_files(&tmp()))
+    M.get_or_init(|| common::tiny_model_files(tmp()))
 }
 
 /// ffprobe/ffmpeg, or a skip with a printed reason outside CI (in CI, `.ci/run` installs them
@@ -194,7 +194,7 @@ fn bad_outputs_are_clear_errors_and_leave_nothing_behind() {
                 drop(v); // what a caller does with a writer that failed
                 e
             }
-            None => v.finish().err().expect("a 1 kB disk cannot hold 40 frames"),
+            None => v.finish().expect_err("a 1 kB disk cannot hold 40 frames"),
         };
         println!("{name}: {e}");
         assert!(e.to_string().contains("No space left"), "{name}: {e}");

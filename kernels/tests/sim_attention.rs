@@ -328,7 +328,7 @@ fn launch_attn(c: &Case, l: &Launched, warps: u32) {
 /// Runs the case on fresh random queries and checks the output against the references;
 /// returns the output (packed `[q_rows][heads][d]`).
 fn run_case(rng: &mut Rng, c: &Case) -> Vec<f32> {
-    let (d, heads) = (c.d as usize, c.heads as usize);
+    let (_d, _heads) = (c.d as usize, c.heads as usize);
     let qf: Vec<f32> = rng
         .vec(c.q_rows as usize * c.q_stride as usize, c.q_lo, 2.0)
         .into_iter()

@@ -149,6 +149,8 @@ pub trait Backend {
     fn zeros(&self, shape: &[usize]) -> Self::Tensor;
     /// `dst[dst_off + r·cols + c] = src[src_off + r·src_stride + c]` for `r < rows, c < cols`:
     /// the copy behind cache commits (strided head rows → packed slot) and regrouping.
+    /// The arguments are the kernel's own parameters, one for one.
+    #[allow(clippy::too_many_arguments)]
     fn copy_rows(
         &self,
         dst: &mut Self::Tensor,

@@ -86,6 +86,8 @@ impl Output {
     }
 }
 
+// Parsed once per process; boxing the large argument structs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Generate latent frames chunk by chunk (3 latent frames, 4 denoising steps + 1 clean pass each).

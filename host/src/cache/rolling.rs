@@ -73,8 +73,8 @@ pub struct RollingCache<T> {
 impl<T> RollingCache<T> {
     pub fn new(layers: usize, buffer_frames: usize, attention_frames: usize) -> Result<Self> {
         let b = FRAMES_PER_CHUNK;
-        if buffer_frames % b != 0
-            || attention_frames % b != 0
+        if !buffer_frames.is_multiple_of(b)
+            || !attention_frames.is_multiple_of(b)
             || attention_frames > buffer_frames
             || attention_frames < 2 * b
         {
@@ -135,7 +135,7 @@ impl<T> RollingCache<T> {
         cache_pass: bool,
     ) -> Result<()> {
         let nb = FRAMES_PER_CHUNK;
-        if fresh.start_frame % nb != 0 || fresh.frames % nb != 0 || fresh.frames == 0 {
+        if !fresh.start_frame.is_multiple_of(nb) || !fresh.frames.is_multiple_of(nb) || fresh.frames == 0 {
             return Err(Error::Input(format!(
                 "rolling forward over frames {}+{}: must be whole blocks",
                 fresh.start_frame, fresh.frames

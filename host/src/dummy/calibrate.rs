@@ -67,7 +67,7 @@ impl<'a> KeySegment<'a> {
     /// a frame slot holding all heads). `tokens` is taken from the length.
     pub fn thd(data: &'a [f32], heads: usize, head_dim: usize) -> Result<Self> {
         let row = heads * head_dim;
-        if row == 0 || data.len() % row != 0 {
+        if row == 0 || !data.len().is_multiple_of(row) {
             return Err(Error::Input(format!(
                 "key segment of {} values is not a whole number of [heads {heads} × head_dim {head_dim}] rows",
                 data.len()
@@ -78,7 +78,7 @@ impl<'a> KeySegment<'a> {
 
     /// A contiguous `[heads, tokens, head_dim]` block.
     pub fn htd(data: &'a [f32], heads: usize, head_dim: usize) -> Result<Self> {
-        if heads == 0 || head_dim == 0 || data.len() % (heads * head_dim) != 0 {
+        if heads == 0 || head_dim == 0 || !data.len().is_multiple_of(heads * head_dim) {
             return Err(Error::Input(format!(
                 "key segment of {} values is not [heads {heads}, tokens, head_dim {head_dim}]",
                 data.len()

@@ -136,7 +136,7 @@ pub fn kv_footprint(
     dtype_bytes: usize,
     frames: usize,
 ) -> Result<KvFootprint> {
-    if frames == 0 || frames % FRAMES_PER_CHUNK != 0 {
+    if frames == 0 || !frames.is_multiple_of(FRAMES_PER_CHUNK) {
         return Err(Error::Input(format!(
             "{frames} latent frames is not a whole number of {FRAMES_PER_CHUNK}-frame chunks"
         )));

@@ -150,7 +150,7 @@ impl Inputs {
         if frames > self.frames {
             return Err(Error::Input(format!("{frames} frames requested, the inputs hold noise for {}", self.frames)));
         }
-        if frames == 0 || frames % FRAMES_PER_CHUNK != 0 {
+        if frames == 0 || !frames.is_multiple_of(FRAMES_PER_CHUNK) {
             return Err(Error::Input(format!(
                 "{frames} frames is not a positive multiple of the chunk ({FRAMES_PER_CHUNK} latent frames)"
             )));
@@ -161,7 +161,7 @@ impl Inputs {
             .map(|c| (0..).map_while(|s| self.renoise.get(&(c, s)).cloned()).collect::<Vec<_>>())
             .collect::<Vec<_>>();
         if let Some(c) = renoise.iter().position(|r| r.is_empty()) {
-            return Err(Error::tensor(&format!("renoise.{c}.0"), "missing from the inputs"));
+            return Err(Error::tensor(format!("renoise.{c}.0"), "missing from the inputs"));
         }
         Ok(Noise::Given { noise: self.noise[..n].to_vec(), renoise })
     }
@@ -169,7 +169,7 @@ impl Inputs {
     /// The noise for Rolling Forcing with `steps` denoising steps: block `b` is re-noised after
     /// its step `s` in window `b + s`, with the draw stored as `renoise.{b+s}.{b}`.
     pub fn noise_rolling(&self, frames: usize, steps: usize) -> Result<Noise> {
-        if frames > self.frames || frames == 0 || frames % FRAMES_PER_CHUNK != 0 {
+        if frames > self.frames || frames == 0 || !frames.is_multiple_of(FRAMES_PER_CHUNK) {
             return Err(Error::Input(format!(
                 "{frames} frames: expected a positive multiple of {FRAMES_PER_CHUNK}, at most the inputs' {}",
                 self.frames
@@ -181,7 +181,7 @@ impl Inputs {
             for s in 0..steps.saturating_sub(1) {
                 let x = self.renoise.get(&(b + s, b)).ok_or_else(|| {
                     Error::tensor(
-                        &format!("renoise.{}.{b}", b + s),
+                        format!("renoise.{}.{b}", b + s),
                         "missing from the inputs (Rolling Forcing layout renoise.{window}.{block})",
                     )
                 })?;

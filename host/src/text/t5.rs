@@ -75,10 +75,10 @@ impl T5Config {
         {
             return bad(format!("every size must be positive: {self:?}"));
         }
-        if self.dim_attn % self.num_heads != 0 {
+        if !self.dim_attn.is_multiple_of(self.num_heads) {
             return bad(format!("dim_attn {} is not a multiple of {} heads", self.dim_attn, self.num_heads));
         }
-        if self.num_buckets < 4 || self.num_buckets % 4 != 0 || self.max_distance <= self.num_buckets / 4 {
+        if self.num_buckets < 4 || !self.num_buckets.is_multiple_of(4) || self.max_distance <= self.num_buckets / 4 {
             return bad(format!(
                 "{} buckets up to distance {} is not a bidirectional T5 bucketing",
                 self.num_buckets, self.max_distance
@@ -366,7 +366,7 @@ impl<B: Backend> T5Encoder<B> {
         let y = be.rms_norm(&x, &self.norm, c.eps);
         let mut out = be.download(&y);
         be.status()?;
-        if let Some(t) = taps.as_deref_mut() {
+        if let Some(t) = taps {
             t.insert("final_norm".into(), out.clone());
         }
         out[len * c.dim..].fill(0.0);

@@ -598,10 +598,10 @@ impl Vae {
     /// normalised latent means `[1 + (T−1)/4, z_dim, H/8, W/8]`.
     pub fn encode(&self, pixels: &[f32], t: usize, h: usize, w: usize) -> Result<Vec<f32>> {
         let (ts, ss) = (self.cfg.temporal_scale(), self.cfg.spatial_scale());
-        if t == 0 || (t - 1) % ts != 0 {
+        if t == 0 || !(t - 1).is_multiple_of(ts) {
             return Err(Error::Input(format!("encode: {t} pixel frames; the encoder takes 1 + {ts}·k frames")));
         }
-        if h == 0 || w == 0 || h % ss != 0 || w % ss != 0 {
+        if h == 0 || w == 0 || !h.is_multiple_of(ss) || !w.is_multiple_of(ss) {
             return Err(Error::Input(format!(
                 "encode: {h}×{w} pixels; height and width must be positive multiples of {ss}"
             )));

@@ -248,7 +248,7 @@ impl VideoWriter {
         if width == 0 || height == 0 || fps == 0 {
             return Err(Error::Input(format!("{}: a {width}×{height} video at {fps} fps", path.display())));
         }
-        if format != Format::PngFolder && (width % 2 != 0 || height % 2 != 0) {
+        if format != Format::PngFolder && (!width.is_multiple_of(2) || !height.is_multiple_of(2)) {
             return Err(Error::Input(format!(
                 "{}: yuv420p needs an even width and height, not {width}×{height}",
                 path.display()
@@ -268,7 +268,7 @@ impl VideoWriter {
             }
             Format::Y4m => {
                 let mut s = Sink::create(&staged.tmp, limit)?;
-                write!(s, "YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n")
+                writeln!(s, "YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg")
                     .map_err(|e| Error::io(path, e))?;
                 Kind::Y4m(s)
             }

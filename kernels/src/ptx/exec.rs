@@ -328,7 +328,7 @@ impl<'a> Run<'a> {
                         IOp::Add => a.wrapping_add(b),
                         IOp::Sub => a.wrapping_sub(b),
                         IOp::MulLo => a.wrapping_mul(b),
-                        IOp::MulHiU32 => (a & 0xffff_ffff) * (b & 0xffff_ffff) >> 32,
+                        IOp::MulHiU32 => ((a & 0xffff_ffff) * (b & 0xffff_ffff)) >> 32,
                         IOp::MulWideU32 => (a & 0xffff_ffff) * (b & 0xffff_ffff),
                         IOp::And => a & b,
                         IOp::Or => a | b,
@@ -670,7 +670,7 @@ impl<'a> Run<'a> {
         write: bool,
     ) -> R<()> {
         let what = if write { "store" } else { "load" };
-        if addr % align != 0 {
+        if !addr.is_multiple_of(align) {
             return Err(self.err(
                 SimErrorKind::Misaligned,
                 Some(t),
@@ -719,7 +719,7 @@ impl<'a> Run<'a> {
                 format!("{what} of {len} bytes at shared offset {off} (address {addr:#x}) is outside the {size}-byte dynamic shared memory at {}", self.at(pc as u32)),
             ));
         }
-        if addr % len != 0 {
+        if !addr.is_multiple_of(len) {
             return Err(self.err(
                 SimErrorKind::Misaligned,
                 Some(t),
