@@ -11,10 +11,11 @@ use std::time::Instant;
 
 use dfrt::backend::cpu::CpuBackend;
 use dfrt::backend::{Backend, Precision};
-use dfrt::cache::{KvCache, Policy};
+use dfrt::cache::KvCache;
 use dfrt::checkpoint::{write_checkpoint, OutTensor, TensorFile};
 use dfrt::model::{Model, NoHook, PassInfo};
 use dfrt::pipeline::{Latent, Noise, Rng, Session};
+use dfrt::policy::Policy;
 use dfrt::ModelConfig;
 
 fn synth(cfg: &ModelConfig, path: &std::path::Path) {
@@ -101,7 +102,7 @@ fn main() {
         let groups = Policy::Full.initial_groups(cfg.num_heads, Some(frames)).unwrap();
         let mut cache = KvCache::new(cfg.num_layers, cfg.num_heads, cfg.head_dim(), tpf, precision, &groups).unwrap();
         let x = be.upload(&Rng::new(6).normals(3 * latent.frame_len()), &[3, cfg.in_dim, hw, hw]);
-        let pass = PassInfo { chunk: 0, step: Some(0), start_frame: 0, frames: 3, commit: false };
+        let pass = PassInfo::denoise(0, 0, 0, 3);
         // One warm-up forward (as the peer does), then the timed ones.
         model.forward(&be, &x, 1000.0, &pass, &mut cache, &text, &mut NoHook, None).unwrap();
         let reps = 3;

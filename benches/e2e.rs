@@ -26,12 +26,13 @@ mod report;
 
 use std::path::PathBuf;
 
-use dfrt::backend::cpu::CpuBackend;
+use dfrt::backend::gpu::{AttnRows, GpuOptions};
 use dfrt::backend::Precision;
 use dfrt::checkpoint::{DType, TensorFile};
-use dfrt::gpu::{CudaDevice, GpuBackend, SimDevice};
+use dfrt::gpu::CudaDevice;
+use dfrt::run::{DeviceChoice, ModelSource, Target};
 use dfrt::ModelConfig;
-use e2e_run::{default_policies, run_one, E2eBackend, E2eRow, Res};
+use e2e_run::{default_policies, run_one, E2eRow, Res};
 use report::{ms, Args};
 
 fn main() {
@@ -114,7 +115,11 @@ fn real_main() -> Result<(), String> {
     if policies.is_empty() {
         policies = default_policies(&cfg);
     }
-    let ckpt = TensorFile::open(&path).map_err(|e| e.to_string())?;
+    let source = ModelSource::open(&path).map_err(|e| e.to_string())?;
+    let choice: DeviceChoice = device.parse().map_err(|e: dfrt::Error| e.to_string())?;
+    let gpu =
+        GpuOptions { attn_rows: AttnRows::from_rows(attn_rows).map_err(|e| e.to_string())?, ..Default::default() };
+    let target = Target { device: choice, precision, gpu };
     let card = cuda.clone().unwrap_or_else(|| {
         if device == "cpu" {
             "CPU reference backend".into()
@@ -130,14 +135,7 @@ fn real_main() -> Result<(), String> {
     for r in &res {
         for p in &policies {
             for &g in if device == "cpu" { &[false][..] } else { modes } {
-                let row = match device {
-                    "cuda" => {
-                        go(&|| gpu(CudaDevice::new(0, false)?, precision, attn_rows), &ckpt, &cfg, r, p, chunks, g)?
-                    }
-                    "sim" => go(&|| gpu(SimDevice::new(), precision, attn_rows), &ckpt, &cfg, r, p, chunks, g)?,
-                    _ => go(&|| Ok(CpuBackend::new(precision)), &ckpt, &cfg, r, p, chunks, g)?,
-                };
-                rows.push(row);
+                rows.push(go(&target, &source, r, p, chunks, g)?);
             }
         }
     }
@@ -204,13 +202,6 @@ fn real_main() -> Result<(), String> {
     Ok(())
 }
 
-/// A GPU backend with the chosen attention kernel version.
-fn gpu<D: dfrt::gpu::Device>(dev: D, precision: Precision, attn_rows: u32) -> dfrt::Result<GpuBackend<D>> {
-    let be = GpuBackend::new(dev, precision);
-    be.set_attn_rows(attn_rows)?;
-    Ok(be)
-}
-
 fn graphs_cell(g: Option<bool>) -> &'static str {
     match g {
         Some(true) => "on",
@@ -219,18 +210,9 @@ fn graphs_cell(g: Option<bool>) -> &'static str {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn go<B: E2eBackend>(
-    make: &dyn Fn() -> dfrt::Result<B>,
-    ckpt: &TensorFile,
-    cfg: &ModelConfig,
-    r: &Res,
-    p: &str,
-    chunks: usize,
-    graphs: bool,
-) -> Result<E2eRow, String> {
+fn go(target: &Target, model: &ModelSource, r: &Res, p: &str, chunks: usize, graphs: bool) -> Result<E2eRow, String> {
     eprintln!("  {} ({}x{} latent) {p}, graphs {} ...", r.name, r.lat_h, r.lat_w, if graphs { "on" } else { "off" });
-    let row = run_one(make, ckpt, cfg, r, p, chunks, graphs).map_err(|e| format!("{} {p}: {e}", r.name))?;
+    let row = run_one(target, model, r, p, chunks, graphs).map_err(|e| format!("{} {p}: {e}", r.name))?;
     eprintln!(
         "    {:.2} FPS, {} ms/chunk, chunk ms {:?}",
         row.fps(),

@@ -9,10 +9,10 @@ mod kernel_cases;
 
 use std::collections::BTreeSet;
 
-use dfrt::backend::cpu::CpuBackend;
 use dfrt::backend::Precision;
-use dfrt::checkpoint::{DType, TensorFile};
-use dfrt::gpu::{Device, GpuBackend, SimDevice};
+use dfrt::checkpoint::DType;
+use dfrt::gpu::{Device, SimDevice};
+use dfrt::run::{DeviceChoice, ModelSource, Target};
 use dfrt::ModelConfig;
 use kernel_cases::{RunOpts, Shapes};
 
@@ -67,42 +67,30 @@ fn every_kernel_entry_runs_on_sim() {
     }
 }
 
-fn tiny_ckpt() -> (TensorFile, ModelConfig) {
-    let cfg = ModelConfig::preset("tiny").unwrap();
-    let path = std::env::temp_dir().join(format!("dfrt-test-benches-{}.safetensors", std::process::id()));
-    dfrt_weights::synth_checkpoint(&path, &cfg, 3, DType::BF16).unwrap();
-    let f = TensorFile::open(&path).unwrap();
-    // The file stays mapped; unlinking it now leaves nothing behind.
-    std::fs::remove_file(&path).ok();
-    (f, cfg)
-}
-
 #[test]
 fn e2e_runs_tiny_on_cpu_and_sim() {
-    let (ckpt, cfg) = tiny_ckpt();
+    let cfg = ModelConfig::preset("tiny").unwrap();
+    let dir = std::env::temp_dir().join(format!("dfrt-test-benches-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny-bf16.safetensors");
+    dfrt_weights::synth_checkpoint(&path, &cfg, 3, DType::BF16).unwrap();
+    let model = ModelSource::open(&path).unwrap();
     let res = e2e_run::Res::parse("tiny").unwrap();
     let policies = e2e_run::default_policies(&cfg);
     assert_eq!(policies[2], "dummy:2");
     for p in &policies {
-        let r = e2e_run::run_one(&|| Ok(CpuBackend::new(Precision::Bf16)), &ckpt, &cfg, &res, p, 2, true).unwrap();
+        let r = e2e_run::run_one(&Target::new(DeviceChoice::Cpu, Precision::Bf16), &model, &res, p, 2, true).unwrap();
         assert_eq!((r.chunk_ms.len(), r.latent_frames, r.video_frames), (2, 6, 24));
         assert!(r.fps() > 0.0 && r.kv_bytes > 0 && r.kv_policy_bytes <= r.kv_full_bytes, "{r:?}");
     }
     // The GPU path in the simulator, under the policy that exercises the most (calibration and
     // compaction after chunk 1): no device allocation inside the chunk loop.
-    let r = e2e_run::run_one(
-        &|| Ok(GpuBackend::new(SimDevice::new(), Precision::Bf16)),
-        &ckpt,
-        &cfg,
-        &res,
-        "dummy:2",
-        2,
-        true,
-    )
-    .unwrap();
+    let r =
+        e2e_run::run_one(&Target::new(DeviceChoice::Sim, Precision::Bf16), &model, &res, "dummy:2", 2, true).unwrap();
     assert_eq!(r.loop_allocs, Some(0), "{r:?}");
     assert!(r.kv_policy_bytes < r.kv_full_bytes, "{r:?}");
     // 1080p is not patchable at 135 latent rows; the bench uses the nearest valid size.
     let hd = e2e_run::Res::parse("1080p").unwrap();
     assert_eq!((hd.lat_h % 2, hd.video()), (0, (1088, 1920)));
+    std::fs::remove_dir_all(&dir).ok();
 }

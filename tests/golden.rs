@@ -13,12 +13,12 @@ use std::path::Path;
 
 use dfrt::backend::cpu::CpuBackend;
 use dfrt::backend::{Backend, Precision};
-use dfrt::cache::Policy;
 use dfrt::checkpoint::TensorFile;
 use dfrt::dummy::Group;
 use dfrt::model::Model;
 use dfrt::pipeline::inputs::Inputs;
 use dfrt::pipeline::{Pipeline, PipelineSpec, Session};
+use dfrt::policy::Policy;
 use dfrt::ModelConfig;
 use support::{assert_atol, assert_close, case_kind, golden_dir, CaseKind};
 
@@ -124,16 +124,16 @@ type CacheSnap = (usize, Vec<usize>, Vec<f32>, Vec<f32>);
 /// every chunk's clean pass (`cache_k.{c}`, `cache_v.{c}`).
 fn run_case(case: &Case) -> (dfrt::model::Taps, Vec<CacheSnap>) {
     let (be, _, mut s) = open_session(case);
-    s.record = Some(Default::default());
+    s.record_taps();
     let mut latents = Vec::new();
     let mut caches = Vec::new();
     while !s.done() {
         let c = s.chunk_index();
         latents.extend(s.next_chunk(&mut |_| {}).unwrap());
-        let (frames, k, v) = s.cache.dump_group(&*be, 0, 0);
+        let (frames, k, v) = s.cache().dump_group(&*be, 0, 0);
         caches.push((c, frames, k, v));
     }
-    let mut rec = s.record.take().unwrap();
+    let mut rec = s.take_taps().unwrap();
     rec.insert("latents".into(), latents);
     (rec, caches)
 }
@@ -263,7 +263,7 @@ fn check_dummy_case(name: &str, case: &Case) {
     let frames = inputs.frames;
     assert!(!inputs.sampled_rows.is_empty(), "{name}: inputs have no sampled_rows");
     s.dummy_mut().unwrap().set_sampled_rows(inputs.sampled_rows.clone()).unwrap();
-    s.record = Some(Default::default());
+    s.record_taps();
     let mut latents = Vec::new();
     let mut caches = Vec::new();
     while !s.done() {
@@ -273,7 +273,7 @@ fn check_dummy_case(name: &str, case: &Case) {
             let a = s.dummy().unwrap().assignment().expect("regrouped");
             let tag = if c == spec.ar_start { "after_hma" } else { "final" };
             for l in 0..case.cfg.num_layers {
-                caches.push((tag, l, official_layer_cache(&be, &s.cache, &a, l)));
+                caches.push((tag, l, official_layer_cache(&be, s.cache(), &a, l)));
             }
         }
     }
@@ -296,7 +296,7 @@ fn check_dummy_case(name: &str, case: &Case) {
     if case.spec.teacache.is_some() {
         check_teacache(name, case, &s, frames / 3);
     }
-    let rec = s.record.take().unwrap();
+    let rec = s.take_taps().unwrap();
     let mut compared = 0;
     for key in out.tensors.keys().filter(|k| k.starts_with("x0.")) {
         let got = rec.get(key).unwrap_or_else(|| panic!("{name}: no {key} recorded"));
@@ -329,7 +329,7 @@ fn check_dummy_case(name: &str, case: &Case) {
 fn check_teacache(name: &str, case: &Case, s: &Session<CpuBackend>, chunks: usize) {
     let out = TensorFile::open(case.dir.join("outputs.safetensors")).unwrap();
     let plan = s.teacache().expect("TeaCache on");
-    let steps = s.schedule.steps.len();
+    let steps = s.schedule().steps.len();
     let skipped = out.bool_any("teacache.skipped").unwrap();
     let got: Vec<bool> =
         (0..chunks).flat_map(|c| (0..steps).map(move |p| (c, p))).map(|(c, p)| plan.get(c, p).skip).collect();
@@ -344,20 +344,20 @@ fn check_teacache(name: &str, case: &Case, s: &Session<CpuBackend>, chunks: usiz
         }
     }
     for key in out.tensors.keys().filter(|k| k.starts_with("teacache.residual.")) {
-        let got = s.record.as_ref().and_then(|r| r.get(key)).unwrap_or_else(|| panic!("{name}: {key} not recorded"));
+        let got = s.taps().and_then(|r| r.get(key)).unwrap_or_else(|| panic!("{name}: {key} not recorded"));
         assert_close(&format!("{name}/{key}"), got, &out.f32_any(key).unwrap(), F32_TOL);
     }
     let wfile = TensorFile::open(case.dir.join("weights.safetensors")).unwrap();
-    let model = Model::load(&*s.be, &wfile, &case.cfg).unwrap();
+    let model = Model::load(&**s.backend(), &wfile, &case.cfg).unwrap();
     let ts = s
-        .schedule
+        .schedule()
         .steps
         .iter()
         .enumerate()
         .map(|(i, &t)| (format!("teacache.e0.{i}"), t))
         .chain([("teacache.e0.ctx".to_string(), 0.0)]);
     for (key, t) in ts {
-        let e0 = s.be.download(&model.time_embedding(&*s.be, t, 3, None).e0);
+        let e0 = s.backend().download(&model.time_embedding(&**s.backend(), t, 3, None).e0);
         assert_atol(&format!("{name}/{key}"), &e0, &out.f32_any(&key).unwrap(), 1e-6);
     }
     println!("{name}: TeaCache skipped {:?} of {} denoising forwards", plan.skipped(chunks).len(), chunks * steps);
@@ -368,8 +368,8 @@ fn check_teacache(name: &str, case: &Case, s: &Session<CpuBackend>, chunks: usiz
 fn packed_caches(be: &CpuBackend, s: &Session<CpuBackend>, prefix: &str, suffix: &str) -> Vec<(String, Vec<f32>)> {
     let a = s.dummy().unwrap().assignment().expect("calibrated");
     let mut v = Vec::new();
-    for l in 0..s.cache.layers.len() {
-        for (kind, t) in official_layer_cache(be, &s.cache, &a, l) {
+    for l in 0..s.cache().layers.len() {
+        for (kind, t) in official_layer_cache(be, s.cache(), &a, l) {
             let key =
                 if l == 0 { format!("{prefix}{kind}{suffix}") } else { format!("cache.{l}.{prefix}{kind}{suffix}") };
             v.push((key, t));
@@ -397,7 +397,7 @@ fn check_switch_case(name: &str, case: &Case) {
     assert_eq!(inputs.switch_contexts.len(), switches.len(), "{name}: one context per switch");
     let window = case.cfg_json("local_attn_size").unwrap_or(12);
     s.set_recache_frames(window).unwrap();
-    s.record = Some(Default::default());
+    s.record_taps();
     let mut snaps: Vec<(String, Vec<f32>)> = Vec::new();
     let mut latents = Vec::new();
     let mut next = 0;
@@ -424,7 +424,7 @@ fn check_switch_case(name: &str, case: &Case) {
         let got: Vec<f32> = sc.iter().flatten().copied().collect();
         assert_atol(&format!("{name}/scores.{l}"), &got, &out.f32_any(&format!("scores.{l}")).unwrap(), 1e-5);
     }
-    let rec = s.record.take().unwrap();
+    let rec = s.take_taps().unwrap();
     let mut worst = [0f64; 2];
     let mut compared = 0;
     for key in out.tensors.keys().filter(|k| k.starts_with("x0.")) {

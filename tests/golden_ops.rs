@@ -5,9 +5,10 @@ mod support;
 
 use dfrt::backend::cpu::CpuBackend;
 use dfrt::backend::{Backend, Precision};
-use dfrt::cache::{KvCache, Policy};
+use dfrt::cache::KvCache;
 use dfrt::checkpoint::TensorFile;
 use dfrt::model::{Model, NoHook, PassInfo, Taps};
+use dfrt::policy::Policy;
 use dfrt::ModelConfig;
 use support::{assert_close, golden_dir};
 
@@ -54,7 +55,7 @@ fn tiny_full_first_forward_stage_by_stage() {
 
     // Each block from the golden residual stream before it (empty cache: chunk 0).
     let e0_g = be.upload(&g("e0"), &[nf, 6 * d]);
-    let pass = PassInfo { chunk: 0, step: Some(0), start_frame: 0, frames: nf, commit: false };
+    let pass = PassInfo::denoise(0, 0, 0, nf);
     let groups = Policy::Full.initial_groups(cfg.num_heads, Some(9)).unwrap();
     let mut cache =
         KvCache::new(cfg.num_layers, cfg.num_heads, cfg.head_dim(), grid[1] * grid[2], Precision::F32, &groups)

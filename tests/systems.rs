@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex};
 use dfrt::backend::cpu::{CpuBackend, CpuTensor};
 use dfrt::backend::{Backend, Precision};
 use dfrt::cache::rolling::CallLayout;
-use dfrt::cache::{KvCache, Policy};
+use dfrt::cache::KvCache;
 use dfrt::checkpoint::TensorFile;
 use dfrt::model::{ForwardHook, Model, PassInfo};
 use dfrt::pipeline::inputs::Inputs;
 use dfrt::pipeline::{Pipeline, PipelineSpec, Session};
+use dfrt::policy::Policy;
 use dfrt::ModelConfig;
 use support::{case_kind, diff, golden_dir, CaseKind};
 
@@ -85,14 +86,14 @@ fn check_rolling(name: &str) {
     )
     .unwrap();
     let rec = Arc::new(Mutex::new(Recorder::default()));
-    s.set_hook(Box::new(Hook(rec.clone())));
-    s.record = Some(Default::default());
+    s.set_hook(Box::new(Hook(rec.clone()))).unwrap();
+    s.record_taps();
     let t0 = std::time::Instant::now();
     let latents = s.run(&mut |_| {}).unwrap();
     println!("{name}: {frames} frames in {:.2?}", t0.elapsed());
 
     let out = TensorFile::open(dir.join("outputs.safetensors")).unwrap();
-    let got = s.record.take().unwrap();
+    let got = s.take_taps().unwrap();
     let mut worst = 0f64;
     let mut compared = 0;
     for key in
@@ -112,7 +113,7 @@ fn check_rolling(name: &str) {
     for (w, win) in windows.iter().enumerate() {
         let (dp, dl, anchor) = &calls[2 * w];
         let (cp, cl, _) = &calls[2 * w + 1];
-        assert!(!dp.commit && cp.commit && dp.chunk == w);
+        assert!(!dp.commits() && cp.commits() && dp.chunk == w);
         let fr: Vec<usize> = win["frames"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
         assert_eq!((dp.start_frame, dp.start_frame + dp.frames), (fr[0], fr[1]), "{name}: window {w} frames");
         let da = &win["denoise_layer0_self_attention"];
@@ -153,7 +154,7 @@ fn check_rolling(name: &str) {
         }
     }
     // The final buffer: slot → block map, then every slot's K/V (the anchor un-roped).
-    let r = s.cache.rolling.as_ref().unwrap();
+    let r = s.cache().rolling.as_ref().unwrap();
     let want_blocks: Vec<usize> =
         m["kv_cache"]["final_slot_blocks"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
     assert_eq!(r.slot_blocks(0), want_blocks, "{name}: final slots");

@@ -410,7 +410,7 @@ fn t5_tiny_encoder_on_sim_matches_official() {
     let ckpt = dir.0.join("t5.safetensors");
     convert(&case().join("weights.pth"), &ckpt, text_len, None);
     let out = TensorFile::open(case().join("outputs.safetensors")).unwrap();
-    let be = dfrt::gpu::GpuBackend::new(dfrt::gpu::SimDevice::new(), Precision::F32);
+    let be = dfrt::backend::gpu::GpuBackend::new(dfrt::gpu::SimDevice::new(), Precision::F32);
     let enc = T5Encoder::load(&be, &ckpt, Residency::Resident).unwrap();
     for p in m["prompts"].as_array().unwrap() {
         let i = p["index"].as_u64().unwrap() as usize;

@@ -10,17 +10,12 @@
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use dfrt::backend::cpu::CpuBackend;
-use dfrt::backend::Backend;
-use dfrt::cache::Policy;
-use dfrt::checkpoint::TensorFile;
+use dfrt::api::SessionOptions;
 use dfrt::config::FRAMES_PER_CHUNK;
-use dfrt::gpu::{Device, GpuBackend};
-use dfrt::model::Model;
-use dfrt::pipeline::{Latent, Noise, Rng, Session};
+use dfrt::pipeline::{Noise, Rng};
+use dfrt::run::{ModelSource, Target};
 use dfrt::{Error, ModelConfig, Result};
 
 /// Video frames per latent frame (see the module doc).
@@ -66,50 +61,6 @@ impl Res {
     }
 }
 
-/// What the bench needs beyond [`Backend`]: the GPU memory plan and allocation counter.
-pub trait E2eBackend: Backend + 'static {
-    /// Reserves the memory plan before the model is loaded (GPU backends).
-    fn prepare(
-        &self,
-        _cfg: &ModelConfig,
-        _policy: &Policy,
-        _latent: Latent,
-        _frames: usize,
-        _ckpt: &TensorFile,
-    ) -> Result<()> {
-        Ok(())
-    }
-    /// Device allocations so far (GPU backends).
-    fn device_allocs(&self) -> Option<u64> {
-        None
-    }
-    /// Peak bytes of the device heap (GPU backends).
-    fn heap_peak(&self) -> Option<usize> {
-        None
-    }
-}
-
-impl E2eBackend for CpuBackend {}
-
-impl<D: Device> E2eBackend for GpuBackend<D> {
-    fn prepare(
-        &self,
-        cfg: &ModelConfig,
-        policy: &Policy,
-        latent: Latent,
-        frames: usize,
-        ckpt: &TensorFile,
-    ) -> Result<()> {
-        GpuBackend::prepare(self, cfg, policy, latent, Some(frames), ckpt).map(|_| ())
-    }
-    fn device_allocs(&self) -> Option<u64> {
-        Some(self.allocations())
-    }
-    fn heap_peak(&self) -> Option<usize> {
-        Some(self.heap_stats().1)
-    }
-}
-
 /// One measured generation.
 #[derive(Clone, Debug)]
 pub struct E2eRow {
@@ -152,38 +103,24 @@ pub fn default_policies(cfg: &ModelConfig) -> Vec<String> {
     vec!["full".into(), "window:12,sink:3".into(), format!("dummy:{half}")]
 }
 
-/// Generates `chunks` chunks at `res` under `policy` with a fresh backend from `make`, with
-/// the denoising forwards as recorded graphs (where the backend has them) or direct launches.
-#[allow(clippy::too_many_arguments)]
-pub fn run_one<B: E2eBackend>(
-    make: &dyn Fn() -> Result<B>,
-    ckpt: &TensorFile,
-    cfg: &ModelConfig,
+/// Generates `chunks` chunks at `res` under `policy` on a fresh run of `target` (opened by
+/// `dfrt::run::open`, as `dfrt generate` does), with the denoising forwards as recorded
+/// graphs (where the backend has them) or direct launches.
+pub fn run_one(
+    target: &Target,
+    model: &ModelSource,
     res: &Res,
     policy: &str,
     chunks: usize,
     graphs: bool,
 ) -> Result<E2eRow> {
-    let be = Arc::new(make()?);
-    let policy = Policy::parse_for(policy, cfg)?;
-    let latent = Latent { channels: cfg.in_dim, height: res.lat_h, width: res.lat_w };
+    let cfg = &model.cfg;
     let frames = chunks * FRAMES_PER_CHUNK;
-    be.prepare(cfg, &policy, latent, frames, ckpt)?;
-    let model = Arc::new(Model::load(&*be, ckpt, cfg)?);
-    be.status()?;
+    let mut opts = SessionOptions::parse(policy, res.lat_h, res.lat_w, Some(frames), cfg)?;
+    opts.graphs = graphs;
     let context = Rng::new(7).normals(cfg.text_len * cfg.text_dim);
-    let mut s = Session::new(
-        model,
-        be.clone(),
-        policy.clone(),
-        latent,
-        Some(frames),
-        &context,
-        cfg.text_len,
-        Noise::Seeded(Rng::new(1)),
-    )?;
-    s.set_graphs(graphs);
-    let a0 = be.device_allocs();
+    let mut s = dfrt::run::open(target, model, &opts, &context, cfg.text_len, Noise::Seeded(Rng::new(1)))?;
+    let a0 = s.device_stats().map(|d| d.allocations);
     let t0 = Instant::now();
     let mut chunk_ms = Vec::new();
     while !s.done() {
@@ -191,19 +128,22 @@ pub fn run_one<B: E2eBackend>(
         let x = s.next_chunk(&mut |_| {})?;
         chunk_ms.push(tc.elapsed().as_secs_f64() * 1e3);
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Device(format!(
-                "e2e {} {}: chunk {} latent element {i} is {}",
-                res.name,
-                policy.name(),
-                chunk_ms.len() - 1,
-                x[i]
-            )));
+            return Err(Error::kernel_fault(
+                "e2e",
+                format!(
+                    "e2e {} {}: chunk {} latent element {i} is {}",
+                    res.name,
+                    opts.policy.name(),
+                    chunk_ms.len() - 1,
+                    x[i]
+                ),
+            ));
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    be.status()?;
-    let loop_allocs = match (a0, be.device_allocs()) {
-        (Some(a), Some(b)) => Some(b - a),
+    let stats = s.device_stats();
+    let loop_allocs = match (a0, stats) {
+        (Some(a), Some(b)) => Some(b.allocations - a),
         _ => None,
     };
     let foot = s.kv_footprint()?;
@@ -211,17 +151,17 @@ pub fn run_one<B: E2eBackend>(
         res: res.name.to_string(),
         lat_h: res.lat_h,
         lat_w: res.lat_w,
-        policy: policy.name(),
+        policy: opts.policy.name(),
         chunks,
         latent_frames: frames,
         video_frames: frames * VIDEO_FRAMES_PER_LATENT,
         secs,
         chunk_ms,
-        kv_bytes: s.cache.bytes(),
+        kv_bytes: s.kv_bytes(),
         kv_policy_bytes: foot.total_bytes,
         kv_full_bytes: foot.full_bytes,
         loop_allocs,
-        heap_peak: be.heap_peak(),
-        graphs: be.supports_graphs().then_some(s.graphs()),
+        heap_peak: stats.map(|d| d.heap_peak),
+        graphs: s.supports_graphs().then_some(s.graphs()),
     })
 }

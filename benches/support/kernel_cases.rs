@@ -17,7 +17,9 @@ use dfrt::backend::Precision;
 use dfrt::gpu::{DevPtr, Device, Gemm};
 use dfrt::pipeline::Rng;
 use dfrt::{Error, Result};
-use dfrt_kernels::attention::{attn_flops, AttnBf16D128, AttnBf16D128W8, AttnBf16D64, AttnF32, AttnParams, KvSeg};
+use dfrt_kernels::attention::{
+    attn_flops, segment_table, AttnBf16D128, AttnBf16D128W8, AttnBf16D64, AttnF32, AttnParams, KvSeg,
+};
 use dfrt_kernels::calib::{CalibMassParams, CalibMeanParams, CalibSeg};
 use dfrt_kernels::elem::Bf16;
 use dfrt_kernels::elementwise::{
@@ -232,10 +234,13 @@ impl<'a, D: Device> Bench<'a, D> {
                 }
             };
             if let Some(j) = bad {
-                return Err(Error::Device(format!(
-                    "bench {kernel}: output {i} ({n} x {}) element {j} is not finite (unwritten poison or overflow)",
-                    ty.name()
-                )));
+                return Err(Error::kernel_fault(
+                    kernel.to_string(),
+                    format!(
+                        "bench {kernel}: output {i} ({n} x {}) element {j} is not finite (unwritten poison or overflow)",
+                        ty.name()
+                    ),
+                ));
             }
         }
         Ok(())
@@ -323,11 +328,13 @@ fn attn_case<D: Device>(
             })
             .collect();
         let starts: Vec<u32> = (0..=h as u32).collect();
+        let table = segment_table(&starts, &segs);
+        let at = b.upload(&table.bytes)?;
         let p = AttnParams {
             q,
             o,
-            seg_start: b.u32s(&starts)?,
-            segs: b.upload(&pod_bytes(&segs))?,
+            seg_start: at,
+            segs: at + table.segs_offset as u64,
             q_rows: lq as u32,
             heads: h as u32,
             head_dim: d as u32,

@@ -23,11 +23,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Bytes in `DfrtError.message`, the terminating NUL included.
-#define DFRT_ERROR_MESSAGE_LEN 1024
-
 // Version of this C interface; it changes when a signature or a struct layout changes.
 #define DFRT_API_VERSION 1
+
+// Bytes in `DfrtError.message`, the terminating NUL included.
+#define DFRT_ERROR_MESSAGE_LEN 1024
 
 // Result of every call. `DFRT_OK` is 0; everything else is an error, explained in the
 // `DfrtError` passed to the call.
@@ -47,7 +47,7 @@ enum DfrtStatus
   DFRT_ERR_CHECKPOINT = 4,
   // The cache policy string is malformed or does not fit the model.
   DFRT_ERR_POLICY = 5,
-  // The device is unknown, absent (no CUDA driver or GPU), or too small for the run.
+  // The device is unknown or absent (no CUDA driver or GPU), or a driver call failed.
   DFRT_ERR_DEVICE = 6,
   // The call is not allowed in the session's current state (no context yet, settings
   // changed after generation started, a head program asked for before calibration, a
@@ -59,6 +59,13 @@ enum DfrtStatus
   DFRT_ERR_BUFFER_TOO_SMALL = 9,
   // A panic inside the library was caught (a bug: please report it with the message).
   DFRT_ERR_PANIC = 10,
+  // The device has too little memory for the run (the message gives the bytes needed
+  // and free): use a smaller resolution, a bounded policy or bf16.
+  DFRT_ERR_OUT_OF_MEMORY = 11,
+  // The device or backend has no kernel for this op, shape or dtype.
+  DFRT_ERR_UNSUPPORTED = 12,
+  // A kernel faulted on the device; the session is broken (`dfrt_session_reset`).
+  DFRT_ERR_KERNEL_FAULT = 13,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -160,6 +167,13 @@ typedef struct DfrtVideoInfo {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+// The library version (`"0.1.0"`), static.
+const char *dfrt_version(void);
+
+// The name of a status code (`"DFRT_ERR_POLICY"`), or `"DFRT_UNKNOWN"`. The string is
+// static: do not free it.
+const char *dfrt_status_name(int32_t code);
 
 // Loads a dfrt runtime checkpoint (safetensors with `dfrt.config` metadata, as written by
 // `dfrt-weights convert` or `dfrt-weights synth`) for the CPU.
@@ -349,13 +363,6 @@ void dfrt_text_encoder_free(struct DfrtTextEncoder *encoder);
 // `prompt` is NULL or a NUL-terminated string; `encoder` NULL or a live text encoder;
 // `session`, `err` as everywhere.
 DfrtStatus dfrt_session_set_prompt(struct DfrtSession *session, const struct DfrtTextEncoder *encoder, const char *prompt, struct DfrtError *err);
-
-// The name of a status code (`"DFRT_ERR_POLICY"`), or `"DFRT_UNKNOWN"`. The string is
-// static: do not free it.
-const char *dfrt_status_name(int32_t code);
-
-// The library version (`"0.1.0"`), static.
-const char *dfrt_version(void);
 
 // Attaches a Wan VAE (a runtime VAE checkpoint from `dfrt-weights convert Wan2.1_VAE.pth` or
 // `dfrt-weights synth --vae`) so that `dfrt_session_next_frames_rgb8` / `_f32` hand out

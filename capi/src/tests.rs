@@ -7,6 +7,11 @@ use std::ptr::{null, null_mut};
 use std::sync::OnceLock;
 
 use super::*;
+use crate::errors::DfrtStatus::*;
+use dfrt_core::api::SessionOptions;
+use dfrt_core::backend::cpu::CpuBackend;
+use dfrt_core::backend::Precision;
+use dfrt_core::dummy::HeadProgram;
 use dfrt_core::pipeline::Rng;
 use dfrt_core::ModelConfig;
 
@@ -296,7 +301,7 @@ fn bad_sessions_are_refused_at_creation() {
     );
     let cuda =
         call(|e| unsafe { dfrt_session_new(m.0, c"full".as_ptr(), H, W, 3, c"cuda".as_ptr(), null_mut(), &mut sp, e) });
-    match CudaDevice::new(0, false) {
+    match dfrt_core::gpu::CudaDevice::new(0, false) {
         Err(_) => expect("cuda without a GPU", cuda, DFRT_ERR_DEVICE, "CUDA"),
         Ok(_) => {
             assert_eq!(cuda.0, DFRT_OK, "cuda with a GPU: {}", cuda.1);
@@ -305,7 +310,7 @@ fn bad_sessions_are_refused_at_creation() {
     }
     let mut fake = 0u8;
     let stream = &mut fake as *mut u8 as *mut c_void;
-    if CudaDevice::new(0, false).is_err() {
+    if dfrt_core::gpu::CudaDevice::new(0, false).is_err() {
         // Without a driver a caller's stream fails at creation like any CUDA session (the
         // stream is never touched). With a GPU, tests/gpu_sim.rs runs a session on a stream.
         expect(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 fn header_matches_the_source() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let config = cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("capi/cbindgen.toml");
-    // with_src parses the one source file; no `cargo metadata` run inside the test.
+    // with_src parses lib.rs and the modules it declares; no `cargo metadata` run inside the test.
     let bindings = cbindgen::Builder::new()
         .with_config(config)
         .with_src(dir.join("src/lib.rs"))

@@ -37,12 +37,12 @@ use std::sync::Arc;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Precision};
-use crate::cache::Policy;
 use crate::checkpoint::TensorFile;
 use crate::config::FRAMES_PER_CHUNK;
 use crate::dummy::HeadProgram;
 use crate::model::Model;
 use crate::pipeline::{Latent, Noise, PipelineSpec, Rng, Session};
+use crate::policy::Policy;
 use crate::{Error, ModelConfig, Result};
 
 /// What to tell a user whose `--model` is not a usable checkpoint.
@@ -176,8 +176,8 @@ impl<B: Backend + 'static> LoadedModel<B> {
 /// let mut opts = SessionOptions::parse("dummy:2", 16, 8, Some(9), &cfg)?;
 /// opts.heads = Some(program.clone());
 /// opts.check(&cfg)?;
-/// assert!(SessionOptions { policy: dfrt::cache::Policy::parse("dummy:1")?, ..opts.clone() }.check(&cfg).is_err());
-/// assert!(SessionOptions { policy: dfrt::cache::Policy::Full, ..opts }.check(&cfg).is_err());
+/// assert!(SessionOptions { policy: dfrt::policy::Policy::parse("dummy:1")?, ..opts.clone() }.check(&cfg).is_err());
+/// assert!(SessionOptions { policy: dfrt::policy::Policy::Full, ..opts }.check(&cfg).is_err());
 /// # Ok::<(), dfrt::Error>(())
 /// ```
 #[derive(Clone, Debug)]

@@ -19,9 +19,11 @@
 //! | [`names`] | the native Wan tensor names and shapes of a config |
 //! | [`model`] | the causal DiT, written once against [`backend::Backend`] ops |
 //! | [`backend`] | the op trait and the CPU reference backend [`backend::cpu::CpuBackend`] |
-//! | [`cache`] | the self-attention KV cache and the policy string [`cache::Policy`] |
+//! | [`policy`] | the cache policies: [`policy::Policy`] (parsed and checked once), Dummy Forcing's [`policy::DummySpec`], head groups, the KV footprint |
+//! | [`cache`] | the self-attention KV cache (per-layer head groups of frame slots) |
 //! | [`dummy`] | Dummy Forcing: policy spec, calibration, head programming, head programs, KV accounting |
 //! | [`pipeline`] | the Self-Forcing loop: [`pipeline::Session`], [`pipeline::Schedule`], noise |
+//! | [`run`] | the one owner of a run: [`run::DeviceChoice`], [`run::ModelSource`], [`run::open`] (memory plan, weights, session) |
 //! | [`vae`] | the Wan2.1 video VAE: [`vae::Vae`] (CPU reference), the streaming [`vae::Decoder`], the encoder |
 //! | [`video`] | video files (H.264 MP4, Y4M, PNG frames) written as chunks decode; [`video::VideoSession`] |
 //! | [`text`] | prompt in: Wan's cleaning, the umT5 tokenizer and encoder ([`text::TextEncoder`]) |
@@ -82,10 +84,75 @@ pub mod gpu;
 pub mod model;
 pub mod names;
 pub mod pipeline;
+pub mod policy;
 pub mod profile;
+pub mod run;
 pub mod text;
 pub mod vae;
 pub mod video;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};
+
+/// The module layering, checked on the sources: each lower layer names the upper modules it
+/// must not import. The device layer (`gpu/`) sits below everything but the backend trait and
+/// the errors; the cache policies (`policy/`) below the cache and Dummy Forcing; the cache
+/// below Dummy Forcing and the pipeline. Fails naming the file and the line that points up.
+#[cfg(test)]
+mod layering {
+    const RULES: [(&str, &[&str]); 3] = [
+        (
+            "gpu",
+            &[
+                "api",
+                "cache",
+                "checkpoint",
+                "dummy",
+                "model",
+                "names",
+                "pipeline",
+                "policy",
+                "run",
+                "text",
+                "vae",
+                "video",
+            ],
+        ),
+        ("policy", &["api", "backend", "cache", "checkpoint", "dummy", "gpu", "model", "pipeline", "run"]),
+        ("cache", &["api", "dummy", "model", "pipeline", "run"]),
+    ];
+
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn lower_layers_import_no_upper_module() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut bad = Vec::new();
+        for (layer, upper) in RULES {
+            let mut files = Vec::new();
+            sources(&src.join(layer), &mut files);
+            assert!(!files.is_empty(), "no sources under src/{layer}");
+            for f in &files {
+                let text = std::fs::read_to_string(f).unwrap();
+                for (i, line) in text.lines().enumerate() {
+                    let code = line.split("//").next().unwrap_or("");
+                    for m in upper {
+                        if code.contains(&format!("crate::{m}::")) || code.contains(&format!("crate::{m};")) {
+                            bad.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(bad.is_empty(), "a lower layer imports an upper module:\n{}", bad.join("\n"));
+    }
+}

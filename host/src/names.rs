@@ -1,6 +1,9 @@
-//! Native Wan tensor names and shapes: the single source of truth for what a runtime
-//! checkpoint of a given [`ModelConfig`] holds. The converter validates against it, the
-//! synthetic-weight generator produces it, and the model loader can check against it.
+//! Native Wan tensor names and shapes: what a runtime checkpoint of a given [`ModelConfig`]
+//! holds. The converter validates against it, the synthetic-weight generator produces it, and
+//! [`crate::run::ModelSource::open`] checks a checkpoint against it before anything loads.
+//! `ModelWeights::load` spells the same names again as it builds each module; every
+//! checkpoint the tests load is synthesised from this list, so a name the loader spells
+//! differently fails them.
 
 use crate::ModelConfig;
 

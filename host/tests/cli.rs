@@ -160,8 +160,15 @@ fn bad_inputs_give_readable_errors() {
     expect("too many frames", gen(&good, &["--frames", "12"]), "inputs hold noise for 9");
     expect("policy", gen(&good, &["--policy", "sliding"]), "unknown policy `sliding`");
     expect("window", gen(&good, &["--policy", "window:3,sink:1"]), "at least sink + 3");
-    expect("dtype", gen(&good, &["--dtype", "fp8"]), "unknown dtype");
-    expect("device", gen(&good, &["--device", "tpu"]), "unknown device `tpu` (expected cpu, sim or cuda)");
+    // Device and dtype are parsed with the arguments: a usage error (exit code 2) that names
+    // the flag and the accepted values.
+    let usage = |what: &str, (code, err): (i32, String), needle: &str| {
+        println!("{what}: {}", err.trim());
+        assert_eq!(code, 2, "{what}: exit code {code}, stderr {err}");
+        assert!(err.contains(needle), "{what}: `{needle}` not in: {err}");
+    };
+    usage("dtype", gen(&good, &["--dtype", "fp8"]), "unknown dtype `fp8`");
+    usage("device", gen(&good, &["--device", "tpu"]), "unknown device `tpu` (known: cpu, sim, cuda");
     expect("no file", gen(&d.join("nope.safetensors"), &[]), "nope.safetensors");
     std::fs::remove_dir_all(&d).ok();
 }

@@ -14,13 +14,16 @@
 use std::sync::Arc;
 
 use dfrt::backend::cpu::CpuBackend;
+use dfrt::backend::gpu::{AttnRows, GpuBackend, GpuOptions, GpuTensor};
 use dfrt::backend::{Backend, Precision, Seg};
-use dfrt::cache::Policy;
 use dfrt::checkpoint::TensorFile;
 use dfrt::dummy::calibrate::{layer_masses, KeySegment};
-use dfrt::gpu::{CudaDevice, Device, Gemm, GpuBackend, GpuTensor, SimDevice};
+use dfrt::error::DeviceError;
+use dfrt::gpu::{CudaDevice, Device, Gemm, SimDevice};
 use dfrt::model::Model;
 use dfrt::pipeline::{Latent, Noise, Rng, Session};
+use dfrt::policy::Policy;
+use dfrt::run::MemoryPlan;
 
 mod common;
 use common::{case_config, checkpoint, dfrt, golden, rel_l2, tmp};
@@ -63,7 +66,9 @@ fn check(op: &str, got: &[f32], want: &[f32], tol: f32) {
 }
 
 /// Every `Backend` op of `gpu` against `CpuBackend` in the same precision, on random inputs.
-fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
+/// `unfused`: a backend of the same precision built with `fused_gelu: false`, to check the
+/// composed GELU path too.
+fn compare_ops<D: Device>(gpu: &GpuBackend<D>, unfused: Option<&GpuBackend<SimDevice>>, seed: u64) {
     let p = gpu.precision();
     let cpu = CpuBackend::new(p);
     // f32 paths differ only in summation order (f32 vs f64 sums); bf16 by about one bf16 ulp
@@ -119,12 +124,15 @@ fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
         &cpu.download(&cpu.linear_gelu(&xc, &wc, Some(&bc))),
         if p == Precision::F32 { tol } else { gtol },
     );
-    gpu.set_fused_gelu(false);
-    let lu = gpu.download(&gpu.linear_gelu(&xg, &wg, Some(&bg)));
-    gpu.set_fused_gelu(true);
-    check(&name("linear_gelu unfused"), &lu, &cpu.download(&cpu.gelu_tanh(&cpu.linear(&xc, &wc, Some(&bc)))), tol);
-    if p == Precision::Bf16 && gpu.name() == "sim" {
-        assert!(lg != lu, "bf16: the fused epilogue rounds once, so some values differ from the composed ops");
+    if let Some(unfused) = unfused {
+        // The same op on a backend built with the GELU outside the GEMM (the official code's
+        // two ops): exactly the composed reference ops.
+        let up = |t: &<CpuBackend as Backend>::Tensor| unfused.upload(&cpu.download(t), cpu.shape(t));
+        let lu = unfused.download(&unfused.linear_gelu(&up(&xc), &up(&wc), Some(&up(&bc))));
+        check(&name("linear_gelu unfused"), &lu, &cpu.download(&cpu.gelu_tanh(&cpu.linear(&xc, &wc, Some(&bc)))), tol);
+        if p == Precision::Bf16 {
+            assert!(lg != lu, "bf16: the fused epilogue rounds once, so some values differ from the composed ops");
+        }
     }
 
     let (nwc, nwg) = both(&mut r, &[cols]);
@@ -316,12 +324,22 @@ fn compare_ops<D: Device>(gpu: &GpuBackend<D>, seed: u64) {
 
 #[test]
 fn ops_match_cpu_on_sim_f32() {
-    compare_ops(&GpuBackend::new(SimDevice::new(), Precision::F32), 11);
+    let unfused = GpuBackend::with_options(
+        SimDevice::new(),
+        Precision::F32,
+        GpuOptions { fused_gelu: false, ..Default::default() },
+    );
+    compare_ops(&GpuBackend::new(SimDevice::new(), Precision::F32), Some(&unfused), 11);
 }
 
 #[test]
 fn ops_match_cpu_on_sim_bf16() {
-    compare_ops(&GpuBackend::new(SimDevice::new(), Precision::Bf16), 12);
+    let unfused = GpuBackend::with_options(
+        SimDevice::new(),
+        Precision::Bf16,
+        GpuOptions { fused_gelu: false, ..Default::default() },
+    );
+    compare_ops(&GpuBackend::new(SimDevice::new(), Precision::Bf16), Some(&unfused), 12);
 }
 
 #[test]
@@ -561,7 +579,7 @@ fn gpu_session<D: Device>(
     let weights = TensorFile::open(golden().join(case).join("weights.safetensors")).unwrap();
     let policy = Policy::parse_for(policy, &cfg).unwrap();
     let latent = Latent { channels: cfg.in_dim, height: h, width: w };
-    be.prepare(&cfg, &policy, latent, Some(frames), &weights).unwrap();
+    prepare(be, &cfg, &policy, latent, frames, &weights).unwrap();
     let model = Arc::new(Model::load(&**be, &weights, &cfg).unwrap());
     let ctx = Rand(ctx_seed).vec(3 * cfg.text_dim);
     Session::new(model, be.clone(), policy, latent, Some(frames), &ctx, 3, Noise::Seeded(Rng::new(noise_seed))).unwrap()
@@ -571,10 +589,27 @@ fn gpu_session<D: Device>(
 // Memory plan
 // ---------------------------------------------------------------------------------------------
 
+/// The memory plan of a run of `weights` (a golden case's weights file, which has no config
+/// of its own), reserved on `be` as `dfrt::run::open` reserves it.
+fn prepare<D: Device>(
+    be: &GpuBackend<D>,
+    cfg: &dfrt::ModelConfig,
+    policy: &Policy,
+    latent: Latent,
+    frames: usize,
+    weights: &TensorFile,
+) -> dfrt::Result<MemoryPlan> {
+    let p = be.precision();
+    let elems: usize = weights.tensors.values().map(|t| t.shape.iter().product::<usize>()).sum();
+    let plan = MemoryPlan::estimate(cfg, policy, latent, Some(frames), p, elems * p.size(), weights.tensors.len())?;
+    dfrt::run::reserve(be, &plan)?;
+    Ok(plan)
+}
+
 /// Runs `chunks` chunks of the tiny golden model at 8×8 latents on the sim device after
 /// `prepare`; returns the device allocation count after preparation and after every chunk,
 /// the measured peak of live bytes beyond the weights, and the plan.
-fn alloc_counts(policy: &str, dtype: Precision, chunks: usize) -> (u64, Vec<u64>, usize, dfrt::gpu::MemoryPlan) {
+fn alloc_counts(policy: &str, dtype: Precision, chunks: usize) -> (u64, Vec<u64>, usize, MemoryPlan) {
     let case = if policy.starts_with("dummy") { "df-tiny" } else { "tiny-full" };
     let cfg = case_config(case);
     let weights = TensorFile::open(golden().join(case).join("weights.safetensors")).unwrap();
@@ -582,7 +617,7 @@ fn alloc_counts(policy: &str, dtype: Precision, chunks: usize) -> (u64, Vec<u64>
     let policy = Policy::parse_for(policy, &cfg).unwrap();
     let latent = Latent { channels: cfg.in_dim, height: 8, width: 8 };
     let frames = 3 * chunks;
-    let plan = be.prepare(&cfg, &policy, latent, Some(frames), &weights).unwrap();
+    let plan = prepare(&be, &cfg, &policy, latent, frames, &weights).unwrap();
     let after_prepare = be.allocations();
     let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
     let (weights_live, _, _) = be.heap_stats();
@@ -644,9 +679,14 @@ fn a_device_too_small_fails_before_generating() {
     let cfg = case_config("tiny-full");
     let weights = TensorFile::open(golden().join("tiny-full").join("weights.safetensors")).unwrap();
     let latent = Latent { channels: cfg.in_dim, height: 16, width: 16 };
-    let plan = dfrt::gpu::MemoryPlan::estimate(&cfg, &Policy::Full, latent, Some(9), Precision::F32, 0, 0).unwrap();
+    let plan = MemoryPlan::estimate(&cfg, &Policy::Full, latent, Some(9), Precision::F32, 0, 0).unwrap();
     let be = GpuBackend::new(SimDevice::with_limit(plan.arena() / 2), Precision::F32);
-    let err = be.prepare(&cfg, &Policy::Full, latent, Some(9), &weights).unwrap_err().to_string();
+    let err = prepare(&be, &cfg, &Policy::Full, latent, 9, &weights).unwrap_err();
+    assert!(
+        matches!(&err, dfrt::Error::Device(DeviceError::OutOfMemory { needed, free, .. }) if needed > free),
+        "a structured out-of-memory error: {err:?}"
+    );
+    let err = err.to_string();
     println!("{err}");
     assert!(err.contains("needs") && err.contains("bytes free of"), "{err}");
     assert_eq!(be.allocations(), 0, "nothing was allocated");
@@ -695,7 +735,7 @@ fn cuda_ops_match_cpu() {
             }
         };
         println!("cuda device: {}", dev.describe());
-        compare_ops(&GpuBackend::new(dev, p), 21);
+        compare_ops(&GpuBackend::new(dev, p), None, 21);
     }
 }
 
@@ -783,7 +823,7 @@ fn cuda_device_without_a_gpu_is_a_clear_error() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a usage error: {err}");
     assert!(err.contains("unknown device `tpu`"), "{err}");
     let (code, err) = dfrt(&[
         "generate",
@@ -815,7 +855,7 @@ fn graph_replays_a_forward<D: Device>(dev: D, precision: Precision) {
     let cfg = case_config("tiny-full");
     let be = Arc::new(GpuBackend::new(dev, precision));
     let mut s = gpu_session(&be, "tiny-full", "full", (8, 8), 6, (7, 3));
-    let model = s.model.clone();
+    let model = s.model().clone();
     // Direct launches: this test records its own graph (the memory plan holds two).
     s.set_graphs(false);
     s.next_chunk(&mut |_| {}).unwrap();
@@ -823,16 +863,17 @@ fn graph_replays_a_forward<D: Device>(dev: D, precision: Precision) {
     let shape = [3, cfg.in_dim, 8, 8];
     let n: usize = shape.iter().product();
     let (a, b) = (Rand(8).vec(n), Rand(9).vec(n));
-    let pass = PassInfo { chunk: 1, step: Some(1), start_frame: 3, frames: 3, commit: false };
+    let pass = PassInfo::denoise(1, 1, 3, 3);
     let mut eager = |x: &[f32]| {
         let xt = be.upload(x, &shape);
-        let f = model.forward(&*be, &xt, 937.5, &pass, &mut s.cache, &s.text, &mut NoHook, None).unwrap();
+        let (cache, text) = s.cache_and_text_mut();
+        let f = model.forward(&*be, &xt, 937.5, &pass, cache, text, &mut NoHook, None).unwrap();
         be.download(&f)
     };
     let (want_a, want_b) = (eager(&a), eager(&b));
     let mut x = be.upload(&a, &shape);
-    let (flow, graph) =
-        be.capture(|be| model.forward(be, &x, 937.5, &pass, &mut s.cache, &s.text, &mut NoHook, None)).unwrap();
+    let (cache, text) = s.cache_and_text_mut();
+    let (flow, graph) = be.capture(|be| model.forward(be, &x, 937.5, &pass, cache, text, &mut NoHook, None)).unwrap();
     let flow = flow.unwrap();
     for round in 0..2 {
         be.replay(graph).unwrap();
@@ -973,15 +1014,15 @@ fn cuda_session_on_a_caller_stream() {
 fn attention_kernel_version_2_gives_the_same_latents() {
     assert_eq!(case_config("tiny-full").head_dim(), 128);
     let run = |rows: u32| {
-        let be = Arc::new(GpuBackend::new(SimDevice::new(), Precision::Bf16));
-        be.set_attn_rows(rows).unwrap();
+        let opts = GpuOptions { attn_rows: AttnRows::from_rows(rows).unwrap(), ..Default::default() };
+        let be = Arc::new(GpuBackend::with_options(SimDevice::new(), Precision::Bf16, opts));
         // 16×16 latent: 64 tokens per frame, 192 query rows per chunk (two version-2 blocks).
         gpu_session(&be, "tiny-full", "full", (16, 16), 3, (13, 4)).run(&mut |_| {}).unwrap()
     };
     let (v1, v2) = (run(64), run(128));
     assert!(v1.iter().all(|x| x.is_finite()));
     assert!(v1 == v2, "version 2 changed the latents: rel L2 {:.3e}", rel_l2("attn v2", &v2, &v1));
-    let err = GpuBackend::new(SimDevice::new(), Precision::Bf16).set_attn_rows(96).unwrap_err().to_string();
+    let err = AttnRows::from_rows(96).unwrap_err().to_string();
     assert!(err.contains("64 or 128"), "{err}");
 }
 

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use dfrt::backend::cpu::CpuBackend;
 use dfrt::backend::Precision;
-use dfrt::cache::Policy;
 use dfrt::checkpoint::TensorFile;
 use dfrt::dummy::Group;
 use dfrt::model::Model;
 use dfrt::pipeline::{Latent, Noise, Rng, Session};
+use dfrt::policy::Policy;
 use dfrt::ModelConfig;
 
 mod common;
@@ -49,7 +49,7 @@ fn run(policy: &str, layers: usize, frames: usize, seed: u64) -> Vec<usize> {
         let window = |n: usize| -> Vec<usize> { (newest + 1 - n.min(newest)..=newest).collect() };
         for l in 0..cfg.num_layers {
             for h in 0..cfg.num_heads {
-                let got = s.cache.head_frames(l, h);
+                let got = s.cache().head_frames(l, h);
                 let want: Vec<usize> = match &policy {
                     Policy::Window { window: w, sink } => {
                         let ring = w - sink - 3;
@@ -75,13 +75,13 @@ fn run(policy: &str, layers: usize, frames: usize, seed: u64) -> Vec<usize> {
         if matches!(policy, Policy::Dummy(_) | Policy::Full) {
             assert_eq!(
                 foot.total_bytes,
-                s.cache.bytes() as u64,
+                s.cache().bytes() as u64,
                 "{} chunk {c}: accounting vs allocation ({})",
                 policy.name(),
                 foot.summary()
             );
         }
-        bytes.push(s.cache.bytes());
+        bytes.push(s.cache().bytes());
     }
     bytes
 }

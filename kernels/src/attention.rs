@@ -111,6 +111,47 @@ pub fn attn_flops(q_rows: u64, keys_all_heads: u64, head_dim: u64) -> u64 {
     4 * q_rows * keys_all_heads * head_dim
 }
 
+/// A segment table as the bytes of one upload: `seg_start` (`[heads + 1]` u32) at offset 0,
+/// then the [`KvSeg`] entries (24 bytes each, little-endian fields in declaration order) from
+/// `segs_offset`, which is 16-byte aligned. The GPU backend and the kernel bench both build
+/// their tables here; `AttnParams::seg_start` is the upload's address and `segs` that address
+/// plus `segs_offset`.
+#[cfg(not(target_arch = "nvptx64"))]
+pub struct SegmentTable {
+    pub bytes: Vec<u8>,
+    pub segs_offset: usize,
+}
+
+/// Serialises `seg_start` and `segs` into one [`SegmentTable`].
+///
+/// ```
+/// use dfrt_kernels::attention::{segment_table, KvSeg};
+/// let seg = KvSeg { k: 0x1000, v: 0x2000, rows: 7, stride: 64 };
+/// let t = segment_table(&[0, 1, 1], &[seg]);
+/// assert_eq!(t.segs_offset, 16);
+/// assert_eq!(t.bytes.len(), 16 + 24);
+/// assert_eq!(&t.bytes[4..8], &1u32.to_le_bytes());
+/// assert_eq!(&t.bytes[16..24], &0x1000u64.to_le_bytes());
+/// assert_eq!(&t.bytes[32..36], &7u32.to_le_bytes());
+/// ```
+#[cfg(not(target_arch = "nvptx64"))]
+pub fn segment_table(seg_start: &[u32], segs: &[KvSeg]) -> SegmentTable {
+    const _: () = assert!(core::mem::size_of::<KvSeg>() == 24);
+    let segs_offset = (seg_start.len() * 4).div_ceil(16) * 16;
+    let mut bytes = vec![0u8; segs_offset + segs.len() * 24];
+    for (i, s) in seg_start.iter().enumerate() {
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&s.to_le_bytes());
+    }
+    for (i, s) in segs.iter().enumerate() {
+        let o = segs_offset + i * 24;
+        bytes[o..o + 8].copy_from_slice(&s.k.to_le_bytes());
+        bytes[o + 8..o + 16].copy_from_slice(&s.v.to_le_bytes());
+        bytes[o + 16..o + 20].copy_from_slice(&s.rows.to_le_bytes());
+        bytes[o + 20..o + 24].copy_from_slice(&s.stride.to_le_bytes());
+    }
+    SegmentTable { bytes, segs_offset }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Host-side checks (host builds only: they allocate error strings)
 // ---------------------------------------------------------------------------------------------

@@ -107,7 +107,7 @@
 //! | `sinusoid` | `sinusoid_*` (f64 freqs from [`elementwise::sinusoid_freqs`]) | [`elementwise::SinusoidParams`] |
 //! | `patchify` / `unpatchify` | `patchify_*` / `unpatchify_*` | [`layout::PatchifyParams`] / [`layout::UnpatchifyParams`] |
 //! | cache commit (`KvCache::commit`) | `kv_write_*` | [`layout::KvWriteParams`] |
-//! | HMA compaction (`KvCache::replace_groups`) | `kv_compact_*` | [`layout::KvCompactParams`] |
+//! | HMA compaction in one launch (not used by the host yet: `KvCache::replace_groups` regroups with `copy_rows_*`) | `kv_compact_*` | [`layout::KvCompactParams`] |
 //! | calibration (`dummy::calibrate::layer_masses`) | `calib_mass_*` then `calib_mean_f32` | [`calib::CalibMassParams`], [`calib::CalibMeanParams`] |
 //!
 //! `upload`/`download`/`zeros` are copies and memsets, `linear` is cuBLASLt (a CPU GEMM on the

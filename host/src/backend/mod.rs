@@ -45,14 +45,36 @@
 
 pub mod biased;
 pub mod cpu;
+pub mod gpu;
+
+/// The scalar GELU (tanh form) every backend's epilogue computes, in f32.
+pub use cpu::math::gelu_tanh_f32;
 
 use crate::Result;
 
 /// Storage precision of weights, activations and the KV cache.
+/// A GPU backend's memory counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Device allocations made so far (the "no allocation in the chunk loop" rule).
+    pub allocations: u64,
+    /// Bytes of the device heap live now, at their peak, and reserved in all.
+    pub heap_live: usize,
+    pub heap_peak: usize,
+    pub heap_capacity: usize,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
     F32,
     Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Precision::parse(s)
+    }
 }
 
 impl Precision {
@@ -112,6 +134,11 @@ pub trait Backend {
         Ok(())
     }
 
+    /// Device memory counters (GPU backends): what the benches and tests watch.
+    fn device_stats(&self) -> Option<DeviceStats> {
+        None
+    }
+
     // --- graphs (optional; GPU backends) ---
     /// Whether [`Backend::capture_graph`] works on this backend. The pipeline then runs every
     /// forward as a recorded graph (a CUDA graph on CUDA; see `pipeline::Session::set_graphs`).
@@ -125,15 +152,15 @@ pub trait Backend {
     /// be written into them ([`Backend::copy_rows`]) between replays.
     fn capture_graph(&self, f: &mut dyn FnMut(&Self) -> Result<Self::Tensor>) -> Result<(Self::Tensor, usize)> {
         let _ = f;
-        Err(crate::Error::Device(format!("backend `{}` cannot record graphs", self.name())))
+        Err(crate::Error::unsupported(format!("backend `{}` cannot record graphs", self.name())))
     }
     /// Runs a recorded graph once.
     fn replay_graph(&self, graph: usize) -> Result<()> {
-        Err(crate::Error::Device(format!("backend `{}` has no graph {graph}", self.name())))
+        Err(crate::Error::invalid_op(format!("backend `{}` has no graph {graph}", self.name())))
     }
     /// Destroys a recorded graph and frees what it holds.
     fn drop_graph(&self, graph: usize) -> Result<()> {
-        Err(crate::Error::Device(format!("backend `{}` has no graph {graph}", self.name())))
+        Err(crate::Error::invalid_op(format!("backend `{}` has no graph {graph}", self.name())))
     }
 
     // --- memory ---

@@ -1,72 +1,9 @@
 //! Dynamic head programming (official `dynamic_head_programming`): a global budget of dummy
 //! heads over all layers, chosen by opportunity cost.
 
-use serde::{Deserialize, Serialize};
-
 use super::calibrate::LayerScores;
+pub use crate::policy::{Group, GroupCounts};
 use crate::{Error, Result};
-
-/// The group of one head. The numbers are those of the `assignment` output tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Group {
-    /// A ("first"): keeps latent frame 0.
-    Sink = 0,
-    /// B ("mid"): keeps the last L chunks.
-    Neighbor = 1,
-    /// C ("last"): keeps the newest previous latent frame (or nothing without packing).
-    Dummy = 2,
-}
-
-impl Group {
-    /// Every group, in the order of their numbers.
-    pub const ALL: [Group; 3] = [Group::Sink, Group::Neighbor, Group::Dummy];
-
-    /// The group of an `assignment` value (0, 1, 2); None for anything else.
-    pub fn from_i64(v: i64) -> Option<Group> {
-        match v {
-            0 => Some(Group::Sink),
-            1 => Some(Group::Neighbor),
-            2 => Some(Group::Dummy),
-            _ => None,
-        }
-    }
-
-    /// `sink`, `neighbor` or `dummy` (the name in head-program JSON).
-    pub fn name(self) -> &'static str {
-        match self {
-            Group::Sink => "sink",
-            Group::Neighbor => "neighbor",
-            Group::Dummy => "dummy",
-        }
-    }
-}
-
-/// Heads per group, over all layers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GroupCounts {
-    /// Sink heads.
-    pub sink: usize,
-    /// Neighbor heads.
-    pub neighbor: usize,
-    /// Dummy heads.
-    pub dummy: usize,
-}
-
-impl GroupCounts {
-    /// The count of group `g`.
-    pub fn get(&self, g: Group) -> usize {
-        match g {
-            Group::Sink => self.sink,
-            Group::Neighbor => self.neighbor,
-            Group::Dummy => self.dummy,
-        }
-    }
-    /// Heads in all.
-    pub fn total(&self) -> usize {
-        self.sink + self.neighbor + self.dummy
-    }
-}
 
 /// The group of every head, `[layers][heads]`, stored row-major.
 #[derive(Clone, Debug, PartialEq, Eq)]

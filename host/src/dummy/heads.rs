@@ -55,7 +55,7 @@ use serde::{Deserialize, Serialize};
 
 use super::calibrate::LayerScores;
 use super::dhp::{program, Assignment, Group};
-use super::spec::DummySpec;
+use crate::policy::DummySpec;
 use crate::{Error, ModelConfig, Result};
 
 /// The `format` field of every head program.

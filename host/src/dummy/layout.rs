@@ -4,34 +4,7 @@
 //! (sink slots first, while free; then the ring, oldest frame evicted first).
 
 use super::dhp::{Assignment, Group};
-use super::spec::DummySpec;
-use crate::config::FRAMES_PER_CHUNK;
-
-/// Frame slots of one head group.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SlotShape {
-    pub sink_slots: usize,
-    pub ring_cap: usize,
-}
-
-/// Phase 1 (AR steps ≤ ar_start, before HMA): every head in one group with one sink slot
-/// (frame 0) and a ring of `3·L` frames. This reproduces the official full path: after the
-/// t = 0 pass of step c, local = last 3·L frames if c > L−1, else every frame but frame 0;
-/// both are "the last min(3·L, frames−1) frames", because with c ≤ L−1 fewer than 3·L frames
-/// follow frame 0.
-pub fn phase1_shape(spec: &DummySpec) -> SlotShape {
-    SlotShape { sink_slots: 1, ring_cap: spec.local_frames() }
-}
-
-/// Latent frames in the (pre-HMA) local window right after the t = 0 pass of AR step `step`:
-/// `3·L` if `step > L−1`, else `3·(step+1) − 1`.
-pub fn local_frames_after_step(spec: &DummySpec, step: usize) -> usize {
-    if step + 1 > spec.chunks {
-        spec.local_frames()
-    } else {
-        FRAMES_PER_CHUNK * (step + 1) - 1
-    }
-}
+use crate::policy::{local_frames_after_step, DummySpec, SlotShape};
 
 /// Where a group's slots are filled from at HMA time (the end of the t = 0 pass of AR step
 /// `ar_start`, after that pass has committed its frames to the phase-1 cache).
@@ -94,6 +67,7 @@ pub fn hma_layout(a: &Assignment, spec: &DummySpec) -> Vec<[GroupLayout; 3]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::phase1_shape;
 
     #[test]
     fn df_tiny_layout() {

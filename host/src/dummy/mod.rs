@@ -20,9 +20,9 @@
 //!
 //! # How it is wired in
 //!
-//! - Policy: [`crate::cache::Policy::Dummy`]`(`[`DummySpec`]`)`, parsed by
-//!   [`crate::cache::Policy::parse`] (`dummy:…`) and checked against the model by
-//!   [`crate::cache::Policy::validate`] / `parse_for` (also done by `Session::new`). Its
+//! - Policy: [`crate::policy::Policy::Dummy`]`(`[`DummySpec`]`)`, parsed by
+//!   [`crate::policy::Policy::parse`] (`dummy:…`) and checked against the model by
+//!   [`crate::policy::Policy::validate`] / `parse_for` (also done by `Session::new`). Its
 //!   initial cache groups are the phase-1 shape below.
 //! - Session: under `dummy`, `Session::new` creates a [`DummyForcing`] and passes it to every
 //!   forward as the [`crate::model::ForwardHook`] (a hook set with `Session::set_hook` is then
@@ -111,25 +111,24 @@
 //! numbers; here all of a layer's heads run in one call over their own segment lists.
 //!
 //! ## 5. Reporting
-//! [`kv_footprint`] with [`KvPolicy::Dummy`] `{ spec, counts: Some(a.counts()) }` (or
-//! `None` if the run ends before step K) gives bytes per group, the ratio against `full` at
+//! [`kv_footprint`] with the `dummy` policy and `Some(a.counts())` (or `None` if the run
+//! ends before step K) gives bytes per group, the ratio against `full` at
 //! the same frame count, a summary line and output metadata (`Session::kv_footprint`).
 
 pub mod calibrate;
 pub mod dhp;
-pub mod footprint;
 pub mod heads;
 pub mod layout;
 pub mod run;
-pub mod spec;
 
+pub use crate::policy::DummySpec;
+pub use crate::policy::{kv_footprint, GroupBytes, KvFootprint};
+pub use crate::policy::{local_frames_after_step, phase1_shape, SlotShape};
 pub use calibrate::{layer_masses, sample_rows, KeySegment, LayerScores, SplitMix64};
 pub use dhp::{program, Assignment, Group, GroupCounts};
-pub use footprint::{kv_footprint, GroupBytes, KvFootprint, KvPolicy};
 pub use heads::{stability, HeadEntry, HeadProgram, ModelIdentity, Stability};
-pub use layout::{hma_layout, local_frames_after_step, phase1_shape, GroupLayout, HmaSource, SlotShape};
+pub use layout::{hma_layout, GroupLayout, HmaSource};
 pub use run::DummyForcing;
-pub use spec::DummySpec;
 
 /// What an AR step does under the dummy policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

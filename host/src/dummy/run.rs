@@ -3,7 +3,7 @@
 //! [`Backend`] trait only, so every backend runs the same policy logic.
 //!
 //! Phase 1 and the packed phase need no code here: the cache's initial groups
-//! ([`crate::cache::Policy::initial_groups`]) give the full path, and after the regrouping
+//! ([`crate::policy::Policy::initial_groups`]) give the full path, and after the regrouping
 //! each head's context is its own group's slots ++ the current chunk, which the attention op
 //! takes per head ([`crate::cache::KvCache::context`]); outputs stay at their head positions.
 
@@ -16,10 +16,10 @@ use super::calibrate::{
 use super::dhp::Assignment;
 use super::heads::HeadProgram;
 use super::layout::{hma_layout, HmaSource};
-use super::spec::DummySpec;
 use crate::backend::{Backend, Seg};
 use crate::cache::{GroupSpec, KvCache};
 use crate::model::{ForwardHook, PassInfo};
+use crate::policy::DummySpec;
 use crate::{Error, ModelConfig, Result};
 
 /// The Dummy Forcing state of one video.
@@ -196,7 +196,7 @@ impl DummyForcing {
 
 impl<B: Backend> ForwardHook<B> for DummyForcing {
     fn wants_attention(&self, pass: &PassInfo) -> bool {
-        pass.commit && pass.chunk == self.spec.ar_start && self.given.is_none()
+        pass.commits() && pass.chunk == self.spec.ar_start && self.given.is_none()
     }
 
     /// Calibration: the masses of this layer over the full key set, before the commit.
@@ -266,7 +266,7 @@ impl<B: Backend> ForwardHook<B> for DummyForcing {
 
     /// DHP + HMA at the end of the t = 0 forward of AR step K.
     fn after_forward(&mut self, be: &B, pass: &PassInfo, cache: &mut KvCache<B::Tensor>) -> Result<()> {
-        if !(pass.commit && pass.chunk == self.spec.ar_start) {
+        if !(pass.commits() && pass.chunk == self.spec.ar_start) {
             return Ok(());
         }
         let program = match &self.given {

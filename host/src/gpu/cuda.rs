@@ -198,7 +198,7 @@ impl Drop for Pinned {
 }
 
 fn drv(what: &str) -> impl Fn(result::DriverError) -> Error + '_ {
-    move |e| Error::Device(format!("cuda: {what}: {e}"))
+    move |e| Error::driver("cuda", what, e)
 }
 
 /// Runs a cudarc call that may panic when a library or symbol is missing (cudarc's loader
@@ -212,7 +212,7 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            Err(Error::Device(format!("cuda: {what}: {msg}")))
+            Err(Error::not_available(format!("cuda: {what}: {msg}")))
         }
     }
 }
@@ -237,7 +237,7 @@ impl CudaDevice {
     /// the caller must not destroy it while work of this device may still be queued on it.
     pub unsafe fn with_stream(ordinal: usize, sync_debug: bool, stream: *mut std::ffi::c_void) -> Result<Self> {
         if stream.is_null() || stream as usize == 1 {
-            return Err(Error::Device("cuda: the legacy default stream cannot be used (it cannot be captured into a CUDA graph); pass a stream you created, or none".into()));
+            return Err(Error::invalid_op("cuda: the legacy default stream cannot be used (it cannot be captured into a CUDA graph); pass a stream you created, or none"));
         }
         Self::open(ordinal, sync_debug, Some(stream as sys::CUstream))
     }
@@ -245,16 +245,16 @@ impl CudaDevice {
     fn open(ordinal: usize, sync_debug: bool, borrowed: Option<sys::CUstream>) -> Result<Self> {
         // SAFETY: only tries to dlopen the library; nothing from it is called.
         if !unsafe { sys::is_culib_present() } {
-            return Err(Error::Device("no CUDA driver: libcuda.so could not be loaded (is this a machine with an NVIDIA GPU and driver? use --device cpu or --device sim)".into()));
+            return Err(Error::not_available("no CUDA driver: libcuda.so could not be loaded (is this a machine with an NVIDIA GPU and driver? use --device cpu or --device sim)"));
         }
         // SAFETY: as above.
         if !unsafe { ltsys::is_culib_present() } {
-            return Err(Error::Device("CUDA driver found, but libcublasLt.so could not be loaded (install the CUDA toolkit libraries or put them on LD_LIBRARY_PATH)".into()));
+            return Err(Error::not_available("CUDA driver found, but libcublasLt.so could not be loaded (install the CUDA toolkit libraries or put them on LD_LIBRARY_PATH)"));
         }
         guarded("initialisation", || {
             let n = CudaContext::device_count().map_err(drv("counting devices"))?;
             if n <= ordinal as i32 {
-                return Err(Error::Device(format!("no CUDA GPU {ordinal}: the driver reports {n} device(s)")));
+                return Err(Error::not_available(format!("no CUDA GPU {ordinal}: the driver reports {n} device(s)")));
             }
             let ctx = CudaContext::new(ordinal).map_err(drv("creating the context"))?;
             // SAFETY: we use raw allocations and a single stream in order, never CudaSlices
@@ -271,7 +271,7 @@ impl CudaDevice {
                         .result()
                         .map_err(drv("querying the caller's stream (is it a valid CUDA stream?)"))?;
                     if owner != ctx.cu_ctx() {
-                        return Err(Error::Device(format!("cuda: the caller's stream belongs to another CUDA context than GPU {ordinal}'s primary context (create it with the CUDA runtime on that GPU, or pass none)")));
+                        return Err(Error::invalid_op(format!("cuda: the caller's stream belongs to another CUDA context than GPU {ordinal}'s primary context (create it with the CUDA runtime on that GPU, or pass none)")));
                     }
                     // SAFETY: the stream is of this context (checked) and outlives the device
                     // (the caller's contract); the wrapper never destroys it.
@@ -282,7 +282,7 @@ impl CudaDevice {
                 .load_module(cudarc::nvrtc::Ptx::from_src(dfrt_kernels::PTX))
                 .map_err(drv("loading the PTX module (driver too old for the PTX ISA?)"))?;
             let lt = CudaBlasLT::new(stream.clone())
-                .map_err(|e| Error::Device(format!("cuda: creating the cuBLASLt handle: {e}")))?;
+                .map_err(|e| Error::driver("cuda", "creating the cuBLASLt handle", e))?;
             Ok(CudaDevice {
                 ctx,
                 stream,
@@ -320,7 +320,7 @@ impl CudaDevice {
         let k = self
             .module
             .load_function(name)
-            .map_err(|e| Error::Device(format!("cuda: kernel `{name}` is not in the PTX module: {e}")))?;
+            .map_err(|e| Error::driver("cuda", format!("kernel `{name}` is not in the PTX module"), e))?;
         f.insert(name, k.clone());
         Ok(k)
     }
@@ -342,7 +342,7 @@ impl CudaDevice {
 
     fn not_capturing(&self, what: &str) -> Result<()> {
         if self.capturing() {
-            return Err(Error::Device(format!("cuda: {what} is not allowed during a graph capture")));
+            return Err(Error::invalid_op(format!("cuda: {what} is not allowed during a graph capture")));
         }
         Ok(())
     }
@@ -384,7 +384,7 @@ impl CudaDevice {
         if self.sync_debug && !self.capturing() {
             self.stream
                 .synchronize()
-                .map_err(|e| Error::Device(format!("cuda: {what} faulted: {e} (--sync-debug)")))?;
+                .map_err(|e| Error::kernel_fault(what, format!("cuda: {what} faulted: {e} (--sync-debug)")))?;
         }
         Ok(())
     }
@@ -402,7 +402,11 @@ impl Device for CudaDevice {
         // SAFETY: a plain allocation; the memory is only reached through the returned pointer.
         let p = unsafe { result::malloc_sync(bytes) }.map_err(|e| {
             let (free, total) = self.mem_info().unwrap_or((0, 0));
-            Error::Device(format!("cuda: allocating {bytes} bytes: {e} ({free} of {total} bytes free)"))
+            Error::out_of_memory(
+                bytes,
+                free,
+                format!("cuda: allocating {bytes} bytes: {e} ({free} of {total} bytes free)"),
+            )
         })?;
         self.live.lock().unwrap().insert(p, bytes);
         self.allocs.fetch_add(1, Ordering::Relaxed);
@@ -412,7 +416,7 @@ impl Device for CudaDevice {
     fn free(&self, ptr: DevPtr) -> Result<()> {
         self.not_capturing("freeing device memory")?;
         if self.live.lock().unwrap().remove(&ptr).is_none() {
-            return Err(Error::Device(format!("cuda: free of {ptr:#x}, which is not an allocation")));
+            return Err(Error::invalid_op(format!("cuda: free of {ptr:#x}, which is not an allocation")));
         }
         self.bind()?;
         // Work queued on the pointer must finish first.
@@ -484,7 +488,11 @@ impl Device for CudaDevice {
                 d.dyn_smem as i32,
             )
             .map_err(|e| {
-                Error::Device(format!("cuda: kernel `{}`: {} bytes of dynamic shared memory: {e}", P::NAME, d.dyn_smem))
+                Error::invalid_op(format!(
+                    "cuda: kernel `{}`: {} bytes of dynamic shared memory: {e}",
+                    P::NAME,
+                    d.dyn_smem
+                ))
             })?;
         }
         let cfg = LaunchConfig {
@@ -498,16 +506,19 @@ impl Device for CudaDevice {
         // SAFETY: the kernel `P::NAME` takes exactly one parameter, the `#[repr(C)]` struct `P`
         // (the kernel! macro ties each params type to its entry point), passed by value; the
         // caller guarantees the pointers inside are valid for the kernel's accesses.
-        unsafe { b.launch(cfg) }.map_err(|e| Error::Device(format!("cuda: launching kernel `{}`: {e}", P::NAME)))?;
+        unsafe { b.launch(cfg) }.map_err(|e| Error::driver("cuda", format!("launching kernel `{}`", P::NAME), e))?;
         if self.sync_debug && !self.capturing() {
             self.stream.synchronize().map_err(|e| {
-                Error::Device(format!(
-                    "cuda: kernel `{}` faulted: {e} (grid {:?}, block {:?}, {} B shared)",
+                Error::kernel_fault(
                     P::NAME,
-                    d.grid,
-                    d.block,
-                    d.dyn_smem
-                ))
+                    format!(
+                        "cuda: kernel `{}` faulted: {e} (grid {:?}, block {:?}, {} B shared)",
+                        P::NAME,
+                        d.grid,
+                        d.block,
+                        d.dyn_smem
+                    ),
+                )
             })?;
         }
         Ok(())
@@ -567,7 +578,7 @@ impl Device for CudaDevice {
                 unsafe { self.lt.matmul(cfg, &a, &bb, &mut c, bias.as_ref(), act.as_ref()) }
             }
         };
-        r.map_err(|e| Error::Device(format!("cuda: cuBLASLt {} GEMM {}×{}×{}: {e}", g.dtype.name(), g.n, g.k, g.m)))?;
+        r.map_err(|e| Error::driver("cuda", format!("cuBLASLt {} GEMM {}×{}×{}", g.dtype.name(), g.n, g.k, g.m), e))?;
         self.after("gemm")
     }
 
@@ -580,7 +591,7 @@ impl Device for CudaDevice {
     fn begin_capture(&self) -> Result<()> {
         let mut g = self.graphs.lock().unwrap();
         if g.open.is_some() {
-            return Err(Error::Device("cuda: a graph capture is already open".into()));
+            return Err(Error::invalid_op("cuda: a graph capture is already open"));
         }
         // Relaxed mode: the capture does not forbid calls such as cuMemHostAlloc (pinned
         // staging) or cuModuleGetFunction (a kernel's first use) on this thread. What must not
@@ -595,9 +606,9 @@ impl Device for CudaDevice {
 
     fn end_capture(&self) -> Result<usize> {
         let mut g = self.graphs.lock().unwrap();
-        let staged = g.open.take().ok_or_else(|| Error::Device("cuda: end_capture without begin_capture".into()))?;
+        let staged = g.open.take().ok_or_else(|| Error::invalid_op("cuda: end_capture without begin_capture"))?;
         let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(drv("end graph capture"))?;
-        let graph = graph.ok_or_else(|| Error::Device("cuda: graph capture recorded nothing".into()))?;
+        let graph = graph.ok_or_else(|| Error::invalid_op("cuda: graph capture recorded nothing"))?;
         g.done.push(Some((graph, staged)));
         Ok(g.done.len() - 1)
     }
@@ -606,10 +617,13 @@ impl Device for CudaDevice {
         {
             let g = self.graphs.lock().unwrap();
             if g.open.is_some() {
-                return Err(Error::Device("cuda: a graph replay is not allowed during a graph capture".into()));
+                return Err(Error::invalid_op("cuda: a graph replay is not allowed during a graph capture"));
             }
-            let (graph, _) =
-                g.done.get(id).and_then(|g| g.as_ref()).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
+            let (graph, _) = g
+                .done
+                .get(id)
+                .and_then(|g| g.as_ref())
+                .ok_or_else(|| Error::invalid_op(format!("cuda: no graph {id}")))?;
             graph.launch().map_err(drv("graph launch"))?;
         }
         self.after("graph replay")
@@ -618,10 +632,13 @@ impl Device for CudaDevice {
     fn drop_graph(&self, id: usize) -> Result<()> {
         let mut g = self.graphs.lock().unwrap();
         if g.open.is_some() {
-            return Err(Error::Device("cuda: dropping a graph is not allowed during a graph capture".into()));
+            return Err(Error::invalid_op("cuda: dropping a graph is not allowed during a graph capture"));
         }
-        let slot =
-            g.done.get_mut(id).filter(|s| s.is_some()).ok_or_else(|| Error::Device(format!("cuda: no graph {id}")))?;
+        let slot = g
+            .done
+            .get_mut(id)
+            .filter(|s| s.is_some())
+            .ok_or_else(|| Error::invalid_op(format!("cuda: no graph {id}")))?;
         // A replay may still be reading the graph's pinned uploads: wait for it before they
         // are reused (the executable graph itself may be destroyed while in flight).
         self.stream.synchronize().map_err(drv("synchronize before dropping a graph"))?;

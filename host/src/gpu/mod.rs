@@ -1,5 +1,5 @@
-//! The GPU path: one backend ([`GpuBackend`]) over a small [`Device`] trait with two
-//! implementations.
+//! The device layer of the GPU path: a small [`Device`] trait with two implementations, under
+//! one backend ([`crate::backend::gpu::GpuBackend`], beside the CPU backend).
 //!
 //! - [`SimDevice`]: host memory, the SIMT simulator (`dfrt_kernels::sim`) running the very same
 //!   kernels as the GPU, and a CPU GEMM. `dfrt generate --device sim` runs the whole GPU path
@@ -31,25 +31,22 @@
 //! | `attention` (self and cross) | `attn_f32`, or `attn_bf16_d128` / `attn_bf16_d64`; the per-head `Seg` lists become one segment table uploaded per call into a reused buffer |
 //! | `upload`, `download`, `zeros` | copies and memset |
 //!
-//! Kernels in the PTX the backend does not use yet, because the `Backend` trait has no op for
-//! them: `kv_compact_*` (HMA in one launch), `calib_mass_*`/`calib_mean_f32` (the
-//! calibration statistic; calibration downloads q and K and runs on the host, as on the CPU).
+//! | `calibration_masses` (Dummy Forcing's head statistic) | `calib_mass_*` per sampled row and key segment, then `calib_mean_f32` |
+//!
+//! The one kernel in the PTX the backend does not use yet: `kv_compact_*` (HMA regrouping in
+//! one launch); the cache regroups with one `copy_rows_*` per slot instead.
 //! Device memory is addressed by plain `u64` device pointers, as the kernels' params structs
 //! hold them; the devices validate every range they are given for copies and GEMMs against
 //! their live allocations, so a wrong range is an error, never a wild write. Kernel launches
 //! cannot be validated (the params are opaque), which is why [`Device::launch`] is `unsafe`
-//! and [`GpuBackend`] has exactly one place that calls it.
+//! and [`crate::backend::gpu::GpuBackend`] has exactly one place that calls it.
 
-pub mod backend;
 pub mod cuda;
 pub mod heap;
-pub mod plan;
 pub mod ring;
 pub mod sim;
 
-pub use backend::{GpuBackend, GpuTensor};
 pub use cuda::CudaDevice;
-pub use plan::MemoryPlan;
 pub use sim::SimDevice;
 
 use dfrt_kernels::Launch;
@@ -103,7 +100,7 @@ pub(crate) fn check_live(
     }
     match live.range(..=ptr).next_back() {
         Some((&base, &size)) if ptr + len as u64 <= base + size as u64 => Ok(()),
-        _ => Err(crate::Error::Device(format!(
+        _ => Err(crate::Error::invalid_op(format!(
             "{device}: {what}: range {ptr:#x}+{len} is outside every live allocation"
         ))),
     }

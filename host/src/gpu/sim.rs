@@ -100,7 +100,7 @@ impl SimDevice {
 
     fn not_capturing(&self, what: &str) -> Result<()> {
         if self.capture.lock().unwrap().is_some() {
-            return Err(Error::Device(format!("sim: {what} is not allowed during a graph capture")));
+            return Err(Error::invalid_op(format!("sim: {what} is not allowed during a graph capture")));
         }
         Ok(())
     }
@@ -125,18 +125,22 @@ impl Device for SimDevice {
         let bytes = super::heap::round_up(bytes);
         let used = self.used.load(Ordering::Relaxed) as usize;
         if used + bytes > self.limit {
-            return Err(Error::Device(format!(
-                "sim: out of memory: {bytes} bytes requested, {} of {} free",
+            return Err(Error::out_of_memory(
+                bytes,
                 self.limit - used,
-                self.limit
-            )));
+                format!("sim: out of memory: {bytes} bytes requested, {} of {} free", self.limit - used, self.limit),
+            ));
         }
         let layout = Layout::from_size_align(bytes, ALIGN)
-            .map_err(|e| Error::Device(format!("sim: bad allocation size {bytes}: {e}")))?;
+            .map_err(|e| Error::invalid_op(format!("sim: bad allocation size {bytes}: {e}")))?;
         // SAFETY: the layout has a non-zero size (round_up gives at least ALIGN).
         let p = unsafe { std::alloc::alloc(layout) };
         if p.is_null() {
-            return Err(Error::Device(format!("sim: host allocation of {bytes} bytes failed")));
+            return Err(Error::out_of_memory(
+                bytes,
+                self.limit - used,
+                format!("sim: host allocation of {bytes} bytes failed"),
+            ));
         }
         // SAFETY: `p` is a fresh allocation of `bytes` bytes. Poison: 0xff.. is NaN in f32 and bf16.
         unsafe { std::ptr::write_bytes(p, 0xff, bytes) };
@@ -155,7 +159,7 @@ impl Device for SimDevice {
             .lock()
             .unwrap()
             .remove(&ptr)
-            .ok_or_else(|| Error::Device(format!("sim: free of {ptr:#x}, which is not an allocation")))?;
+            .ok_or_else(|| Error::invalid_op(format!("sim: free of {ptr:#x}, which is not an allocation")))?;
         dfrt_kernels::ptx::unregister_allocation(ptr);
         self.used.fetch_sub(size as u64, Ordering::Relaxed);
         // SAFETY: `ptr` came from `alloc` with this size and alignment (it was in `live`), and
@@ -216,7 +220,8 @@ impl Device for SimDevice {
         let t0 = Instant::now();
         // SAFETY: the caller guarantees the pointers in `p` are valid for the kernel; on this
         // device, device memory is host memory, which is what the simulator dereferences.
-        let r = unsafe { dfrt_kernels::sim::run(p) }.map_err(|e| Error::Device(format!("kernel `{}`: {e}", P::NAME)));
+        let r = unsafe { dfrt_kernels::sim::run(p) }
+            .map_err(|e| Error::kernel_fault(P::NAME, format!("kernel `{}`: {e}", P::NAME)));
         self.record(P::NAME, t0);
         r
     }
@@ -227,7 +232,7 @@ impl Device for SimDevice {
             self.check(r.0, r.1, &format!("gemm operand {what}"))?;
         }
         if overlaps(y, x) || overlaps(y, w) || overlaps(y, b) {
-            return Err(Error::Device("sim: gemm output overlaps an input".into()));
+            return Err(Error::invalid_op("sim: gemm output overlaps an input"));
         }
         let rec = *g;
         if self.recorded(move |d| d.gemm(&rec)) {
@@ -288,7 +293,7 @@ impl Device for SimDevice {
                     *v += b[j];
                 }
                 if g.gelu {
-                    *v = crate::backend::cpu::gelu_tanh_f32(*v);
+                    *v = crate::backend::gelu_tanh_f32(*v);
                 }
             }
         }
@@ -317,7 +322,7 @@ impl Device for SimDevice {
     fn begin_capture(&self) -> Result<()> {
         let mut c = self.capture.lock().unwrap();
         if c.is_some() {
-            return Err(Error::Device("sim: a graph capture is already open".into()));
+            return Err(Error::invalid_op("sim: a graph capture is already open"));
         }
         *c = Some(Vec::new());
         Ok(())
@@ -329,7 +334,7 @@ impl Device for SimDevice {
             .lock()
             .unwrap()
             .take()
-            .ok_or_else(|| Error::Device("sim: end_capture without begin_capture".into()))?;
+            .ok_or_else(|| Error::invalid_op("sim: end_capture without begin_capture"))?;
         let mut g = self.graphs.lock().unwrap();
         g.push(Some(Arc::new(ops)));
         Ok(g.len() - 1)
@@ -344,7 +349,7 @@ impl Device for SimDevice {
             .get(graph)
             .cloned()
             .flatten()
-            .ok_or_else(|| Error::Device(format!("sim: no graph {graph}")))?;
+            .ok_or_else(|| Error::invalid_op(format!("sim: no graph {graph}")))?;
         for op in ops.iter() {
             op(self)?;
         }
@@ -358,7 +363,7 @@ impl Device for SimDevice {
                 *g = None;
                 Ok(())
             }
-            _ => Err(Error::Device(format!("sim: no graph {graph}"))),
+            _ => Err(Error::invalid_op(format!("sim: no graph {graph}"))),
         }
     }
 

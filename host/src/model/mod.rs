@@ -136,16 +136,44 @@ pub struct TimeEmbedding<T> {
     pub e0: T,
 }
 
-/// What one forward is: which chunk and step, and whether it commits to the cache.
+/// The two kinds of forward of the official loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassKind {
+    /// Denoising step `step` (0..steps) of a chunk: reads the cache, writes nothing.
+    Denoise { step: usize },
+    /// The t = 0 clean pass: the only pass that writes the chunk into the cache.
+    Clean,
+}
+
+/// What one forward is: which chunk, which kind of pass, and which frames it covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PassInfo {
     pub chunk: usize,
-    /// Denoising step 0..steps, or None for the t = 0 clean pass.
-    pub step: Option<usize>,
+    pub kind: PassKind,
     pub start_frame: usize,
     pub frames: usize,
-    /// True for the clean pass: the only pass that writes the cache.
-    pub commit: bool,
+}
+
+impl PassInfo {
+    /// Denoising step `step` of `chunk`, over `frames` frames from `start_frame`.
+    pub fn denoise(chunk: usize, step: usize, start_frame: usize, frames: usize) -> Self {
+        PassInfo { chunk, kind: PassKind::Denoise { step }, start_frame, frames }
+    }
+    /// The clean pass of `chunk`.
+    pub fn clean(chunk: usize, start_frame: usize, frames: usize) -> Self {
+        PassInfo { chunk, kind: PassKind::Clean, start_frame, frames }
+    }
+    /// The denoising step, or None for the clean pass.
+    pub fn step(&self) -> Option<usize> {
+        match self.kind {
+            PassKind::Denoise { step } => Some(step),
+            PassKind::Clean => None,
+        }
+    }
+    /// Whether this pass writes the cache (the clean pass).
+    pub fn commits(&self) -> bool {
+        self.kind == PassKind::Clean
+    }
 }
 
 /// Hook points for cache policies that need to look inside a forward (Dummy Forcing's
@@ -188,6 +216,31 @@ pub enum Residual<'a, T> {
 /// A hook that does nothing (policies `full` and `window`).
 pub struct NoHook;
 impl<B: Backend> ForwardHook<B> for NoHook {}
+
+/// Elements of the live intermediates of one forward at its peak, for a chunk of 3 frames
+/// of `tokens_per_frame` tokens each (`T` tokens in all): at a block's FFN, [`Model::block`]
+/// still holds about twenty `[T, dim]` tensors (the caller's residual, the normed inputs,
+/// q/k/v before and after norm and RoPE, attention outputs and projections, the
+/// cross-attention's q) plus the FFN's two `[T, ffn_dim]`, and the patch features in and
+/// out; per frame, the time embedding and its modulation (14·dim + freq_dim) and the patch
+/// embedding's input. The text embedding's own peak (`[text_len, text_dim + 3·dim]`) is
+/// the floor. The memory plan of a GPU run reserves this (crate::run::MemoryPlan).
+pub fn forward_scratch(cfg: &ModelConfig, tokens_per_frame: usize) -> usize {
+    let f = crate::config::FRAMES_PER_CHUNK;
+    let [_, ph, pw] = cfg.patch_size;
+    let (d, ffn) = (cfg.dim, cfg.ffn_dim);
+    let t = f * tokens_per_frame;
+    let pf = cfg.patch_features().max(cfg.in_dim * ph * pw);
+    let per_forward = t * (20 * d + 2 * ffn + 2 * pf) + f * (14 * d + cfg.freq_dim + 2 * cfg.in_dim * ph * pw);
+    let text_embed = cfg.text_len * (cfg.text_dim + 3 * d);
+    per_forward.max(text_embed)
+}
+
+/// Elements of the per-prompt [`TextState`]: the embedded context `[text_len, dim]` and every
+/// block's cross-attention K and V.
+pub fn text_state_elems(cfg: &ModelConfig) -> usize {
+    cfg.text_len * cfg.dim * (1 + 2 * cfg.num_layers)
+}
 
 pub struct Model<B: Backend> {
     pub cfg: ModelConfig,
@@ -430,7 +483,7 @@ impl<B: Backend> Model<B> {
                     ))
                 }
             };
-            r.write(be, l, &fresh, kp, heads, [1, grid[1], grid[2]], pass.commit)?;
+            r.write(be, l, &fresh, kp, heads, [1, grid[1], grid[2]], pass.commits())?;
         }
         let a = {
             let ctx = cache.context(l, &fresh);
@@ -443,7 +496,7 @@ impl<B: Backend> Model<B> {
         if l == 0 {
             tap(be, &mut taps, "l0.attn_out", &a);
         }
-        if pass.commit {
+        if pass.commits() {
             let _r = crate::nvtx_range!("dit.block{l:02}.kv_commit");
             cache.commit(be, l, &fresh);
         }

@@ -1,5 +1,5 @@
 //! Which autoregressive pipeline a session runs, and its schedule: the one place where the
-//! systems differ (the cache policy is separate, see [`crate::cache::Policy`]).
+//! systems differ (the cache policy is separate, see [`crate::policy::Policy`]).
 //!
 //! | pipeline | schedule | passes per chunk |
 //! |---|---|---|

@@ -24,7 +24,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use dfrt::backend::{cpu::CpuBackend, Precision};
-//! use dfrt::cache::Policy;
+//! use dfrt::policy::Policy;
 //! use dfrt::checkpoint::{DType, TensorFile};
 //! use dfrt::model::Model;
 //! use dfrt::pipeline::{Latent, Noise, Rng, Session};
@@ -68,10 +68,11 @@ use std::sync::Arc;
 use half::bf16;
 
 use crate::backend::{Backend, Precision};
-use crate::cache::{KvCache, Policy};
+use crate::cache::KvCache;
 use crate::config::FRAMES_PER_CHUNK;
-use crate::dummy::{kv_footprint, DummyForcing, KvFootprint, KvPolicy};
+use crate::dummy::{kv_footprint, DummyForcing, KvFootprint};
 use crate::model::{ForwardHook, Model, NoHook, PassInfo, Residual, Taps, TextState, TimeEmbedding};
+use crate::policy::Policy;
 use crate::{Error, Result};
 
 pub use kind::{Pipeline, PipelineSpec};
@@ -187,7 +188,7 @@ pub struct Progress {
 /// the frame count, and that the policy can cache that many frames (`full` needs a count).
 ///
 /// ```
-/// use dfrt::cache::Policy;
+/// use dfrt::policy::Policy;
 /// use dfrt::pipeline::{check_geometry, Latent};
 /// let cfg = dfrt::ModelConfig::preset("tiny").unwrap();
 /// let ok = Latent { channels: 16, height: 8, width: 12 };
@@ -225,22 +226,22 @@ pub fn check_geometry(c: &crate::ModelConfig, policy: &Policy, latent: Latent, f
 /// cache, noise position). [`Session::next_chunk`] produces 3 latent frames at a time, so a C
 /// API can drive it chunk by chunk.
 pub struct Session<B: Backend> {
-    pub model: Arc<Model<B>>,
-    pub be: Arc<B>,
-    pub schedule: Schedule,
-    pub cache: KvCache<B::Tensor>,
-    pub text: TextState<B::Tensor>,
-    pub latent: Latent,
-    pub policy: Policy,
+    model: Arc<Model<B>>,
+    be: Arc<B>,
+    schedule: Schedule,
+    cache: KvCache<B::Tensor>,
+    text: TextState<B::Tensor>,
+    latent: Latent,
+    policy: Policy,
     /// Total frames, when known (needed for `full`, and to stop).
-    pub frames: Option<usize>,
+    frames: Option<usize>,
     noise: Noise,
     chunk: usize,
-    hook: Box<dyn ForwardHook<B> + Send>,
-    /// Dummy Forcing's state under the `dummy` policy; it is the forward hook of the session.
-    dummy: Option<DummyForcing>,
-    /// When set, records `xt/flow/x0.{c}.{s}` and the first forward's intermediates.
-    pub record: Option<Taps>,
+    /// The one forward hook: none, the caller's, or (under `dummy`) Dummy Forcing itself.
+    hook: HookSlot<B>,
+    /// When set, records `xt/flow/x0.{c}.{s}` and the first forward's intermediates
+    /// ([`Session::record_taps`]).
+    record: Option<Taps>,
     /// Whether forwards run as recorded graphs ([`Session::set_graphs`]).
     graphs: bool,
     /// The pipeline and its options ([`Session::new_with`]).
@@ -263,6 +264,52 @@ pub struct Session<B: Backend> {
     /// The last clean pass's graph: kept until its replay has surely run (the next chunk's
     /// first download), since the device may still be executing it.
     last_clean: Option<Recorded<B>>,
+}
+
+/// A session's forward hook. Under the `dummy` policy the hook is Dummy Forcing's own state,
+/// so there is no second slot a caller's hook could sit in unused.
+enum HookSlot<B: Backend> {
+    None(NoHook),
+    Custom(Box<dyn ForwardHook<B> + Send>),
+    Dummy(Box<DummyForcing>),
+}
+
+impl<B: Backend> HookSlot<B> {
+    fn get(&self) -> &dyn ForwardHook<B> {
+        match self {
+            HookSlot::None(h) => h,
+            HookSlot::Custom(h) => h.as_ref(),
+            HookSlot::Dummy(d) => d.as_ref(),
+        }
+    }
+    fn get_mut(&mut self) -> &mut dyn ForwardHook<B> {
+        match self {
+            HookSlot::None(h) => h,
+            HookSlot::Custom(h) => h.as_mut(),
+            HookSlot::Dummy(d) => d.as_mut(),
+        }
+    }
+    fn dummy(&self) -> Option<&DummyForcing> {
+        match self {
+            HookSlot::Dummy(d) => Some(d),
+            _ => None,
+        }
+    }
+    fn dummy_mut(&mut self) -> Option<&mut DummyForcing> {
+        match self {
+            HookSlot::Dummy(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// Which passes of a chunk run as recorded graphs.
+#[derive(Clone, Copy, Debug)]
+struct GraphPasses {
+    /// The denoising forwards (one graph, replayed at every step).
+    denoise: bool,
+    /// The clean pass that commits the chunk to the cache.
+    clean: bool,
 }
 
 /// One forward recorded as a graph: its input tensors (the chunk, and the time embedding),
@@ -386,8 +433,10 @@ impl<B: Backend + 'static> Session<B> {
             frames,
             noise,
             chunk: 0,
-            hook: Box::new(NoHook),
-            dummy,
+            hook: match dummy {
+                Some(d) => HookSlot::Dummy(Box::new(d)),
+                None => HookSlot::None(NoHook),
+            },
             record: None,
             graphs,
             spec,
@@ -465,19 +514,88 @@ impl<B: Backend + 'static> Session<B> {
     }
 
     /// Installs a forward hook (for inspection or an experimental policy). Under the `dummy`
-    /// policy the session's own [`DummyForcing`] is the hook and this one is not called.
-    pub fn set_hook(&mut self, hook: Box<dyn ForwardHook<B> + Send>) {
-        self.hook = hook;
+    /// policy the session's hook is its [`DummyForcing`], so another one is an error.
+    pub fn set_hook(&mut self, hook: Box<dyn ForwardHook<B> + Send>) -> Result<()> {
+        if let HookSlot::Dummy(_) = self.hook {
+            return Err(Error::Policy(
+                "under the dummy policy the session's forward hook is Dummy Forcing itself; a second hook cannot be installed".into(),
+            ));
+        }
+        self.hook = HookSlot::Custom(hook);
+        Ok(())
     }
 
     /// Dummy Forcing's state (program, assignment, calibration masses), under `dummy`.
     pub fn dummy(&self) -> Option<&DummyForcing> {
-        self.dummy.as_ref()
+        self.hook.dummy()
     }
 
     /// Dummy Forcing's settings before the run: row seed, stored rows, a reused program.
     pub fn dummy_mut(&mut self) -> Option<&mut DummyForcing> {
-        self.dummy.as_mut()
+        self.hook.dummy_mut()
+    }
+
+    /// Records the tensors of this run from now on: `xt/flow/x0.{c}.{s}` per pass and the
+    /// first forward's intermediates (what the golden cases compare). Forwards then run
+    /// directly, not as graphs.
+    pub fn record_taps(&mut self) {
+        self.record = Some(Taps::default());
+    }
+
+    /// The tensors recorded so far ([`Session::record_taps`]).
+    pub fn taps(&self) -> Option<&Taps> {
+        self.record.as_ref()
+    }
+
+    /// Takes the recorded tensors and stops recording.
+    pub fn take_taps(&mut self) -> Option<Taps> {
+        self.record.take()
+    }
+
+    /// The model the session runs.
+    pub fn model(&self) -> &Arc<Model<B>> {
+        &self.model
+    }
+
+    /// The backend the session runs on.
+    pub fn backend(&self) -> &Arc<B> {
+        &self.be
+    }
+
+    /// The flow-matching schedule (its denoising steps).
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// The self-attention KV cache.
+    pub fn cache(&self) -> &KvCache<B::Tensor> {
+        &self.cache
+    }
+
+    /// The cache (mutable) and the text state, for driving a forward by hand (tests and
+    /// experiments that call [`Model::forward`] on a session's state).
+    pub fn cache_and_text_mut(&mut self) -> (&mut KvCache<B::Tensor>, &TextState<B::Tensor>) {
+        (&mut self.cache, &self.text)
+    }
+
+    /// The per-prompt text state (embedded context, cross-attention K/V).
+    pub fn text(&self) -> &TextState<B::Tensor> {
+        &self.text
+    }
+
+    /// The latent geometry.
+    pub fn latent(&self) -> Latent {
+        self.latent
+    }
+
+    /// The cache policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Latent frames in all, when known.
+    pub fn frames(&self) -> Option<usize> {
+        self.frames
     }
 
     /// Latent frames generated so far.
@@ -490,14 +608,10 @@ impl<B: Backend + 'static> Session<B> {
     /// actually allocated.
     pub fn kv_footprint(&self) -> Result<KvFootprint> {
         let tpf = self.cache.tokens_per_frame;
-        let policy = match self.policy.kv_policy() {
-            KvPolicy::Dummy { spec, .. } => {
-                KvPolicy::Dummy { spec, counts: self.dummy.as_ref().and_then(|d| d.assignment()).map(|a| a.counts()) }
-            }
-            p => p,
-        };
+        let counts = self.hook.dummy().and_then(|d| d.assignment()).map(|a| a.counts());
         kv_footprint(
-            &policy,
+            &self.policy,
+            counts,
             &self.model.cfg,
             tpf,
             self.be.precision().size(),
@@ -555,16 +669,16 @@ impl<B: Backend + 'static> Session<B> {
         let mut xt: Vec<f32> = self.draw(c, None).into_iter().map(|x| self.store_f32(x)).collect();
         let steps = self.schedule.steps.clone();
         let mut x0 = Vec::new();
-        let denoise = |s: usize| PassInfo { chunk: c, step: Some(s), start_frame: c * nf, frames: nf, commit: false };
-        let clean_pass = PassInfo { chunk: c, step: None, start_frame: c * nf, frames: nf, commit: true };
+        let denoise = |s: usize| PassInfo::denoise(c, s, c * nf, nf);
+        let clean_pass = PassInfo::clean(c, c * nf, nf);
         let graphs = self.graph_passes(c);
-        let mut den = self.next_denoise.take().filter(|g| graphs.0 && g.pass.chunk == c);
+        let mut den = self.next_denoise.take().filter(|g| graphs.denoise && g.pass.chunk == c);
         let mut clean: Option<Recorded<B>> = None;
         for (s, &t) in steps.iter().enumerate() {
             let pass = denoise(s);
             let want_taps = self.record.is_some() && c == 0 && s == 0;
             let mut taps = Taps::new();
-            let flow = if graphs.0 {
+            let flow = if graphs.denoise {
                 let g = match den.as_mut() {
                     Some(g) => g,
                     None => den.insert(self.record_forward(&pass, t)?),
@@ -574,7 +688,7 @@ impl<B: Backend + 'static> Session<B> {
                     // The previous clean pass is queued before this replay: done by the download.
                     self.last_clean = None;
                 }
-                if s + 1 == steps.len() && graphs.1 {
+                if s + 1 == steps.len() && graphs.clean {
                     // Recorded while the device runs the last denoising step.
                     clean = Some(self.record_forward(&clean_pass, 0.0)?);
                 }
@@ -636,9 +750,9 @@ impl<B: Backend + 'static> Session<B> {
             self.history.pop_front();
         }
         self.chunk += 1;
-        if !self.done() && self.graph_passes(c + 1).0 {
+        if !self.done() && self.graph_passes(c + 1).denoise {
             // Recorded while the device runs the clean pass.
-            let next = PassInfo { chunk: c + 1, step: Some(0), start_frame: (c + 1) * nf, frames: nf, commit: false };
+            let next = PassInfo::denoise(c + 1, 0, (c + 1) * nf, nf);
             self.next_denoise = Some(self.record_forward(&next, steps[0])?);
         }
         Ok(x0)
@@ -661,7 +775,7 @@ impl<B: Backend + 'static> Session<B> {
         if skip && residual.is_none() {
             return Err(Error::Input("TeaCache skips a pass before any pass was computed".into()));
         }
-        if let (true, Some(rec), Some(r), Some(s)) = (skip, self.record.as_mut(), &residual, pass.step) {
+        if let (true, Some(rec), Some(r), Some(s)) = (skip, self.record.as_mut(), &residual, pass.step()) {
             rec.insert(format!("teacache.residual.{}.{s}", pass.chunk), self.be.download(r));
         }
         let (model, be, cache, text, hook) = self.parts();
@@ -704,16 +818,16 @@ impl<B: Backend + 'static> Session<B> {
         }
         let n = self.recache_frames.min(f).min(self.history.len());
         let start = f - n;
-        let d = self.dummy.as_ref().unwrap();
+        let d = self.hook.dummy().unwrap();
         d.reset_for_recache(&*self.be, &mut self.cache, start / FRAMES_PER_CHUNK, n)?;
         let x: Vec<f32> = self.history.iter().skip(self.history.len() - n).flatten().copied().collect();
         let lat = self.latent;
         let x = self.be.upload(&x, &[n, lat.channels, lat.height, lat.width]);
-        let pass = PassInfo { chunk: self.chunk, step: None, start_frame: start, frames: n, commit: true };
+        let pass = PassInfo::clean(self.chunk, start, n);
         let (model, be, cache, text, hook) = self.parts();
         model.forward(be, &x, 0.0, &pass, cache, text, hook, None)?;
         self.be.status()?;
-        self.dummy.as_ref().unwrap().repack(&*self.be, &mut self.cache)?;
+        self.hook.dummy().unwrap().repack(&*self.be, &mut self.cache)?;
         self.tea_residual = None;
         self.recaches += 1;
         Ok(())
@@ -726,7 +840,7 @@ impl<B: Backend + 'static> Session<B> {
         if self.frames_done() == 0 {
             return Ok(());
         }
-        let Some(d) = self.dummy.as_ref().filter(|_| self.rolling.is_none()) else {
+        let Some(d) = self.hook.dummy().filter(|_| self.rolling.is_none()) else {
             return Err(Error::Policy(format!(
                 "prompt switches with KV recache are implemented for the dummy policy on the chunk-wise pipelines, not for `{}` / {}",
                 self.policy.name(),
@@ -758,32 +872,25 @@ impl<B: Backend + 'static> Session<B> {
     /// installed one).
     #[allow(clippy::type_complexity)]
     fn parts(&mut self) -> (&Model<B>, &B, &mut KvCache<B::Tensor>, &TextState<B::Tensor>, &mut dyn ForwardHook<B>) {
-        let hook: &mut dyn ForwardHook<B> = match &mut self.dummy {
-            Some(d) => d,
-            None => self.hook.as_mut(),
-        };
-        (&self.model, &self.be, &mut self.cache, &self.text, hook)
+        (&self.model, &self.be, &mut self.cache, &self.text, self.hook.get_mut())
     }
 
     /// The hook, read-only (see [`Session::parts`]).
     fn hook_ref(&self) -> &dyn ForwardHook<B> {
-        match &self.dummy {
-            Some(d) => d,
-            None => self.hook.as_ref(),
-        }
+        self.hook.get()
     }
 
     /// Whether chunk `c`'s (denoising forwards, clean pass) run as graphs: graphs on, no taps
     /// recorded, and the hook does not look inside the pass (Dummy Forcing's calibration).
-    fn graph_passes(&self, c: usize) -> (bool, bool) {
+    fn graph_passes(&self, c: usize) -> GraphPasses {
         let nf = FRAMES_PER_CHUNK;
         if !self.graphs || self.record.is_some() {
-            return (false, false);
+            return GraphPasses { denoise: false, clean: false };
         }
         let hook = self.hook_ref();
-        let pass = |step, commit| PassInfo { chunk: c, step, start_frame: c * nf, frames: nf, commit };
-        let den = !(0..self.schedule.steps.len()).any(|s| hook.wants_attention(&pass(Some(s), false)));
-        (den, den && !hook.wants_attention(&pass(None, true)))
+        let denoise =
+            !(0..self.schedule.steps.len()).any(|s| hook.wants_attention(&PassInfo::denoise(c, s, c * nf, nf)));
+        GraphPasses { denoise, clean: denoise && !hook.wants_attention(&PassInfo::clean(c, c * nf, nf)) }
     }
 
     /// Records the forward of `pass` (its host logic runs now, including a clean pass's cache

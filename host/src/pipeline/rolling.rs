@@ -54,7 +54,7 @@ impl<B: Backend + 'static> Session<B> {
                 ts.extend(std::iter::repeat_n(steps[step], nf));
             }
             let frames = (b1 - b0 + 1) * nf;
-            let pass = PassInfo { chunk: w, step: Some(0), start_frame: b0 * nf, frames, commit: false };
+            let pass = PassInfo::denoise(w, 0, b0 * nf, frames);
             let x = self.be.upload(&xt, &[frames, lat.channels, lat.height, lat.width]);
             let temb = self.model.time_embedding_frames(&self.be, &ts, None);
             let flow = {
@@ -92,7 +92,7 @@ impl<B: Backend + 'static> Session<B> {
             }
             // The cache pass: the oldest block's x0 at t = 0.
             let first = &x0[..flen];
-            let cpass = PassInfo { chunk: w, step: None, start_frame: b0 * nf, frames: nf, commit: true };
+            let cpass = PassInfo::clean(w, b0 * nf, nf);
             let xc = self.be.upload(first, &[nf, lat.channels, lat.height, lat.width]);
             let want_flow = self.record.is_some();
             let cflow = {

@@ -18,10 +18,9 @@ pub mod tokenizer;
 
 use std::path::Path;
 
-use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Precision};
-use crate::gpu::{CudaDevice, GpuBackend, SimDevice};
 use crate::pipeline::inputs::Context;
+use crate::run::{BackendFn, DeviceChoice};
 use crate::{Error, ModelConfig, Result};
 
 pub use t5::{Residency, T5Config, T5Encoder};
@@ -83,54 +82,37 @@ impl<B: Backend> TextEncoder<B> {
     }
 }
 
-/// Encodes `prompts` on `device` (`cpu`, `sim` or `cuda`) at `precision`, one after another;
-/// `progress(i)` runs after prompt `i`. The encoder is loaded once and dropped before this
-/// returns, so a GPU gets its memory back before the DiT's plan is reserved. The cpu device
-/// streams the blocks ([`Residency::Streamed`]: one block widened to f32 at a time); the GPU
-/// devices hold them.
+/// Encodes `prompts` on `device` at `precision`, one after another; `progress(i)` runs after
+/// prompt `i`. The encoder is loaded once and dropped before this returns, so a GPU gets its
+/// memory back before the DiT's plan is reserved. The cpu device streams the blocks
+/// ([`Residency::Streamed`]: one block widened to f32 at a time); the GPU devices hold them.
 pub fn encode_prompts(
-    device: &str,
+    device: &DeviceChoice,
     precision: Precision,
     encoder: &Path,
     tokenizer: &Path,
     prompts: &[String],
     progress: &mut dyn FnMut(usize, &Encoded),
 ) -> Result<Vec<Encoded>> {
-    fn run<B: Backend>(
-        be: B,
+    struct Job<'a> {
         r: Residency,
-        encoder: &Path,
-        tokenizer: &Path,
-        prompts: &[String],
-        progress: &mut dyn FnMut(usize, &Encoded),
-    ) -> Result<Vec<Encoded>> {
-        let te = TextEncoder::load(&be, encoder, tokenizer, r)?;
-        let mut out = Vec::with_capacity(prompts.len());
-        for (i, p) in prompts.iter().enumerate() {
-            let e = te.encode(&be, p)?;
-            progress(i, &e);
-            out.push(e);
+        encoder: &'a Path,
+        tokenizer: &'a Path,
+        prompts: &'a [String],
+        progress: &'a mut dyn FnMut(usize, &Encoded),
+    }
+    impl BackendFn<Vec<Encoded>> for Job<'_> {
+        fn call<B: Backend + 'static>(self, be: std::sync::Arc<B>) -> Result<Vec<Encoded>> {
+            let te = TextEncoder::load(&*be, self.encoder, self.tokenizer, self.r)?;
+            let mut out = Vec::with_capacity(self.prompts.len());
+            for (i, p) in self.prompts.iter().enumerate() {
+                let e = te.encode(&*be, p)?;
+                (self.progress)(i, &e);
+                out.push(e);
+            }
+            Ok(out)
         }
-        Ok(out)
     }
-    match device {
-        "cpu" => run(CpuBackend::new(precision), Residency::Streamed, encoder, tokenizer, prompts, progress),
-        "sim" => run(
-            GpuBackend::new(SimDevice::new(), precision),
-            Residency::Resident,
-            encoder,
-            tokenizer,
-            prompts,
-            progress,
-        ),
-        "cuda" => run(
-            GpuBackend::new(CudaDevice::new(0, false)?, precision),
-            Residency::Resident,
-            encoder,
-            tokenizer,
-            prompts,
-            progress,
-        ),
-        d => Err(Error::Device(format!("unknown text device `{d}` (expected cpu, sim or cuda)"))),
-    }
+    let r = if device.is_gpu() { Residency::Resident } else { Residency::Streamed };
+    device.with_backend(precision, Job { r, encoder, tokenizer, prompts, progress })
 }

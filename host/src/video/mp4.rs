@@ -88,7 +88,7 @@ impl<W: Write + Seek> Mp4Writer<W> {
             .vui(VuiConfig::bt601())
             .num_threads(1);
         let enc = Encoder::with_api_config(OpenH264API::from_source(), cfg)
-            .map_err(|e| Error::Device(format!("openh264 encoder: {e}")))?;
+            .map_err(|e| Error::Encode(format!("openh264 encoder: {e}")))?;
         let mut ftyp = Be(Vec::new());
         ftyp.bytes(b"isom").u32(0x200).bytes(b"isomiso2avc1mp41");
         w.write_all(&bx(b"ftyp", &ftyp.0)).map_err(io)?;
@@ -116,7 +116,7 @@ impl<W: Write + Seek> Mp4Writer<W> {
         let (w, h) = (self.width, self.height);
         let (y, u, v) = yuv420_from_rgb8(rgb, w, h);
         let src = YUVSlices::new((&y, &u, &v), (w, h), (w, w / 2, w / 2));
-        let bs = self.enc.encode(&src).map_err(|e| Error::Device(format!("openh264 encode: {e}")))?;
+        let bs = self.enc.encode(&src).map_err(|e| Error::Encode(format!("openh264 encode: {e}")))?;
         // Annex B NAL units → length-prefixed (AVCC) sample; SPS/PPS go to the avcC box.
         let mut sample = Vec::new();
         let mut idr = false;
@@ -142,7 +142,7 @@ impl<W: Write + Seek> Mp4Writer<W> {
             }
         }
         if sample.is_empty() {
-            return Err(Error::Device(format!("openh264 gave no picture for frame {}", self.sizes.len())));
+            return Err(Error::Encode(format!("openh264 gave no picture for frame {}", self.sizes.len())));
         }
         self.w.write_all(&sample).map_err(io)?;
         self.sizes.push(sample.len() as u32);
@@ -155,10 +155,10 @@ impl<W: Write + Seek> Mp4Writer<W> {
     /// Patches the `mdat` size and writes the `moov` index; returns the sink.
     pub fn finish(&mut self) -> Result<&mut W> {
         let (Some(sps), Some(pps)) = (self.sps.clone(), self.pps.clone()) else {
-            return Err(Error::Device("openh264 gave no SPS/PPS".into()));
+            return Err(Error::Encode("openh264 gave no SPS/PPS".into()));
         };
         if sps.len() < 4 {
-            return Err(Error::Device("openh264 gave a truncated SPS".into()));
+            return Err(Error::Encode("openh264 gave a truncated SPS".into()));
         }
         let end = self.w.stream_position().map_err(io)?;
         self.w.seek(SeekFrom::Start(self.mdat_start + 8)).map_err(io)?;

@@ -58,7 +58,7 @@ impl<B: Backend + 'static> VideoSession<B> {
     /// Pairs `session` with a fresh decoder of `vae`; the session's latent channels must be the
     /// VAE's z_dim.
     pub fn new(session: Session<B>, vae: Arc<Vae>) -> Result<Self> {
-        let l = session.latent;
+        let l = session.latent();
         check_latents(&vae, l.channels, l.height, l.width)?;
         Ok(VideoSession { session, decoder: Decoder::new(vae) })
     }
@@ -71,7 +71,7 @@ impl<B: Backend + 'static> VideoSession<B> {
     /// after (Wan2.1's VAE).
     pub fn next_frames(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<Frames> {
         let latents = self.session.next_chunk(progress)?;
-        let l = self.session.latent;
+        let l = self.session.latent();
         let n = latents.len() / l.frame_len();
         let t = Instant::now();
         let pixels = self.decoder.decode_chunk(&latents, n, l.height, l.width)?;

@@ -212,3 +212,29 @@ mod tests {
         assert!(e.contains("asks for 9 dummy heads, but the model has only 8 heads (4 layers × 2 heads)"), "{e}");
     }
 }
+
+/// Frame slots of one head group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotShape {
+    pub sink_slots: usize,
+    pub ring_cap: usize,
+}
+
+/// Phase 1 (AR steps ≤ ar_start, before HMA): every head in one group with one sink slot
+/// (frame 0) and a ring of `3·L` frames. This reproduces the official full path: after the
+/// t = 0 pass of step c, local = last 3·L frames if c > L−1, else every frame but frame 0;
+/// both are "the last min(3·L, frames−1) frames", because with c ≤ L−1 fewer than 3·L frames
+/// follow frame 0.
+pub fn phase1_shape(spec: &DummySpec) -> SlotShape {
+    SlotShape { sink_slots: 1, ring_cap: spec.local_frames() }
+}
+
+/// Latent frames in the (pre-HMA) local window right after the t = 0 pass of AR step `step`:
+/// `3·L` if `step > L−1`, else `3·(step+1) − 1`.
+pub fn local_frames_after_step(spec: &DummySpec, step: usize) -> usize {
+    if step + 1 > spec.chunks {
+        spec.local_frames()
+    } else {
+        FRAMES_PER_CHUNK * (step + 1) - 1
+    }
+}

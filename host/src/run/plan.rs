@@ -3,18 +3,18 @@
 //! `weights` are the checkpoint's tensors; `cache` is the KV cache at full capacity under the
 //! policy (plus, for Dummy Forcing, one layer's worth for the regrouping, when old and new
 //! slots coexist); `text` is the per-prompt state (embedded context and every block's
-//! cross-attention K/V); `activations` bounds the live intermediates of one forward: at a
-//! block's FFN, `Model::block` still holds about twenty `[T, dim]` tensors (the caller's
-//! residual, the normed inputs, q/k/v before and after norm and RoPE, attention outputs and
-//! projections, the cross-attention's q) plus the FFN's two `[T, ffn_dim]`; `tables` are the RoPE
-//! and sinusoid tables and the attention segment table. Each tensor is rounded to the heap's
+//! cross-attention K/V); `activations` bounds the live intermediates of one forward, as the
+//! model itself describes them ([`crate::model::forward_scratch`],
+//! [`crate::model::text_state_elems`]); `tables` are the RoPE and sinusoid tables and the
+//! attention segment table. Each tensor is rounded to the heap's
 //! 256-byte blocks, and the sum carries a margin for fragmentation. A test checks the estimate
 //! against the measured peak.
 
 use crate::backend::Precision;
-use crate::cache::{KvCache, Policy};
+use crate::cache::KvCache;
 use crate::config::FRAMES_PER_CHUNK;
 use crate::pipeline::Latent;
+use crate::policy::Policy;
 use crate::{Error, ModelConfig, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct MemoryPlan {
 }
 
 /// Per-tensor rounding slack (one heap block).
-const BLOCK: usize = super::heap::ALIGN;
+const BLOCK: usize = crate::gpu::heap::ALIGN;
 
 impl MemoryPlan {
     /// The plan for `cfg` under `policy` at `latent` resolution for `frames` latent frames
@@ -52,7 +52,7 @@ impl MemoryPlan {
             )));
         }
         let tpf = (latent.height / ph) * (latent.width / pw);
-        let (d, ffn, heads, layers) = (cfg.dim, cfg.ffn_dim, cfg.num_heads, cfg.num_layers);
+        let (d, heads, layers) = (cfg.dim, cfg.num_heads, cfg.num_layers);
         let hd = cfg.head_dim();
         let groups = policy.initial_groups(heads, frames)?;
         let cache_model = KvCache::<()>::new(layers, heads, hd, tpf, precision, &groups)?;
@@ -62,13 +62,10 @@ impl MemoryPlan {
         if matches!(policy, Policy::Dummy(_)) {
             cache += cache.div_ceil(layers.max(1));
         }
-        let text = e * cfg.text_len * d * (1 + 2 * layers) + (1 + 2 * layers) * BLOCK;
+        let text = e * crate::model::text_state_elems(cfg) + (1 + 2 * layers) * BLOCK;
         let t = FRAMES_PER_CHUNK * tpf;
         let pf = cfg.patch_features().max(cfg.in_dim * ph * pw);
-        let per_forward =
-            t * (20 * d + 2 * ffn + 2 * pf) + FRAMES_PER_CHUNK * (14 * d + cfg.freq_dim + 2 * cfg.in_dim * ph * pw);
-        let text_embed = cfg.text_len * (cfg.text_dim + 3 * d);
-        let activations = e * per_forward.max(text_embed) + 64 * BLOCK;
+        let activations = e * crate::model::forward_scratch(cfg, tpf) + 64 * BLOCK;
         let tables = 1024 * hd * 4
             + cfg.freq_dim * 8
             + (64 << 10).max((heads * (frames.unwrap_or(64) + 8)).next_power_of_two() * 24)
@@ -100,7 +97,7 @@ impl MemoryPlan {
     pub fn check(&self, free: usize, total: usize) -> Result<()> {
         let need = self.total();
         if need > free {
-            return Err(Error::Device(format!(
+            return Err(Error::out_of_memory(need, free, format!(
                 "out of device memory: the run needs {need} bytes ({:.1} MiB: weights {:.1}, KV cache {:.1}, text {:.1}, activations {:.1}, recorded graphs {:.1}, tables {:.1}, fragmentation margin {:.1}), {free} bytes free of {total}; use a smaller resolution, a bounded policy (window or dummy) or bf16",
                 mib(need),
                 mib(self.weights),

@@ -18,22 +18,9 @@
 
 use std::collections::BTreeMap;
 
-use super::dhp::GroupCounts;
-use super::layout::local_frames_after_step;
-use super::spec::DummySpec;
+use super::{local_frames_after_step, GroupCounts, Policy};
 use crate::config::FRAMES_PER_CHUNK;
 use crate::{Error, ModelConfig, Result};
-
-/// The cache policy being accounted for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KvPolicy {
-    /// Every frame, every head.
-    Full,
-    /// `window:W,sink:S`: W latent frames in all, S of them sinks.
-    Window { frames: usize, sinks: usize },
-    /// `counts` are the group sizes over all layers; needed once the run reaches HMA.
-    Dummy { spec: DummySpec, counts: Option<GroupCounts> },
-}
 
 /// One group's share.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,24 +100,25 @@ impl KvFootprint {
 /// Wan2.1 1.3B at 480p (1560 tokens per latent frame) in bf16, 21 frames, 180 dummy heads:
 ///
 /// ```
-/// use dfrt::dummy::{kv_footprint, DummySpec, GroupCounts, KvPolicy};
+/// use dfrt::policy::{kv_footprint, DummySpec, GroupCounts, Policy};
 ///
 /// let wan = dfrt::ModelConfig::preset("wan-1.3b")?;
 /// let head_frame: u64 = 2 * 1560 * 128 * 2; // K and V of one head for one frame
 /// let spec = DummySpec::new(180);
 /// let counts = GroupCounts { sink: 100, neighbor: 80, dummy: 180 };
-/// let fp = kv_footprint(&KvPolicy::Dummy { spec, counts: Some(counts) }, &wan, 1560, 2, 21)?;
+/// let fp = kv_footprint(&Policy::Dummy(spec), Some(counts), &wan, 1560, 2, 21)?;
 /// // Sink heads keep frame 0, neighbor heads the last chunk, dummy heads one frame.
 /// assert_eq!(fp.total_bytes, (100 + 80 * 3 + 180) * head_frame);
 /// assert_eq!(fp.full_bytes, 360 * 21 * head_frame);
 /// assert!(fp.summary().contains("415.33 MB (6.88% of full 6038.32 MB at 21 frames"), "{}", fp.summary());
 /// // After calibration the group sizes are needed; partial chunks are not a thing.
-/// assert!(kv_footprint(&KvPolicy::Dummy { spec, counts: None }, &wan, 1560, 2, 21).is_err());
-/// assert!(kv_footprint(&KvPolicy::Full, &wan, 1560, 2, 20).is_err());
+/// assert!(kv_footprint(&Policy::Dummy(spec), None, &wan, 1560, 2, 21).is_err());
+/// assert!(kv_footprint(&Policy::Full, None, &wan, 1560, 2, 20).is_err());
 /// # Ok::<(), dfrt::Error>(())
 /// ```
 pub fn kv_footprint(
-    policy: &KvPolicy,
+    policy: &Policy,
+    counts: Option<GroupCounts>,
     cfg: &ModelConfig,
     tokens_per_frame: usize,
     dtype_bytes: usize,
@@ -151,8 +139,8 @@ pub fn kv_footprint(
     };
     let full_bytes = all as u64 * frames as u64 * per_head_frame;
     let (groups, peak_bytes) = match *policy {
-        KvPolicy::Full => (vec![group("all", all, frames)], full_bytes),
-        KvPolicy::Window { frames: w, sinks } => {
+        Policy::Full => (vec![group("all", all, frames)], full_bytes),
+        Policy::Window { window: w, sink: sinks } => {
             if w == 0 || sinks >= w {
                 return Err(Error::Policy(format!(
                     "window:{w},sink:{sinks}: the window must be longer than its sinks"
@@ -162,7 +150,7 @@ pub fn kv_footprint(
             let b = g.bytes;
             (vec![g], b)
         }
-        KvPolicy::Dummy { spec, counts } => {
+        Policy::Dummy(spec) => {
             spec.validate(cfg)?;
             let last = frames / FRAMES_PER_CHUNK - 1;
             let phase1 = |c: usize| 1 + local_frames_after_step(&spec, c.min(spec.ar_start));
@@ -205,6 +193,7 @@ pub fn kv_footprint(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::DummySpec;
 
     fn wan() -> ModelConfig {
         ModelConfig::preset("wan-1.3b").unwrap()
@@ -216,14 +205,14 @@ mod tests {
     #[test]
     fn wan_1_3b_at_480p_bf16() {
         let cfg = wan();
-        let full = kv_footprint(&KvPolicy::Full, &cfg, 1560, 2, 21).unwrap();
+        let full = kv_footprint(&Policy::Full, None, &cfg, 1560, 2, 21).unwrap();
         assert_eq!(full.total_bytes, 6_038_323_200); // 360 heads × 21 frames × HF
         assert_eq!(full.total_bytes, 360 * 21 * HF);
         assert_eq!(full.ratio_vs_full(), 1.0);
 
         let counts = GroupCounts { sink: 100, neighbor: 80, dummy: 180 };
-        let d = KvPolicy::Dummy { spec: DummySpec::new(180), counts: Some(counts) };
-        let f = kv_footprint(&d, &cfg, 1560, 2, 21).unwrap();
+        let d = (Policy::Dummy(DummySpec::new(180)), Some(counts));
+        let f = kv_footprint(&d.0, d.1, &cfg, 1560, 2, 21).unwrap();
         let by = |n: &str| f.groups.iter().find(|g| g.name == n).unwrap().clone();
         assert_eq!(by("sink").bytes, 79_872_000); // 100 × 1 × HF
         assert_eq!(by("neighbor").bytes, 191_692_800); // 80 × 3 × HF
@@ -238,16 +227,16 @@ mod tests {
         assert!(line.contains("= 415.33 MB (6.88% of full 6038.32 MB at 21 frames, peak 1150.16 MB)"), "{line}");
         assert_eq!(f.metadata()["dfrt.kv_bytes.dummy"], "143769600");
 
-        let off = KvPolicy::Dummy { spec: DummySpec::parse("dummy:180,packing:off").unwrap(), counts: Some(counts) };
-        assert_eq!(kv_footprint(&off, &cfg, 1560, 2, 21).unwrap().total_bytes, 271_564_800);
+        let off = (Policy::Dummy(DummySpec::parse("dummy:180,packing:off").unwrap()), Some(counts));
+        assert_eq!(kv_footprint(&off.0, off.1, &cfg, 1560, 2, 21).unwrap().total_bytes, 271_564_800);
 
         // LongLive window 12 with 3 sinks, and a 240-frame run where full keeps growing.
-        let w = KvPolicy::Window { frames: 12, sinks: 3 };
-        assert_eq!(kv_footprint(&w, &cfg, 1560, 2, 21).unwrap().total_bytes, 3_450_470_400);
-        let long = kv_footprint(&w, &cfg, 1560, 2, 240).unwrap();
+        let w = (Policy::Window { window: 12, sink: 3 }, None);
+        assert_eq!(kv_footprint(&w.0, w.1, &cfg, 1560, 2, 21).unwrap().total_bytes, 3_450_470_400);
+        let long = kv_footprint(&w.0, w.1, &cfg, 1560, 2, 240).unwrap();
         assert_eq!(long.total_bytes, 3_450_470_400);
         assert_eq!(long.full_bytes, 69_009_408_000);
-        assert_eq!(kv_footprint(&d, &cfg, 1560, 2, 240).unwrap().total_bytes, 415_334_400);
+        assert_eq!(kv_footprint(&d.0, d.1, &cfg, 1560, 2, 240).unwrap().total_bytes, 415_334_400);
     }
 
     #[test]
@@ -255,28 +244,25 @@ mod tests {
         let cfg = wan();
         let counts = GroupCounts { sink: 100, neighbor: 80, dummy: 180 };
         // One chunk: calibration never happens; every head holds frames 0..2.
-        let d = KvPolicy::Dummy { spec: DummySpec::new(180), counts: None };
-        let f = kv_footprint(&d, &cfg, 1560, 2, 3).unwrap();
+        let d = (Policy::Dummy(DummySpec::new(180)), None);
+        let f = kv_footprint(&d.0, d.1, &cfg, 1560, 2, 3).unwrap();
         assert_eq!(f.groups[0].name, "uncalibrated");
         assert_eq!(f.total_bytes, 360 * 3 * HF);
         assert_eq!(f.total_bytes, f.full_bytes);
-        assert!(kv_footprint(&d, &cfg, 1560, 2, 6).unwrap_err().to_string().contains("group counts are needed"));
+        assert!(kv_footprint(&d.0, d.1, &cfg, 1560, 2, 6).unwrap_err().to_string().contains("group counts are needed"));
         // chunks:2: neighbor heads hold 5 frames after HMA at step 1, then 6.
         let spec = DummySpec::parse("dummy:180,chunks:2").unwrap();
-        let d2 = KvPolicy::Dummy { spec, counts: Some(counts) };
-        let n = |frames| kv_footprint(&d2, &cfg, 1560, 2, frames).unwrap().groups[1].frames_per_head;
+        let d2 = (Policy::Dummy(spec), Some(counts));
+        let n = |frames| kv_footprint(&d2.0, d2.1, &cfg, 1560, 2, frames).unwrap().groups[1].frames_per_head;
         assert_eq!((n(6), n(9), n(30)), (5, 6, 6));
-        assert_eq!(kv_footprint(&d2, &cfg, 1560, 2, 30).unwrap().peak_bytes, 360 * 6 * HF);
+        assert_eq!(kv_footprint(&d2.0, d2.1, &cfg, 1560, 2, 30).unwrap().peak_bytes, 360 * 6 * HF);
         // ar-start 2: peak is every head with 1 + 3 frames.
-        let d3 = KvPolicy::Dummy { spec: DummySpec::parse("dummy:180,ar-start:2").unwrap(), counts: Some(counts) };
-        assert_eq!(kv_footprint(&d3, &cfg, 1560, 2, 21).unwrap().peak_bytes, 360 * 4 * HF);
+        let d3 = (Policy::Dummy(DummySpec::parse("dummy:180,ar-start:2").unwrap()), Some(counts));
+        assert_eq!(kv_footprint(&d3.0, d3.1, &cfg, 1560, 2, 21).unwrap().peak_bytes, 360 * 4 * HF);
         // Errors.
-        assert!(kv_footprint(&KvPolicy::Full, &cfg, 1560, 2, 20).is_err());
-        assert!(kv_footprint(&KvPolicy::Window { frames: 3, sinks: 3 }, &cfg, 1560, 2, 21).is_err());
-        let bad = KvPolicy::Dummy {
-            spec: DummySpec::new(180),
-            counts: Some(GroupCounts { sink: 1, neighbor: 1, dummy: 180 }),
-        };
-        assert!(kv_footprint(&bad, &cfg, 1560, 2, 21).unwrap_err().to_string().contains("do not fit"));
+        assert!(kv_footprint(&Policy::Full, None, &cfg, 1560, 2, 20).is_err());
+        assert!(kv_footprint(&Policy::Window { window: 3, sink: 3 }, None, &cfg, 1560, 2, 21).is_err());
+        let bad = (Policy::Dummy(DummySpec::new(180)), Some(GroupCounts { sink: 1, neighbor: 1, dummy: 180 }));
+        assert!(kv_footprint(&bad.0, bad.1, &cfg, 1560, 2, 21).unwrap_err().to_string().contains("do not fit"));
     }
 }
