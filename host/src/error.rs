@@ -60,9 +60,9 @@ pub enum DeviceError {
     /// A kernel faulted (a trap, an illegal address, a detected race or divergence).
     #[error("{msg}")]
     KernelFault { kernel: String, msg: String },
-    /// The device layer was asked for something impossible: operands whose shapes or ranges
-    /// do not fit, a call that a graph capture forbids, an unknown graph. A bug in the
-    /// caller, reported instead of run.
+    /// A backend (GPU or CPU) or the device layer was asked for something impossible:
+    /// operands whose shapes or ranges do not fit, a call that a graph capture forbids, an
+    /// unknown graph. A bug in the caller, reported instead of run.
     #[error("{0}")]
     Invalid(String),
 }

@@ -15,7 +15,8 @@ use dfrt::vae::{Decoder, Vae, VaeConfig};
 use dfrt::video::{rgb8_from_pixels, VideoWriter};
 
 fn tmp() -> &'static Path {
-    static D: OnceLock<PathBuf> = OnceLock::new();
+    // A static is never dropped: the folder stays for a look after a failure.
+    static D: OnceLock<dfrt_testkit::Scratch> = OnceLock::new();
     D.get_or_init(|| common::tmp("vae-video"))
 }
 

@@ -21,7 +21,7 @@
 //!   per block: every K/V tile brought into shared memory serves twice the rows (half the
 //!   global/L2 traffic for K/V per FLOP, half the blocks), at 96 KiB of shared memory. Kernel
 //!   version 2 of the bf16 d128 path, kept beside version 1 until a GPU run picks one
-//!   (`benches/kernels.rs` times both at the real shapes; `GpuBackend::set_attn_rows`).
+//!   (`benches/kernels.rs` times both at the real shapes; `GpuOptions::attn_rows` in the host).
 //!
 //! Preconditions (checked on the host by `check()` and `check_table()` of each wrapper):
 //! - f32: `q`, `o` and every segment's `k`/`v` 4-byte aligned.

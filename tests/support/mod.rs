@@ -1,88 +1,9 @@
 //! Shared helpers for the integration tests: locating the golden files and comparing tensors
 //! with printed evidence.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)] // each test binary uses its own subset
 
-use std::path::PathBuf;
-
-/// `../shared/golden` beside the workspace, or `$DFRT_GOLDEN_DIR`.
-pub fn golden_dir() -> PathBuf {
-    match std::env::var_os("DFRT_GOLDEN_DIR") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"),
-    }
-}
-
-/// Error statistics of `got` against `want`.
-#[derive(Debug, Clone, Copy)]
-pub struct Diff {
-    /// ‖got − want‖₂ / ‖want‖₂
-    pub rel_l2: f64,
-    pub max_abs: f64,
-    /// max |got − want| / max |want|
-    pub max_rel: f64,
-    pub worst: usize,
-}
-
-pub fn diff(got: &[f32], want: &[f32]) -> Diff {
-    assert_eq!(got.len(), want.len(), "length mismatch: got {} want {}", got.len(), want.len());
-    let (mut num, mut den, mut max_abs, mut max_ref, mut worst) = (0f64, 0f64, 0f64, 0f64, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let (g, w) = (g as f64, w as f64);
-        let e = (g - w).abs();
-        if !g.is_finite() {
-            panic!("non-finite value at index {i}: got {g}, want {w}");
-        }
-        num += e * e;
-        den += w * w;
-        if e > max_abs {
-            max_abs = e;
-            worst = i;
-        }
-        max_ref = max_ref.max(w.abs());
-    }
-    Diff { rel_l2: (num / den.max(1e-300)).sqrt(), max_abs, max_rel: max_abs / max_ref.max(1e-300), worst }
-}
-
-/// Asserts relative L2 ≤ `tol`, printing the evidence either way.
-pub fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f64) -> Diff {
-    let d = diff(got, want);
-    println!(
-        "{name:<24} rel_l2 {:.3e}  max_abs {:.3e}  max_rel {:.3e}  (n = {})",
-        d.rel_l2,
-        d.max_abs,
-        d.max_rel,
-        got.len()
-    );
-    if !(d.rel_l2 <= tol) {
-        let first = got
-            .iter()
-            .zip(want)
-            .position(|(g, w)| ((g - w).abs() as f64) > tol * w.abs().max(1e-3) as f64)
-            .unwrap_or(d.worst);
-        panic!(
-            "{name}: rel L2 {:.3e} > {tol:.1e}; first bad index {first}: got {} want {}; worst index {}: got {} want {}; max abs {:.3e}",
-            d.rel_l2, got[first], want[first], d.worst, got[d.worst], want[d.worst], d.max_abs
-        );
-    }
-    d
-}
-
-/// Asserts max |got − want| ≤ `atol` (shapes must agree); returns the max abs error.
-pub fn assert_atol(name: &str, got: &[f32], want: &[f32], atol: f64) -> f64 {
-    assert_eq!(got.len(), want.len(), "{name}: length mismatch: got {} want {}", got.len(), want.len());
-    if got.is_empty() {
-        return 0.0;
-    }
-    let d = diff(got, want);
-    if !(d.max_abs <= atol) {
-        let first = got.iter().zip(want).position(|(g, w)| ((g - w).abs() as f64) > atol).unwrap_or(d.worst);
-        panic!(
-            "{name}: max abs {:.3e} > {atol:.1e}; first bad index {first}: got {} want {}; worst index {}: got {} want {}; rel L2 {:.3e}",
-            d.max_abs, got[first], want[first], d.worst, got[d.worst], want[d.worst], d.rel_l2
-        );
-    }
-    d.max_abs
-}
+pub use dfrt_testkit::golden::dir as golden_dir;
+pub use dfrt_testkit::tol::{assert_atol, assert_rel_l2 as assert_close, diff, Diff};
 
 /// What a golden case exercises, from its manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

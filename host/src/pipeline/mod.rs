@@ -53,6 +53,8 @@
 //! assert_eq!(session.dummy().unwrap().assignment().unwrap().counts().dummy, 1);
 //! // Asking for more than the frame count is an error, not a panic.
 //! assert!(session.next_chunk(&mut |_| {}).is_err());
+//! // Under `dummy` the session's one hook slot holds Dummy Forcing: a second hook is refused.
+//! assert!(session.set_hook(Box::new(dfrt::model::NoHook)).is_err());
 //! # std::fs::remove_dir_all(&dir).ok();
 //! # Ok::<(), dfrt::Error>(())
 //! ```

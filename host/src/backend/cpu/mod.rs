@@ -17,6 +17,8 @@ use self::gemm::{sgemm, Mat};
 pub use self::math::{gelu_tanh_f32, silu_f32};
 use self::math::{multiversion, round_bf16, round_bf16_slice};
 use super::{Backend, Precision, Seg};
+use crate::error::DeviceError;
+use crate::{Error, Result};
 
 /// A host tensor: row-major f32 data (bf16 values in bf16 mode) and its shape.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,15 +46,43 @@ const PAR_MIN: usize = 1 << 14;
 
 /// The reference [`Backend`]: plain f32 host math with rounding to the storage precision
 /// at the official op boundaries. See the [`crate::backend`] docs for an example.
-#[derive(Clone, Debug)]
+///
+/// An op whose operands do not fit (shapes, ranges) records an error, as the GPU backend
+/// does, and returns zeros in the result's shape: nothing panics, [`Backend::status`] reports
+/// the first failure, and the pipeline checks it after every forward.
+#[derive(Debug)]
 pub struct CpuBackend {
     precision: Precision,
+    error: std::sync::Mutex<Option<DeviceError>>,
+}
+
+impl Clone for CpuBackend {
+    /// A backend of the same precision, with no error recorded.
+    fn clone(&self) -> Self {
+        CpuBackend::new(self.precision)
+    }
 }
 
 impl CpuBackend {
     /// A backend storing weights, activations and the KV cache at `precision`.
     pub fn new(precision: Precision) -> Self {
-        CpuBackend { precision }
+        CpuBackend { precision, error: std::sync::Mutex::new(None) }
+    }
+
+    /// True when the operands fit; otherwise records `msg()` (the first failure sticks) and
+    /// returns false, and the op returns zeros instead of computing.
+    fn fits(&self, ok: bool, msg: impl FnOnce() -> String) -> bool {
+        if !ok {
+            let mut e = self.error.lock().unwrap();
+            if e.is_none() {
+                *e = Some(DeviceError::Invalid(format!("cpu: {}", msg())));
+            }
+        }
+        ok && self.error.lock().unwrap().is_none()
+    }
+
+    fn zeros_like(shape: &[usize]) -> CpuTensor {
+        CpuTensor { data: vec![0.0; shape.iter().product()], shape: shape.to_vec() }
     }
 
     fn bf16(&self) -> bool {
@@ -74,9 +104,16 @@ impl CpuBackend {
     fn linear_epilogue(&self, x: &CpuTensor, w: &CpuTensor, b: Option<&CpuTensor>, gelu: bool) -> CpuTensor {
         let k = x.cols();
         let n = x.rows();
-        assert_eq!(w.shape.len(), 2);
-        let m = w.shape[0];
-        assert_eq!(w.shape[1], k, "linear: x has {k} features, weight {:?}", w.shape);
+        let m = w.shape.first().copied().unwrap_or(0);
+        let mut shape = x.shape.clone();
+        if let Some(l) = shape.last_mut() {
+            *l = m;
+        }
+        if !self.fits(w.shape.len() == 2 && w.shape[1] == k && b.is_none_or(|b| b.data.len() == m), || {
+            format!("linear: x {:?} against weight {:?}, bias {:?}", x.shape, w.shape, b.map(|b| &b.shape))
+        }) {
+            return Self::zeros_like(&shape);
+        }
         let mut out = vec![0f32; n * m];
         // wᵀ's element (c, j) is w[j, c].
         sgemm(n, k, m, Mat::new(&x.data, k, 1), Mat::new(&w.data, 1, k), 1.0, &mut out, m, false, true);
@@ -101,8 +138,6 @@ impl CpuBackend {
         } else {
             out.chunks_mut(m).for_each(fix);
         }
-        let mut shape = x.shape.clone();
-        *shape.last_mut().unwrap() = m;
         CpuTensor { data: out, shape }
     }
 
@@ -278,7 +313,18 @@ impl Backend for CpuBackend {
         self.precision
     }
 
+    fn status(&self) -> Result<()> {
+        match &*self.error.lock().unwrap() {
+            Some(e) => Err(Error::Device(e.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn upload(&self, data: &[f32], shape: &[usize]) -> CpuTensor {
+        let n: usize = shape.iter().product();
+        if !self.fits(data.len() == n, || format!("upload: {} values for shape {shape:?}", data.len())) {
+            return Self::zeros_like(shape);
+        }
         let mut t = CpuTensor::new(data.to_vec(), shape);
         self.round_all(&mut t.data);
         t
@@ -287,7 +333,11 @@ impl Backend for CpuBackend {
         t.data.clone()
     }
     fn write(&self, dst: &mut CpuTensor, data: &[f32]) {
-        assert_eq!(dst.data.len(), data.len(), "write: {} values into {:?}", data.len(), dst.shape);
+        if !self.fits(dst.data.len() == data.len(), || {
+            format!("write: {} values into a tensor of shape {:?}", data.len(), dst.shape)
+        }) {
+            return;
+        }
         dst.data.copy_from_slice(data);
         self.round_all(&mut dst.data);
     }
@@ -307,6 +357,15 @@ impl Backend for CpuBackend {
         rows: usize,
         cols: usize,
     ) {
+        let src_end = if rows == 0 { 0 } else { src_off + (rows - 1) * src_stride + cols };
+        if !self.fits(dst_off + rows * cols <= dst.data.len() && src_end <= src.data.len(), || {
+            format!(
+                "copy_rows: {rows}×{cols} rows out of range (dst {:?} at {dst_off}, src {:?} at {src_off} stride {src_stride})",
+                dst.shape, src.shape
+            )
+        }) {
+            return;
+        }
         for r in 0..rows {
             let s = src_off + r * src_stride;
             let d = dst_off + r * cols;
@@ -324,6 +383,12 @@ impl Backend for CpuBackend {
 
     fn layer_norm(&self, x: &CpuTensor, eps: f32, affine: Option<(&CpuTensor, &CpuTensor)>) -> CpuTensor {
         let bf = self.bf16();
+        let cols = x.cols();
+        if !self.fits(affine.is_none_or(|(w, b)| w.data.len() == cols && b.data.len() == cols), || {
+            format!("layer_norm: affine {:?} for x {:?}", affine.map(|(w, b)| (&w.shape, &b.shape)), x.shape)
+        }) {
+            return Self::zeros_like(&x.shape);
+        }
         let affine = affine.map(|(w, b)| (w.data.as_slice(), b.data.as_slice()));
         self.map_rows(x, |_, a, o| {
             let (mean, rstd) = mean_rstd(a, eps);
@@ -334,6 +399,15 @@ impl Backend for CpuBackend {
     fn norm_modulate(&self, x: &CpuTensor, eps: f32, shift: &CpuTensor, scale: &CpuTensor, rpf: usize) -> CpuTensor {
         let d = x.cols();
         let bf = self.bf16();
+        let frames = if rpf == 0 { usize::MAX } else { x.rows().div_ceil(rpf) };
+        if !self.fits(rpf > 0 && shift.data.len() >= frames * d && scale.data.len() >= frames * d, || {
+            format!(
+                "norm_modulate: x {:?}, {rpf} rows per frame, shift {:?}, scale {:?}",
+                x.shape, shift.shape, scale.shape
+            )
+        }) {
+            return Self::zeros_like(&x.shape);
+        }
         self.map_rows(x, |i, a, o| {
             let f = i / rpf;
             let (mean, rstd) = mean_rstd(a, eps);
@@ -342,6 +416,9 @@ impl Backend for CpuBackend {
     }
 
     fn rms_norm(&self, x: &CpuTensor, w: &CpuTensor, eps: f32) -> CpuTensor {
+        if !self.fits(w.data.len() == x.cols(), || format!("rms_norm: weight {:?} for x {:?}", w.shape, x.shape)) {
+            return Self::zeros_like(&x.shape);
+        }
         let bf = self.bf16();
         self.map_rows(x, |_, a, o| rms_norm_row(a, o, &w.data, eps, bf))
     }
@@ -365,14 +442,23 @@ impl Backend for CpuBackend {
         })
     }
     fn add(&self, x: &CpuTensor, y: &CpuTensor) -> CpuTensor {
-        assert_eq!(x.data.len(), y.data.len());
+        if !self.fits(x.data.len() == y.data.len(), || {
+            format!("add: shapes {:?} and {:?} differ in size", x.shape, y.shape)
+        }) {
+            return Self::zeros_like(&x.shape);
+        }
         let c = x.cols();
         let bf = self.bf16();
         self.map_rows(x, |i, a, o| add_row(a, &y.data[i * c..(i + 1) * c], o, bf))
     }
     fn gated_residual(&self, x: &CpuTensor, y: &CpuTensor, gate: &CpuTensor, rpf: usize) -> CpuTensor {
-        assert_eq!(x.data.len(), y.data.len());
         let d = x.cols();
+        let frames = if rpf == 0 { usize::MAX } else { x.rows().div_ceil(rpf) };
+        if !self.fits(x.data.len() == y.data.len() && rpf > 0 && gate.data.len() >= frames * d, || {
+            format!("gated_residual: x {:?}, y {:?}, gate {:?}, {rpf} rows per frame", x.shape, y.shape, gate.shape)
+        }) {
+            return Self::zeros_like(&x.shape);
+        }
         let bf = self.bf16();
         self.map_rows(x, |i, a, o| {
             let f = i / rpf;
@@ -381,9 +467,13 @@ impl Backend for CpuBackend {
     }
     fn modulation(&self, table: &CpuTensor, e: &CpuTensor, k: usize) -> Vec<CpuTensor> {
         let kd = e.cols();
-        let d = kd / k;
+        let d = kd / k.max(1);
         let frames = e.rows();
-        assert_eq!(table.data.len(), kd);
+        if !self.fits(k > 0 && kd.is_multiple_of(k) && table.data.len() == kd, || {
+            format!("modulation: table {:?}, e {:?}, k {k}", table.shape, e.shape)
+        }) {
+            return (0..k).map(|_| Self::zeros_like(&[frames, d])).collect();
+        }
         (0..k)
             .map(|i| {
                 let mut out = vec![0f32; frames * d];
@@ -398,6 +488,10 @@ impl Backend for CpuBackend {
     }
 
     fn rope(&self, x: &CpuTensor, heads: usize, grid: [usize; 3], start_frame: usize) -> CpuTensor {
+        if !self.fits(rope_fits(x, heads, grid), || format!("rope: x {:?} for {heads} heads on grid {grid:?}", x.shape))
+        {
+            return Self::zeros_like(&x.shape);
+        }
         let d = x.cols() / heads;
         let g = RopeGrid::new(d, x.rows(), grid, start_frame);
         let bf = self.bf16();
@@ -421,6 +515,19 @@ impl Backend for CpuBackend {
         grid: [usize; 3],
         start_frame: usize,
     ) -> (CpuTensor, CpuTensor) {
+        let ok = rope_fits(q, heads, grid)
+            && rope_fits(k, heads, grid)
+            && q.cols() == k.cols()
+            && wq.data.len() == q.cols()
+            && wk.data.len() == k.cols();
+        if !self.fits(ok, || {
+            format!(
+                "qk_norm_rope: q {:?}, k {:?}, weights {:?}/{:?} for {heads} heads on grid {grid:?}",
+                q.shape, k.shape, wq.shape, wk.shape
+            )
+        }) {
+            return (Self::zeros_like(&q.shape), Self::zeros_like(&k.shape));
+        }
         let d = q.cols() / heads;
         let g = RopeGrid::new(d, q.rows().max(k.rows()), grid, start_frame);
         let bf = self.bf16();
@@ -441,8 +548,18 @@ impl Backend for CpuBackend {
     }
 
     fn patchify(&self, x: &CpuTensor, patch: [usize; 3]) -> CpuTensor {
+        let [pt, ph, pw] = patch;
+        let ok = x.shape.len() == 4
+            && pt == 1
+            && ph > 0
+            && pw > 0
+            && x.shape[2].is_multiple_of(ph)
+            && x.shape[3].is_multiple_of(pw);
+        if !self.fits(ok, || format!("patchify: latent {:?} with patch {patch:?} (temporal patch must be 1)", x.shape))
+        {
+            return Self::zeros_like(&[0, 0]);
+        }
         let [f, c, hh, ww] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
-        let [_, ph, pw] = patch;
         let (gh, gw) = (hh / ph, ww / pw);
         let feat = c * ph * pw;
         let mut out = vec![0f32; f * gh * gw * feat];
@@ -469,7 +586,11 @@ impl Backend for CpuBackend {
         let [_, ph, pw] = patch;
         let (hh, ww) = (gh * ph, gw * pw);
         let feat = ph * pw * c;
-        assert_eq!(x.cols(), feat);
+        if !self.fits(x.cols() == feat && x.rows() == f * gh * gw, || {
+            format!("unpatchify: x {:?} for grid {grid:?}, patch {patch:?}, {c} channels", x.shape)
+        }) {
+            return Self::zeros_like(&[f, c, hh, ww]);
+        }
         let mut out = vec![0f32; f * c * hh * ww];
         for fi in 0..f {
             for i in 0..gh {
@@ -491,9 +612,26 @@ impl Backend for CpuBackend {
     }
 
     fn attention(&self, q: &CpuTensor, d: usize, ctx: &[Vec<Seg<'_, CpuTensor>>]) -> CpuTensor {
-        assert_eq!(q.cols(), ctx.len() * d);
+        let heads = ctx.len();
+        let segs_fit = ctx.iter().flatten().all(|s| {
+            s.rows == 0
+                || (s.stride >= d && s.offset + (s.rows - 1) * s.stride + d <= s.k.data.len().min(s.v.data.len()))
+        });
+        if !self.fits(heads > 0 && d > 0 && q.cols() == heads * d && segs_fit, || {
+            format!("attention: q {:?} for {heads} heads of {d}, or a segment outside its K/V", q.shape)
+        }) {
+            return Self::zeros_like(&q.shape);
+        }
         CpuTensor::new(attention::flash_attention(&q.data, q.rows(), d, ctx, self.bf16()), &q.shape)
     }
+}
+
+/// Whether `x` is `[grid tokens, heads · d]` with an even head dim.
+fn rope_fits(x: &CpuTensor, heads: usize, grid: [usize; 3]) -> bool {
+    heads > 0
+        && x.cols().is_multiple_of(heads)
+        && (x.cols() / heads).is_multiple_of(2)
+        && x.rows() == grid.iter().product::<usize>()
 }
 
 /// `[cos(t·ω_j) | sin(t·ω_j)]` with `ω_j = 10000^(−j/half)`, in f64 like the official code.

@@ -12,7 +12,8 @@
 //!
 //! Errors: the [`Backend`] ops return tensors, not `Result`s (the model is written once for
 //! every backend). A failing op therefore records the first error and returns an unbacked
-//! tensor; every later op is skipped, and [`Backend::status`] reports the error. The pipeline
+//! tensor (a download of it gives zeros, never NaN); every later op is skipped, and
+//! [`Backend::status`] reports the error. The CPU backend does the same. The pipeline
 //! checks it after every forward, like CUDA's sticky errors at a synchronisation point. There
 //! is no host fallback: an op without a kernel is an error.
 
@@ -355,7 +356,7 @@ impl<D: Device> Backend for GpuBackend<D> {
     fn name(&self) -> &'static str {
         self.sh.dev.name()
     }
-    /// Once the memory plan's arena is reserved ([`GpuBackend::prepare`]): a capture takes its
+    /// Once the memory plan's arena is reserved ([`crate::run::open`] reserves it): a capture takes its
     /// memory from the arena, since device allocations cannot be recorded.
     fn device_stats(&self) -> Option<DeviceStats> {
         let (heap_live, heap_peak, heap_capacity) = self.heap_stats();
@@ -394,7 +395,7 @@ impl<D: Device> Backend for GpuBackend<D> {
         self.guard(shape, || self.try_upload(data, shape))
     }
     fn download(&self, t: &GpuTensor<D>) -> Vec<f32> {
-        self.sticky(|| vec![f32::NAN; t.numel()], || self.try_download(t))
+        self.sticky(|| vec![0.0; t.numel()], || self.try_download(t))
     }
     fn write(&self, dst: &mut GpuTensor<D>, data: &[f32]) {
         self.sticky(|| (), || self.try_write(dst, data))
