@@ -63,7 +63,10 @@ pub mod inputs;
 pub mod kind;
 pub mod rng;
 pub mod rolling;
+pub mod schedule;
 pub mod teacache;
+
+mod graphs;
 
 use std::sync::Arc;
 
@@ -73,88 +76,19 @@ use crate::backend::{Backend, Precision};
 use crate::cache::KvCache;
 use crate::config::FRAMES_PER_CHUNK;
 use crate::dummy::{kv_footprint, DummyForcing, KvFootprint};
-use crate::model::{ForwardHook, Model, NoHook, PassInfo, Residual, Taps, TextState, TimeEmbedding};
+use crate::model::{ForwardHook, Model, NoHook, PassInfo, PassKind, Residual, Taps, TextState, TimeEmbedding};
 use crate::policy::Policy;
 use crate::{Error, Result};
 
+use graphs::{GraphPasses, Recorded};
 pub use kind::{Pipeline, PipelineSpec};
 pub use rng::Rng;
+pub use schedule::{linspace_f32, Schedule, DENOISING_STEPS, NUM_TRAIN_TIMESTEPS, TIMESTEP_SHIFT};
 pub use teacache::TeaPlan;
 
 /// Frames a prompt switch re-runs at t = 0 by default (the official interactive configs'
 /// `model_kwargs.local_attn_size`).
 pub const RECACHE_FRAMES: usize = 12;
-
-/// Self-Forcing's defaults.
-pub const DENOISING_STEPS: [u32; 4] = [1000, 750, 500, 250];
-pub const TIMESTEP_SHIFT: f32 = 5.0;
-pub const NUM_TRAIN_TIMESTEPS: usize = 1000;
-
-/// `torch.linspace(start, end, steps)` in f32, with PyTorch's CPU kernel's two-sided formula.
-pub fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
-    if steps == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (steps - 1) as f32;
-    let half = steps / 2;
-    (0..steps).map(|i| if i < half { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 }).collect()
-}
-
-/// The flow-matching schedule: `FlowMatchScheduler(shift, sigma_min=0, extra_one_step=True)`
-/// with `set_timesteps(1000)`, and the warped denoising steps.
-#[derive(Clone, Debug)]
-pub struct Schedule {
-    /// The scheduler's 1000 sigmas and timesteps (f32).
-    pub sigmas: Vec<f32>,
-    pub timesteps: Vec<f32>,
-    /// Warped timesteps of the denoising steps, e.g. [1000, 937.5, 833.33, 625].
-    pub steps: Vec<f32>,
-}
-
-impl Schedule {
-    pub fn new(shift: f32, denoising: &[u32]) -> Self {
-        let n = NUM_TRAIN_TIMESTEPS;
-        let s = linspace_f32(1.0, 0.0, n + 1);
-        let sigmas: Vec<f32> = s[..n].iter().map(|&s| shift * s / (1.0 + (shift - 1.0) * s)).collect();
-        let timesteps: Vec<f32> = sigmas.iter().map(|&s| s * n as f32).collect();
-        // warped = cat(timesteps, [0])[1000 − step]
-        let steps = denoising
-            .iter()
-            .map(|&d| {
-                let i = n - d as usize;
-                if i < n {
-                    timesteps[i]
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        Schedule { sigmas, timesteps, steps }
-    }
-
-    pub fn official() -> Self {
-        Schedule::new(TIMESTEP_SHIFT, &DENOISING_STEPS)
-    }
-
-    /// The same scheduler with the denoising steps used as given (no warp), as CausVid does:
-    /// the model sees exactly these t, and σ(t) comes from the nearest grid point.
-    pub fn unwarped(shift: f32, denoising: &[u32]) -> Self {
-        let mut s = Schedule::new(shift, &[]);
-        s.steps = denoising.iter().map(|&d| d as f32).collect();
-        s
-    }
-
-    /// The sigma at `argmin |timesteps − t|` (first index on ties, like torch.argmin).
-    pub fn sigma(&self, t: f32) -> f32 {
-        let mut best = 0;
-        for (i, &ti) in self.timesteps.iter().enumerate() {
-            if (ti - t).abs() < (self.timesteps[best] - t).abs() {
-                best = i;
-            }
-        }
-        self.sigmas[best]
-    }
-}
 
 /// Where the random tensors come from.
 pub enum Noise {
@@ -260,9 +194,13 @@ pub struct Session<B: Backend> {
     /// Frames a prompt switch re-runs (the official `model_kwargs.local_attn_size`, 12).
     recache_frames: usize,
     recaches: usize,
-    /// The next chunk's denoising forward, recorded at the end of this one (while the GPU
-    /// runs the clean pass).
-    next_denoise: Option<Recorded<B>>,
+    /// Which of this chunk's passes replay graphs (decided when the chunk starts).
+    chunk_graphs: GraphPasses,
+    /// The denoising forward's graph: this chunk's, or (between chunks) the next chunk's,
+    /// recorded at the end of this one while the device runs the clean pass.
+    denoise_graph: Option<Recorded<B>>,
+    /// This chunk's clean pass, recorded while the device runs its last denoising step.
+    clean_graph: Option<Recorded<B>>,
     /// The last clean pass's graph: kept until its replay has surely run (the next chunk's
     /// first download), since the device may still be executing it.
     last_clean: Option<Recorded<B>>,
@@ -303,44 +241,6 @@ impl<B: Backend> HookSlot<B> {
             _ => None,
         }
     }
-}
-
-/// Which passes of a chunk run as recorded graphs.
-#[derive(Clone, Copy, Debug)]
-struct GraphPasses {
-    /// The denoising forwards (one graph, replayed at every step).
-    denoise: bool,
-    /// The clean pass that commits the chunk to the cache.
-    clean: bool,
-}
-
-/// One forward recorded as a graph: its input tensors (the chunk, and the time embedding),
-/// overwritten before each replay, its output, and the graph, dropped with it.
-struct Recorded<B: Backend> {
-    be: Arc<B>,
-    id: usize,
-    /// The pass it was recorded for (a replay serves this chunk's passes of the same kind).
-    pass: PassInfo,
-    x: B::Tensor,
-    /// The time embedding in its inputs, and the timestep it is for.
-    temb: TimeEmbedding<B::Tensor>,
-    t: f32,
-    out: B::Tensor,
-}
-
-impl<B: Backend> Drop for Recorded<B> {
-    fn drop(&mut self) {
-        // Before the tensors (fields drop after this): the graph may write them at a replay.
-        let _ = self.be.drop_graph(self.id);
-    }
-}
-
-/// Overwrites `dst` with `src` (same shape) on the device.
-fn overwrite<B: Backend>(be: &B, dst: &mut B::Tensor, src: &B::Tensor) {
-    let s = be.shape(src);
-    let cols = s.last().copied().unwrap_or(1).max(1);
-    let rows = s.iter().product::<usize>() / cols;
-    be.copy_rows(dst, 0, src, 0, cols, rows, cols);
 }
 
 impl<B: Backend + 'static> Session<B> {
@@ -448,7 +348,9 @@ impl<B: Backend + 'static> Session<B> {
             history: Default::default(),
             recache_frames: RECACHE_FRAMES,
             recaches: 0,
-            next_denoise: None,
+            chunk_graphs: GraphPasses { denoise: false, clean: false },
+            denoise_graph: None,
+            clean_graph: None,
             last_clean: None,
         })
     }
@@ -505,7 +407,7 @@ impl<B: Backend + 'static> Session<B> {
         // TeaCache's skipped passes run a different op sequence: direct launches only.
         self.graphs = on && self.be.supports_graphs() && self.tea.is_none() && self.rolling.is_none();
         if !self.graphs {
-            self.next_denoise = None;
+            self.denoise_graph = None;
             self.last_clean = None;
         }
     }
@@ -665,49 +567,18 @@ impl<B: Backend + 'static> Session<B> {
         }
         let c = self.chunk;
         let nf = FRAMES_PER_CHUNK;
-        let lat = self.latent;
-        let shape = [nf, lat.channels, lat.height, lat.width];
         let chunks = self.frames.map(|f| f / nf);
-        let mut xt: Vec<f32> = self.draw(c, None).into_iter().map(|x| self.store_f32(x)).collect();
         let steps = self.schedule.steps.clone();
+        self.begin_chunk_graphs(c);
+        // The official loop (`CausalInferencePipeline.inference`), one block of 3 frames:
+        // denoise from noise at each warped timestep, then the clean pass at t = 0.
+        let mut xt: Vec<f32> = self.draw(c, None).into_iter().map(|x| self.store_f32(x)).collect();
         let mut x0 = Vec::new();
-        let denoise = |s: usize| PassInfo::denoise(c, s, c * nf, nf);
-        let clean_pass = PassInfo::clean(c, c * nf, nf);
-        let graphs = self.graph_passes(c);
-        let mut den = self.next_denoise.take().filter(|g| graphs.denoise && g.pass.chunk == c);
-        let mut clean: Option<Recorded<B>> = None;
         for (s, &t) in steps.iter().enumerate() {
-            let pass = denoise(s);
-            let want_taps = self.record.is_some() && c == 0 && s == 0;
+            let pass = PassInfo::denoise(c, s, c * nf, nf);
             let mut taps = Taps::new();
-            let flow = if graphs.denoise {
-                let g = match den.as_mut() {
-                    Some(g) => g,
-                    None => den.insert(self.record_forward(&pass, t)?),
-                };
-                self.replay(g, &xt, Some(t))?;
-                if s == 0 {
-                    // The previous clean pass is queued before this replay: done by the download.
-                    self.last_clean = None;
-                }
-                if s + 1 == steps.len() && graphs.clean {
-                    // Recorded while the device runs the last denoising step.
-                    clean = Some(self.record_forward(&clean_pass, 0.0)?);
-                }
-                let flow = self.be.download(&g.out);
-                self.after_forward(&pass)?;
-                flow
-            } else if self.tea.is_some() {
-                let x = self.be.upload(&xt, &shape);
-                let flow_t = self.forward_teacache(&x, t, &pass, s, want_taps.then_some(&mut taps))?;
-                self.be.download(&flow_t)
-            } else {
-                let x = self.be.upload(&xt, &shape);
-                let (model, be, cache, text, hook) = self.parts();
-                let flow_t = model.forward(be, &x, t, &pass, cache, text, hook, want_taps.then_some(&mut taps))?;
-                be.download(&flow_t)
-            };
-            self.be.status()?;
+            let want_taps = self.record.is_some() && c == 0 && s == 0;
+            let flow = self.run_pass(&pass, t, &xt, want_taps.then_some(&mut taps))?;
             // flow → x0 in f64 (official wrapper), cast back to the working dtype.
             let sigma = self.schedule.sigma(t) as f64;
             x0 = xt.iter().zip(&flow).map(|(&a, &f)| self.store_f64(a as f64 - sigma * f as f64)).collect();
@@ -725,44 +596,93 @@ impl<B: Backend + 'static> Session<B> {
                 xt = x0.iter().zip(&eps).map(|(&a, &e)| self.store_f32((1.0 - sn) * a + sn * e)).collect();
             }
         }
-        drop(den);
         // The clean pass at t = 0 writes the chunk's K/V into the cache; its output is unused.
-        match clean {
-            Some(mut g) => {
-                self.replay(&mut g, &x0, None)?;
-                self.after_forward(&clean_pass)?;
-                self.last_clean = Some(g);
-            }
-            None if self.tea.is_some() => {
-                let x = self.be.upload(&x0, &shape);
-                self.forward_teacache(&x, 0.0, &clean_pass, steps.len(), None)?;
-            }
-            None => {
-                let x = self.be.upload(&x0, &shape);
-                let (model, be, cache, text, hook) = self.parts();
-                model.forward(be, &x, 0.0, &clean_pass, cache, text, hook, None)?;
-            }
-        }
-        self.be.status()?;
-        progress(Progress { pass: clean_pass, chunks });
-        for f in x0.chunks_exact(lat.frame_len()) {
+        let clean = PassInfo::clean(c, c * nf, nf);
+        self.run_pass(&clean, 0.0, &x0, None)?;
+        progress(Progress { pass: clean, chunks });
+        for f in x0.chunks_exact(self.latent.frame_len()) {
             self.history.push_back(f.to_vec());
         }
         while self.history.len() > self.recache_frames {
             self.history.pop_front();
         }
         self.chunk += 1;
-        if !self.done() && self.graph_passes(c + 1).denoise {
-            // Recorded while the device runs the clean pass.
-            let next = PassInfo::denoise(c + 1, 0, (c + 1) * nf, nf);
-            self.next_denoise = Some(self.record_forward(&next, steps[0])?);
-        }
+        self.end_chunk_graphs(steps[0])?;
         Ok(x0)
+    }
+
+    /// Runs one forward of the loop on `x` at timestep `t` and returns its output (the flow;
+    /// nothing for the clean pass): as a replay of the chunk's recorded graph, as TeaCache's
+    /// forward, or as direct launches, which the caller cannot tell apart. The hook's
+    /// `after_forward` runs exactly once (not for a pass TeaCache skips, whose blocks do not
+    /// run), and the backend's status is checked.
+    fn run_pass(&mut self, pass: &PassInfo, t: f32, x: &[f32], taps: Option<&mut Taps>) -> Result<Vec<f32>> {
+        let lat = self.latent;
+        let shape = [pass.frames, lat.channels, lat.height, lat.width];
+        let steps = self.schedule.steps.len();
+        if pass.commits() {
+            // The denoising graph goes before the clean pass: the memory plan holds two
+            // forwards' graphs, and the next chunk's is recorded after this pass.
+            self.denoise_graph = None;
+        }
+        let mut hook_runs = true;
+        let out = match pass.kind {
+            PassKind::Denoise { step } if self.chunk_graphs.denoise => {
+                let mut g = match self.denoise_graph.take() {
+                    Some(g) => g,
+                    None => self.record_forward(pass, t)?,
+                };
+                self.replay(&mut g, x, Some(t))?;
+                if step == 0 {
+                    // The previous clean pass is queued before this replay: done by the download.
+                    self.last_clean = None;
+                }
+                if step + 1 == steps && self.chunk_graphs.clean {
+                    // Recorded while the device runs the last denoising step.
+                    let clean = PassInfo::clean(pass.chunk, pass.start_frame, pass.frames);
+                    self.clean_graph = Some(self.record_forward(&clean, 0.0)?);
+                }
+                let flow = self.be.download(&g.out);
+                self.denoise_graph = Some(g);
+                flow
+            }
+            PassKind::Clean if self.clean_graph.is_some() => {
+                let mut g = self.clean_graph.take().expect("checked");
+                self.replay(&mut g, x, None)?;
+                self.last_clean = Some(g);
+                Vec::new()
+            }
+            _ => {
+                let xt = self.be.upload(x, &shape);
+                let y = if self.tea.is_some() {
+                    let (y, computed) = self.forward_teacache(&xt, t, pass, pass.step().unwrap_or(steps), taps)?;
+                    hook_runs = computed;
+                    y
+                } else {
+                    let (model, be, cache, text, hook) = self.parts();
+                    let mut taps = taps;
+                    let temb = model.time_embedding(be, t, pass.frames, taps.as_deref_mut());
+                    model.forward_embedded(be, &xt, &temb, pass, cache, text, hook, taps)?
+                };
+                if pass.commits() {
+                    Vec::new()
+                } else {
+                    self.be.download(&y)
+                }
+            }
+        };
+        if hook_runs {
+            self.after_forward(pass)?;
+        }
+        self.be.status()?;
+        Ok(out)
     }
 
     /// One forward under TeaCache: pass `index` of the chunk (its step, or the step count for
     /// the clean pass) either runs the blocks and keeps their residual, or, when the plan
     /// skips it, adds the kept residual to the patch embedding and runs only the head.
+    /// Returns the output and whether the blocks ran (the hook's `after_forward` is the
+    /// caller's, for computed passes only).
     fn forward_teacache(
         &mut self,
         x: &B::Tensor,
@@ -770,7 +690,7 @@ impl<B: Backend + 'static> Session<B> {
         pass: &PassInfo,
         index: usize,
         taps: Option<&mut Taps>,
-    ) -> Result<B::Tensor> {
+    ) -> Result<(B::Tensor, bool)> {
         let skip = self.tea.as_ref().is_some_and(|p| p.get(pass.chunk, index).skip);
         let residual = self.tea_residual.take();
         let temb = self.model.time_embedding(&self.be, t, pass.frames, None);
@@ -786,11 +706,8 @@ impl<B: Backend + 'static> Session<B> {
             _ => Residual::Record,
         };
         let (flow, kept) = model.forward_teacache(be, x, &temb, pass, cache, text, hook, taps, mode)?;
-        if !skip {
-            hook.after_forward(be, pass, cache)?;
-        }
         self.tea_residual = kept.or(residual);
-        Ok(flow)
+        Ok((flow, !skip))
     }
 
     /// Frames a prompt switch re-runs (default [`RECACHE_FRAMES`]); set before the run.
@@ -814,7 +731,7 @@ impl<B: Backend + 'static> Session<B> {
         self.check_switch()?;
         let f = self.frames_done();
         self.text = self.model.embed_text(&self.be, context, rows)?;
-        self.next_denoise = None;
+        self.denoise_graph = None;
         if f == 0 {
             return Ok(());
         }
@@ -863,8 +780,9 @@ impl<B: Backend + 'static> Session<B> {
         self.recaches
     }
 
-    /// The hook's `after_forward` for a replayed pass (a direct forward calls it itself).
+    /// The hook's `after_forward` for `pass` ([`Session::run_pass`] calls it once per pass).
     fn after_forward(&mut self, pass: &PassInfo) -> Result<()> {
+        let _rp = crate::profile::range("dit.after_forward");
         let (_, be, cache, _, hook) = self.parts();
         hook.after_forward(be, pass, cache)
     }
@@ -882,48 +800,6 @@ impl<B: Backend + 'static> Session<B> {
         self.hook.get()
     }
 
-    /// Whether chunk `c`'s (denoising forwards, clean pass) run as graphs: graphs on, no taps
-    /// recorded, and the hook does not look inside the pass (Dummy Forcing's calibration).
-    fn graph_passes(&self, c: usize) -> GraphPasses {
-        let nf = FRAMES_PER_CHUNK;
-        if !self.graphs || self.record.is_some() {
-            return GraphPasses { denoise: false, clean: false };
-        }
-        let hook = self.hook_ref();
-        let denoise =
-            !(0..self.schedule.steps.len()).any(|s| hook.wants_attention(&PassInfo::denoise(c, s, c * nf, nf)));
-        GraphPasses { denoise, clean: denoise && !hook.wants_attention(&PassInfo::clean(c, c * nf, nf)) }
-    }
-
-    /// Records the forward of `pass` (its host logic runs now, including a clean pass's cache
-    /// bookkeeping; its device work runs at each replay) with fresh input tensors; the time
-    /// embedding at `t` is computed now and stays for replays that pass no new timestep.
-    fn record_forward(&mut self, pass: &PassInfo, t: f32) -> Result<Recorded<B>> {
-        let be = self.be.clone();
-        let lat = self.latent;
-        let x = be.zeros(&[pass.frames, lat.channels, lat.height, lat.width]);
-        let temb = self.model.time_embedding(&be, t, pass.frames, None);
-        let (model, _, cache, text, hook) = self.parts();
-        let (out, id) = be.capture_graph(&mut |be| {
-            model.forward_embedded(be, &x, &temb, pass, &mut *cache, text, &mut *hook, None)
-        })?;
-        Ok(Recorded { be: be.clone(), id, pass: *pass, x, temb, t, out })
-    }
-
-    /// Writes a replay's inputs (the latents, and the time embedding at `t` when given and not
-    /// already there) and queues the graph.
-    fn replay(&self, g: &mut Recorded<B>, x: &[f32], t: Option<f32>) -> Result<()> {
-        let be = &*self.be;
-        be.write(&mut g.x, x);
-        if let Some(t) = t.filter(|&t| t != g.t) {
-            let temb = self.model.time_embedding(be, t, g.pass.frames, None);
-            overwrite(be, &mut g.temb.e, &temb.e);
-            overwrite(be, &mut g.temb.e0, &temb.e0);
-            g.t = t;
-        }
-        be.replay_graph(g.id)
-    }
-
     /// Generates every remaining chunk; returns the latents `[F, C, H, W]`.
     pub fn run(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<Vec<f32>> {
         if self.frames.is_none() {
@@ -934,18 +810,5 @@ impl<B: Backend + 'static> Session<B> {
             out.extend(self.next_chunk(progress)?);
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn warped_timesteps_match_the_official_schedule() {
-        let s = Schedule::official();
-        assert_eq!(s.steps, vec![1000.0, 937.5, 833.333_3, 625.0]);
-        let sig: Vec<f32> = s.steps.iter().map(|&t| s.sigma(t)).collect();
-        assert_eq!(sig, vec![1.0, 0.9375, 0.833_333_3, 0.625]);
     }
 }
