@@ -12,7 +12,7 @@
 //! its whole output, and are NOT GPU figures. Every run checks that each output was fully
 //! written (finite).
 
-#[path = "support/kernel_cases.rs"]
+#[path = "support/kernel_cases/mod.rs"]
 mod kernel_cases;
 #[path = "support/report.rs"]
 mod report;

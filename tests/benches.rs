@@ -4,7 +4,7 @@
 
 #[path = "../benches/support/e2e_run.rs"]
 mod e2e_run;
-#[path = "../benches/support/kernel_cases.rs"]
+#[path = "../benches/support/kernel_cases/mod.rs"]
 mod kernel_cases;
 
 use std::collections::BTreeSet;

@@ -17,20 +17,14 @@ use dfrt_kernels::gpu::{bf16_to_f32, f32_to_bf16};
 use dfrt_kernels::sim;
 use dfrt_kernels::Launch;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Dt {
-    F32,
-    Bf16,
+use dfrt_testkit::Dtype as Dt;
+
+/// A value as a dtype stores it.
+trait Stored {
+    fn round(self, x: f32) -> f32;
 }
 
-impl Dt {
-    fn size(self) -> usize {
-        match self {
-            Dt::F32 => 4,
-            Dt::Bf16 => 2,
-        }
-    }
-    /// The value as stored.
+impl Stored for Dt {
     fn round(self, x: f32) -> f32 {
         match self {
             Dt::F32 => x,
