@@ -7,14 +7,14 @@
 //! df-tiny section of `shared/golden/README.md`.
 //!
 //! # Parts
-//! - [`spec`]: [`DummySpec`], the `dummy:N[,chunks:L][,ar-start:K][,packing:on|off]` string.
+//! - [`crate::policy::dummy_spec`]: [`DummySpec`], the `dummy:N[,chunks:L][,ar-start:K][,packing:on|off]` string.
 //! - [`calibrate`]: [`layer_masses`] (official `online_head_classification`) and the query-row
 //!   sampler [`sample_rows`].
 //! - [`dhp`]: [`program()`] (official `dynamic_head_programming`) → [`Assignment`] of [`Group`]s.
 //! - [`heads`]: [`HeadProgram`] JSON (`--save-heads`, `--heads`) and [`stability`]
 //!   (`dfrt calibrate`).
 //! - [`layout`]: [`phase1_shape`] and [`hma_layout`], slot shapes of each head group.
-//! - [`footprint`]: [`kv_footprint`], KV bytes per group and against `full`.
+//! - [`crate::policy::footprint`]: [`kv_footprint`], KV bytes per group and against `full`.
 //! - [`run`]: [`DummyForcing`], the per-video state that runs calibration, DHP and HMA inside
 //!   a [`crate::pipeline::Session`], over the [`crate::backend::Backend`] trait only.
 //!

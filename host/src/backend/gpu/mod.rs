@@ -1,8 +1,8 @@
 //! [`GpuBackend`]: the DiT's ops on a [`Device`], every op a kernel launch or a GEMM. It
 //! sits beside the CPU backend and over the device layer ([`crate::gpu`]). By concern:
-//! - [`tensor`]: device tensors, the sub-allocator, uploads and downloads;
-//! - [`ops`]: the op launchers (one params struct each, checked at the one launch site);
-//! - [`attention`]: attention (the segment table) and Dummy Forcing's calibration kernels;
+//! - `tensor`: device tensors, the sub-allocator, uploads and downloads;
+//! - `ops`: the op launchers (one params struct each, checked at the one launch site);
+//! - `attention`: attention (the segment table) and Dummy Forcing's calibration kernels;
 //! - this module: the backend, its options, the error guard, graphs and the [`Backend`] impl.
 //!
 //! Tensors are device buffers with a shape, in the backend's storage precision (f32, or bf16
@@ -230,8 +230,8 @@ impl<D: Device> GpuBackend<D> {
         (h.live_bytes(), h.peak_bytes(), h.capacity())
     }
 
-    /// Records the device work `f` queues into a graph (a CUDA graph on [`super::CudaDevice`],
-    /// a recorded op list on [`super::SimDevice`]) instead of running it, and returns what `f`
+    /// Records the device work `f` queues into a graph (a CUDA graph on [`crate::gpu::CudaDevice`],
+    /// a recorded op list on [`crate::gpu::SimDevice`]) instead of running it, and returns what `f`
     /// returned with the graph's id. Run it with [`GpuBackend::replay`].
     ///
     /// Inside `f` nothing may download or synchronise (a forward without taps or a calibrating
