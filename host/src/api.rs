@@ -115,7 +115,12 @@ impl<B: Backend + 'static> LoadedModel<B> {
     pub fn load(be: Arc<B>, path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let (f, cfg) = open_checkpoint(path)?;
-        let model = Model::load(&*be, &f, &cfg).map_err(|e| match e {
+        Self::load_file(be, path, &f, cfg)
+    }
+
+    /// Loads the tensors of `f` (opened from `path`) for `cfg` onto `be`.
+    pub(crate) fn load_file(be: Arc<B>, path: &Path, f: &TensorFile, cfg: ModelConfig) -> Result<Self> {
+        let model = Model::load(&*be, f, &cfg).map_err(|e| match e {
             Error::Tensor { .. } => Error::Checkpoint {
                 path: path.display().to_string(),
                 msg: format!("{e}; its tensors do not match its own config (a truncated or hand-edited file?): {CHECKPOINT_HINT}"),

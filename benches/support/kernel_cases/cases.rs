@@ -477,10 +477,10 @@ pub(super) fn kv_compact<D: Device>(b: &mut Bench<'_, D>, ty: Ty, _: usize) -> R
 /// ours, but most of a forward's time, so the table shows them beside the kernels.
 pub(super) fn gemm<D: Device>(b: &mut Bench<'_, D>, ty: Ty, arg: usize) -> Result<Built<D>> {
     let (t, d, f) = (b.s.tokens(), b.s.dim, b.s.ffn);
-    let (k, m, gelu, what) = match arg {
-        0 => (d, d, false, "q/k/v/o"),
-        1 => (d, f, true, "ffn up + GELU"),
-        _ => (f, d, false, "ffn down"),
+    let (k, m, epilogue, what) = match arg {
+        0 => (d, d, Epilogue::None, "q/k/v/o"),
+        1 => (d, f, Epilogue::Gelu, "ffn up + GELU"),
+        _ => (f, d, Epilogue::None, "ffn down"),
     };
     let e = ty.size();
     let bytes = ((t * k + m * k + t * m + m) * e) as f64;
@@ -492,7 +492,7 @@ pub(super) fn gemm<D: Device>(b: &mut Bench<'_, D>, ty: Ty, arg: usize) -> Resul
         let w = b.rand(ty, m * k, (k as f32).sqrt().recip())?;
         let bias = b.rand(ty, m, 0.1)?;
         let y = b.out(ty, t * m)?;
-        gs.push(Gemm { dtype, x, w, y, bias: Some(bias), gelu, n: t, k, m });
+        gs.push(Gemm { dtype, x, w, y, bias: Some(bias), epilogue, n: t, k, m });
     }
     Ok(Built {
         name: "gemm",

@@ -14,7 +14,7 @@
 #![allow(dead_code)]
 
 use dfrt::backend::Precision;
-use dfrt::gpu::{DevPtr, Device, Gemm};
+use dfrt::gpu::{DevPtr, Device, Epilogue, Gemm};
 use dfrt::pipeline::Rng;
 use dfrt::{Error, Result};
 use dfrt_kernels::attention::{

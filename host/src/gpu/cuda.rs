@@ -553,7 +553,7 @@ impl Device for CudaDevice {
             stride_bias: None,
             batch_size: None,
         };
-        let act = g.gelu.then_some(Activation::Gelu);
+        let act = (g.epilogue == super::Epilogue::Gelu).then_some(Activation::Gelu);
         let s = &self.stream;
         let r = match g.dtype {
             Precision::F32 => {

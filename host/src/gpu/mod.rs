@@ -57,6 +57,15 @@ use crate::Result;
 /// A device address (what the kernels' params structs hold).
 pub type DevPtr = u64;
 
+/// What a [`Gemm`] applies after the bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// The product (plus bias) as it is.
+    None,
+    /// GELU (tanh form) after the bias: cuBLASLt's GELU_BIAS epilogue.
+    Gelu,
+}
+
 /// `y [n, m] = x [n, k] · w [m, k]ᵀ (+ bias [m]) (then GELU-tanh)`, row-major, every operand
 /// stored in `dtype`, f32 accumulation; the result is rounded to `dtype` once at the end.
 #[derive(Clone, Copy, Debug)]
@@ -66,8 +75,8 @@ pub struct Gemm {
     pub w: DevPtr,
     pub y: DevPtr,
     pub bias: Option<DevPtr>,
-    /// Fused GELU (tanh form) after the bias (cuBLASLt's GELU_BIAS epilogue).
-    pub gelu: bool,
+    /// What follows the bias, before the one rounding.
+    pub epilogue: Epilogue,
     pub n: usize,
     pub k: usize,
     pub m: usize,

@@ -292,7 +292,7 @@ impl Device for SimDevice {
                 if let Some(b) = bias {
                     *v += b[j];
                 }
-                if g.gelu {
+                if g.epilogue == super::Epilogue::Gelu {
                     *v = crate::backend::gelu_tanh_f32(*v);
                 }
             }

@@ -43,7 +43,7 @@ use crate::api::{open_checkpoint, CpuModel, LoadedModel, SessionOptions, CHECKPO
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{GpuBackend, GpuOptions};
 use crate::backend::{Backend, DeviceStats, Precision};
-use crate::checkpoint::DType;
+use crate::checkpoint::{DType, TensorFile};
 use crate::dummy::{DummyForcing, KvFootprint};
 use crate::error::DeviceError;
 use crate::gpu::{CudaDevice, Device, SimDevice};
@@ -219,6 +219,19 @@ impl ModelSource {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let (f, cfg) = open_checkpoint(path)?;
+        Self::checked(path, &f, cfg)
+    }
+
+    /// A checkpoint without `dfrt.config` metadata (the golden cases' weights) for `cfg`,
+    /// checked the same way.
+    pub fn with_config(path: impl AsRef<Path>, cfg: ModelConfig) -> Result<Self> {
+        let path = path.as_ref();
+        cfg.validate()?;
+        let f = TensorFile::open(path)?;
+        Self::checked(path, &f, cfg)
+    }
+
+    fn checked(path: &Path, f: &TensorFile, cfg: ModelConfig) -> Result<Self> {
         for (name, shape) in crate::names::expected_tensors(&cfg) {
             let bad = |msg: String| {
                 Error::Checkpoint {
@@ -265,8 +278,14 @@ impl ModelSource {
         if let Some(m) = self.cpu.get() {
             return Ok(m.clone());
         }
-        let m = Arc::new(CpuModel::cpu(&self.path, precision)?);
+        let m = Arc::new(self.load(Arc::new(CpuBackend::new(precision)))?);
         Ok(self.cpu.get_or_init(|| m).clone())
+    }
+
+    /// Loads the weights onto `be` (in `be`'s precision) with this source's config.
+    pub fn load<B: Backend + 'static>(&self, be: Arc<B>) -> Result<LoadedModel<B>> {
+        let f = TensorFile::open(&self.path)?;
+        LoadedModel::load_file(be, &self.path, &f, self.cfg.clone())
     }
 }
 
@@ -304,12 +323,19 @@ pub fn open(
     match target.device {
         DeviceChoice::Cpu => Ok(Box::new(model.cpu_model(p)?.session(opts, context, rows, noise)?)),
         DeviceChoice::Sim => {
-            let be = GpuBackend::with_options(SimDevice::new(), p, target.gpu);
-            Ok(Box::new(open_gpu(be, model, opts, context, rows, noise)?))
+            let be = Arc::new(GpuBackend::with_options(SimDevice::new(), p, target.gpu));
+            Ok(Box::new(open_on(be, model, opts, context, rows, noise)?))
         }
         DeviceChoice::Cuda { ordinal, stream, sync_debug } => {
-            let be = GpuBackend::with_options(DeviceChoice::cuda(ordinal, stream, sync_debug)?, p, target.gpu);
-            Ok(Box::new(open_gpu(be, model, opts, context, rows, noise)?))
+            let dev = DeviceChoice::cuda(ordinal, stream, sync_debug)?;
+            Ok(Box::new(open_on(
+                Arc::new(GpuBackend::with_options(dev, p, target.gpu)),
+                model,
+                opts,
+                context,
+                rows,
+                noise,
+            )?))
         }
     }
 }
@@ -327,17 +353,19 @@ pub fn reserve<D: Device>(be: &GpuBackend<D>, plan: &MemoryPlan) -> Result<()> {
     be.reserve(plan.total())
 }
 
-fn open_gpu<D: Device>(
-    be: GpuBackend<D>,
+/// [`open`] on a GPU backend the caller built and keeps (tests and benches read its
+/// counters): the plan is checked and reserved, the weights loaded, the session opened.
+pub fn open_on<D: Device>(
+    be: Arc<GpuBackend<D>>,
     model: &ModelSource,
     opts: &SessionOptions,
     context: &[f32],
     rows: usize,
     noise: Noise,
 ) -> Result<Session<GpuBackend<D>>> {
-    let be = Arc::new(be);
+    opts.check(&model.cfg)?;
     reserve(&be, &plan(model, be.precision(), opts)?)?;
-    let lm = LoadedModel::load(be.clone(), &model.path)?;
+    let lm = model.load(be.clone())?;
     be.status()?;
     lm.session(opts, context, rows, noise)
 }

@@ -203,9 +203,10 @@ pub(super) fn bf16_gpu_path_follows_the_cpu_bf16_path() {
     std::fs::remove_dir_all(&d).ok();
 }
 
-/// A session of golden case `case`'s model on `be`, the way the CLI makes one: the memory plan
-/// reserved, the weights loaded, then `policy` at `h×w` latents for `frames` frames, a random
-/// 3-row context from `ctx_seed` and noise seeded with `noise_seed`.
+/// A session of golden case `case`'s model on `be`, opened the way every front end opens one
+/// (`dfrt::run::open_on`: the memory plan reserved, the weights loaded, the session opened),
+/// `policy` at `h×w` latents for `frames` frames, a random 3-row context from `ctx_seed` and
+/// noise seeded with `noise_seed`.
 pub(super) fn gpu_session<D: Device>(
     be: &Arc<GpuBackend<D>>,
     case: &str,
@@ -214,12 +215,8 @@ pub(super) fn gpu_session<D: Device>(
     frames: usize,
     (ctx_seed, noise_seed): (u64, u64),
 ) -> Session<GpuBackend<D>> {
-    let cfg = case_config(case);
-    let weights = TensorFile::open(golden().join(case).join("weights.safetensors")).unwrap();
-    let policy = Policy::parse_for(policy, &cfg).unwrap();
-    let latent = Latent { channels: cfg.in_dim, height: h, width: w };
-    prepare(be, &cfg, &policy, latent, frames, &weights).unwrap();
-    let model = Arc::new(Model::load(&**be, &weights, &cfg).unwrap());
-    let ctx = TestRng::seeded(ctx_seed).vec(3 * cfg.text_dim, -1.0, 1.0);
-    Session::new(model, be.clone(), policy, latent, Some(frames), &ctx, 3, Noise::Seeded(Rng::new(noise_seed))).unwrap()
+    let model = ModelSource::with_config(golden().join(case).join("weights.safetensors"), case_config(case)).unwrap();
+    let opts = SessionOptions::parse(policy, h, w, Some(frames), &model.cfg).unwrap();
+    let ctx = TestRng::seeded(ctx_seed).vec(3 * model.cfg.text_dim, -1.0, 1.0);
+    dfrt::run::open_on(be.clone(), &model, &opts, &ctx, 3, Noise::Seeded(Rng::new(noise_seed))).unwrap()
 }

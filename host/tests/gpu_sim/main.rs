@@ -13,17 +13,18 @@
 
 use std::sync::Arc;
 
+use dfrt::api::SessionOptions;
 use dfrt::backend::cpu::CpuBackend;
 use dfrt::backend::gpu::{AttnRows, GpuBackend, GpuOptions, GpuTensor};
 use dfrt::backend::{Backend, Precision, Seg};
 use dfrt::checkpoint::TensorFile;
 use dfrt::dummy::calibrate::{layer_masses, KeySegment};
 use dfrt::error::DeviceError;
-use dfrt::gpu::{CudaDevice, Device, Gemm, SimDevice};
+use dfrt::gpu::{CudaDevice, Device, Epilogue, Gemm, SimDevice};
 use dfrt::model::Model;
 use dfrt::pipeline::{Latent, Noise, Rng, Session};
 use dfrt::policy::Policy;
-use dfrt::run::MemoryPlan;
+use dfrt::run::{MemoryPlan, ModelSource};
 use dfrt_testkit::Rng as TestRng;
 
 #[path = "../common/mod.rs"]
@@ -37,5 +38,4 @@ mod memory_plan;
 mod ops;
 
 use golden_cli::*;
-use memory_plan::*;
 use ops::*;

@@ -294,7 +294,7 @@ pub(super) fn compare_ops<D: Device>(gpu: &GpuBackend<D>, unfused: Option<&GpuBa
         w: wg.ptr(),
         y: eg.ptr(),
         bias: Some(bg.ptr()),
-        gelu: true,
+        epilogue: Epilogue::Gelu,
         n: rows,
         k: cols,
         m: 40,

@@ -34,7 +34,7 @@ use self::tensor::Shared;
 use crate::backend::{Backend, DeviceStats, Precision, Seg};
 use crate::error::DeviceError;
 use crate::gpu::heap::{round_up, Heap};
-use crate::gpu::Device;
+use crate::gpu::{Device, Epilogue};
 use crate::{Error, Result};
 
 /// Rows of the RoPE table built at first use (grows by doubling if a video gets longer).
@@ -439,7 +439,7 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 
     fn linear(&self, x: &GpuTensor<D>, w: &GpuTensor<D>, b: Option<&GpuTensor<D>>) -> GpuTensor<D> {
-        self.gemm_op(x, w, b, false)
+        self.gemm_op(x, w, b, Epilogue::None)
     }
     /// Fused into the GEMM epilogue in bf16 (see [`GpuOptions::fused_gelu`]); composed in
     /// f32, where the 1e-4 contract wants the reference's own GELU (cuBLASLt's differs in the
@@ -448,7 +448,7 @@ impl<D: Device> Backend for GpuBackend<D> {
         if self.precision != Precision::Bf16 || !self.opts.fused_gelu {
             return self.gelu_tanh(&self.linear(x, w, b));
         }
-        self.gemm_op(x, w, b, true)
+        self.gemm_op(x, w, b, Epilogue::Gelu)
     }
     fn layer_norm(&self, x: &GpuTensor<D>, eps: f32, affine: Option<(&GpuTensor<D>, &GpuTensor<D>)>) -> GpuTensor<D> {
         self.guard(&x.shape, || self.try_layer_norm(x, eps, affine))

@@ -9,21 +9,21 @@ use dfrt_kernels::rope::{QkNormRopeParams, RopeParams};
 
 use super::{u32_of, GpuBackend, GpuTensor, Unary, ROPE_ROWS};
 use crate::backend::Precision;
-use crate::gpu::{DevPtr, Device, Gemm};
+use crate::gpu::{DevPtr, Device, Epilogue, Gemm};
 use crate::{Error, Result};
 
 impl<D: Device> GpuBackend<D> {
-    /// `linear`, with the GELU in the epilogue when `gelu`: `x [.., k] · wᵀ (+ b)`.
+    /// `linear` with `epilogue` after the bias: `x [.., k] · wᵀ (+ b)`.
     pub(super) fn gemm_op(
         &self,
         x: &GpuTensor<D>,
         w: &GpuTensor<D>,
         b: Option<&GpuTensor<D>>,
-        gelu: bool,
+        epilogue: Epilogue,
     ) -> GpuTensor<D> {
         let mut shape = x.shape.clone();
         *shape.last_mut().unwrap() = w.shape[0];
-        self.guard(&shape, || self.try_linear(x, w, b, gelu))
+        self.guard(&shape, || self.try_linear(x, w, b, epilogue))
     }
 
     pub(super) fn same_len(&self, what: &str, a: &GpuTensor<D>, b: &GpuTensor<D>) -> Result<()> {
@@ -179,7 +179,7 @@ impl<D: Device> GpuBackend<D> {
         x: &GpuTensor<D>,
         w: &GpuTensor<D>,
         b: Option<&GpuTensor<D>>,
-        gelu: bool,
+        epilogue: Epilogue,
     ) -> Result<GpuTensor<D>> {
         let k = x.cols();
         let n = x.rows();
@@ -201,7 +201,7 @@ impl<D: Device> GpuBackend<D> {
             w: w.ptr,
             y: y.ptr,
             bias: b.map(|b| b.ptr),
-            gelu,
+            epilogue,
             n,
             k,
             m,
