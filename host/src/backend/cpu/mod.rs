@@ -72,17 +72,11 @@ impl CpuBackend {
     /// True when the operands fit; otherwise records `msg()` (the first failure sticks) and
     /// returns false, and the op returns zeros instead of computing.
     fn fits(&self, ok: bool, msg: impl FnOnce() -> String) -> bool {
-        if !ok {
-            let mut e = self.error.lock().unwrap();
-            if e.is_none() {
-                *e = Some(DeviceError::Invalid(format!("cpu: {}", msg())));
-            }
+        let mut e = self.error.lock().unwrap();
+        if !ok && e.is_none() {
+            *e = Some(DeviceError::Invalid(format!("cpu: {}", msg())));
         }
-        ok && self.error.lock().unwrap().is_none()
-    }
-
-    fn zeros_like(shape: &[usize]) -> CpuTensor {
-        CpuTensor { data: vec![0.0; shape.iter().product()], shape: shape.to_vec() }
+        ok && e.is_none()
     }
 
     fn bf16(&self) -> bool {
@@ -112,7 +106,7 @@ impl CpuBackend {
         if !self.fits(w.shape.len() == 2 && w.shape[1] == k && b.is_none_or(|b| b.data.len() == m), || {
             format!("linear: x {:?} against weight {:?}, bias {:?}", x.shape, w.shape, b.map(|b| &b.shape))
         }) {
-            return Self::zeros_like(&shape);
+            return self.zeros(&shape);
         }
         let mut out = vec![0f32; n * m];
         // wᵀ's element (c, j) is w[j, c].
@@ -323,7 +317,7 @@ impl Backend for CpuBackend {
     fn upload(&self, data: &[f32], shape: &[usize]) -> CpuTensor {
         let n: usize = shape.iter().product();
         if !self.fits(data.len() == n, || format!("upload: {} values for shape {shape:?}", data.len())) {
-            return Self::zeros_like(shape);
+            return self.zeros(shape);
         }
         let mut t = CpuTensor::new(data.to_vec(), shape);
         self.round_all(&mut t.data);
@@ -387,7 +381,7 @@ impl Backend for CpuBackend {
         if !self.fits(affine.is_none_or(|(w, b)| w.data.len() == cols && b.data.len() == cols), || {
             format!("layer_norm: affine {:?} for x {:?}", affine.map(|(w, b)| (&w.shape, &b.shape)), x.shape)
         }) {
-            return Self::zeros_like(&x.shape);
+            return self.zeros(&x.shape);
         }
         let affine = affine.map(|(w, b)| (w.data.as_slice(), b.data.as_slice()));
         self.map_rows(x, |_, a, o| {
@@ -406,7 +400,7 @@ impl Backend for CpuBackend {
                 x.shape, shift.shape, scale.shape
             )
         }) {
-            return Self::zeros_like(&x.shape);
+            return self.zeros(&x.shape);
         }
         self.map_rows(x, |i, a, o| {
             let f = i / rpf;
@@ -417,7 +411,7 @@ impl Backend for CpuBackend {
 
     fn rms_norm(&self, x: &CpuTensor, w: &CpuTensor, eps: f32) -> CpuTensor {
         if !self.fits(w.data.len() == x.cols(), || format!("rms_norm: weight {:?} for x {:?}", w.shape, x.shape)) {
-            return Self::zeros_like(&x.shape);
+            return self.zeros(&x.shape);
         }
         let bf = self.bf16();
         self.map_rows(x, |_, a, o| rms_norm_row(a, o, &w.data, eps, bf))
@@ -445,7 +439,7 @@ impl Backend for CpuBackend {
         if !self.fits(x.data.len() == y.data.len(), || {
             format!("add: shapes {:?} and {:?} differ in size", x.shape, y.shape)
         }) {
-            return Self::zeros_like(&x.shape);
+            return self.zeros(&x.shape);
         }
         let c = x.cols();
         let bf = self.bf16();
@@ -457,7 +451,7 @@ impl Backend for CpuBackend {
         if !self.fits(x.data.len() == y.data.len() && rpf > 0 && gate.data.len() >= frames * d, || {
             format!("gated_residual: x {:?}, y {:?}, gate {:?}, {rpf} rows per frame", x.shape, y.shape, gate.shape)
         }) {
-            return Self::zeros_like(&x.shape);
+            return self.zeros(&x.shape);
         }
         let bf = self.bf16();
         self.map_rows(x, |i, a, o| {
@@ -472,7 +466,7 @@ impl Backend for CpuBackend {
         if !self.fits(k > 0 && kd.is_multiple_of(k) && table.data.len() == kd, || {
             format!("modulation: table {:?}, e {:?}, k {k}", table.shape, e.shape)
         }) {
-            return (0..k).map(|_| Self::zeros_like(&[frames, d])).collect();
+            return (0..k).map(|_| self.zeros(&[frames, d])).collect();
         }
         (0..k)
             .map(|i| {
@@ -490,7 +484,7 @@ impl Backend for CpuBackend {
     fn rope(&self, x: &CpuTensor, heads: usize, grid: [usize; 3], start_frame: usize) -> CpuTensor {
         if !self.fits(rope_fits(x, heads, grid), || format!("rope: x {:?} for {heads} heads on grid {grid:?}", x.shape))
         {
-            return Self::zeros_like(&x.shape);
+            return self.zeros(&x.shape);
         }
         let d = x.cols() / heads;
         let g = RopeGrid::new(d, x.rows(), grid, start_frame);
@@ -526,7 +520,7 @@ impl Backend for CpuBackend {
                 q.shape, k.shape, wq.shape, wk.shape
             )
         }) {
-            return (Self::zeros_like(&q.shape), Self::zeros_like(&k.shape));
+            return (self.zeros(&q.shape), self.zeros(&k.shape));
         }
         let d = q.cols() / heads;
         let g = RopeGrid::new(d, q.rows().max(k.rows()), grid, start_frame);
@@ -557,7 +551,7 @@ impl Backend for CpuBackend {
             && x.shape[3].is_multiple_of(pw);
         if !self.fits(ok, || format!("patchify: latent {:?} with patch {patch:?} (temporal patch must be 1)", x.shape))
         {
-            return Self::zeros_like(&[0, 0]);
+            return self.zeros(&[0, 0]);
         }
         let [f, c, hh, ww] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
         let (gh, gw) = (hh / ph, ww / pw);
@@ -589,7 +583,7 @@ impl Backend for CpuBackend {
         if !self.fits(x.cols() == feat && x.rows() == f * gh * gw, || {
             format!("unpatchify: x {:?} for grid {grid:?}, patch {patch:?}, {c} channels", x.shape)
         }) {
-            return Self::zeros_like(&[f, c, hh, ww]);
+            return self.zeros(&[f, c, hh, ww]);
         }
         let mut out = vec![0f32; f * c * hh * ww];
         for fi in 0..f {
@@ -620,7 +614,7 @@ impl Backend for CpuBackend {
         if !self.fits(heads > 0 && d > 0 && q.cols() == heads * d && segs_fit, || {
             format!("attention: q {:?} for {heads} heads of {d}, or a segment outside its K/V", q.shape)
         }) {
-            return Self::zeros_like(&q.shape);
+            return self.zeros(&q.shape);
         }
         CpuTensor::new(attention::flash_attention(&q.data, q.rows(), d, ctx, self.bf16()), &q.shape)
     }
