@@ -209,7 +209,6 @@ pub struct ModelSource {
     elems: usize,
     tensors: usize,
     cpu: OnceLock<Arc<CpuModel>>,
-    cpu_precision: OnceLock<Precision>,
 }
 
 impl ModelSource {
@@ -255,7 +254,6 @@ impl ModelSource {
             elems,
             tensors,
             cpu: OnceLock::new(),
-            cpu_precision: OnceLock::new(),
         })
     }
 
@@ -267,19 +265,21 @@ impl ModelSource {
     /// The CPU model at `precision`, loaded on first use and shared afterwards. A source
     /// serves one CPU precision (the C API's model handle has one dtype).
     pub fn cpu_model(&self, precision: Precision) -> Result<Arc<CpuModel>> {
-        let p = *self.cpu_precision.get_or_init(|| precision);
-        if p != precision {
+        let m = match self.cpu.get() {
+            Some(m) => m.clone(),
+            None => {
+                let m = Arc::new(self.load(Arc::new(CpuBackend::new(precision)))?);
+                self.cpu.get_or_init(|| m).clone()
+            }
+        };
+        if m.be.precision() != precision {
             return Err(Error::Input(format!(
                 "this model's CPU weights are loaded in {}, not {}",
-                p.name(),
+                m.be.precision().name(),
                 precision.name()
             )));
         }
-        if let Some(m) = self.cpu.get() {
-            return Ok(m.clone());
-        }
-        let m = Arc::new(self.load(Arc::new(CpuBackend::new(precision)))?);
-        Ok(self.cpu.get_or_init(|| m).clone())
+        Ok(m)
     }
 
     /// Loads the weights onto `be` (in `be`'s precision) with this source's config.
