@@ -300,7 +300,6 @@ impl<B: Backend + 'static> Session<B> {
                 return Err(Error::Input("re-noise tensors missing or misshapen".into()));
             }
         }
-        policy.validate(c)?;
         let dummy = match &policy {
             Policy::Dummy(spec) => Some(DummyForcing::new(c, *spec)?),
             _ => None,

@@ -179,7 +179,8 @@ pub(super) fn generate(a: GenerateArgs, o: Output) -> Result<()> {
         graphs: a.graphs == OnOff::On,
         pipeline,
     };
-    if device.is_gpu() {
+    // `run::open` computes the plan itself; this copy is only for the debug log.
+    if device.is_gpu() && o.enabled(Level::Debug) {
         let plan = dfrt::run::plan(&model, precision, &opts)?;
         o.log(Level::Debug, format_args!("memory plan: {plan:?}, {} bytes reserved", plan.total()));
     }
