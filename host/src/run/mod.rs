@@ -248,13 +248,7 @@ impl ModelSource {
         }
         let elems = f.tensors.values().map(|t| t.shape.iter().product::<usize>()).sum();
         let tensors = f.tensors.len();
-        Ok(ModelSource {
-            path: path.to_path_buf(),
-            cfg,
-            elems,
-            tensors,
-            cpu: OnceLock::new(),
-        })
+        Ok(ModelSource { path: path.to_path_buf(), cfg, elems, tensors, cpu: OnceLock::new() })
     }
 
     /// The weights' bytes and tensor count in `precision` (the memory plan's `weights`).

@@ -2,19 +2,15 @@
 
 use super::*;
 
-/// The memory plan of a run of `weights` (a golden case's weights file, which has no config
-/// of its own), reserved on `be` as `dfrt::run::open` reserves it.
-pub(super) fn prepare<D: Device>(
-    be: &GpuBackend<D>,
-    cfg: &dfrt::ModelConfig,
-    policy: &Policy,
-    latent: Latent,
-    frames: usize,
-    weights: &TensorFile,
-) -> dfrt::Result<MemoryPlan> {
-    let p = be.precision();
-    let elems: usize = weights.tensors.values().map(|t| t.shape.iter().product::<usize>()).sum();
-    let plan = MemoryPlan::estimate(cfg, policy, latent, Some(frames), p, elems * p.size(), weights.tensors.len())?;
+/// Golden case `case`'s weights (no config of their own) as a run's model source.
+fn golden_model(case: &str) -> ModelSource {
+    ModelSource::with_config(golden().join(case).join("weights.safetensors"), case_config(case)).unwrap()
+}
+
+/// The memory plan of a run of `model` with `opts`, reserved on `be` the way `run::open_on`
+/// reserves it; the steps are apart so that the heap can be measured between them.
+fn prepare<D: Device>(be: &GpuBackend<D>, model: &ModelSource, opts: &SessionOptions) -> dfrt::Result<MemoryPlan> {
+    let plan = dfrt::run::plan(model, be.precision(), opts)?;
     dfrt::run::reserve(be, &plan)?;
     Ok(plan)
 }
@@ -24,20 +20,16 @@ pub(super) fn prepare<D: Device>(
 /// the measured peak of live bytes beyond the weights, and the plan.
 pub(super) fn alloc_counts(policy: &str, dtype: Precision, chunks: usize) -> (u64, Vec<u64>, usize, MemoryPlan) {
     let case = if policy.starts_with("dummy") { "df-tiny" } else { "tiny-full" };
-    let cfg = case_config(case);
-    let weights = TensorFile::open(golden().join(case).join("weights.safetensors")).unwrap();
+    let model = golden_model(case);
     let be = Arc::new(GpuBackend::new(SimDevice::new(), dtype));
-    let policy = Policy::parse_for(policy, &cfg).unwrap();
-    let latent = Latent { channels: cfg.in_dim, height: 8, width: 8 };
-    let frames = 3 * chunks;
-    let plan = prepare(&be, &cfg, &policy, latent, frames, &weights).unwrap();
+    let opts = SessionOptions::parse(policy, 8, 8, Some(3 * chunks), &model.cfg).unwrap();
+    let plan = prepare(&be, &model, &opts).unwrap();
     let after_prepare = be.allocations();
-    let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
+    let lm = model.load(be.clone()).unwrap();
     let (weights_live, _, _) = be.heap_stats();
     be.reset_peak();
-    let ctx = TestRng::seeded(5).vec(3 * cfg.text_dim, -1.0, 1.0);
-    let mut s =
-        Session::new(model, be.clone(), policy, latent, Some(frames), &ctx, 3, Noise::Seeded(Rng::new(9))).unwrap();
+    let ctx = TestRng::seeded(5).vec(3 * model.cfg.text_dim, -1.0, 1.0);
+    let mut s = lm.session(&opts, &ctx, 3, Noise::Seeded(Rng::new(9))).unwrap();
     let mut counts = Vec::new();
     while !s.done() {
         let x = s.next_chunk(&mut |_| {}).unwrap();
@@ -89,12 +81,13 @@ pub(super) fn without_a_plan_the_pool_still_stops_allocating_after_warm_up() {
 
 #[test]
 pub(super) fn a_device_too_small_fails_before_generating() {
-    let cfg = case_config("tiny-full");
-    let weights = TensorFile::open(golden().join("tiny-full").join("weights.safetensors")).unwrap();
+    let model = golden_model("tiny-full");
+    let cfg = &model.cfg;
     let latent = Latent { channels: cfg.in_dim, height: 16, width: 16 };
-    let plan = MemoryPlan::estimate(&cfg, &Policy::Full, latent, Some(9), Precision::F32, 0, 0).unwrap();
+    let plan = MemoryPlan::estimate(cfg, &Policy::Full, latent, Some(9), Precision::F32, 0, 0).unwrap();
     let be = GpuBackend::new(SimDevice::with_limit(plan.arena() / 2), Precision::F32);
-    let err = prepare(&be, &cfg, &Policy::Full, latent, 9, &weights).unwrap_err();
+    let opts = SessionOptions::parse("full", 16, 16, Some(9), cfg).unwrap();
+    let err = prepare(&be, &model, &opts).unwrap_err();
     assert!(
         matches!(&err, dfrt::Error::Device(DeviceError::OutOfMemory { needed, free, .. }) if needed > free),
         "a structured out-of-memory error: {err:?}"
