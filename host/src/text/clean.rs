@@ -40,7 +40,7 @@
 
 use std::borrow::Cow;
 
-use super::entities::{LIGATURES, NAMED, NUMERIC_DROPPED, NUMERIC_FIXUPS, WIDTH};
+use super::entities::tables;
 
 /// What the ftfy subset did to a prompt, or what it could not do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,7 +112,8 @@ pub fn whitespace_clean(s: &str) -> String {
 }
 
 fn named(name: &str) -> Option<&'static str> {
-    NAMED.binary_search_by(|(k, _)| (*k).cmp(name)).ok().map(|i| NAMED[i].1)
+    let named = &tables().named;
+    named.binary_search_by(|(k, _)| k.as_str().cmp(name)).ok().map(|i| named[i].1.as_str())
 }
 
 /// Python's `html.unescape`: numeric references (with or without `;`, with the HTML5
@@ -188,13 +189,13 @@ fn decode_ref(s: &str) -> (Option<String>, usize) {
 }
 
 fn numeric(num: u64) -> String {
-    if let Some(&(_, v)) = NUMERIC_FIXUPS.iter().find(|(k, _)| *k as u64 == num) {
-        return v.to_string();
+    if let Some((_, v)) = tables().numeric_fixups.iter().find(|(k, _)| *k as u64 == num) {
+        return v.clone();
     }
     if (0xD800..=0xDFFF).contains(&num) || num > 0x10FFFF {
         return '\u{FFFD}'.to_string();
     }
-    if NUMERIC_DROPPED.iter().any(|&(a, b)| (a as u64..=b as u64).contains(&num)) {
+    if tables().numeric_dropped.iter().any(|&(a, b)| (a as u64..=b as u64).contains(&num)) {
         return String::new();
     }
     char::from_u32(num as u32).map(String::from).unwrap_or_default()
@@ -339,18 +340,18 @@ fn ftfy_pass(s: &str, unescape: bool, notes: &mut Vec<FtfyNote>) -> String {
     step(&mut t, "fix_c1_controls", &|x| {
         x.chars().map(|c| if ('\u{80}'..='\u{9f}').contains(&c) { cp1252_char(c as u8) } else { c }).collect()
     });
-    let table = |tab: &'static [(char, &'static str)], x: &str| -> String {
+    let table = |tab: &[(char, String)], x: &str| -> String {
         let mut o = String::with_capacity(x.len());
         for c in x.chars() {
             match tab.binary_search_by(|(k, _)| k.cmp(&c)) {
-                Ok(i) => o.push_str(tab[i].1),
+                Ok(i) => o.push_str(&tab[i].1),
                 Err(_) => o.push(c),
             }
         }
         o
     };
-    step(&mut t, "fix_latin_ligatures", &|x| table(LIGATURES, x));
-    step(&mut t, "fix_character_width", &|x| table(WIDTH, x));
+    step(&mut t, "fix_latin_ligatures", &|x| table(&tables().ligatures, x));
+    step(&mut t, "fix_character_width", &|x| table(&tables().width, x));
     step(&mut t, "uncurl_quotes", &|x| {
         x.chars()
             .map(|c| match c {
