@@ -109,6 +109,7 @@
 //! | cache commit (`KvCache::commit`) | `kv_write_*` | [`layout::KvWriteParams`] |
 //! | HMA compaction in one launch (not used by the host yet: `KvCache::replace_groups` regroups with `copy_rows_*`) | `kv_compact_*` | [`layout::KvCompactParams`] |
 //! | calibration (`dummy::calibrate::layer_masses`) | `calib_mass_*` then `calib_mean_f32` | [`calib::CalibMassParams`], [`calib::CalibMeanParams`] |
+//! | `attention_biased` (the umT5 encoder: relative bias, no scale) | `attn_bias_*` | [`attn_bias::AttnBiasParams`] |
 //!
 //! `upload`/`download`/`zeros` are copies and memsets, `linear` is cuBLASLt (a CPU GEMM on the
 //! sim device), `attention` has its own kernels. Rolling-window eviction is ring-slot
@@ -128,6 +129,7 @@ pub mod ptx;
 pub mod sim;
 
 pub mod attention;
+pub mod attn_bias;
 pub mod calib;
 pub mod elem;
 pub mod elementwise;
@@ -172,6 +174,8 @@ const ALL_KERNELS: [&str; HOT_KERNELS.len() + TEST_KERNELS.len()] = {
 /// Kernels on the hot path: `cargo xtask ptx-report` fails if any of them has a stack frame or
 /// spills. (This list is read textually by xtask; keep it one string literal per kernel.)
 pub const HOT_KERNELS: &[&str] = &[
+    "attn_bias_f32",
+    "attn_bias_bf16",
     "attn_bf16_d128",
     "attn_bf16_d128_w8",
     "attn_bf16_d64",

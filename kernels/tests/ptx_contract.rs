@@ -75,6 +75,11 @@ fn params_layouts_are_stable() {
         ("CalibSeg", size_of::<CalibSeg>(), 24),
         ("CalibMassParams", size_of::<CalibMassParams>(), 64),
         ("CalibMeanParams", size_of::<CalibMeanParams>(), 24),
+        (
+            "AttnBiasParams",
+            size_of::<dfrt_kernels::attn_bias::AttnBiasParams>(),
+            56,
+        ),
     ];
     for (name, got, want) in sizes {
         assert_eq!(got, want, "size of {name}");
@@ -108,6 +113,8 @@ fn params_abi_matches_the_ptx_param_declarations() {
     abi::<AttnBf16D128W8>(m);
     abi::<AttnBf16D64>(m);
     abi::<AttnF32>(m);
+    abi::<Bf16<dfrt_kernels::attn_bias::AttnBiasParams>>(m);
+    abi::<dfrt_kernels::attn_bias::AttnBiasParams>(m);
     abi::<Bf16<CalibMassParams>>(m);
     abi::<CalibMassParams>(m);
     abi::<CalibMeanParams>(m);
@@ -148,5 +155,5 @@ fn params_abi_matches_the_ptx_param_declarations() {
     abi::<WarpOpsParams>(m);
     abi::<Bf16<UnpatchifyParams>>(m);
     abi::<UnpatchifyParams>(m);
-    assert_eq!(m.entries.len(), 46, "an entry without an ABI check");
+    assert_eq!(m.entries.len(), 48, "an entry without an ABI check");
 }

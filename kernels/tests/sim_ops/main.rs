@@ -19,6 +19,7 @@ use dfrt_kernels::norm::*;
 use dfrt_kernels::rope::*;
 use dfrt_kernels::{sim, Entry, Launch};
 
+mod attn_bias;
 mod calib;
 mod elementwise;
 mod launch_shapes;

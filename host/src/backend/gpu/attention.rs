@@ -2,6 +2,7 @@
 //! Forcing's calibration statistic on the device.
 
 use dfrt_kernels::attention::{segment_table, AttnBf16D128, AttnBf16D128W8, AttnBf16D64, AttnF32, AttnParams, KvSeg};
+use dfrt_kernels::attn_bias::AttnBiasParams;
 use dfrt_kernels::calib::{CalibMassParams, CalibMeanParams};
 use dfrt_kernels::Launch;
 
@@ -32,6 +33,44 @@ impl<D: Device> GpuBackend<D> {
     fn launch_attention<A: AttnKernel>(&self, a: A, seg_start: &[u32], segs: &[KvSeg]) -> Result<()> {
         a.check_table(seg_start, segs).map_err(Error::invalid_op)?;
         self.launch(a)
+    }
+
+    /// The umT5 encoder's attention ([`crate::backend::Backend::attention_biased`]) on
+    /// `attn_bias_*`: shapes checked here, then one launch for every head.
+    pub(super) fn try_attention_biased(
+        &self,
+        q: &GpuTensor<D>,
+        k: &GpuTensor<D>,
+        v: &GpuTensor<D>,
+        heads: usize,
+        d: usize,
+        bias: &GpuTensor<D>,
+    ) -> Result<GpuTensor<D>> {
+        let (n, lk, w) = (q.rows(), k.rows(), heads * d);
+        let shapes_ok = q.shape.len() == 2
+            && q.cols() == w
+            && k.shape == [lk, w]
+            && v.shape == [lk, w]
+            && bias.shape == [heads, n, lk];
+        if !shapes_ok || w == 0 {
+            return Err(Error::invalid_op(format!(
+                "attention_biased: q {:?}, k {:?}, v {:?}, bias {:?} for {heads} heads of {d}",
+                q.shape, k.shape, v.shape, bias.shape
+            )));
+        }
+        let o = self.new_tensor(&q.shape)?;
+        self.launch_ew(AttnBiasParams {
+            q: q.ptr,
+            k: k.ptr,
+            v: v.ptr,
+            bias: bias.ptr,
+            o: o.ptr,
+            n: u32_of(n, "query rows")?,
+            lk: u32_of(lk, "keys")?,
+            heads: u32_of(heads, "heads")?,
+            head_dim: u32_of(d, "head_dim")?,
+        })?;
+        Ok(o)
     }
 
     pub(super) fn try_attention(

@@ -672,8 +672,13 @@ fn fcmp(c: Cmp, a: f64, b: f64) -> bool {
         Cmp::Le => a <= b,
         Cmp::Gt => a > b,
         Cmp::Ge => a >= b,
+        Cmp::Equ => unordered || a == b,
+        Cmp::Neu => unordered || a != b,
         Cmp::Ltu => unordered || a < b,
         Cmp::Leu => unordered || a <= b,
+        Cmp::Gtu => unordered || a > b,
+        Cmp::Geu => unordered || a >= b,
+        Cmp::Num => !unordered,
         Cmp::Nan => unordered,
     }
 }
@@ -701,4 +706,55 @@ pub fn summarize(c: &Counters) -> String {
     }
     s.push_str(&format!("barriers (per block, summed) {}\n", c.barriers));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PTX's float `setp`: the plain comparisons are false on NaN (`ne` too), the `u` ones true,
+    /// `num`/`nan` test for NaN alone.
+    #[test]
+    fn float_comparisons_follow_the_ordered_and_unordered_rules() {
+        let all = [
+            Cmp::Eq,
+            Cmp::Ne,
+            Cmp::Lt,
+            Cmp::Le,
+            Cmp::Gt,
+            Cmp::Ge,
+            Cmp::Equ,
+            Cmp::Neu,
+            Cmp::Ltu,
+            Cmp::Leu,
+            Cmp::Gtu,
+            Cmp::Geu,
+            Cmp::Num,
+            Cmp::Nan,
+        ];
+        let on = |a: f64, b: f64| all.map(|c| fcmp(c, a, b));
+        //                    eq     ne     lt     le     gt     ge     equ    neu    ltu    leu    gtu    geu    num   nan
+        assert_eq!(
+            on(1.0, 2.0),
+            [
+                false, true, true, true, false, false, false, true, true, true, false, false, true,
+                false
+            ]
+        );
+        assert_eq!(
+            on(2.0, 2.0),
+            [
+                true, false, false, true, false, true, true, false, false, true, false, true, true,
+                false
+            ]
+        );
+        assert_eq!(
+            on(f64::NAN, 2.0),
+            [
+                false, false, false, false, false, false, true, true, true, true, true, true,
+                false, true
+            ]
+        );
+        assert!(!on(f64::NEG_INFINITY, f64::NEG_INFINITY)[7], "−∞ neu −∞");
+    }
 }

@@ -349,8 +349,13 @@ impl Dec<'_> {
                     "le" => Cmp::Le,
                     "gt" => Cmp::Gt,
                     "ge" => Cmp::Ge,
+                    "equ" => Cmp::Equ,
+                    "neu" => Cmp::Neu,
                     "ltu" => Cmp::Ltu,
                     "leu" => Cmp::Leu,
+                    "gtu" => Cmp::Gtu,
+                    "geu" => Cmp::Geu,
+                    "num" => Cmp::Num,
                     "nan" => Cmp::Nan,
                     _ => return Err("unsupported comparison".into()),
                 };
@@ -363,7 +368,12 @@ impl Dec<'_> {
                     _ => return Err("unsupported type".into()),
                 };
                 let float = matches!(cty, CTy::F32 | CTy::F64);
-                if !float && matches!(cmp, Cmp::Ltu | Cmp::Leu | Cmp::Nan) {
+                if !float
+                    && !matches!(
+                        cmp,
+                        Cmp::Eq | Cmp::Ne | Cmp::Lt | Cmp::Le | Cmp::Gt | Cmp::Ge
+                    )
+                {
                     return Err("unsupported comparison for the type".into());
                 }
                 let c = cls(ty)?.0;

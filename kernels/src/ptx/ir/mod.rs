@@ -91,8 +91,16 @@ pub enum Cmp {
     Le,
     Gt,
     Ge,
+    /// The unordered float comparisons: true when either operand is NaN, or as the ordered one.
+    Equ,
+    Neu,
     Ltu,
     Leu,
+    Gtu,
+    Geu,
+    /// Both operands are numbers (not NaN).
+    Num,
+    /// Either operand is NaN.
     Nan,
 }
 
