@@ -5,10 +5,12 @@
 //! equal those of bf16 storage while the GEMM crate still works on f32 with f32 accumulation.
 //! Row-wise ops run in parallel with rayon, their inner loops vectorised ([`math`]: AVX2+FMA
 //! when the CPU has it, checked at run time); GEMMs use the `gemm` crate ([`gemm`]) on rayon's
-//! threads; attention is blocked with an online softmax ([`attention`]).
+//! threads, and in bf16 mode on a CPU with AVX512-BF16 the linears use `vdpbf16ps`
+//! ([`gemm_bf16`]); attention is blocked with an online softmax ([`attention`]).
 
 pub mod attention;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod math;
 
 use rayon::prelude::*;
@@ -109,10 +111,15 @@ impl CpuBackend {
             return self.zeros(&shape);
         }
         let mut out = vec![0f32; n * m];
-        // wᵀ's element (c, j) is w[j, c].
-        sgemm(n, k, m, Mat::new(&x.data, k, 1), Mat::new(&w.data, 1, k), 1.0, &mut out, m, false, true);
-        let bias = b.map(|b| b.data.as_slice());
         let bf = self.bf16();
+        if bf && gemm_bf16::available() {
+            // bf16 storage on an AVX512-BF16 CPU: pairs of bf16 products per instruction.
+            gemm_bf16::linear(&x.data, &w.data, n, k, m, &mut out);
+        } else {
+            // wᵀ's element (c, j) is w[j, c].
+            sgemm(n, k, m, Mat::new(&x.data, k, 1), Mat::new(&w.data, 1, k), 1.0, &mut out, m, false, true);
+        }
+        let bias = b.map(|b| b.data.as_slice());
         let fix = |row: &mut [f32]| {
             bias_row(row, bias, bf);
             if gelu {
