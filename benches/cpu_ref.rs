@@ -6,16 +6,16 @@
 //! `benches/cpu_vs_torch.py`, which runs this beside `benches/torch_ref.py`). Threads: rayon's
 //! (`RAYON_NUM_THREADS`, default one per core).
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use dfrt::backend::cpu::CpuBackend;
+use dfrt::api::SessionOptions;
 use dfrt::backend::{Backend, Precision};
 use dfrt::cache::KvCache;
-use dfrt::checkpoint::{write_checkpoint, OutTensor, TensorFile};
-use dfrt::model::{Model, NoHook, PassInfo};
-use dfrt::pipeline::{Latent, Noise, Rng, Session};
+use dfrt::checkpoint::{write_checkpoint, OutTensor};
+use dfrt::model::{NoHook, PassInfo};
+use dfrt::pipeline::{Latent, Noise, Rng};
 use dfrt::policy::Policy;
+use dfrt::run::ModelSource;
 use dfrt::ModelConfig;
 
 fn synth(cfg: &ModelConfig, path: &std::path::Path) {
@@ -82,7 +82,6 @@ fn main() {
     let cfg = ModelConfig::preset("small").unwrap();
     let path = std::env::temp_dir().join(format!("dfrt-bench-small-{}.safetensors", std::process::id()));
     synth(&cfg, &path);
-    let f = TensorFile::open(&path).unwrap();
     // rayon's rule: RAYON_NUM_THREADS, else one thread per core.
     let threads = env("RAYON_NUM_THREADS", std::thread::available_parallelism().map_or(1, |n| n.get()));
     let dtypes = match std::env::var("DFRT_BENCH_DTYPE").as_deref() {
@@ -91,8 +90,10 @@ fn main() {
         _ => vec![Precision::F32, Precision::Bf16],
     };
     for precision in dtypes {
-        let be = Arc::new(CpuBackend::new(precision));
-        let model = Arc::new(Model::load(&*be, &f, &cfg).unwrap());
+        // The weights load the way every run loads them (one source per precision: a
+        // source serves one CPU precision).
+        let lm = ModelSource::with_config(&path, cfg.clone()).unwrap().cpu_model(precision).unwrap();
+        let (be, model) = (lm.be.clone(), lm.model.clone());
         let latent = Latent { channels: cfg.in_dim, height: hw, width: hw };
         let tpf = (hw / 2) * (hw / 2);
         let ctx = Rng::new(5).normals(cfg.text_len * cfg.text_dim);
@@ -115,17 +116,8 @@ fn main() {
         let fwd_cpu = (cpu_seconds() - c0) / reps as f64;
 
         // A whole generation.
-        let mut s = Session::new(
-            model.clone(),
-            be.clone(),
-            Policy::Full,
-            latent,
-            Some(frames),
-            &ctx,
-            cfg.text_len,
-            Noise::Seeded(Rng::new(1)),
-        )
-        .unwrap();
+        let opts = SessionOptions::new(Policy::Full, hw, hw, Some(frames));
+        let mut s = lm.session(&opts, &ctx, cfg.text_len, Noise::Seeded(Rng::new(1))).unwrap();
         let c0 = cpu_seconds();
         let t0 = Instant::now();
         s.run(&mut |_| {}).unwrap();

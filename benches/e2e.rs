@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use dfrt::backend::gpu::{AttnRows, GpuOptions};
 use dfrt::backend::Precision;
 use dfrt::checkpoint::{DType, TensorFile};
-use dfrt::gpu::CudaDevice;
+use dfrt::pipeline::Graphs;
 use dfrt::run::{DeviceChoice, ModelSource, Target};
 use dfrt::ModelConfig;
 use e2e_run::{default_policies, run_one, E2eRow, Res};
@@ -66,24 +66,9 @@ fn checkpoint(model: &str) -> Result<(PathBuf, ModelConfig), String> {
 
 fn real_main() -> Result<(), String> {
     let a = Args::parse(&["device", "model", "res", "policy", "chunks", "dtype", "graphs", "attn-rows", "json"])?;
-    let want = a.device();
-    let cuda = match want.as_str() {
-        "cuda" => Some(CudaDevice::new(0, false).map_err(|e| e.to_string())?.describe()),
-        "auto" => match CudaDevice::new(0, false) {
-            Ok(d) => Some(d.describe()),
-            Err(e) => {
-                eprintln!("no GPU ({e}); running on sim");
-                None
-            }
-        },
-        "sim" | "cpu" => None,
-        d => return Err(format!("unknown device `{d}` (auto, cuda, sim or cpu)")),
-    };
-    let device = match (&cuda, want.as_str()) {
-        (Some(_), _) => "cuda",
-        (None, "cpu") => "cpu",
-        _ => "sim",
-    };
+    let choice = a.device_choice(DeviceChoice::Sim)?;
+    let cuda = choice.open_cuda().map_err(|e| e.to_string())?.map(|d| d.describe());
+    let device = choice.name();
     let big = cuda.is_some();
     let model = a.get("model").unwrap_or(if big { "wan-1.3b" } else { "tiny" });
     let res: Vec<Res> = a
@@ -104,10 +89,10 @@ fn real_main() -> Result<(), String> {
     let precision = Precision::parse(a.get("dtype").unwrap_or("bf16")).map_err(|e| e.to_string())?;
     let attn_rows: u32 =
         a.get("attn-rows").unwrap_or("64").parse().map_err(|_| "bad --attn-rows (64 or 128)".to_string())?;
-    let modes: &[bool] = match a.get("graphs").unwrap_or("on") {
-        "on" => &[true],
-        "off" => &[false],
-        "both" => &[false, true],
+    let modes: &[Graphs] = match a.get("graphs").unwrap_or("on") {
+        "on" => &[Graphs::On],
+        "off" => &[Graphs::Off],
+        "both" => &[Graphs::Off, Graphs::On],
         g => return Err(format!("bad --graphs `{g}` (on, off or both)")),
     };
     let (path, cfg) = checkpoint(model)?;
@@ -116,12 +101,11 @@ fn real_main() -> Result<(), String> {
         policies = default_policies(&cfg);
     }
     let source = ModelSource::open(&path).map_err(|e| e.to_string())?;
-    let choice: DeviceChoice = device.parse().map_err(|e: dfrt::Error| e.to_string())?;
     let gpu =
         GpuOptions { attn_rows: AttnRows::from_rows(attn_rows).map_err(|e| e.to_string())?, ..Default::default() };
     let target = Target { device: choice, precision, gpu };
     let card = cuda.clone().unwrap_or_else(|| {
-        if device == "cpu" {
+        if choice == DeviceChoice::Cpu {
             "CPU reference backend".into()
         } else {
             "SIMT simulator (CPU)".into()
@@ -134,7 +118,7 @@ fn real_main() -> Result<(), String> {
     let mut rows = Vec::new();
     for r in &res {
         for p in &policies {
-            for &g in if device == "cpu" { &[false][..] } else { modes } {
+            for &g in if choice == DeviceChoice::Cpu { &[Graphs::Off][..] } else { modes } {
                 rows.push(go(&target, &source, r, p, chunks, g)?);
             }
         }
@@ -210,8 +194,8 @@ fn graphs_cell(g: Option<bool>) -> &'static str {
     }
 }
 
-fn go(target: &Target, model: &ModelSource, r: &Res, p: &str, chunks: usize, graphs: bool) -> Result<E2eRow, String> {
-    eprintln!("  {} ({}x{} latent) {p}, graphs {} ...", r.name, r.lat_h, r.lat_w, if graphs { "on" } else { "off" });
+fn go(target: &Target, model: &ModelSource, r: &Res, p: &str, chunks: usize, graphs: Graphs) -> Result<E2eRow, String> {
+    eprintln!("  {} ({}x{} latent) {p}, graphs {graphs:?} ...", r.name, r.lat_h, r.lat_w);
     let row = run_one(target, model, r, p, chunks, graphs).map_err(|e| format!("{} {p}: {e}", r.name))?;
     eprintln!(
         "    {:.2} FPS, {} ms/chunk, chunk ms {:?}",

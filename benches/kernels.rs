@@ -17,7 +17,8 @@ mod kernel_cases;
 #[path = "support/report.rs"]
 mod report;
 
-use dfrt::gpu::{CudaDevice, SimDevice};
+use dfrt::gpu::SimDevice;
+use dfrt::run::DeviceChoice;
 use kernel_cases::{Row, RunOpts, Shapes};
 use report::{ms, Args};
 
@@ -30,19 +31,11 @@ fn main() {
 
 fn real_main() -> Result<(), String> {
     let a = Args::parse(&["device", "size", "filter", "json"])?;
-    let want = a.device();
-    let cuda = match want.as_str() {
-        "cuda" => Some(CudaDevice::new(0, false).map_err(|e| e.to_string())?),
-        "auto" => match CudaDevice::new(0, false) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                eprintln!("no GPU ({e}); running on sim");
-                None
-            }
-        },
-        "sim" => None,
-        d => return Err(format!("unknown device `{d}` (auto, cuda or sim)")),
-    };
+    let choice = a.device_choice(DeviceChoice::Sim)?;
+    if choice == DeviceChoice::Cpu {
+        return Err("the kernel bench runs on a GPU device (auto, cuda[:N] or sim), not cpu".into());
+    }
+    let cuda = choice.open_cuda().map_err(|e| e.to_string())?;
     let size = a.get("size").unwrap_or(if cuda.is_some() { "full" } else { "tiny" });
     let shapes = match size {
         "full" => Shapes::full(),

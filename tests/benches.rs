@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use dfrt::backend::Precision;
 use dfrt::checkpoint::DType;
 use dfrt::gpu::{Device, SimDevice};
+use dfrt::pipeline::Graphs;
 use dfrt::run::{DeviceChoice, ModelSource, Target};
 use dfrt::ModelConfig;
 use kernel_cases::{RunOpts, Shapes};
@@ -79,14 +80,15 @@ fn e2e_runs_tiny_on_cpu_and_sim() {
     let policies = e2e_run::default_policies(&cfg);
     assert_eq!(policies[2], "dummy:2");
     for p in &policies {
-        let r = e2e_run::run_one(&Target::new(DeviceChoice::Cpu, Precision::Bf16), &model, &res, p, 2, true).unwrap();
+        let r =
+            e2e_run::run_one(&Target::new(DeviceChoice::Cpu, Precision::Bf16), &model, &res, p, 2, Graphs::On).unwrap();
         assert_eq!((r.chunk_ms.len(), r.latent_frames, r.video_frames), (2, 6, 24));
         assert!(r.fps() > 0.0 && r.kv_bytes > 0 && r.kv_policy_bytes <= r.kv_full_bytes, "{r:?}");
     }
     // The GPU path in the simulator, under the policy that exercises the most (calibration and
     // compaction after chunk 1): no device allocation inside the chunk loop.
-    let r =
-        e2e_run::run_one(&Target::new(DeviceChoice::Sim, Precision::Bf16), &model, &res, "dummy:2", 2, true).unwrap();
+    let r = e2e_run::run_one(&Target::new(DeviceChoice::Sim, Precision::Bf16), &model, &res, "dummy:2", 2, Graphs::On)
+        .unwrap();
     assert_eq!(r.loop_allocs, Some(0), "{r:?}");
     assert!(r.kv_policy_bytes < r.kv_full_bytes, "{r:?}");
     // 1080p is not patchable at 135 latent rows; the bench uses the nearest valid size.

@@ -11,14 +11,15 @@ mod support;
 
 use std::path::Path;
 
+use dfrt::api::SessionOptions;
 use dfrt::backend::cpu::CpuBackend;
 use dfrt::backend::{Backend, Precision};
 use dfrt::checkpoint::TensorFile;
 use dfrt::dummy::Group;
-use dfrt::model::Model;
 use dfrt::pipeline::inputs::Inputs;
 use dfrt::pipeline::{Pipeline, PipelineSpec, Session};
 use dfrt::policy::Policy;
+use dfrt::run::ModelSource;
 use dfrt::ModelConfig;
 use support::{assert_atol, assert_close, case_kind, golden_dir, CaseKind};
 
@@ -95,26 +96,19 @@ fn load_case(dir: &Path) -> Case {
     Case { cfg, policy, spec, precision, dir: dir.to_path_buf(), manifest }
 }
 
-/// A CPU session for a case: its weights, and every input and random draw from its inputs file.
+/// A CPU session for a case, opened the way every front end opens one (a checked
+/// [`ModelSource`], its shared CPU model, [`SessionOptions`]): its weights, and every input,
+/// stored query row and random draw from its inputs file.
 fn open_session(case: &Case) -> (std::sync::Arc<CpuBackend>, Inputs, Session<CpuBackend>) {
-    let be = std::sync::Arc::new(CpuBackend::new(case.precision));
-    let weights = TensorFile::open(case.dir.join("weights.safetensors")).unwrap();
-    let model = std::sync::Arc::new(Model::load(&*be, &weights, &case.cfg).unwrap());
+    let source = ModelSource::with_config(case.dir.join("weights.safetensors"), case.cfg.clone()).unwrap();
+    let model = source.cpu_model(case.precision).unwrap();
     let inputs = Inputs::read(&TensorFile::open(case.dir.join("inputs.safetensors")).unwrap(), &case.cfg).unwrap();
     let frames = inputs.frames;
-    let s = Session::new_with(
-        model,
-        be.clone(),
-        case.spec,
-        case.policy.clone(),
-        inputs.latent,
-        Some(frames),
-        &inputs.context.data,
-        inputs.context.rows,
-        inputs.noise(frames).unwrap(),
-    )
-    .unwrap();
-    (be, inputs, s)
+    let mut opts = SessionOptions::new(case.policy.clone(), inputs.latent.height, inputs.latent.width, Some(frames));
+    opts.pipeline = case.spec;
+    opts.sampled_rows = inputs.sampled_rows.clone();
+    let s = model.session(&opts, &inputs.context.data, inputs.context.rows, inputs.noise(frames).unwrap()).unwrap();
+    (model.be.clone(), inputs, s)
 }
 
 /// The layer-0 cache after one chunk's clean pass: (chunk, shape, k, v).
@@ -262,7 +256,6 @@ fn check_dummy_case(name: &str, case: &Case) {
     let (be, inputs, mut s) = open_session(case);
     let frames = inputs.frames;
     assert!(!inputs.sampled_rows.is_empty(), "{name}: inputs have no sampled_rows");
-    s.dummy_mut().unwrap().set_sampled_rows(inputs.sampled_rows.clone()).unwrap();
     s.record_taps();
     let mut latents = Vec::new();
     let mut caches = Vec::new();
@@ -347,8 +340,7 @@ fn check_teacache(name: &str, case: &Case, s: &Session<CpuBackend>, chunks: usiz
         let got = s.taps().and_then(|r| r.get(key)).unwrap_or_else(|| panic!("{name}: {key} not recorded"));
         assert_close(&format!("{name}/{key}"), got, &out.f32_any(key).unwrap(), F32_TOL);
     }
-    let wfile = TensorFile::open(case.dir.join("weights.safetensors")).unwrap();
-    let model = Model::load(&**s.backend(), &wfile, &case.cfg).unwrap();
+    let model = s.model().clone();
     let ts = s
         .schedule()
         .steps
@@ -389,7 +381,6 @@ fn check_switch_case(name: &str, case: &Case) {
     );
     let Policy::Dummy(spec) = case.policy else { unreachable!() };
     let (be, inputs, mut s) = open_session(case);
-    s.dummy_mut().unwrap().set_sampled_rows(inputs.sampled_rows.clone()).unwrap();
     let pr = &case.manifest["prompts"];
     assert_eq!(pr["global_sink"].as_bool(), Some(false), "{name}: only global_sink false runs in the official DF code");
     let switches: Vec<usize> =

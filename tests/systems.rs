@@ -7,15 +7,17 @@ mod support;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use dfrt::api::SessionOptions;
 use dfrt::backend::cpu::{CpuBackend, CpuTensor};
 use dfrt::backend::{Backend, Precision};
 use dfrt::cache::rolling::CallLayout;
 use dfrt::cache::KvCache;
 use dfrt::checkpoint::TensorFile;
-use dfrt::model::{ForwardHook, Model, PassInfo};
+use dfrt::model::{ForwardHook, PassInfo};
 use dfrt::pipeline::inputs::Inputs;
-use dfrt::pipeline::{Pipeline, PipelineSpec, Session};
+use dfrt::pipeline::{Pipeline, PipelineSpec};
 use dfrt::policy::Policy;
+use dfrt::run::ModelSource;
 use dfrt::ModelConfig;
 use support::{case_kind, diff, golden_dir, CaseKind};
 
@@ -68,23 +70,17 @@ fn check_rolling(name: &str) {
         .map(|x| x.as_f64().unwrap() as f32)
         .collect();
     assert_eq!(sched.steps, warped, "{name}: warped steps");
-    let be = Arc::new(CpuBackend::new(Precision::F32));
-    let model = Arc::new(Model::load(&*be, &TensorFile::open(dir.join("weights.safetensors")).unwrap(), &cfg).unwrap());
+    let model = ModelSource::with_config(dir.join("weights.safetensors"), cfg.clone())
+        .unwrap()
+        .cpu_model(Precision::F32)
+        .unwrap();
+    let be = model.be.clone();
     let inputs = Inputs::read(&TensorFile::open(dir.join("inputs.safetensors")).unwrap(), &cfg).unwrap();
     let frames = inputs.frames;
     let noise = inputs.noise_rolling(frames, sched.steps.len()).unwrap();
-    let mut s = Session::new_with(
-        model,
-        be.clone(),
-        spec,
-        Policy::Full,
-        inputs.latent,
-        Some(frames),
-        &inputs.context.data,
-        inputs.context.rows,
-        noise,
-    )
-    .unwrap();
+    let mut opts = SessionOptions::new(Policy::Full, inputs.latent.height, inputs.latent.width, Some(frames));
+    opts.pipeline = spec;
+    let mut s = model.session(&opts, &inputs.context.data, inputs.context.rows, noise).unwrap();
     let rec = Arc::new(Mutex::new(Recorder::default()));
     s.set_hook(Box::new(Hook(rec.clone()))).unwrap();
     s.record_taps();

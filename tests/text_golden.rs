@@ -400,8 +400,8 @@ fn text_bad_inputs_are_clear_errors() {
 }
 
 /// The GPU path: the same encoder on the GPU backend in the SIMT simulator (the linears,
-/// norms, GELU and residual kernels; the biased attention core through the trait's host
-/// default), every prompt within the f32 bound.
+/// norms, GELU and residual kernels, and the biased attention on `attn_bias_f32`), every
+/// prompt within the f32 bound.
 #[test]
 fn t5_tiny_encoder_on_sim_matches_official() {
     let m = manifest();

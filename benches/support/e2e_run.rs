@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use dfrt::api::SessionOptions;
 use dfrt::config::FRAMES_PER_CHUNK;
-use dfrt::pipeline::{Noise, Rng};
+use dfrt::pipeline::{Graphs, Noise, Rng};
 use dfrt::run::{ModelSource, Target};
 use dfrt::{Error, ModelConfig, Result};
 
@@ -112,7 +112,7 @@ pub fn run_one(
     res: &Res,
     policy: &str,
     chunks: usize,
-    graphs: bool,
+    graphs: Graphs,
 ) -> Result<E2eRow> {
     let cfg = &model.cfg;
     let frames = chunks * FRAMES_PER_CHUNK;

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use dfrt::run::DeviceChoice;
+
 /// `--key value` options (and `--key=value`); `--bench`, which `cargo bench` passes, is ignored.
 pub struct Args {
     pairs: Vec<(String, String)>,
@@ -51,6 +53,21 @@ impl Args {
             .map(str::to_string)
             .or_else(|| std::env::var("DFRT_BENCH_DEVICE").ok())
             .unwrap_or_else(|| "auto".into())
+    }
+
+    /// The device of [`Args::device`]: a [`DeviceChoice`] string, or `auto` (the first CUDA
+    /// device when one answers, else `fallback`, saying why on stderr).
+    pub fn device_choice(&self, fallback: DeviceChoice) -> Result<DeviceChoice, String> {
+        match self.device().as_str() {
+            "auto" => {
+                let (d, why) = DeviceChoice::auto(fallback);
+                if let Some(e) = why {
+                    eprintln!("no GPU ({e}); running on {d}");
+                }
+                Ok(d)
+            }
+            d => d.parse().map_err(|e: dfrt::Error| format!("{e} (or auto)")),
+        }
     }
 
     pub fn json(&self) -> Option<PathBuf> {

@@ -86,6 +86,11 @@ typedef struct DfrtSession DfrtSession;
 // share it between threads and sessions freely.
 typedef struct DfrtTextEncoder DfrtTextEncoder;
 
+// A loaded Wan VAE (opaque), to attach to any number of sessions with
+// `dfrt_session_attach_vae`: the weights are loaded once and shared, each session keeps its
+// own decoder caches. Immutable: share it between threads freely.
+typedef struct DfrtVae DfrtVae;
+
 // Error report, owned by the caller (stack or heap). Pass NULL to ignore details. Every
 // call overwrites it: `code` is the call's status, `message` a NUL-terminated UTF-8 text
 // (empty on success, truncated at a character boundary to fit).
@@ -363,6 +368,32 @@ void dfrt_text_encoder_free(struct DfrtTextEncoder *encoder);
 // `prompt` is NULL or a NUL-terminated string; `encoder` NULL or a live text encoder;
 // `session`, `err` as everywhere.
 DfrtStatus dfrt_session_set_prompt(struct DfrtSession *session, const struct DfrtTextEncoder *encoder, const char *prompt, struct DfrtError *err);
+
+// Loads a Wan VAE (a runtime VAE checkpoint, as for `dfrt_session_set_vae`) at `dtype`
+// (`"f32"` or `"bf16"`; NULL: `"f32"`). On success `*out` receives a handle to release with
+// `dfrt_vae_free` (sessions attached to it keep the weights alive); on failure NULL.
+//
+// # Safety
+// `path` and `dtype` are NULL or NUL-terminated strings; `out` is NULL or writable; `err` as
+// everywhere.
+DfrtStatus dfrt_vae_load(const char *path, const char *dtype, struct DfrtVae **out, struct DfrtError *err);
+
+// Releases a VAE handle. NULL is ignored. Sessions it was attached to keep decoding.
+//
+// # Safety
+// `vae` is NULL or a handle from `dfrt_vae_load` not freed before, unused by other threads
+// during the call.
+void dfrt_vae_free(struct DfrtVae *vae);
+
+// Attaches a loaded VAE to a session (as `dfrt_session_set_vae`, without loading it again):
+// the session gets its own decoder (its caches) over the shared weights. Only before the
+// first chunk (or after a reset); the VAE's latent channels must be the model's. `*info` (if
+// not NULL) receives the video geometry.
+//
+// # Safety
+// `vae` is NULL or a live handle from `dfrt_vae_load`; `info` is NULL or writable;
+// `session`, `err` as everywhere.
+DfrtStatus dfrt_session_attach_vae(struct DfrtSession *session, const struct DfrtVae *vae, struct DfrtVideoInfo *info, struct DfrtError *err);
 
 // Attaches a Wan VAE (a runtime VAE checkpoint from `dfrt-weights convert Wan2.1_VAE.pth` or
 // `dfrt-weights synth --vae`) so that `dfrt_session_next_frames_rgb8` / `_f32` hand out

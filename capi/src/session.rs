@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use dfrt_core::api::{draws_per_chunk, noise_from_draws, SessionOptions};
 use dfrt_core::backend::Precision;
-use dfrt_core::config::FRAMES_PER_CHUNK;
+use dfrt_core::config::{ModelConfig, FRAMES_PER_CHUNK};
 use dfrt_core::dummy::HeadProgram;
-use dfrt_core::pipeline::{Noise, Progress};
+use dfrt_core::pipeline::{Graphs, Noise, Progress};
 use dfrt_core::run::{CudaStream, DeviceChoice, ModelSource, RunSession, Target};
 
 use crate::errors::DfrtStatus::*;
@@ -265,6 +265,36 @@ pub unsafe extern "C" fn dfrt_session_info(
     }
 }
 
+/// A text embedding passed in: `rows × cols` finite floats, `cols` = the model's `text_dim`,
+/// 1 ≤ `rows` ≤ `text_len` (the one check of `dfrt_session_set_context` and
+/// `dfrt_session_switch_prompt`).
+///
+/// # Safety
+/// `data` is NULL or valid for `rows · cols` reads for `'a`.
+unsafe fn context_arg<'a>(cfg: &ModelConfig, data: *const f32, rows: usize, cols: usize) -> Result<&'a [f32], Fail> {
+    if data.is_null() {
+        return Err(Fail::null("data"));
+    }
+    if cols != cfg.text_dim || rows == 0 || rows > cfg.text_len {
+        return Err(Fail::new(
+            DFRT_ERR_INVALID_ARGUMENT,
+            format!(
+                "context is [{rows}, {cols}], the model takes [1..={}, {}] (rows up to text_len, cols = text_dim)",
+                cfg.text_len, cfg.text_dim
+            ),
+        ));
+    }
+    // SAFETY: non-null, and valid for `rows · cols` reads by this function's contract.
+    let v = unsafe { std::slice::from_raw_parts(data, rows * cols) };
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Fail::new(
+            DFRT_ERR_INVALID_ARGUMENT,
+            format!("context value {i} (row {}, col {}) is {} (not finite)", i / cols, i % cols, v[i]),
+        ));
+    }
+    Ok(v)
+}
+
 /// Sets the text embedding: `rows × cols` floats, row-major (`cols` = the model's
 /// `text_dim`, 1 ≤ `rows` ≤ `text_len`; shorter contexts are zero padded as in the official
 /// pipeline). The data is copied. Allowed before the first chunk or after a reset.
@@ -283,23 +313,7 @@ pub unsafe extern "C" fn dfrt_session_set_context(
     unsafe {
         guard(err, || {
             let s = session_mut(session)?;
-            if data.is_null() {
-                return Err(Fail::null("data"));
-            }
-            let cfg = &s.model.cfg;
-            if cols != cfg.text_dim || rows == 0 || rows > cfg.text_len {
-                return Err(Fail::new(
-                    DFRT_ERR_INVALID_ARGUMENT,
-                    format!("context is [{rows}, {cols}], the model takes [1..={}, {}] (rows up to text_len, cols = text_dim)", cfg.text_len, cfg.text_dim),
-                ));
-            }
-            let v = std::slice::from_raw_parts(data, rows * cols);
-            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(Fail::new(
-                    DFRT_ERR_INVALID_ARGUMENT,
-                    format!("context value {i} (row {}, col {}) is {} (not finite)", i / cols, i % cols, v[i]),
-                ));
-            }
+            let v = context_arg(&s.model.cfg, data, rows, cols)?;
             s.settable("set the context")?;
             s.context = Some((v.to_vec(), rows));
             Ok(())
@@ -349,7 +363,7 @@ pub unsafe extern "C" fn dfrt_session_set_graphs(
         guard(err, || {
             let s = session_mut(session)?;
             s.settable("switch graphs")?;
-            s.opts.graphs = enabled != 0;
+            s.opts.graphs = if enabled != 0 { Graphs::On } else { Graphs::Off };
             Ok(())
         })
     }
@@ -522,23 +536,7 @@ pub unsafe extern "C" fn dfrt_session_switch_prompt(
     unsafe {
         guard(err, || {
             let s = session_mut(session)?;
-            if data.is_null() {
-                return Err(Fail::null("data"));
-            }
-            let cfg = &s.model.cfg;
-            if cols != cfg.text_dim || rows == 0 || rows > cfg.text_len {
-                return Err(Fail::new(
-                    DFRT_ERR_INVALID_ARGUMENT,
-                    format!("context is [{rows}, {cols}], the model takes [1..={}, {}]", cfg.text_len, cfg.text_dim),
-                ));
-            }
-            let v = std::slice::from_raw_parts(data, rows * cols);
-            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                return Err(Fail::new(
-                    DFRT_ERR_INVALID_ARGUMENT,
-                    format!("context value {i} is {} (not finite)", v[i]),
-                ));
-            }
+            let v = context_arg(&s.model.cfg, data, rows, cols)?;
             if s.broken {
                 return Err(Fail::new(
                     DFRT_ERR_STATE,

@@ -1,6 +1,7 @@
 //! Video out: a session's VAE decoder and the decoded frames (RGB8 or f32).
 
 use std::ffi::{c_char, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use dfrt_core::backend::Precision;
@@ -9,7 +10,7 @@ use dfrt_core::pipeline::Progress;
 use dfrt_core::run::Target;
 
 use crate::errors::DfrtStatus::*;
-use crate::errors::{copy_out, guard, text, DfrtError, DfrtStatus, Fail};
+use crate::errors::{copy_out, guard, path_arg, text, DfrtError, DfrtStatus, Fail};
 use crate::session::{session_mut, DfrtProgress, DfrtProgressFn, DfrtSession};
 
 /// A session's video geometry, once a VAE is attached (`dfrt_session_set_vae`).
@@ -46,6 +47,94 @@ pub(crate) fn video_info(s: &DfrtSession) -> Option<DfrtVideoInfo> {
     })
 }
 
+/// A loaded Wan VAE (opaque), to attach to any number of sessions with
+/// `dfrt_session_attach_vae`: the weights are loaded once and shared, each session keeps its
+/// own decoder caches. Immutable: share it between threads freely.
+pub struct DfrtVae {
+    pub(crate) vae: Arc<dfrt_core::vae::Vae>,
+}
+
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<DfrtVae>();
+};
+
+/// Loads a Wan VAE (a runtime VAE checkpoint, as for `dfrt_session_set_vae`) at `dtype`
+/// (`"f32"` or `"bf16"`; NULL: `"f32"`). On success `*out` receives a handle to release with
+/// `dfrt_vae_free` (sessions attached to it keep the weights alive); on failure NULL.
+///
+/// # Safety
+/// `path` and `dtype` are NULL or NUL-terminated strings; `out` is NULL or writable; `err` as
+/// everywhere.
+#[no_mangle]
+pub unsafe extern "C" fn dfrt_vae_load(
+    path: *const c_char,
+    dtype: *const c_char,
+    out: *mut *mut DfrtVae,
+    err: *mut DfrtError,
+) -> DfrtStatus {
+    // SAFETY: pointer contracts forwarded from this function's.
+    unsafe {
+        guard(err, || {
+            if out.is_null() {
+                return Err(Fail::null("out"));
+            }
+            *out = std::ptr::null_mut();
+            let path = path_arg(path)?;
+            let precision = if dtype.is_null() { Precision::F32 } else { Precision::parse(text(dtype, "dtype")?)? };
+            let vae = Arc::new(dfrt_core::vae::Vae::open(&path, precision)?);
+            *out = Box::into_raw(Box::new(DfrtVae { vae }));
+            Ok(())
+        })
+    }
+}
+
+/// Releases a VAE handle. NULL is ignored. Sessions it was attached to keep decoding.
+///
+/// # Safety
+/// `vae` is NULL or a handle from `dfrt_vae_load` not freed before, unused by other threads
+/// during the call.
+#[no_mangle]
+pub unsafe extern "C" fn dfrt_vae_free(vae: *mut DfrtVae) {
+    if vae.is_null() {
+        return;
+    }
+    // SAFETY: the pointer came from Box::into_raw in dfrt_vae_load and is freed once.
+    let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(vae) })));
+}
+
+/// Attaches a loaded VAE to a session (as `dfrt_session_set_vae`, without loading it again):
+/// the session gets its own decoder (its caches) over the shared weights. Only before the
+/// first chunk (or after a reset); the VAE's latent channels must be the model's. `*info` (if
+/// not NULL) receives the video geometry.
+///
+/// # Safety
+/// `vae` is NULL or a live handle from `dfrt_vae_load`; `info` is NULL or writable;
+/// `session`, `err` as everywhere.
+#[no_mangle]
+pub unsafe extern "C" fn dfrt_session_attach_vae(
+    session: *mut DfrtSession,
+    vae: *const DfrtVae,
+    info: *mut DfrtVideoInfo,
+    err: *mut DfrtError,
+) -> DfrtStatus {
+    // SAFETY: pointer contracts forwarded from this function's.
+    unsafe {
+        guard(err, || {
+            let s = session_mut(session)?;
+            let v = vae.as_ref().ok_or_else(|| Fail::null("vae"))?;
+            s.settable("attach a VAE")?;
+            let lat = s.opts.latent(&s.model.cfg);
+            dfrt_core::video::stream::check_latents(&v.vae, lat.channels, lat.height, lat.width)?;
+            s.video = Some(dfrt_core::vae::Decoder::new(v.vae.clone()));
+            if let Some(i) = info.as_mut() {
+                *i = video_info(s).expect("attached above");
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Attaches a Wan VAE (a runtime VAE checkpoint from `dfrt-weights convert Wan2.1_VAE.pth` or
 /// `dfrt-weights synth --vae`) so that `dfrt_session_next_frames_rgb8` / `_f32` hand out
 /// decoded frames; the decoder runs on the CPU and keeps its caches from chunk to chunk.
@@ -72,10 +161,8 @@ pub unsafe extern "C" fn dfrt_session_set_vae(
             let dtype = if dtype.is_null() { "f32" } else { text(dtype, "dtype")? };
             let precision = Precision::parse(dtype).map_err(|e| Fail::new(DFRT_ERR_INVALID_ARGUMENT, e.to_string()))?;
             s.settable("attach a VAE")?;
-            let vae = dfrt_core::vae::Vae::open(path, precision)?;
-            let lat = s.opts.latent(&s.model.cfg);
-            dfrt_core::video::stream::check_latents(&vae, lat.channels, lat.height, lat.width)?;
-            s.video = Some(dfrt_core::vae::Decoder::new(Arc::new(vae)));
+            let vae = dfrt_core::run::open_vae(path, precision, s.opts.latent(&s.model.cfg))?;
+            s.video = Some(dfrt_core::vae::Decoder::new(vae));
             if let Some(i) = info.as_mut() {
                 *i = video_info(s).expect("attached above");
             }

@@ -11,15 +11,15 @@ use dfrt_core::backend::Precision;
 use dfrt_core::checkpoint::DType;
 use dfrt_core::pipeline::Noise;
 use dfrt_core::ModelConfig;
+use dfrt_testkit::tol::assert_bits_eq;
+use dfrt_testkit::Scratch;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("capi/ is in the workspace").to_path_buf()
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dfrt-capi-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tmp(name: &str) -> Scratch {
+    Scratch::new(&format!("capi-{name}"))
 }
 
 /// `libdfrt.a`: Cargo builds the package's C libraries next to this test binary (in
@@ -56,10 +56,12 @@ fn synthetic_context(rows: usize, cols: usize) -> Vec<f32> {
 
 /// The example, compiled once per test run with warnings as errors.
 fn example_exe() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
+    // The scratch dir lives as long as the process (a static is never dropped).
+    static EXE: OnceLock<(Scratch, PathBuf)> = OnceLock::new();
+    &EXE.get_or_init(|| {
         let lib = static_lib();
-        let exe = tmp("exe").join("generate");
+        let dir = tmp("exe");
+        let exe = dir.join("generate");
         let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
         let mut build = Command::new(&cc);
         build
@@ -78,17 +80,9 @@ fn example_exe() -> &'static Path {
         });
         let o = build.output().unwrap_or_else(|e| panic!("cannot run the C compiler {cc:?}: {e}"));
         assert!(o.status.success(), "compiling examples/c/generate.c failed:\n{}", String::from_utf8_lossy(&o.stderr));
-        exe
+        (dir, exe)
     })
-}
-
-fn first_difference(a: &[f32], b: &[f32]) -> Option<String> {
-    if a.len() != b.len() {
-        return Some(format!("lengths differ: C {} vs Rust {}", a.len(), b.len()));
-    }
-    let i = a.iter().zip(b).position(|(x, y)| x.to_bits() != y.to_bits())?;
-    let max = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-    Some(format!("first difference at {i}: C {} vs Rust {}; max abs diff {max}", a[i], b[i]))
+    .1
 }
 
 #[test]
@@ -146,9 +140,7 @@ fn c_example_matches_the_rust_api_bit_for_bit() {
         let mut s = m.session(&opts, &ctx, 4, Noise::seeded(seed)).unwrap();
         let r = s.run(&mut |_| {}).unwrap();
         assert!(r.iter().all(|x| x.is_finite()));
-        if let Some(e) = first_difference(&c, &r) {
-            panic!("{policy}: C example and Rust API disagree: {e}");
-        }
+        assert_bits_eq(&format!("{policy}: C example vs Rust API"), &c, &r);
         if dummy {
             let json = std::fs::read_to_string(&heads).unwrap();
             assert_eq!(json, s.dummy().unwrap().program().unwrap().to_json(), "head program");

@@ -16,7 +16,7 @@ use dfrt::api::SessionOptions;
 use dfrt::backend::Precision;
 use dfrt::checkpoint::{DType, TensorFile};
 use dfrt::config::FRAMES_PER_CHUNK;
-use dfrt::pipeline::{Noise, Rng};
+use dfrt::pipeline::{Graphs, Noise, Rng};
 use dfrt::run::{DeviceChoice, ModelSource, Target};
 use dfrt::{Error, ModelConfig, Result};
 
@@ -48,8 +48,8 @@ struct Args {
     /// Replay the forwards from recorded graphs (as `dfrt generate` does).
     /// Off by default here: kernels replayed from a graph carry only the NVTX ranges open at
     /// the replay, so per-block ranges need direct launches.
-    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
-    graphs: String,
+    #[arg(long, value_enum, default_value_t = Graphs::Off)]
+    graphs: Graphs,
 }
 
 fn main() {
@@ -76,7 +76,7 @@ fn real_main() -> Result<()> {
     let cfg = &model.cfg;
     let frames = a.chunks * FRAMES_PER_CHUNK;
     let mut opts = SessionOptions::parse(&a.policy, a.height, a.width, Some(frames), cfg)?;
-    opts.graphs = a.graphs == "on";
+    opts.graphs = a.graphs;
     let context = Rng::new(7).normals(cfg.text_len * cfg.text_dim);
     let target = Target::new(a.device, a.dtype);
     let mut s = dfrt::run::open(&target, &model, &opts, &context, cfg.text_len, Noise::Seeded(Rng::new(1)))?;

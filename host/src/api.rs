@@ -41,7 +41,7 @@ use crate::checkpoint::TensorFile;
 use crate::config::FRAMES_PER_CHUNK;
 use crate::dummy::HeadProgram;
 use crate::model::Model;
-use crate::pipeline::{Latent, Noise, PipelineSpec, Rng, Session};
+use crate::pipeline::{Graphs, Latent, Noise, PipelineSpec, Rng, Session};
 use crate::policy::Policy;
 use crate::{Error, ModelConfig, Result};
 
@@ -135,7 +135,7 @@ impl<B: Backend + 'static> LoadedModel<B> {
     pub fn session(&self, opts: &SessionOptions, context: &[f32], rows: usize, noise: Noise) -> Result<Session<B>> {
         opts.check(&self.cfg)?;
         let latent = opts.latent(&self.cfg);
-        let mut s = Session::new_with(
+        let mut s = Session::new(
             self.model.clone(),
             self.be.clone(),
             opts.pipeline,
@@ -204,29 +204,35 @@ pub struct SessionOptions {
     pub sampled_rows: BTreeMap<usize, Vec<i64>>,
     /// Run the forwards as recorded graphs where the backend supports them (GPU backends; see
     /// [`Session::set_graphs`]). Same latents either way.
-    pub graphs: bool,
+    pub graphs: Graphs,
     /// The pipeline (Self-Forcing, CausVid) and TeaCache ([`PipelineSpec`]).
     pub pipeline: PipelineSpec,
 }
 
 impl SessionOptions {
-    /// Options with a parsed policy (checked against `cfg`), row seed 0, no head program.
-    pub fn parse(policy: &str, height: usize, width: usize, frames: Option<usize>, cfg: &ModelConfig) -> Result<Self> {
-        Ok(SessionOptions {
-            policy: Policy::parse_for(policy, cfg)?,
+    /// Options for `policy` (checked when a session opens): row seed 0, no head program or
+    /// stored rows, graphs where supported, the default pipeline.
+    pub fn new(policy: Policy, height: usize, width: usize, frames: Option<usize>) -> Self {
+        SessionOptions {
+            policy,
             height,
             width,
             frames,
             seed: 0,
             heads: None,
             sampled_rows: BTreeMap::new(),
-            graphs: true,
+            graphs: Graphs::On,
             pipeline: PipelineSpec::default(),
-        })
+        }
+    }
+
+    /// [`SessionOptions::new`] with a parsed policy (checked against `cfg`).
+    pub fn parse(policy: &str, height: usize, width: usize, frames: Option<usize>, cfg: &ModelConfig) -> Result<Self> {
+        Ok(Self::new(Policy::parse_for(policy, cfg)?, height, width, frames))
     }
 
     /// Checks the options against a model without doing any work (the checks
-    /// [`Session::new`] makes): policy, latent size, frame count.
+    /// the session makes when it opens): policy, latent size, frame count.
     pub fn check(&self, cfg: &ModelConfig) -> Result<()> {
         crate::pipeline::check_geometry(cfg, &self.policy, self.latent(cfg), self.frames)?;
         if let Some(p) = &self.heads {

@@ -3,43 +3,34 @@
 //! growing after warm-up, every head attends exactly the frames its group keeps, and the
 //! accounting of `dummy::kv_footprint` equals the bytes the cache really allocates.
 
-use std::sync::Arc;
-
-use dfrt::backend::cpu::CpuBackend;
+use dfrt::api::SessionOptions;
 use dfrt::backend::Precision;
-use dfrt::checkpoint::TensorFile;
 use dfrt::dummy::Group;
-use dfrt::model::Model;
-use dfrt::pipeline::{Latent, Noise, Rng, Session};
+use dfrt::pipeline::{Noise, Rng};
 use dfrt::policy::Policy;
+use dfrt::run::ModelSource;
 use dfrt::ModelConfig;
 
 mod common;
 use common::golden;
 
-fn tiny_model(layers: usize) -> (Arc<CpuBackend>, Arc<Model<CpuBackend>>) {
+/// df-tiny's first `layers` layers, opened as every run opens a model.
+fn tiny_model(layers: usize) -> ModelSource {
     let cfg = ModelConfig { num_layers: layers, ..ModelConfig::preset("tiny4").unwrap() };
-    let be = Arc::new(CpuBackend::new(Precision::F32));
-    let w = TensorFile::open(golden().join("df-tiny/weights.safetensors")).unwrap();
-    let m = Arc::new(Model::load(&*be, &w, &cfg).unwrap());
-    (be, m)
+    ModelSource::with_config(golden().join("df-tiny/weights.safetensors"), cfg).unwrap()
 }
 
 /// Runs `frames` latent frames and returns `KvCache::bytes()` after every chunk; checks the
 /// frames each head holds after every chunk, and the accounting, as it goes.
 fn run(policy: &str, layers: usize, frames: usize, seed: u64) -> Vec<usize> {
-    let (be, model) = tiny_model(layers);
-    let cfg = model.cfg.clone();
-    let policy = Policy::parse_for(policy, &cfg).unwrap();
+    let source = tiny_model(layers);
+    let cfg = source.cfg.clone();
     let mut rng = Rng::new(seed + 100);
     let ctx = rng.normals(5 * cfg.text_dim);
-    let latent = Latent { channels: cfg.in_dim, height: 4, width: 4 };
-    let mut s =
-        Session::new(model.clone(), be, policy.clone(), latent, Some(frames), &ctx, 5, Noise::Seeded(Rng::new(seed)))
-            .unwrap();
-    if let Some(d) = s.dummy_mut() {
-        d.set_seed(seed);
-    }
+    let mut opts = SessionOptions::parse(policy, 4, 4, Some(frames), &cfg).unwrap();
+    opts.seed = seed;
+    let policy = opts.policy.clone();
+    let mut s = source.cpu_model(Precision::F32).unwrap().session(&opts, &ctx, 5, Noise::seeded(seed)).unwrap();
     let mut bytes = Vec::new();
     while !s.done() {
         let c = s.chunk_index();

@@ -1,7 +1,8 @@
 //! Prompt in, through the binary: `dfrt encode` and `dfrt generate --prompt/--prompts` on the
-//! official `t2v-tiny` case (the t5-tiny tokenizer and encoder, a tiny DiT, the stored noise):
-//! the context within 1e-5 and the latents within 1e-4 relative L2 (f32) of the official
-//! `CausalInferencePipeline.inference` run, on the CPU and on `--device sim`.
+//! official `t2v-tiny` case (the t5-tiny tokenizer and encoder, a tiny DiT, the stored noise,
+//! the vae-tiny decoder): the context within 1e-5, and the latents and the decoded video
+//! (`--vae`, written as f32 frames to `.safetensors`) within 1e-4 relative L2 (f32) of the
+//! official `CausalInferencePipeline.inference` run, on the CPU and on `--device sim`.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ struct Case {
     dir: PathBuf,
     dit: PathBuf,
     t5: PathBuf,
+    vae: PathBuf,
     prompt: String,
 }
 
@@ -37,7 +39,45 @@ fn case(scratch: &Path) -> Case {
     let t5 = scratch.join("t5.safetensors");
     let tl = m["components"]["text_encoder"]["text_len"].as_u64().unwrap() as usize;
     convert_t5(dir.join("t5.safetensors"), &t5, &T5Options { text_len: Some(tl), dtype: None }).unwrap();
-    Case { prompt: m["prompt"].as_str().unwrap().to_string(), dir, dit, t5 }
+    let vae = scratch.join("vae.safetensors");
+    dfrt_weights::vae::convert_vae_files(&[dir.join("vae.safetensors")], &vae, None).unwrap();
+    Case { prompt: m["prompt"].as_str().unwrap().to_string(), dir, dit, t5, vae }
+}
+
+/// `dfrt generate --prompt … --vae … --out video.safetensors` on `device`: the decoded video
+/// (`video`, and `inference()`'s `video_01` = `(video·0.5 + 0.5).clamp(0, 1)`) against the
+/// official run's, 1e-4 relative L2 (the README's bound).
+fn check_video(s: &Path, c: &Case, device: &str) {
+    let out = TensorFile::open(c.dir.join("outputs.safetensors")).unwrap();
+    let tok = c.dir.join("tokenizer");
+    let o = s.join(format!("video-{device}.safetensors"));
+    run(&[
+        "generate",
+        "--model",
+        c.dit.to_str().unwrap(),
+        "--text-encoder",
+        c.t5.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--prompt",
+        &c.prompt,
+        "--inputs",
+        c.dir.join("inputs.safetensors").to_str().unwrap(),
+        "--device",
+        device,
+        "--vae",
+        c.vae.to_str().unwrap(),
+        "--out",
+        o.to_str().unwrap(),
+        "-q",
+    ]);
+    let want = out.info("video").unwrap().shape.clone();
+    let got = TensorFile::open(&o).unwrap().f32("video", &want).unwrap();
+    let e = rel_l2("video", &got, &out.f32_any("video").unwrap());
+    let v01: Vec<f32> = got.iter().map(|v| (v * 0.5 + 0.5).clamp(0.0, 1.0)).collect();
+    let e01 = rel_l2("video_01", &v01, &out.f32_any("video_01").unwrap());
+    println!("t2v-tiny video {want:?} ({device}, --prompt --vae) rel L2 {e:.3e}, video_01 {e01:.3e}");
+    assert!(e <= 1e-4 && e01 <= 1e-4, "{device}: video rel L2 {e:.3e}, video_01 {e01:.3e}");
 }
 
 fn latents(p: &Path) -> Vec<f32> {
@@ -146,6 +186,8 @@ fn t2v_tiny_prompt_to_latents_on_cpu() {
     let (a, b) = (latents(&dir.join("0.safetensors")), latents(&dir.join("1.safetensors")));
     assert_eq!(a, latents(&one), "line 0 = the single-prompt run, bit for bit");
     assert!(rel_l2("other prompt", &b, &a) > 1e-2, "another prompt gives another video");
+
+    check_video(&s, &c, "cpu");
     std::fs::remove_dir_all(&s).ok();
 }
 
@@ -178,6 +220,7 @@ fn t2v_tiny_prompt_to_latents_on_sim() {
     let e = rel_l2("latents", &latents(&o), &out.f32_any("latents").unwrap());
     println!("t2v-tiny latents (sim: encoder and DiT on the GPU backend) rel L2 {e:.3e}");
     assert!(e <= 1e-4, "latents rel L2 {e:.3e}");
+    check_video(&s, &c, "sim");
     std::fs::remove_dir_all(&s).ok();
 }
 

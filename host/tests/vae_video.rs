@@ -168,6 +168,30 @@ fn y4m_and_png_frames_read_back_through_ffmpeg() {
     }
 }
 
+/// `.safetensors` keeps the decoded floats: tensor `video` `[1, T, 3, H, W]`, bit for bit what
+/// was pushed (odd sizes are fine: no chroma subsampling), the fps in the metadata; RGB8 frames
+/// pushed to it become `v / 127.5 − 1`.
+#[test]
+fn safetensors_video_keeps_the_float_frames_bit_for_bit() {
+    let (w, h, n) = (10, 6, 4);
+    let mut rng = dfrt_testkit::Rng::new("tensor-video");
+    let frames: Vec<Vec<f32>> = (0..n).map(|_| rng.vec(3 * w * h, -1.0, 1.0)).collect();
+    let p = tmp().join("frames.safetensors");
+    let mut v = VideoWriter::create(&p, w, h, 24).unwrap();
+    frames.iter().for_each(|f| v.push_pixels(f).unwrap());
+    let rgb = rgb8_from_pixels(&frames[0], w, h);
+    v.push(&rgb).unwrap();
+    assert_eq!(v.finish().unwrap(), n + 1);
+    let f = TensorFile::open(&p).unwrap();
+    assert_eq!(f.metadata.get("fps").map(String::as_str), Some("24"));
+    let got = f.f32("video", &[1, n + 1, 3, h, w]).unwrap();
+    dfrt_testkit::tol::assert_bits_eq("float frames", &got[..n * 3 * w * h], &frames.concat());
+    let rgb = &rgb;
+    let back: Vec<f32> = (0..3).flat_map(|c| (0..w * h).map(move |i| rgb[3 * i + c] as f32 / 127.5 - 1.0)).collect();
+    dfrt_testkit::tol::assert_bits_eq("rgb8 frame", &got[n * 3 * w * h..], &back);
+    assert!(!tmp().join(".frames.safetensors.partial").exists(), "the staging file is renamed");
+}
+
 #[test]
 fn bad_outputs_are_clear_errors_and_leave_nothing_behind() {
     let e = VideoWriter::create(tmp().join("x.avi"), 16, 16, 16).err().unwrap().to_string();
@@ -179,7 +203,7 @@ fn bad_outputs_are_clear_errors_and_leave_nothing_behind() {
     // A disk that fills up mid-video: the error is an I/O error and no file (not even the
     // temporary one) stays.
     let (w, h) = (64, 64);
-    for name in ["full.mp4", "full.y4m", "full_png"] {
+    for name in ["full.mp4", "full.y4m", "full_png", "full.safetensors"] {
         let dir = tmp().join("diskfull");
         std::fs::create_dir_all(&dir).unwrap();
         let mut v = VideoWriter::create_limited(dir.join(name), w, h, 16, Some(1_000)).unwrap();

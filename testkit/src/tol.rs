@@ -167,3 +167,20 @@ pub fn assert_bf16_ulps(what: &str, got: &[f32], want: &[f32], max_ulps: u32) {
     println!("{what:<24} max {u} bf16 ulps (at {i}; bound {max_ulps})");
     assert!(u <= max_ulps, "{what}: {u} bf16 ulps at index {i}: got {} want {} (bound {max_ulps})", got[i], want[i]);
 }
+
+/// Asserts `got` equals `want` bit for bit (the rule where a result must not change at all:
+/// a converted checkpoint, a graph replay, the C API against the Rust API), printing the
+/// first difference and the largest absolute one.
+///
+/// ```
+/// dfrt_testkit::tol::assert_bits_eq("same", &[1.0, -0.0], &[1.0, -0.0]);
+/// let r = std::panic::catch_unwind(|| dfrt_testkit::tol::assert_bits_eq("sign", &[0.0], &[-0.0]));
+/// assert!(r.is_err(), "0.0 and -0.0 differ in their bits");
+/// ```
+pub fn assert_bits_eq(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ: got {} want {}", got.len(), want.len());
+    if let Some(i) = got.iter().zip(want).position(|(g, w)| g.to_bits() != w.to_bits()) {
+        let max = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        panic!("{what}: first difference at {i}: got {} want {} (max abs diff {max})", got[i], want[i]);
+    }
+}

@@ -141,8 +141,7 @@ fn synth_weights_keep_activations_sane() {
 #[test]
 fn synth_context_has_the_config_shape_and_padding() {
     let cfg = dfrt::ModelConfig::preset("tiny").unwrap();
-    let dir = std::env::temp_dir().join(format!("dfrt-synth-ctx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("synth-ctx");
     let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
     dfrt_weights::synth_context(&a, &cfg, 1).unwrap();
     dfrt_weights::synth_context(&b, &cfg, 2).unwrap();

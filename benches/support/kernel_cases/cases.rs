@@ -77,6 +77,32 @@ pub(super) fn attn_bf16_d128_w8<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usi
     attn_launches(b, ty, lk, None, |p| AttnBf16D128W8(p).check().map(|_| AttnBf16D128W8(p)))
 }
 
+/// The umT5 encoder's biased attention over its own prompt: L = `text_len` rows and keys,
+/// heads of 64 across the model width (umT5-XXL: 64 × 64 at L 512 on the full shapes).
+pub(super) fn attn_bias<D: Device>(b: &mut Bench<'_, D>, ty: Ty, _: usize) -> Result<Built<D>> {
+    let (l, h, d) = (b.s.text_len, (b.s.dim / 64).max(1), 64);
+    let e = ty.size() as f64;
+    let bytes = e * (4.0 * (l * h * d) as f64 + (h * l * l) as f64);
+    let flops = attn_flops(l as u64, (l * h) as u64, d as u64) as f64;
+    let mut ps = Vec::new();
+    for _ in 0..b.copies(bytes) {
+        let p = AttnBiasParams {
+            q: b.rand(ty, l * h * d, 1.0)?,
+            k: b.rand(ty, l * h * d, 1.0)?,
+            v: b.rand(ty, l * h * d, 1.0)?,
+            bias: b.rand(ty, h * l * l, 1.0)?,
+            o: b.out(ty, l * h * d)?,
+            n: l as u32,
+            lk: l as u32,
+            heads: h as u32,
+            head_dim: d as u32,
+        };
+        check(p.check())?;
+        ps.push(p);
+    }
+    Ok(by_ty(ty, format!("L {l} H {h} d {d}"), bytes, Some(flops), ps))
+}
+
 pub(super) fn attn_bf16_d64<D: Device>(b: &mut Bench<'_, D>, ty: Ty, lk: usize) -> Result<Built<D>> {
     // The small models' head dim: the same width split into twice the heads.
     let hd = (b.s.dim / 64, 64);

@@ -20,6 +20,7 @@ use dfrt::{Error, Result};
 use dfrt_kernels::attention::{
     attn_flops, segment_table, AttnBf16D128, AttnBf16D128W8, AttnBf16D64, AttnF32, AttnParams, KvSeg,
 };
+use dfrt_kernels::attn_bias::AttnBiasParams;
 use dfrt_kernels::calib::{CalibMassParams, CalibMeanParams, CalibSeg};
 use dfrt_kernels::elem::Bf16;
 use dfrt_kernels::elementwise::{
@@ -318,6 +319,15 @@ pub fn specs<D: Device>(s: &Shapes) -> Vec<Spec<D>> {
         );
     }
     push("calib_mean_f32", F32, 0, "bytes 4·(3·H·R + 3·H)", calib_mean::<D>);
+    for ty in [F32, Bf16] {
+        push(
+            if ty == F32 { "attn_bias_f32" } else { "attn_bias_bf16" },
+            ty,
+            0,
+            "FLOPs 4·L²·H·d (the umT5 attention; the kernel computes q·k twice)",
+            attn_bias::<D>,
+        );
+    }
     type B<X> = fn(&mut Bench<'_, X>, Ty, usize) -> Result<Built<X>>;
     let pairs: [(&str, &str, &str, B<D>); 16] = [
         ("gelu_tanh_f32", "gelu_tanh_bf16", "bytes 2·n·e", gelu::<D>),

@@ -102,8 +102,7 @@ pub(super) fn null_pointers_are_reported() {
 
 #[test]
 pub(super) fn bad_files_are_checkpoint_errors_with_a_hint() {
-    let d = std::env::temp_dir().join(format!("dfrt-capi-files-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
+    let d = dfrt_testkit::Scratch::new("capi-files");
     let text = d.join("notes.txt");
     std::fs::write(&text, "not a checkpoint at all").unwrap();
     let plain = d.join("plain.safetensors");

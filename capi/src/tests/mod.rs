@@ -12,7 +12,6 @@ use dfrt_core::api::SessionOptions;
 use dfrt_core::backend::cpu::CpuBackend;
 use dfrt_core::backend::Precision;
 use dfrt_core::dummy::HeadProgram;
-use dfrt_core::pipeline::Rng;
 use dfrt_core::ModelConfig;
 
 mod errors;
@@ -23,13 +22,18 @@ mod video;
 const H: usize = 8;
 const W: usize = 12;
 
+/// The unit tests' scratch dir, shared by the models they make once (a static is never
+/// dropped, so it lives as long as the process).
+pub(super) fn scratch() -> &'static dfrt_testkit::Scratch {
+    static D: OnceLock<dfrt_testkit::Scratch> = OnceLock::new();
+    D.get_or_init(|| dfrt_testkit::Scratch::new("capi-unit"))
+}
+
 /// A tiny synthetic model (preset `tiny`: 2 layers × 2 heads, text_dim 64), made once.
 pub(super) fn model_path() -> &'static CString {
     static P: OnceLock<CString> = OnceLock::new();
     P.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("dfrt-capi-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        let p = d.join("tiny.safetensors");
+        let p = scratch().join("tiny.safetensors");
         dfrt_weights::synth_checkpoint(&p, &ModelConfig::preset("tiny").unwrap(), 3, dfrt_core::checkpoint::DType::F32)
             .unwrap();
         CString::new(p.to_str().unwrap()).unwrap()
@@ -98,8 +102,10 @@ pub(super) fn new_session(m: &Model, policy: &str, frames: usize) -> Result<Sess
     }
 }
 
+/// A text embedding `[rows, 64]` of the test kit's normals (fixed per `salt`, so that a C
+/// run and a Rust run of the same test see the same context).
 pub(super) fn context(rows: usize, salt: u64) -> Vec<f32> {
-    Rng::new(1000 + salt).normals(rows * 64)
+    dfrt_testkit::Rng::seeded(1000 + salt).normals(rows * 64)
 }
 
 pub(super) fn info(s: &Sess) -> DfrtSessionInfo {

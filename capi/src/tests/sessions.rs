@@ -24,7 +24,8 @@ pub(super) fn given_noise_equals_the_seed_and_reset_repeats_the_video() {
 
     let b = new_session(&m, "full", 6).unwrap();
     assert_eq!(set_ctx(&b, &ctx, 5).0, DFRT_OK);
-    let draws = Rng::new(77).normals(info(&b).noise_len);
+    // The runtime's own generator: the draws the seed stands for.
+    let draws = dfrt_core::pipeline::Rng::new(77).normals(info(&b).noise_len);
     assert_eq!(call(|e| unsafe { dfrt_session_set_noise(b.0, draws.as_ptr(), draws.len(), e) }).0, DFRT_OK);
     let (y, _) = run_all(&b);
     assert_eq!(x, y, "the seeded generator's draws, given, are the seed");

@@ -6,14 +6,8 @@ use super::*;
 pub(super) fn t2v_paths() -> &'static (CString, CString, CString) {
     static P: OnceLock<(CString, CString, CString)> = OnceLock::new();
     P.get_or_init(|| {
-        let g = match std::env::var_os("DFRT_GOLDEN_DIR") {
-            Some(p) => std::path::PathBuf::from(p),
-            None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
-        }
-        .join("t2v-tiny");
-        let d = std::env::temp_dir().join(format!("dfrt-capi-text-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        let (dit, t5) = (d.join("dit.safetensors"), d.join("t5.safetensors"));
+        let g = dfrt_testkit::golden::case("t2v-tiny");
+        let (dit, t5) = (scratch().join("dit.safetensors"), scratch().join("t5.safetensors"));
         let o = dfrt_weights::ConvertOptions { text_len: Some(32), heads: Some(2), ..Default::default() };
         dfrt_weights::convert_file(g.join("dit.safetensors"), &dit, &o).unwrap();
         dfrt_weights::convert_t5(

@@ -296,7 +296,7 @@ pub trait Backend {
     /// **no** 1/√d scaling. `q` is `[n, heads·d]`, `k` and `v` `[lk, heads·d]`, `bias`
     /// `[heads, n, lk]` (the relative position bias, `f32::MIN` on masked keys). The default
     /// runs [`biased::attention_host`] on downloaded copies and uploads the result (exact, and
-    /// the same on every backend; a GPU backend may override it with a kernel).
+    /// the same on every backend); the GPU backend overrides it with `attn_bias_*`.
     #[allow(clippy::too_many_arguments)]
     fn attention_biased(
         &self,

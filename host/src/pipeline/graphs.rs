@@ -5,6 +5,16 @@
 
 use super::*;
 
+/// Whether a session's forwards run as recorded graphs (`--graphs on|off`): recorded once per
+/// chunk and replayed, or launched op by op. Same latents either way; only backends that
+/// support graphs record them ([`Session::set_graphs`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Graphs {
+    #[default]
+    On,
+    Off,
+}
+
 /// Which passes of a chunk run as recorded graphs.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct GraphPasses {

@@ -17,17 +17,17 @@
 //! assert_eq!(Schedule::new(1.0, &[1000, 500]).steps, vec![1000.0, 500.0]);
 //! ```
 //!
-//! A [`Session`] built by hand on the CPU backend (the [`crate::api`] module does the same
-//! with fewer arguments), here under Dummy Forcing with one dummy head: the heads are
-//! calibrated in the clean pass of chunk 1, after which the cache is regrouped.
+//! A [`Session`] on the CPU backend, opened as every front end opens one (a checked
+//! [`crate::run::ModelSource`] and [`crate::api::SessionOptions`]), here under Dummy Forcing
+//! with one dummy head: the heads are calibrated in the clean pass of chunk 1, after which the
+//! cache is regrouped.
 //!
 //! ```
-//! use std::sync::Arc;
-//! use dfrt::backend::{cpu::CpuBackend, Precision};
-//! use dfrt::policy::Policy;
-//! use dfrt::checkpoint::{DType, TensorFile};
-//! use dfrt::model::Model;
-//! use dfrt::pipeline::{Latent, Noise, Rng, Session};
+//! use dfrt::api::SessionOptions;
+//! use dfrt::backend::Precision;
+//! use dfrt::checkpoint::DType;
+//! use dfrt::pipeline::{Noise, Rng};
+//! use dfrt::run::ModelSource;
 //! use dfrt::ModelConfig;
 //!
 //! let dir = std::env::temp_dir().join(format!("dfrt-doc-session-{}", std::process::id()));
@@ -36,13 +36,12 @@
 //! let cfg = ModelConfig::preset("tiny")?;
 //! dfrt_weights::synth_checkpoint(&path, &cfg, 3, DType::F32)?;
 //!
-//! let be = Arc::new(CpuBackend::new(Precision::F32));
-//! let model = Arc::new(Model::load(&*be, &TensorFile::open(&path)?, &cfg)?);
-//! let latent = Latent { channels: cfg.in_dim, height: 4, width: 6 };
+//! let model = ModelSource::open(&path)?.cpu_model(Precision::F32)?;
+//! let opts = SessionOptions::parse("dummy:1", 4, 6, Some(6), &cfg)?;
+//! let latent = opts.latent(&cfg);
 //! let rows = 5;
 //! let context = Rng::new(9).normals(rows * cfg.text_dim);
-//! let policy = Policy::parse_for("dummy:1", &cfg)?;
-//! let mut session = Session::new(model, be, policy, latent, Some(6), &context, rows, Noise::Seeded(Rng::new(4)))?;
+//! let mut session = model.session(&opts, &context, rows, Noise::seeded(4))?;
 //!
 //! let first = session.next_chunk(&mut |_| {})?;
 //! assert_eq!(first.len(), 3 * latent.frame_len());
@@ -80,6 +79,7 @@ use crate::model::{ForwardHook, Model, NoHook, PassInfo, PassKind, Residual, Tap
 use crate::policy::Policy;
 use crate::{Error, Result};
 
+pub use graphs::Graphs;
 use graphs::{GraphPasses, Recorded};
 pub use kind::{Pipeline, PipelineSpec};
 pub use rng::Rng;
@@ -180,7 +180,7 @@ pub struct Session<B: Backend> {
     record: Option<Taps>,
     /// Whether forwards run as recorded graphs ([`Session::set_graphs`]).
     graphs: bool,
-    /// The pipeline and its options ([`Session::new_with`]).
+    /// The pipeline and its options (given when the session opens).
     spec: PipelineSpec,
     /// TeaCache's decisions for every pass, planned once when the session opens.
     tea: Option<TeaPlan>,
@@ -245,24 +245,11 @@ impl<B: Backend> HookSlot<B> {
 
 impl<B: Backend + 'static> Session<B> {
     /// `context` is `[rows, text_dim]`. `frames` must be a multiple of 3 (None = unbounded,
-    /// only with a bounded policy and seeded noise).
+    /// only with a bounded policy and seeded noise). Crate-private: sessions open through
+    /// [`crate::api::LoadedModel::session`] (what [`crate::run::open`] calls), which applies
+    /// [`crate::api::SessionOptions`] in one place.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        model: Arc<Model<B>>,
-        be: Arc<B>,
-        policy: Policy,
-        latent: Latent,
-        frames: Option<usize>,
-        context: &[f32],
-        context_rows: usize,
-        noise: Noise,
-    ) -> Result<Self> {
-        Self::new_with(model, be, PipelineSpec::default(), policy, latent, frames, context, context_rows, noise)
-    }
-
-    /// [`Session::new`] for a given pipeline, schedule and TeaCache setting ([`PipelineSpec`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new_with(
+    pub(crate) fn new(
         model: Arc<Model<B>>,
         be: Arc<B>,
         spec: PipelineSpec,
@@ -402,9 +389,9 @@ impl<B: Backend + 'static> Session<B> {
     /// record taps or that Dummy Forcing calibrates in run directly. A recorded pass does its
     /// host-side bookkeeping (a clean pass's cache commit) when it is recorded, so a hook's
     /// `after_forward` for the last denoising step already sees the committed cache.
-    pub fn set_graphs(&mut self, on: bool) {
+    pub fn set_graphs(&mut self, mode: Graphs) {
         // TeaCache's skipped passes run a different op sequence: direct launches only.
-        self.graphs = on && self.be.supports_graphs() && self.tea.is_none() && self.rolling.is_none();
+        self.graphs = mode == Graphs::On && self.be.supports_graphs() && self.tea.is_none() && self.rolling.is_none();
         if !self.graphs {
             self.denoise_graph = None;
             self.last_clean = None;

@@ -47,7 +47,8 @@ use crate::checkpoint::{DType, TensorFile};
 use crate::dummy::{DummyForcing, KvFootprint};
 use crate::error::DeviceError;
 use crate::gpu::{CudaDevice, Device, SimDevice};
-use crate::pipeline::{Noise, PipelineSpec, Progress, Session, TeaPlan};
+use crate::pipeline::{Latent, Noise, PipelineSpec, Progress, Session, TeaPlan};
+use crate::vae::Vae;
 use crate::{Error, ModelConfig, Result};
 
 /// A caller's CUDA stream (`CUstream` / `cudaStream_t`), held as its address so that a run
@@ -137,6 +138,25 @@ impl DeviceChoice {
             // `dfrt_session_new`) that the stream is live and outlives the run;
             // `with_stream` itself refuses the legacy stream and streams of other contexts.
             Some(s) => unsafe { CudaDevice::with_stream(ordinal, sync_debug, s.0 as *mut std::ffi::c_void) },
+        }
+    }
+
+    /// `auto`, as the benches take it: the first CUDA device when one answers, else
+    /// `fallback`, with the reason the GPU did not answer.
+    pub fn auto(fallback: DeviceChoice) -> (DeviceChoice, Option<Error>) {
+        let cuda = DeviceChoice::Cuda { ordinal: 0, stream: None, sync_debug: false };
+        match cuda.probe() {
+            Ok(()) => (cuda, None),
+            Err(e) => (fallback, Some(e)),
+        }
+    }
+
+    /// The CUDA device this choice names, opened (None for `cpu` and `sim`): for code below
+    /// the backend, such as the kernel bench, that launches on a device directly.
+    pub fn open_cuda(&self) -> Result<Option<CudaDevice>> {
+        match *self {
+            DeviceChoice::Cuda { ordinal, stream, sync_debug } => Self::cuda(ordinal, stream, sync_debug).map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -332,6 +352,17 @@ pub fn open(
             )?))
         }
     }
+}
+
+/// Opens the Wan VAE that decodes a run into video, at `precision`, checked against the run's
+/// latent geometry (its channels must be the VAE's `z_dim`): the one place a front end (the
+/// CLI's `generate --vae` and `decode`, the C API's `dfrt_session_set_vae`) gets its decoder.
+/// The decoder runs on the host CPU whatever device the DiT runs on (there is no GPU decoder
+/// yet), so it takes no device memory and a GPU run's memory plan does not include it.
+pub fn open_vae(path: impl AsRef<Path>, precision: Precision, latent: Latent) -> Result<Arc<Vae>> {
+    let vae = Vae::open(path, precision)?;
+    crate::video::stream::check_latents(&vae, latent.channels, latent.height, latent.width)?;
+    Ok(Arc::new(vae))
 }
 
 /// The memory plan of a run of `model` with `opts` at `precision`.

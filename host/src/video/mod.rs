@@ -1,5 +1,8 @@
-//! Video files from decoded frames: H.264 in MP4 (yuv420p), Y4M, or a folder of PNG frames,
-//! chosen by the output path (`.mp4`, `.y4m`, or no extension / a trailing `/` for a folder).
+//! Video files from decoded frames: H.264 in MP4 (yuv420p), Y4M, a folder of PNG frames, or
+//! the frames as floats in safetensors (tensor `video` `[1, T, 3, H, W]` in [-1, 1], what the
+//! official `decode_to_pixel` returns: lossless, for checking against a reference), chosen by
+//! the output path (`.mp4`, `.y4m`, `.safetensors`, or no extension / a trailing `/` for a
+//! folder).
 //!
 //! Frames are written as they arrive ([`VideoWriter::push`]), so a long video is never held
 //! in memory. Everything goes to a temporary name beside the target (`.NAME.partial`) that is
@@ -97,6 +100,8 @@ pub enum Format {
     Mp4,
     Y4m,
     PngFolder,
+    /// f32 frames in safetensors (`video` `[1, T, 3, H, W]`, in [-1, 1]).
+    Tensor,
 }
 
 impl Format {
@@ -110,9 +115,10 @@ impl Format {
         match path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()) {
             Some(e) if e == "mp4" => Ok(Format::Mp4),
             Some(e) if e == "y4m" => Ok(Format::Y4m),
+            Some(e) if e == "safetensors" => Ok(Format::Tensor),
             None => Ok(Format::PngFolder),
             Some(e) => Err(Error::Input(format!(
-                "{}: unknown video extension `.{e}` (use .mp4 for H.264, .y4m, or a path without extension for a folder of PNG frames)",
+                "{}: unknown video extension `.{e}` (use .mp4 for H.264, .y4m, .safetensors for f32 frames, or a path without extension for a folder of PNG frames)",
                 path.display()
             ))),
         }
@@ -212,7 +218,38 @@ impl Sink {
 enum Kind {
     Mp4(Box<mp4::Mp4Writer<Sink>>),
     Y4m(Sink),
-    Png { dir: PathBuf, written: u64, limit: Option<u64> },
+    Png {
+        dir: PathBuf,
+        written: u64,
+        limit: Option<u64>,
+    },
+    /// The frames follow a header of [`TENSOR_HEADER`] bytes, written by `finish` once the
+    /// frame count is known (safetensors allows the header's JSON to be padded with spaces).
+    Tensor(Sink),
+}
+
+/// Bytes reserved for the safetensors header of a [`Format::Tensor`] video (8-byte length +
+/// JSON): the data starts 256-byte aligned, as in every dfrt checkpoint.
+const TENSOR_HEADER: usize = crate::checkpoint::ALIGN;
+
+fn write_f32(s: &mut Sink, px: &[f32]) -> std::io::Result<()> {
+    let bytes: Vec<u8> = px.iter().flat_map(|v| v.to_le_bytes()).collect();
+    s.write_all(&bytes)
+}
+
+/// The header of a `video` tensor of `frames` frames, padded with spaces to [`TENSOR_HEADER`].
+fn tensor_header(frames: usize, w: usize, h: usize, fps: u32) -> Result<Vec<u8>> {
+    let bytes = frames * 3 * h * w * 4;
+    let json = format!(
+        r#"{{"__metadata__":{{"fps":"{fps}"}},"video":{{"dtype":"F32","shape":[1,{frames},3,{h},{w}],"data_offsets":[0,{bytes}]}}}}"#
+    );
+    if json.len() > TENSOR_HEADER - 8 {
+        return Err(Error::Input(format!("a {frames}-frame {w}×{h} video does not fit a {TENSOR_HEADER}-byte header")));
+    }
+    let mut out = ((TENSOR_HEADER - 8) as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(json.as_bytes());
+    out.resize(TENSOR_HEADER, b' ');
+    Ok(out)
 }
 
 /// Writes RGB8 frames of one size to a video file as they come.
@@ -248,7 +285,7 @@ impl VideoWriter {
         if width == 0 || height == 0 || fps == 0 {
             return Err(Error::Input(format!("{}: a {width}×{height} video at {fps} fps", path.display())));
         }
-        if format != Format::PngFolder && (!width.is_multiple_of(2) || !height.is_multiple_of(2)) {
+        if matches!(format, Format::Mp4 | Format::Y4m) && (!width.is_multiple_of(2) || !height.is_multiple_of(2)) {
             return Err(Error::Input(format!(
                 "{}: yuv420p needs an even width and height, not {width}×{height}",
                 path.display()
@@ -276,6 +313,11 @@ impl VideoWriter {
                 std::fs::create_dir(&staged.tmp).map_err(|e| Error::io(&staged.tmp, e))?;
                 Kind::Png { dir: staged.tmp.clone(), written: 0, limit }
             }
+            Format::Tensor => {
+                let mut s = Sink::create(&staged.tmp, limit)?;
+                s.write_all(&[b' '; TENSOR_HEADER]).map_err(|e| Error::io(path, e))?;
+                Kind::Tensor(s)
+            }
         };
         Ok(VideoWriter { width, height, fps, format, frames: 0, staged, kind })
     }
@@ -285,7 +327,23 @@ impl VideoWriter {
         self.frames
     }
 
-    /// Appends one RGB8 frame `[height, width, 3]`.
+    /// Appends one decoded frame `[3, height, width]` in [-1, 1]: as floats to a
+    /// [`Format::Tensor`] file, as RGB8 ([`rgb8_from_pixels`]) to the others.
+    pub fn push_pixels(&mut self, px: &[f32]) -> Result<()> {
+        let (w, h) = (self.width, self.height);
+        if px.len() != 3 * w * h {
+            return Err(Error::Input(format!("video frame of {} values, expected 3×{h}×{w}", px.len())));
+        }
+        let Kind::Tensor(s) = &mut self.kind else {
+            return self.push(&rgb8_from_pixels(px, w, h));
+        };
+        write_f32(s, px).map_err(|e| Error::io(&self.staged.target, e))?;
+        self.frames += 1;
+        Ok(())
+    }
+
+    /// Appends one RGB8 frame `[height, width, 3]` (to a [`Format::Tensor`] file as the
+    /// floats `v / 127.5 − 1`, planar).
     pub fn push(&mut self, rgb: &[u8]) -> Result<()> {
         let (w, h) = (self.width, self.height);
         if rgb.len() != w * h * 3 {
@@ -314,6 +372,11 @@ impl VideoWriter {
                 let p = dir.join(format!("frame_{:05}.png", self.frames));
                 std::fs::write(&p, data).map_err(io)?;
             }
+            Kind::Tensor(s) => {
+                let px: Vec<f32> =
+                    (0..3).flat_map(|c| (0..w * h).map(move |i| rgb[3 * i + c] as f32 / 127.5 - 1.0)).collect();
+                write_f32(s, &px).map_err(io)?;
+            }
         }
         self.frames += 1;
         Ok(())
@@ -331,6 +394,11 @@ impl VideoWriter {
             Kind::Mp4(m) => m.finish().map_err(|e| named(e, &target))?.sync().map_err(io)?,
             Kind::Y4m(s) => s.sync().map_err(io)?,
             Kind::Png { .. } => {}
+            Kind::Tensor(s) => {
+                use std::io::SeekFrom;
+                let header = tensor_header(self.frames, self.width, self.height, self.fps)?;
+                s.seek(SeekFrom::Start(0)).and_then(|_| s.write_all(&header)).and_then(|_| s.sync()).map_err(io)?;
+            }
         }
         self.staged.commit()?;
         Ok(self.frames)

@@ -117,7 +117,7 @@ impl LatentVideo {
         let (w, h) = (self.writer.width, self.writer.height);
         let n = px.len() / (3 * w * h);
         for f in px.chunks(3 * w * h) {
-            self.writer.push(&rgb8_from_pixels(f, w, h))?;
+            self.writer.push_pixels(f)?;
         }
         Ok(n)
     }

@@ -13,7 +13,7 @@ pub(super) fn graph_replays_a_forward<D: Device>(dev: D, precision: Precision) {
     let mut s = gpu_session(&be, "tiny-full", "full", (8, 8), 6, (7, 3));
     let model = s.model().clone();
     // Direct launches: this test records its own graph (the memory plan holds two).
-    s.set_graphs(false);
+    s.set_graphs(Graphs::Off);
     s.next_chunk(&mut |_| {}).unwrap();
     let allocs = be.allocations();
     let shape = [3, cfg.in_dim, 8, 8];
@@ -74,7 +74,7 @@ pub(super) fn graphs_match_direct_launches<D: Device>(make: &dyn Fn() -> D) {
     {
         let case = if policy.starts_with("dummy") { "df-tiny" } else { "tiny-full" };
         let frames = 9;
-        let run = |graphs: bool| {
+        let run = |graphs: Graphs| {
             let be = Arc::new(GpuBackend::new(make(), dtype));
             let mut s = gpu_session(&be, case, policy, (8, 8), frames, (11, 5));
             assert!(s.graphs(), "graphs are on by default on a GPU backend");
@@ -85,7 +85,7 @@ pub(super) fn graphs_match_direct_launches<D: Device>(make: &dyn Fn() -> D) {
                 out.extend(s.next_chunk(&mut |_| {}).unwrap());
                 // Between chunks: the last clean pass and the next chunk's denoising forward.
                 let live = be.device().live_graphs();
-                assert!(live <= 2 * usize::from(graphs), "{policy}: {live} graphs alive between chunks");
+                assert!(live <= 2 * usize::from(graphs == Graphs::On), "{policy}: {live} graphs alive between chunks");
                 assert_eq!(be.allocations(), allocs, "{policy}: device allocation in the chunk loop");
             }
             let asg = s.dummy().and_then(|d| d.assignment()).map(|a| a.to_i64());
@@ -94,8 +94,8 @@ pub(super) fn graphs_match_direct_launches<D: Device>(make: &dyn Fn() -> D) {
             (out, be.graph_replays(), asg)
         };
         let t0 = std::time::Instant::now();
-        let (direct, n0, a0) = run(false);
-        let (graphed, n1, a1) = run(true);
+        let (direct, n0, a0) = run(Graphs::Off);
+        let (graphed, n1, a1) = run(Graphs::On);
         println!(
             "{policy} {dtype:?}: {n1} graph replays over {} chunks, latents identical: {} ({:.1?})",
             frames / 3,
@@ -187,7 +187,7 @@ pub(super) fn attention_kernel_version_2_gives_the_same_latents() {
 /// (the regroup is queued behind the replay). Same latents as direct launches.
 #[test]
 pub(super) fn a_given_head_program_replays_every_forward() {
-    let run = |graphs: bool, program: Option<dfrt::dummy::HeadProgram>| {
+    let run = |graphs: Graphs, program: Option<dfrt::dummy::HeadProgram>| {
         let be = Arc::new(GpuBackend::new(SimDevice::new(), Precision::F32));
         let mut s = gpu_session(&be, "df-tiny", "dummy:3", (8, 8), 9, (14, 6));
         s.set_graphs(graphs);
@@ -197,9 +197,9 @@ pub(super) fn a_given_head_program_replays_every_forward() {
         let out = s.run(&mut |_| {}).unwrap();
         (out, s.dummy().unwrap().program().unwrap().clone(), be.graph_replays())
     };
-    let (_, program, _) = run(false, None);
-    let (direct, _, n0) = run(false, Some(program.clone()));
-    let (graphed, _, n1) = run(true, Some(program));
+    let (_, program, _) = run(Graphs::Off, None);
+    let (direct, _, n0) = run(Graphs::Off, Some(program.clone()));
+    let (graphed, _, n1) = run(Graphs::On, Some(program));
     assert_eq!((n0, n1), (0, 15), "every forward replays from a graph");
     assert!(graphed.iter().all(|v| v.is_finite()));
     assert!(

@@ -15,14 +15,13 @@ use std::sync::Arc;
 
 use dfrt::api::SessionOptions;
 use dfrt::backend::cpu::CpuBackend;
-use dfrt::backend::gpu::{AttnRows, GpuBackend, GpuOptions, GpuTensor};
+use dfrt::backend::gpu::{AttnRows, GeluEpilogue, GpuBackend, GpuOptions, GpuTensor};
 use dfrt::backend::{Backend, Precision, Seg};
 use dfrt::checkpoint::TensorFile;
 use dfrt::dummy::calibrate::{layer_masses, KeySegment};
 use dfrt::error::DeviceError;
 use dfrt::gpu::{CudaDevice, Device, Epilogue, Gemm, SimDevice};
-use dfrt::model::Model;
-use dfrt::pipeline::{Latent, Noise, Rng, Session};
+use dfrt::pipeline::{Graphs, Latent, Noise, Rng, Session};
 use dfrt::policy::Policy;
 use dfrt::run::{MemoryPlan, ModelSource};
 use dfrt_testkit::Rng as TestRng;

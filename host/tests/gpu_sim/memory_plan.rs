@@ -60,14 +60,12 @@ pub(super) fn chunk_loop_makes_no_device_allocation() {
 pub(super) fn without_a_plan_the_pool_still_stops_allocating_after_warm_up() {
     // No reservation: the heap grows region by region during the first chunks; under a bounded
     // policy it must stop once the cache is full and every activation size has been seen.
-    let cfg = case_config("tiny-full");
-    let weights = TensorFile::open(golden().join("tiny-full").join("weights.safetensors")).unwrap();
+    let model = golden_model("tiny-full");
     let be = Arc::new(GpuBackend::new(SimDevice::new(), Precision::F32));
-    let model = Arc::new(Model::load(&*be, &weights, &cfg).unwrap());
-    let latent = Latent { channels: cfg.in_dim, height: 8, width: 8 };
-    let ctx = TestRng::seeded(6).vec(2 * cfg.text_dim, -1.0, 1.0);
-    let policy = Policy::parse("window:6,sink:1").unwrap();
-    let mut s = Session::new(model, be.clone(), policy, latent, Some(15), &ctx, 2, Noise::Seeded(Rng::new(1))).unwrap();
+    let ctx = TestRng::seeded(6).vec(2 * model.cfg.text_dim, -1.0, 1.0);
+    let opts = SessionOptions::parse("window:6,sink:1", 8, 8, Some(15), &model.cfg).unwrap();
+    let lm = model.load(be.clone()).unwrap();
+    let mut s = lm.session(&opts, &ctx, 2, Noise::Seeded(Rng::new(1))).unwrap();
     let mut counts = Vec::new();
     while !s.done() {
         s.next_chunk(&mut |_| {}).unwrap();

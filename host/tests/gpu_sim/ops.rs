@@ -98,6 +98,13 @@ pub(super) enum Op {
         heads: usize,
         d: usize,
     },
+    /// The umT5 encoder's attention: q, k, v and a `[heads, n, lk]` bias whose last `masked`
+    /// keys of every row are `f32::MIN` (the padding mask).
+    AttentionBiased {
+        heads: usize,
+        d: usize,
+        masked: usize,
+    },
 }
 
 impl Op {
@@ -163,6 +170,18 @@ impl Op {
                     .collect();
                 vec![dl(&be.attention(&x[0], d, &ctx))]
             }
+            Op::AttentionBiased { heads, d, masked } => {
+                let shape = be.shape(&x[3]).to_vec();
+                let lk = shape[2];
+                let mut bias = host[3].clone();
+                for (i, b) in bias.iter_mut().enumerate() {
+                    if i % lk >= lk - masked {
+                        *b = f32::MIN;
+                    }
+                }
+                let bias = be.upload(&bias, &shape);
+                vec![dl(&be.attention_biased(&x[0], &x[1], &x[2], heads, d, &bias))]
+            }
         }
     }
 }
@@ -226,6 +245,12 @@ pub(super) fn cases() -> Vec<Case> {
             Tol::Attention,
             Op::AttentionOne { heads, d },
         ),
+        c(
+            "attention_biased (umT5, masked tail)",
+            &[&[19, heads * d], &[17, heads * d], &[17, heads * d], &[heads, 19, 17]],
+            Tol::Attention,
+            Op::AttentionBiased { heads, d, masked: 4 },
+        ),
     ]
 }
 
@@ -240,7 +265,7 @@ fn selected(name: &str) -> bool {
 /// Every case of [`cases`] on `gpu` against `CpuBackend` in the same precision, on the same
 /// random inputs; then the checks that are not one op (the device GEMM's epilogue, the
 /// unfused GELU backend, zeros, write against upload, the calibration statistic).
-/// `unfused`: a backend of the same precision built with `fused_gelu: false`.
+/// `unfused`: a backend of the same precision built with `GeluEpilogue::Separate`.
 pub(super) fn compare_ops<D: Device>(gpu: &GpuBackend<D>, unfused: Option<&GpuBackend<SimDevice>>, seed: u64) {
     let p = gpu.precision();
     let cpu = CpuBackend::new(p);
@@ -369,7 +394,7 @@ pub(super) fn ops_match_cpu_on_sim_f32() {
     let unfused = GpuBackend::with_options(
         SimDevice::new(),
         Precision::F32,
-        GpuOptions { fused_gelu: false, ..Default::default() },
+        GpuOptions { gelu: GeluEpilogue::Separate, ..Default::default() },
     );
     compare_ops(&GpuBackend::new(SimDevice::new(), Precision::F32), Some(&unfused), 11);
 }
@@ -379,7 +404,7 @@ pub(super) fn ops_match_cpu_on_sim_bf16() {
     let unfused = GpuBackend::with_options(
         SimDevice::new(),
         Precision::Bf16,
-        GpuOptions { fused_gelu: false, ..Default::default() },
+        GpuOptions { gelu: GeluEpilogue::Separate, ..Default::default() },
     );
     compare_ops(&GpuBackend::new(SimDevice::new(), Precision::Bf16), Some(&unfused), 12);
 }

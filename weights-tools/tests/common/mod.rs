@@ -4,13 +4,11 @@
 use std::path::PathBuf;
 
 use dfrt::checkpoint::TensorFile;
+pub use dfrt_testkit::Scratch;
 
-/// The golden folder: `$DFRT_GOLDEN_DIR`, else `shared/golden` beside the workspace.
+/// The golden folder ([`dfrt_testkit::golden::dir`]), which must exist.
 pub fn golden_dir() -> PathBuf {
-    let dir = match std::env::var_os("DFRT_GOLDEN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden"),
-    };
+    let dir = dfrt_testkit::golden::dir();
     assert!(dir.is_dir(), "golden folder {} not found (set DFRT_GOLDEN_DIR)", dir.display());
     dir
 }
@@ -36,42 +34,12 @@ pub fn fixtures() -> PathBuf {
 /// A fresh, empty scratch folder for one test, removed when the test drops it (its files are
 /// checkpoints of up to ~100 MB, which must not pile up in the temp dir run after run).
 pub fn scratch(name: &str) -> Scratch {
-    let d = std::env::temp_dir().join(format!("dfrt-weights-test-{}-{name}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    Scratch(d)
+    Scratch::new(&format!("weights-{name}"))
 }
 
-/// See [`scratch`]; derefs to its path.
-pub struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = std::path::Path;
-    fn deref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl AsRef<std::path::Path> for Scratch {
-    fn as_ref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
-
-/// Asserts two f32 slices are bit-identical, printing the first difference.
-pub fn assert_same(name: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{name}: length");
-    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
-        let max = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        panic!("{name}: first difference at {i}: got {} want {} (max abs diff {max})", got[i], want[i]);
-    }
-}
+/// Bit-for-bit equality, printing the first difference.
+#[allow(unused_imports)]
+pub use dfrt_testkit::tol::assert_bits_eq as assert_same;
 
 /// Every tensor's data starts on a 256-byte boundary and the reference parser accepts the file.
 pub fn assert_aligned(path: &std::path::Path) {
@@ -85,24 +53,6 @@ pub fn assert_aligned(path: &std::path::Path) {
 
 /// The golden manifest's model config as our ModelConfig.
 pub fn manifest_config(case: &std::path::Path) -> dfrt::ModelConfig {
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(case.join("manifest.json")).unwrap()).unwrap();
-    let c = &m["model_config"];
-    let u = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("manifest model_config.{k}")) as usize;
-    let ps: Vec<usize> = c["patch_size"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-    dfrt::ModelConfig {
-        dim: u("dim"),
-        ffn_dim: u("ffn_dim"),
-        freq_dim: u("freq_dim"),
-        text_dim: u("text_dim"),
-        text_len: u("text_len"),
-        in_dim: u("in_dim"),
-        out_dim: u("out_dim"),
-        num_heads: u("num_heads"),
-        num_layers: u("num_layers"),
-        patch_size: [ps[0], ps[1], ps[2]],
-        eps: c["eps"].as_f64().unwrap() as f32,
-        qk_norm: c["qk_norm"].as_bool().unwrap(),
-        cross_attn_norm: c["cross_attn_norm"].as_bool().unwrap(),
-    }
+    let name = case.file_name().and_then(|n| n.to_str()).expect("a case folder");
+    serde_json::from_value(dfrt_testkit::golden::model_config(name)).expect("model_config parses as ModelConfig")
 }

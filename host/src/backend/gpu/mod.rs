@@ -92,22 +92,25 @@ impl AttnRows {
     }
 }
 
-/// How a [`GpuBackend`] runs some ops, fixed when it is built.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GpuOptions {
-    /// In bf16, whether [`Backend::linear_gelu`] (the FFN's first layer) runs the GELU in the
-    /// GEMM's epilogue (the default: one rounding to bf16 instead of two and no separate GELU
-    /// pass over the `[tokens, ffn_dim]` activation) or as the official code's two ops, which
-    /// matches the CPU reference's bf16 rounding points exactly.
-    pub fused_gelu: bool,
-    /// Which bf16 head-dim-128 attention kernel runs.
-    pub attn_rows: AttnRows,
+/// Where the bf16 GELU of [`Backend::linear_gelu`] (the FFN's first layer) runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GeluEpilogue {
+    /// In the GEMM's epilogue: one rounding to bf16 instead of two, and no separate GELU pass
+    /// over the `[tokens, ffn_dim]` activation.
+    #[default]
+    Fused,
+    /// As the official code's two ops (GEMM, then GELU), which matches the CPU reference's
+    /// bf16 rounding points exactly.
+    Separate,
 }
 
-impl Default for GpuOptions {
-    fn default() -> Self {
-        GpuOptions { fused_gelu: true, attn_rows: AttnRows::R64 }
-    }
+/// How a [`GpuBackend`] runs some ops, fixed when it is built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuOptions {
+    /// The bf16 FFN GELU ([`GeluEpilogue`]; f32 always runs it separately).
+    pub gelu: GeluEpilogue,
+    /// Which bf16 head-dim-128 attention kernel runs.
+    pub attn_rows: AttnRows,
 }
 
 /// The elementwise activations with a kernel of their own.
@@ -160,6 +163,7 @@ checked_params!(
     k::attention::AttnBf16D128,
     k::attention::AttnBf16D128W8,
     k::attention::AttnBf16D64,
+    k::attn_bias::AttnBiasParams,
 );
 unchecked_params!(
     k::calib::CalibMeanParams,
@@ -441,11 +445,11 @@ impl<D: Device> Backend for GpuBackend<D> {
     fn linear(&self, x: &GpuTensor<D>, w: &GpuTensor<D>, b: Option<&GpuTensor<D>>) -> GpuTensor<D> {
         self.gemm_op(x, w, b, Epilogue::None)
     }
-    /// Fused into the GEMM epilogue in bf16 (see [`GpuOptions::fused_gelu`]); composed in
+    /// Fused into the GEMM epilogue in bf16 (see [`GpuOptions::gelu`]); composed in
     /// f32, where the 1e-4 contract wants the reference's own GELU (cuBLASLt's differs in the
     /// last bits).
     fn linear_gelu(&self, x: &GpuTensor<D>, w: &GpuTensor<D>, b: Option<&GpuTensor<D>>) -> GpuTensor<D> {
-        if self.precision != Precision::Bf16 || !self.opts.fused_gelu {
+        if self.precision != Precision::Bf16 || self.opts.gelu == GeluEpilogue::Separate {
             return self.gelu_tanh(&self.linear(x, w, b));
         }
         self.gemm_op(x, w, b, Epilogue::Gelu)
@@ -520,6 +524,19 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
     fn attention(&self, q: &GpuTensor<D>, head_dim: usize, ctx: &[Vec<Seg<'_, GpuTensor<D>>>]) -> GpuTensor<D> {
         self.guard(&q.shape, || self.try_attention(q, head_dim, ctx))
+    }
+
+    /// On the device (`attn_bias_*`), not the trait's host round trip.
+    fn attention_biased(
+        &self,
+        q: &GpuTensor<D>,
+        k: &GpuTensor<D>,
+        v: &GpuTensor<D>,
+        heads: usize,
+        head_dim: usize,
+        bias: &GpuTensor<D>,
+    ) -> GpuTensor<D> {
+        self.guard(&q.shape, || self.try_attention_biased(q, k, v, heads, head_dim, bias))
     }
 
     /// `calib_mass_*` then `calib_mean_f32`, when every head's context is the same run of

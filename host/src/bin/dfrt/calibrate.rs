@@ -67,7 +67,7 @@ pub(super) fn calibrate(a: CalibrateArgs, o: Output) -> Result<()> {
         seed: 0,
         heads: None,
         sampled_rows: Default::default(),
-        graphs: true,
+        graphs: dfrt::pipeline::Graphs::On,
         pipeline: Default::default(),
     };
     let mut programs = Vec::new();

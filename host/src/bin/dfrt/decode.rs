@@ -9,7 +9,7 @@ pub(super) struct DecodeArgs {
     /// VAE checkpoint (`dfrt-weights convert Wan2.1_VAE.pth`, or `dfrt-weights synth --vae`).
     #[arg(long)]
     pub(super) vae: PathBuf,
-    /// Output video: .mp4 (H.264, yuv420p), .y4m, or a path without extension for a folder of PNG frames.
+    /// Output video: .mp4 (H.264, yuv420p), .y4m, .safetensors (the f32 frames, tensor `video`), or a path without extension for a folder of PNG frames.
     #[arg(short = 'o', long)]
     pub(super) out: PathBuf,
     /// Frames per second of the video.
@@ -24,7 +24,6 @@ pub(super) struct DecodeArgs {
 pub(super) fn decode(a: DecodeArgs, o: Output) -> Result<()> {
     let precision = a.dtype;
     let t0 = Instant::now();
-    let vae = Arc::new(dfrt::vae::Vae::open(&a.vae, precision)?);
     let f = TensorFile::open(&a.latents)?;
     let info = f.info("latents").map_err(|_| {
         Error::Input(format!(
@@ -45,6 +44,7 @@ pub(super) fn decode(a: DecodeArgs, o: Output) -> Result<()> {
     if frames == 0 {
         return Err(Error::Input(format!("{}: `latents` has no frames", a.latents.display())));
     }
+    let vae = dfrt::run::open_vae(&a.vae, precision, Latent { channels: c, height: h, width: w })?;
     let data = f.f32_any("latents")?;
     let mut v = dfrt::video::LatentVideo::create(vae.clone(), &a.out, c, h, w, a.fps)?;
     let total = vae.cfg.pixel_frames(frames) as u64;

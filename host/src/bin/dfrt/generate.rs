@@ -49,7 +49,7 @@ pub(super) struct GenerateArgs {
     /// denoising forward is recorded once and replayed at its 4 steps), or launch every kernel
     /// directly. Same latents either way.
     #[arg(long, default_value = "on", value_enum)]
-    pub(super) graphs: OnOff,
+    pub(super) graphs: dfrt::pipeline::Graphs,
     /// Autoregressive pipeline: self-forcing (also LongLive, Causal-Forcing) | causvid
     /// (3 unwarped steps at shift 8; `full` keeps at most 21 frames) | rolling (Rolling
     /// Forcing: joint windows of 5 chunks, its own anchored cache; policy `full` only).
@@ -70,7 +70,7 @@ pub(super) struct GenerateArgs {
     #[arg(long, default_value_t = dfrt::pipeline::RECACHE_FRAMES)]
     pub(super) recache_frames: usize,
     /// Output safetensors file (tensor `latents` [1, F, C, H, W], f32); with --vae, the video
-    /// (.mp4, .y4m, or a path without extension for a folder of PNG frames); with --prompts, a
+    /// (.mp4, .y4m, .safetensors for the f32 frames, or a path without extension for a folder of PNG frames); with --prompts, a
     /// folder that receives one output per prompt line, named by index.
     #[arg(long)]
     pub(super) out: PathBuf,
@@ -102,6 +102,27 @@ pub(super) struct GenerateArgs {
     /// A prompt's embedding, set by `generate_prompts`.
     #[arg(skip)]
     pub(super) prompt_context: Option<Arc<Context>>,
+    /// The progress display `generate_prompts` opened for the encoding stage: the DiT and the
+    /// decoder continue on it, so the three stages share one line.
+    #[arg(skip)]
+    pub(super) bar: Option<ProgressBar>,
+}
+
+/// The one progress line of a run: hidden below `info` or off a terminal.
+fn progress_bar(o: Output, bar: Option<ProgressBar>, len: u64, unit: &str) -> ProgressBar {
+    if !o.enabled(Level::Info) || !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
+    }
+    let b = bar.unwrap_or_else(|| ProgressBar::new(len));
+    // The new stage's style and length first, so the reset redraws the line as the new stage.
+    b.set_style(
+        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit}  {{msg}}  [{{elapsed_precise}}]"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b.set_length(len);
+    b.set_message("");
+    b.reset();
+    b
 }
 
 /// Peak resident memory of this process (VmHWM), in bytes, where /proc offers it.
@@ -176,7 +197,7 @@ pub(super) fn generate(a: GenerateArgs, o: Output) -> Result<()> {
         seed: a.seed,
         heads: program,
         sampled_rows: rows,
-        graphs: a.graphs == OnOff::On,
+        graphs: a.graphs,
         pipeline,
     };
     // `run::open` computes the plan itself; this copy is only for the debug log.
@@ -213,7 +234,7 @@ pub(super) fn generate(a: GenerateArgs, o: Output) -> Result<()> {
     // With --vae each chunk is decoded and written as it comes; the bar counts decoded frames.
     let mut video = match &a.vae {
         Some(p) => {
-            let vae = Arc::new(dfrt::vae::Vae::open(p, precision)?);
+            let vae = dfrt::run::open_vae(p, precision, latent)?;
             Some(dfrt::video::LatentVideo::create(vae, &a.out, latent.channels, latent.height, latent.width, a.fps)?)
         }
         None => None,
@@ -223,16 +244,7 @@ pub(super) fn generate(a: GenerateArgs, o: Output) -> Result<()> {
         Some(n) => (n as u64, "frames"),
         None => (forwards, "forwards"),
     };
-    let bar = if !o.enabled(Level::Info) || !std::io::stderr().is_terminal() {
-        ProgressBar::with_draw_target(Some(bar_len), ProgressDrawTarget::hidden())
-    } else {
-        let b = ProgressBar::new(bar_len);
-        b.set_style(
-            ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit}  {{msg}}  [{{elapsed_precise}}]"))
-                .unwrap(),
-        );
-        b
-    };
+    let bar = progress_bar(o, a.bar.clone(), bar_len, unit);
     let counts_forwards = video.is_none();
     let t_gen = Instant::now();
     let mut chunk_ms = Vec::new();
@@ -422,12 +434,17 @@ pub(super) fn generate_prompts(a: GenerateArgs, o: Output) -> Result<()> {
         )));
     }
     let t = Instant::now();
+    // One progress line for the three stages: prompts encoded here, then each video's
+    // forwards (or decoded frames) in `generate`.
+    let bar = progress_bar(o, None, prompts.len() as u64, "prompts");
+    bar.set_message(format!("encoding on {device}"));
     let encoded = dfrt::text::encode_prompts(&device, precision, &te, &tok, &prompts, &mut |i, e| {
         for n in &e.tokens.cleaned.notes {
             let l = if n.may_differ() { Level::Warn } else { Level::Debug };
-            o.log(l, format_args!("prompt {i}: {n}"));
+            bar.suspend(|| o.log(l, format_args!("prompt {i}: {n}")));
         }
-        o.log(Level::Info, format_args!("prompt {i}: {} tokens encoded on {device}", e.tokens.len));
+        bar.suspend(|| o.log(Level::Info, format_args!("prompt {i}: {} tokens encoded on {device}", e.tokens.len)));
+        bar.inc(1);
     })?;
     o.log(Level::Info, format_args!("{} prompts encoded in {:.2} s", prompts.len(), t.elapsed().as_secs_f64()));
     if prompts.len() > 1 || a.prompts.is_some() {
@@ -436,6 +453,7 @@ pub(super) fn generate_prompts(a: GenerateArgs, o: Output) -> Result<()> {
     for (i, e) in encoded.into_iter().enumerate() {
         let mut ai = a.clone();
         ai.prompt_context = Some(Arc::new(e.context));
+        ai.bar = Some(bar.clone());
         if a.prompts.is_some() {
             // With --vae each line is a video; without, its latents.
             let ext = if a.vae.is_some() { "mp4" } else { "safetensors" };

@@ -78,13 +78,6 @@ struct Output {
     log_level: Option<Level>,
 }
 
-/// A switch given as `on` or `off`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum OnOff {
-    On,
-    Off,
-}
-
 /// Log levels, least to most verbose.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Level {
