@@ -9,6 +9,7 @@ use dfrt::checkpoint::DType;
 use dfrt::names::expected_tensors;
 use dfrt::{Error, ModelConfig, Result};
 
+use crate::lora::{base_shapes, plan_lora, LoraOptions, LoraPlan, LoraReport};
 use crate::source::{Source, SrcTensor};
 use crate::writer::{encode, write_checkpoint_streaming, Spec};
 
@@ -31,6 +32,8 @@ pub struct ConvertOptions {
     pub ema: Option<bool>,
     /// Drop DiT-looking tensors that the native layout does not have instead of failing.
     pub drop_unknown: bool,
+    /// A PEFT LoRA to merge into the Linear weights ([`crate::lora`]).
+    pub lora: Option<LoraOptions>,
 }
 
 /// What a conversion did, for the user.
@@ -52,6 +55,8 @@ pub struct ConvertReport {
     pub tensors: usize,
     /// Bytes of tensor data written.
     pub bytes: usize,
+    /// The LoRA merged, if one was given.
+    pub lora: Option<LoraReport>,
 }
 
 /// Removes training-wrapper prefixes: FSDP/activation-checkpointing/compile wrappers anywhere
@@ -229,10 +234,12 @@ pub struct Plan {
     pub tensors: Vec<(String, Vec<usize>, usize, usize)>,
     /// What the conversion will report.
     pub report: ConvertReport,
+    /// The LoRA to merge (`opts.lora`), matched to `tensors`.
+    pub lora: Option<LoraPlan>,
 }
 
-/// Decides what to convert from one or more source files (shards of one state dict); reads
-/// no tensor data.
+/// Decides what to convert from one or more source files (shards of one state dict), and
+/// which LoRA weights merge into which tensor; reads no tensor data.
 pub fn plan(srcs: &[Source], opts: &ConvertOptions) -> Result<Plan> {
     let mut notes = Vec::new();
     let mut dropped = Vec::new();
@@ -316,6 +323,12 @@ pub fn plan(srcs: &[Source], opts: &ConvertOptions) -> Result<Plan> {
     unknown.sort();
     for (n, i) in unknown {
         let src_name = &all[i].2.name;
+        if n.contains(".lora_") && !opts.drop_unknown {
+            return Err(Error::tensor(
+                src_name,
+                "is a LoRA weight: pass the LoRA with --lora (`ConvertOptions::lora`) to merge it into its base checkpoint",
+            ));
+        }
         if DIT_PREFIXES.iter().any(|p| n.starts_with(p)) && !opts.drop_unknown {
             return Err(Error::tensor(
                 src_name,
@@ -353,6 +366,8 @@ pub fn plan(srcs: &[Source], opts: &ConvertOptions) -> Result<Plan> {
         }
     }
     let bytes = tensors.iter().map(|(_, s, _, _)| s.iter().product::<usize>() * dtype.size()).sum();
+    let lora = opts.lora.as_ref().map(|l| plan_lora(l, &base_shapes(&tensors))).transpose()?;
+    notes.extend(lora.iter().flat_map(|l| l.notes.iter().cloned()));
     let report = ConvertReport {
         config: config.clone(),
         dtype,
@@ -362,8 +377,9 @@ pub fn plan(srcs: &[Source], opts: &ConvertOptions) -> Result<Plan> {
         notes,
         tensors: tensors.len(),
         bytes,
+        lora: lora.as_ref().map(|l| l.report.clone()),
     };
-    Ok(Plan { config, tensors, report })
+    Ok(Plan { config, tensors, report, lora })
 }
 
 /// The files to read for `inputs`: a `*.index.json` (the sharded-checkpoint index of
@@ -409,11 +425,14 @@ pub fn convert_files(inputs: &[PathBuf], output: impl AsRef<Path>, opts: &Conver
     let specs: Vec<Spec> =
         plan.tensors.iter().map(|(n, s, _, _)| Spec { name: n.clone(), dtype, shape: s.clone() }).collect();
     write_checkpoint_streaming(output.as_ref(), &plan.config, &specs, |i, _spec, w| {
-        let (_, _, part, idx) = &plan.tensors[i];
+        let (name, _, part, idx) = &plan.tensors[i];
         let src = &srcs[*part];
         let t = &src.tensors[*idx];
         let io = |e| Error::io(output.as_ref(), e);
-        if t.dtype == Some(dtype) {
+        if let Some(l) = plan.lora.as_ref().filter(|l| l.merges.contains_key(name)) {
+            // Merged in f32 from the source values, then rounded once to the output dtype.
+            w.write_all(&encode(&l.apply(name, src.f32(t)?)?, dtype)?).map_err(io)
+        } else if t.dtype == Some(dtype) {
             w.write_all(&src.raw(t)?).map_err(io)
         } else {
             w.write_all(&encode(&src.f32(t)?, dtype)?).map_err(io)

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`convert`] | [`convert_file`] / [`convert_files`]: pick the state dict, normalise names ([`native_name`]), infer the config ([`infer_config`]), check shapes, write |
 //! | [`synth`] | [`synth_checkpoint`], [`synth_tensors`], [`synth_context`]: deterministic random weights and text embeddings |
+//! | [`lora`] | [`LoraOptions`]: merging a PEFT LoRA (LongLive's) into the Linear weights while converting |
 //! | [`inspect`](mod@inspect) | [`inspect()`]: a table (or JSON) of a file's config and tensors |
 //! | [`source`], [`pickle`], [`zip`] | readers for safetensors and torch `.pt` archives |
 //! | [`vae`](mod@vae) | the Wan2.1 video VAE: [`vae::convert_vae_files`] (`Wan2.1_VAE.pth` or diffusers `AutoencoderKLWan` names), [`vae::synth_vae`] |
@@ -77,6 +78,7 @@
 
 pub mod convert;
 pub mod inspect;
+pub mod lora;
 pub mod pickle;
 pub mod source;
 pub mod synth;
@@ -91,6 +93,7 @@ pub use convert::{
 };
 pub use dfrt::names::expected_tensors;
 pub use inspect::inspect;
+pub use lora::{LoraOptions, LoraReport};
 pub use source::Source;
 pub use synth::{synth_checkpoint, synth_context, synth_tensor, synth_tensors, NamedTensor, Rng};
 pub use t5::{convert_t5, T5Options, T5Report};

@@ -193,6 +193,27 @@ fn config_is_inferred_from_shapes() {
     assert_eq!(TensorFile::open(dir.join("d.safetensors")).unwrap().config().unwrap().num_heads, 3);
 }
 
+/// Wan2.1-T2V-14B (and Krea's RealTime-14B, the same network): dim 5120, ffn 13824, 40 heads
+/// of 128, 40 layers, detected from the shapes alone (no tensor data: 14B weights are 28 GB),
+/// and likewise a cut of it to 2 blocks (the shape-faithful model the benches and sim use).
+#[test]
+fn the_14b_config_is_detected_from_its_shapes() {
+    let want = ModelConfig::preset("wan-14b").unwrap();
+    assert_eq!((want.dim, want.ffn_dim, want.num_heads, want.head_dim(), want.num_layers), (5120, 13824, 40, 128, 40));
+    for layers in [40, 2] {
+        let cfg = ModelConfig { num_layers: layers, ..want.clone() };
+        let shapes: BTreeMap<String, Vec<usize>> = expected_tensors(&cfg).into_iter().collect();
+        let got = dfrt_weights::convert::infer_config(&shapes, None, None).unwrap();
+        assert_eq!(got, cfg, "{layers} layers");
+        // 40 heads come from the 14B preset of that width (5120 / 128 is 40 too).
+        assert_eq!(got.num_heads, 40);
+    }
+    // The 1.3B width next to it: 12 heads.
+    let small = ModelConfig::preset("wan-1.3b").unwrap();
+    let shapes: BTreeMap<String, Vec<usize>> = expected_tensors(&small).into_iter().collect();
+    assert_eq!(dfrt_weights::convert::infer_config(&shapes, None, None).unwrap().num_heads, 12);
+}
+
 fn convert_err(path: &std::path::Path, opts: &ConvertOptions) -> String {
     let out = path.with_extension("out.safetensors");
     let e = convert_file(path, &out, opts).expect_err("conversion must fail").to_string();

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dfrt::ModelConfig;
-use dfrt_weights::{convert_files, inspect, parse_dtype, synth_checkpoint, ConvertOptions};
+use dfrt_weights::{convert_files, inspect, parse_dtype, synth_checkpoint, ConvertOptions, LoraOptions};
 
 #[derive(Parser)]
 #[command(name = "dfrt-weights", version, about = "Convert, synthesise and inspect dfrt weight files")]
@@ -44,6 +44,16 @@ enum Cmd {
         /// Drop DiT tensors the native layout lacks (e.g. i2v image attention) instead of failing.
         #[arg(long)]
         drop_unknown: bool,
+        /// Merge this PEFT LoRA (.safetensors or .pt, e.g. LongLive's `generator_lora`) into
+        /// the Linear weights: W + alpha/r · B·A.
+        #[arg(long)]
+        lora: Option<PathBuf>,
+        /// The LoRA's alpha (peft's `lora_alpha`); default: its rank, i.e. scaling 1.
+        #[arg(long, requires = "lora")]
+        lora_alpha: Option<f64>,
+        /// The LoRA scaling itself, instead of alpha/r (e.g. alpha/√r for rsLoRA).
+        #[arg(long, requires = "lora", conflicts_with = "lora_alpha")]
+        lora_scale: Option<f64>,
         #[arg(short, long)]
         quiet: bool,
     },
@@ -99,7 +109,10 @@ enum Cmd {
 
 fn run(cli: Cli) -> dfrt::Result<()> {
     match cli.cmd {
-        Cmd::Convert { input, out, dtype, quiet, .. } if dfrt_weights::vae::is_vae_source(&input)? => {
+        Cmd::Convert { input, out, dtype, quiet, lora, .. } if dfrt_weights::vae::is_vae_source(&input)? => {
+            if lora.is_some() {
+                return Err(dfrt::Error::Input("--lora applies to DiT checkpoints, not to a VAE".into()));
+            }
             let r = dfrt_weights::vae::convert_vae_files(&input, &out, dtype.as_deref().map(parse_dtype).transpose()?)?;
             if !quiet {
                 if r.renamed > 0 {
@@ -112,7 +125,20 @@ fn run(cli: Cli) -> dfrt::Result<()> {
                 eprintln!("wrote {}: VAE, {} tensors, {} bytes of {:?}", out.display(), r.tensors, r.bytes, r.dtype);
             }
         }
-        Cmd::Convert { input, out, heads, text_len, dtype, ema, no_ema, drop_unknown, quiet } => {
+        Cmd::Convert {
+            input,
+            out,
+            heads,
+            text_len,
+            dtype,
+            ema,
+            no_ema,
+            drop_unknown,
+            lora,
+            lora_alpha,
+            lora_scale,
+            quiet,
+        } => {
             let opts = ConvertOptions {
                 heads,
                 text_len,
@@ -125,6 +151,7 @@ fn run(cli: Cli) -> dfrt::Result<()> {
                     None
                 },
                 drop_unknown,
+                lora: lora.map(|path| LoraOptions { path, alpha: lora_alpha, scale: lora_scale }),
             };
             let r = convert_files(&input, &out, &opts)?;
             if !quiet {
@@ -137,6 +164,9 @@ fn run(cli: Cli) -> dfrt::Result<()> {
                 }
                 if r.dropped.len() > shown {
                     eprintln!("dropped: ... and {} more", r.dropped.len() - shown);
+                }
+                if let Some(l) = &r.lora {
+                    eprintln!("{}", l.summary());
                 }
                 eprintln!("config: {}", r.config.to_json());
                 eprintln!("wrote {}: {} tensors, {} bytes of {:?}", out.display(), r.tensors, r.bytes, r.dtype);
