@@ -80,17 +80,24 @@ fn e2e_runs_tiny_on_cpu_and_sim() {
     let policies = e2e_run::default_policies(&cfg);
     assert_eq!(policies[2], "dummy:2");
     for p in &policies {
-        let r =
-            e2e_run::run_one(&Target::new(DeviceChoice::Cpu, Precision::Bf16), &model, &res, p, 2, Graphs::On).unwrap();
+        let spec = e2e_run::RunSpec { policy: p, chunks: 2, graphs: Graphs::On, teacache: None };
+        let r = e2e_run::run_one(&Target::new(DeviceChoice::Cpu, Precision::Bf16), &model, &res, &spec).unwrap();
         assert_eq!((r.chunk_ms.len(), r.latent_frames, r.video_frames), (2, 6, 24));
         assert!(r.fps() > 0.0 && r.kv_bytes > 0 && r.kv_policy_bytes <= r.kv_full_bytes, "{r:?}");
     }
     // The GPU path in the simulator, under the policy that exercises the most (calibration and
     // compaction after chunk 1): no device allocation inside the chunk loop.
-    let r = e2e_run::run_one(&Target::new(DeviceChoice::Sim, Precision::Bf16), &model, &res, "dummy:2", 2, Graphs::On)
-        .unwrap();
+    let spec = e2e_run::RunSpec { policy: "dummy:2", chunks: 2, graphs: Graphs::On, teacache: None };
+    let r = e2e_run::run_one(&Target::new(DeviceChoice::Sim, Precision::Bf16), &model, &res, &spec).unwrap();
     assert_eq!(r.loop_allocs, Some(0), "{r:?}");
     assert!(r.kv_policy_bytes < r.kv_full_bytes, "{r:?}");
+    // TeaCache rows (the bench's `--teacache off,T`). Random weights change the modulation far
+    // more between steps than trained ones (0.2 skips nothing here), so a threshold no change
+    // reaches: every pass but the always-computed t = 1000 step and clean pass is skipped.
+    let spec = e2e_run::RunSpec { policy: "dummy:2", chunks: 2, graphs: Graphs::On, teacache: Some(1e12) };
+    let t = e2e_run::run_one(&Target::new(DeviceChoice::Sim, Precision::Bf16), &model, &res, &spec).unwrap();
+    assert_eq!(t.skipped_forwards, 2 * 3, "{t:?}");
+    assert_eq!((t.teacache, t.graphs), (Some(0.2), Some(false)), "TeaCache runs direct launches: {t:?}");
     // 1080p is not patchable at 135 latent rows; the bench uses the nearest valid size.
     let hd = e2e_run::Res::parse("1080p").unwrap();
     assert_eq!((hd.lat_h % 2, hd.video()), (0, (1088, 1920)));

@@ -83,6 +83,9 @@ pub struct E2eRow {
     pub heap_peak: Option<usize>,
     /// Whether the denoising forwards ran as recorded graphs (None: the backend has none).
     pub graphs: Option<bool>,
+    /// TeaCache's threshold (None: off) and the denoising forwards it skipped.
+    pub teacache: Option<f64>,
+    pub skipped_forwards: usize,
 }
 
 impl E2eRow {
@@ -103,21 +106,25 @@ pub fn default_policies(cfg: &ModelConfig) -> Vec<String> {
     vec!["full".into(), "window:12,sink:3".into(), format!("dummy:{half}")]
 }
 
-/// Generates `chunks` chunks at `res` under `policy` on a fresh run of `target` (opened by
-/// `dfrt::run::open`, as `dfrt generate` does), with the denoising forwards as recorded
-/// graphs (where the backend has them) or direct launches.
-pub fn run_one(
-    target: &Target,
-    model: &ModelSource,
-    res: &Res,
-    policy: &str,
-    chunks: usize,
-    graphs: Graphs,
-) -> Result<E2eRow> {
+/// What one e2e row runs: the policy, chunks, graphs or direct launches (where the backend
+/// has graphs), and TeaCache's threshold (None: off; TeaCache runs direct launches).
+#[derive(Clone, Debug)]
+pub struct RunSpec<'a> {
+    pub policy: &'a str,
+    pub chunks: usize,
+    pub graphs: Graphs,
+    pub teacache: Option<f64>,
+}
+
+/// Generates `spec.chunks` chunks at `res` under `spec.policy` on a fresh run of `target`
+/// (opened by `dfrt::run::open`, as `dfrt generate` does).
+pub fn run_one(target: &Target, model: &ModelSource, res: &Res, spec: &RunSpec) -> Result<E2eRow> {
     let cfg = &model.cfg;
+    let (policy, chunks) = (spec.policy, spec.chunks);
     let frames = chunks * FRAMES_PER_CHUNK;
     let mut opts = SessionOptions::parse(policy, res.lat_h, res.lat_w, Some(frames), cfg)?;
-    opts.graphs = graphs;
+    opts.graphs = spec.graphs;
+    opts.pipeline.teacache = spec.teacache;
     let context = Rng::new(7).normals(cfg.text_len * cfg.text_dim);
     let mut s = dfrt::run::open(target, model, &opts, &context, cfg.text_len, Noise::Seeded(Rng::new(1)))?;
     let a0 = s.device_stats().map(|d| d.allocations);
@@ -163,5 +170,7 @@ pub fn run_one(
         loop_allocs,
         heap_peak: stats.map(|d| d.heap_peak),
         graphs: s.supports_graphs().then_some(s.graphs()),
+        teacache: spec.teacache,
+        skipped_forwards: s.teacache().map_or(0, |p| p.skipped(chunks).len()),
     })
 }
