@@ -375,10 +375,10 @@ fn packed_caches(be: &CpuBackend, s: &Session<CpuBackend>, prefix: &str, suffix:
 /// 1e-5, x0 / latents / every cache snapshot (after HMA, before and after each recache, final)
 /// atol 1e-4.
 fn check_switch_case(name: &str, case: &Case) {
-    assert!(
-        case.manifest.get("dummy_forcing").is_some(),
-        "{name}: LongLive's window recache (no Dummy Forcing) is not implemented"
-    );
+    if case.manifest.get("dummy_forcing").is_none() {
+        check_window_switch_case(name, case);
+        return;
+    }
     let Policy::Dummy(spec) = case.policy else { unreachable!() };
     let (be, inputs, mut s) = open_session(case);
     let pr = &case.manifest["prompts"];
@@ -434,6 +434,132 @@ fn check_switch_case(name: &str, case: &Case) {
     println!("{name}: {} switches at {switches:?}, assignment exact; x0 max abs {:.2e}; latents rel L2 {:.2e}; caches max abs {:.2e} ({compared} tensors)", switches.len(), worst[0], dl.rel_l2, worst[1]);
 }
 
+/// The frames of a manifest slot list (`f<frame>/p<prompt>/<pass>`, or `zero`), in slot order.
+fn slot_frames(labels: &serde_json::Value) -> Vec<Option<usize>> {
+    labels
+        .as_array()
+        .expect("slot list")
+        .iter()
+        .map(|l| {
+            let l = l.as_str().unwrap();
+            l.strip_prefix('f').and_then(|r| r.split('/').next()).map(|f| f.parse().expect("frame number"))
+        })
+        .collect()
+}
+
+/// One layer's window cache against an official snapshot of its slots: every frame we hold
+/// must be the official slot holding it, value for value, and the frames we hold must be the
+/// official sink slots plus the newest `ring_cap` of the others: the official cache also still
+/// holds the frames its next step-0 eviction drops (never attended again), our ring does not.
+#[allow(clippy::too_many_arguments)]
+fn check_window_snapshot(
+    what: &str,
+    be: &CpuBackend,
+    s: &Session<CpuBackend>,
+    layer: usize,
+    labels: &serde_json::Value,
+    (want_k, want_v): (&[f32], &[f32]),
+    sink: usize,
+) -> f64 {
+    let official = slot_frames(labels);
+    let (frames, k, v) = s.cache().dump_group(be, layer, 0);
+    let ring_cap = s.cache().layers[layer].groups[0].ring_cap;
+    let rest: Vec<usize> = official.iter().skip(sink).flatten().copied().collect();
+    let mut expect: Vec<usize> = official.iter().take(sink).flatten().copied().collect();
+    expect.extend(&rest[rest.len().saturating_sub(ring_cap)..]);
+    assert_eq!(frames, expect, "{what}: frames held (official slots {official:?}, ring {ring_cap})");
+    let fl = k.len() / frames.len().max(1);
+    assert_eq!(want_k.len(), official.len() * fl, "{what}: official snapshot size");
+    let mut worst = 0f64;
+    for (i, f) in frames.iter().enumerate() {
+        let j = official.iter().position(|x| *x == Some(*f)).unwrap();
+        for (kind, mine, want) in [("k", &k, want_k), ("v", &v, want_v)] {
+            let e = assert_atol(
+                &format!("{what}.{kind} frame {f} (slot {j})"),
+                &mine[i * fl..(i + 1) * fl],
+                &want[j * fl..(j + 1) * fl],
+                1e-4,
+            );
+            worst = worst.max(e);
+        }
+    }
+    worst
+}
+
+/// LongLive's interactive pipeline (longlive-switch): the window cache with sink, prompt
+/// switches rebuilt by a recache pass, `global_sink` as the case sets it. x0 / latents and
+/// every cache snapshot (layer 0 after each chunk, layer 0 and the last layer around each
+/// recache) atol 1e-4; the slot bookkeeping exact (frames held per snapshot).
+fn check_window_switch_case(name: &str, case: &Case) {
+    let Policy::Window { window, sink } = case.policy else {
+        panic!("{name}: a switch case without dummy_forcing must have a window policy (local_attn_size)")
+    };
+    let (be, inputs, mut s) = open_session(case);
+    let m = &case.manifest;
+    let pr = &m["prompts"];
+    let global_sink = pr["global_sink"].as_bool().expect("prompts.global_sink");
+    s.set_global_sink(global_sink).unwrap();
+    s.set_recache_frames(window).unwrap();
+    let switches: Vec<usize> =
+        pr["switch_frame_indices"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    assert_eq!(inputs.switch_contexts.len(), switches.len(), "{name}: one context per switch");
+    let slots = &m["window_cache"]["slot_contents"];
+    let out = TensorFile::open(case.dir.join("outputs.safetensors")).unwrap();
+    let last = case.cfg.num_layers - 1;
+    let snap = |s: &Session<CpuBackend>, what: &str, layer: usize, key: &str, labels: &serde_json::Value| -> f64 {
+        let (k, v) = (key.to_string(), key.replace("cache_k", "cache_v"));
+        let (wk, wv) = (out.f32_any(&k).unwrap(), out.f32_any(&v).unwrap());
+        check_window_snapshot(&format!("{name}/{what}"), &be, s, layer, labels, (&wk, &wv), sink)
+    };
+    s.record_taps();
+    let (mut latents, mut worst, mut compared, mut next) = (Vec::new(), 0f64, 0, 0);
+    while !s.done() {
+        if next < switches.len() && s.frames_done() >= switches[next] {
+            let ev = &slots["around_recache"][next];
+            let keys = [(0, format!("recache.{next}.cache_k")), (last, format!("cache.{last}.recache.{next}.cache_k"))];
+            for (l, key) in &keys {
+                if *l == 0 {
+                    worst =
+                        worst.max(snap(&s, &format!("{key}.before"), 0, &format!("{key}.before"), &ev["slots_before"]));
+                    compared += 1;
+                }
+            }
+            let ctx = &inputs.switch_contexts[next];
+            s.switch_prompt(&ctx.data, ctx.rows).unwrap();
+            for (l, key) in &keys {
+                worst = worst.max(snap(&s, &format!("{key}.after"), *l, &format!("{key}.after"), &ev["slots_after"]));
+                compared += 1;
+            }
+            next += 1;
+        }
+        let c = s.chunk_index();
+        latents.extend(s.next_chunk(&mut |_| {}).unwrap());
+        let labels = &slots["after_context_pass"][c]["slots"];
+        worst = worst.max(snap(&s, &format!("cache_k.{c}"), 0, &format!("cache_k.{c}"), labels));
+        compared += 1;
+    }
+    assert_eq!((next, s.recaches()), (switches.len(), switches.len()), "{name}: every switch ran");
+    let rec = s.take_taps().unwrap();
+    let mut worst_x0 = 0f64;
+    for key in out.tensors.keys().filter(|k| k.starts_with("x0.")) {
+        let got = rec.get(key).unwrap_or_else(|| panic!("{name}: no {key} recorded"));
+        worst_x0 = worst_x0.max(assert_atol(&format!("{name}/{key}"), got, &out.f32_any(key).unwrap(), 1e-4));
+        compared += 1;
+    }
+    let want = out.f32_any("latents").unwrap();
+    assert_atol(&format!("{name}/latents"), &latents, &want, 1e-4);
+    let dl = assert_close(&format!("{name}/latents"), &latents, &want, F32_TOL);
+    println!(
+        "{name}: window {window} sink {sink}, global_sink {global_sink}, switches at {switches:?}; x0 max abs {worst_x0:.2e}; latents rel L2 {:.2e}; caches max abs {worst:.2e} ({compared} snapshots/tensors)",
+        dl.rel_l2
+    );
+}
+
+#[test]
+fn longlive_switch() {
+    check_case("longlive-switch");
+}
+
 #[test]
 fn df_switch() {
     check_case("df-switch");
@@ -472,7 +598,16 @@ fn tiny_full_bf16() {
 /// Hidden cases of the same kind: every other case folder runs the same checks.
 #[test]
 fn every_other_case() {
-    let known = ["tiny-full", "tiny-window", "tiny-full-bf16", "df-tiny", "df-teacache", "causvid-tiny", "df-switch"];
+    let known = [
+        "tiny-full",
+        "tiny-window",
+        "tiny-full-bf16",
+        "df-tiny",
+        "df-teacache",
+        "causvid-tiny",
+        "df-switch",
+        "longlive-switch",
+    ];
     let Ok(rd) = std::fs::read_dir(golden_dir()) else { panic!("golden dir {:?} missing", golden_dir()) };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
@@ -481,7 +616,7 @@ fn every_other_case() {
                 serde_json::from_str(&std::fs::read_to_string(e.path().join("manifest.json")).unwrap()).unwrap();
             match case_kind(&m) {
                 CaseKind::Reference | CaseKind::Dummy | CaseKind::CausVid => check_case(&name),
-                CaseKind::Switch if m.get("dummy_forcing").is_some() => check_case(&name),
+                CaseKind::Switch => check_case(&name),
                 // Checked by their own test files (tests/systems.rs; the VAE / text encoder tests).
                 k => println!("{name}: {k:?} case, not a case of this file"),
             }

@@ -369,6 +369,39 @@ pub unsafe extern "C" fn dfrt_session_set_graphs(
     }
 }
 
+/// Sets how prompt switches (`dfrt_session_switch_prompt`) rebuild the KV cache:
+/// - `frames`: the frames the recache pass re-runs; 0 keeps the policy's default (12 under
+///   `dummy`, as the official interactive configs; under `window` the window, the only value
+///   allowed there, since LongLive re-runs `min(local_attn_size, frames done)`);
+/// - `global_sink`: non-zero for LongLive's `global_sink: true` (`window` policy only): a
+///   switch keeps the sink frames' K/V from before it. `DFRT_ERR_POLICY` under other policies.
+///
+/// Allowed before the first chunk or after a reset.
+///
+/// # Safety
+/// `session`, `err` as everywhere.
+#[no_mangle]
+pub unsafe extern "C" fn dfrt_session_set_recache(
+    session: *mut DfrtSession,
+    frames: usize,
+    global_sink: c_int,
+    err: *mut DfrtError,
+) -> DfrtStatus {
+    // SAFETY: pointer contracts forwarded from this function's.
+    unsafe {
+        guard(err, || {
+            let s = session_mut(session)?;
+            s.settable("set the recache")?;
+            let mut opts = s.opts.clone();
+            opts.recache_frames = (frames != 0).then_some(frames);
+            opts.global_sink = global_sink != 0;
+            opts.check(&s.model.cfg)?;
+            s.opts = opts;
+            Ok(())
+        })
+    }
+}
+
 /// Gives every random draw of the run instead of a seed: `len` must equal the session's
 /// `noise_len` (bounded sessions only). Layout, per chunk: its initial noise, then the
 /// re-noise of denoising steps 0, 1, 2, each `[3, C, H, W]` float. Filling it with the seeded

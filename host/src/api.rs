@@ -147,6 +147,10 @@ impl<B: Backend + 'static> LoadedModel<B> {
             noise,
         )?;
         s.set_graphs(opts.graphs);
+        s.set_global_sink(opts.global_sink)?;
+        if let Some(n) = opts.recache_frames {
+            s.set_recache_frames(n)?;
+        }
         if let Some(d) = s.dummy_mut() {
             d.set_seed(opts.seed);
             d.set_sampled_rows(opts.sampled_rows.clone())?;
@@ -207,6 +211,11 @@ pub struct SessionOptions {
     pub graphs: Graphs,
     /// The pipeline (Self-Forcing, CausVid) and TeaCache ([`PipelineSpec`]).
     pub pipeline: PipelineSpec,
+    /// Frames a prompt switch re-runs ([`Session::set_recache_frames`]); None: the policy's
+    /// default (12 under `dummy`, the window under `window`).
+    pub recache_frames: Option<usize>,
+    /// LongLive's `global_sink` for prompt switches under `window` ([`Session::set_global_sink`]).
+    pub global_sink: bool,
 }
 
 impl SessionOptions {
@@ -223,6 +232,8 @@ impl SessionOptions {
             sampled_rows: BTreeMap::new(),
             graphs: Graphs::On,
             pipeline: PipelineSpec::default(),
+            recache_frames: None,
+            global_sink: false,
         }
     }
 
@@ -245,7 +256,7 @@ impl SessionOptions {
             p.validate_for(cfg)?;
             p.check_spec(spec)?;
         }
-        Ok(())
+        crate::pipeline::check_recache(&self.policy, self.recache_frames, self.global_sink)
     }
 
     /// The latent geometry: the model's input channels at this height and width.

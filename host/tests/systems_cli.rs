@@ -46,6 +46,25 @@ fn prompt_switches_from_the_cli_match_df_switch() {
 }
 
 #[test]
+fn longlive_prompt_switches_from_the_cli_match_longlive_switch() {
+    // LongLive's window (9 frames, sink 3) with global sink, switches at the case's frames.
+    let args = ["--policy", "window:9,sink:3", "--global-sink", "--prompts-at", "6,15,21"];
+    let o = generate("longlive-switch", "cli", &args).unwrap();
+    let want = TensorFile::open(golden().join("longlive-switch/outputs.safetensors")).unwrap();
+    let e = rel_l2("longlive-switch", &o.f32_any("latents").unwrap(), &want.f32_any("latents").unwrap());
+    println!("longlive-switch through the CLI: latents rel L2 {e:.3e}");
+    assert!(e <= 1e-4, "rel L2 {e:.3e}");
+    assert_eq!(o.metadata["dfrt.recaches"], "3");
+    // Without the global sink the sink is rebuilt from the second switch's window (frames
+    // 6–8), which the case's planted-bug table puts at 6.1e-2 relative L2 of the latents.
+    let args = ["--policy", "window:9,sink:3", "--prompts-at", "6,15,21"];
+    let o = generate("longlive-switch", "rebuilt", &args).unwrap();
+    let e = rel_l2("longlive-switch, sink rebuilt", &o.f32_any("latents").unwrap(), &want.f32_any("latents").unwrap());
+    println!("longlive-switch without the global sink: latents rel L2 {e:.3e}");
+    assert!(e > 1e-2, "rebuilding the sink must change the video (rel L2 {e:.3e})");
+}
+
+#[test]
 fn teacache_lists_its_skipped_forwards_in_the_metadata() {
     let o = generate("df-teacache", "cli", &["--policy", "dummy:3", "--teacache", "0.2", "--frames", "6"]).unwrap();
     let m: serde_json::Value = serde_json::from_str(&o.metadata["dfrt.teacache"]).unwrap();
@@ -66,7 +85,9 @@ fn impossible_combinations_are_clear_errors() {
         ("rolling-tiny", &["--pipeline", "rolling", "--policy", "window:9,sink:3"][..], "policy `full`"),
         ("causvid-tiny", &["--pipeline", "causvid", "--teacache", "0"][..], "positive"),
         ("causvid-tiny", &["--pipeline", "lcm"][..], "unknown pipeline"),
-        ("df-switch", &["--policy", "window:12,sink:3", "--prompts-at", "12"][..], "dummy policy"),
+        ("df-switch", &["--policy", "full", "--prompts-at", "12"][..], "window (LongLive) and dummy policies"),
+        ("df-switch", &["--policy", "dummy:3,chunks:2,ar-start:2", "--global-sink"][..], "window policy"),
+        ("longlive-switch", &["--policy", "window:9,sink:3", "--recache-frames", "6"][..], "policy's window"),
         // Chunk 1 is before the calibration chunk (AR step 2): the groups do not exist yet.
         ("df-switch", &["--policy", "dummy:3,chunks:2,ar-start:2", "--prompts-at", "3"][..], "calibrated at AR step 2"),
         ("df-switch", &["--policy", "dummy:3,chunks:2,ar-start:2", "--prompts-at", "12,21,24"][..], "no more context"),

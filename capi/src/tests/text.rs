@@ -194,3 +194,63 @@ pub(super) fn switching_the_prompt_between_chunks_matches_the_rust_session() {
     assert_eq!(plain[..half], got[..half]);
     assert_ne!(plain[half..], got[half..]);
 }
+
+#[test]
+pub(super) fn longlive_switches_keep_the_global_sink_as_the_rust_session() {
+    let m = load();
+    let (c0, c1) = (context(4, 9), context(5, 10));
+    // window:9,sink:3 over 15 frames; the switch before chunk 4 re-runs frames 3..12, so the
+    // global sink keeps frames 0–2 from before it.
+    let run_c = |global_sink: std::ffi::c_int| {
+        let s = new_session(&m, "window:9,sink:3", 15).unwrap();
+        assert_eq!(set_ctx(&s, &c0, 4).0, DFRT_OK);
+        assert_eq!(call(|e| unsafe { dfrt_session_set_recache(s.0, 0, global_sink, e) }).0, DFRT_OK);
+        let i = info(&s);
+        let mut got = Vec::new();
+        for chunk in 0..5 {
+            if chunk == 4 {
+                assert_eq!(call(|e| unsafe { dfrt_session_switch_prompt(s.0, c1.as_ptr(), 5, 64, e) }).0, DFRT_OK);
+            }
+            let mut buf = vec![f32::NAN; i.chunk_len];
+            let st = call(|e| unsafe {
+                dfrt_session_next_chunk(s.0, buf.as_mut_ptr(), buf.len(), null_mut(), None, null_mut(), e)
+            });
+            assert_eq!(st.0, DFRT_OK, "{}", st.1);
+            got.extend(buf);
+        }
+        got
+    };
+    let (kept, rebuilt) = (run_c(1), run_c(0));
+    let lm = dfrt_core::api::CpuModel::cpu(model_path().to_str().unwrap(), dfrt_core::backend::Precision::F32).unwrap();
+    let mut opts = SessionOptions::parse("window:9,sink:3", H, W, Some(15), &lm.cfg).unwrap();
+    opts.global_sink = true;
+    let mut r = lm.session(&opts, &c0, 4, dfrt_core::pipeline::Noise::seeded(0)).unwrap();
+    let mut want = Vec::new();
+    for chunk in 0..5 {
+        if chunk == 4 {
+            r.switch_prompt(&c1, 5).unwrap();
+        }
+        want.extend(r.next_chunk(&mut |_| {}).unwrap());
+    }
+    assert_eq!(r.recaches(), 1);
+    assert_eq!(kept, want, "the C API's global-sink switch is the session's");
+    let chunk = kept.len() / 5;
+    assert_eq!(kept[..4 * chunk], rebuilt[..4 * chunk], "the chunks before the switch do not depend on it");
+    assert_ne!(kept[4 * chunk..], rebuilt[4 * chunk..], "keeping the sink changes the chunk after the switch");
+    // Bad settings: a policy error, the session intact.
+    let s = new_session(&m, "window:9,sink:3", 15).unwrap();
+    expect(
+        "recache size",
+        call(|e| unsafe { dfrt_session_set_recache(s.0, 6, 0, e) }),
+        DFRT_ERR_POLICY,
+        "policy's window",
+    );
+    let d = new_session(&m, "dummy:2", 12).unwrap();
+    expect(
+        "global sink",
+        call(|e| unsafe { dfrt_session_set_recache(d.0, 0, 1, e) }),
+        DFRT_ERR_POLICY,
+        "window policy",
+    );
+    assert_eq!(call(|e| unsafe { dfrt_session_set_recache(d.0, 9, 0, e) }).0, DFRT_OK);
+}

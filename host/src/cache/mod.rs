@@ -90,6 +90,9 @@ pub struct Fresh<'a, T> {
     pub start_frame: usize,
     /// Frames in the chunk.
     pub frames: usize,
+    /// First frame (relative to `start_frame`) whose K/V are keys and get committed; the
+    /// frames before it are queries only ([`crate::model::PassInfo::recache`]). 0 normally.
+    pub keys_from: usize,
 }
 
 /// The self-attention KV cache of every layer (see the [module docs](self)).
@@ -110,7 +113,7 @@ pub struct Fresh<'a, T> {
 ///     let n = 3 * tpf * heads * d;
 ///     let k = be.upload(&(0..n).map(|i| (i + chunk * n) as f32 * 0.01).collect::<Vec<_>>(), &[3 * tpf, heads * d]);
 ///     let v = be.upload(&(0..n).map(|i| -((i + chunk * n) as f32) * 0.02).collect::<Vec<_>>(), &[3 * tpf, heads * d]);
-///     let fresh = Fresh { k: &k, v: &v, start_frame: 3 * chunk, frames: 3 };
+///     let fresh = Fresh { k: &k, v: &v, start_frame: 3 * chunk, frames: 3, keys_from: 0 };
 ///     if chunk == 2 {
 ///         // Chunk 2 attends frame 0 (the sink), frames 4 and 5 (the ring), then itself.
 ///         assert_eq!(cache.head_frames(0, 1), vec![0, 4, 5]);
@@ -246,7 +249,7 @@ impl<T> KvCache<T> {
                     .slots()
                     .map(|s| Seg { k: &s.k, v: &s.v, offset: pi * tpf * d, rows: tpf, stride: d, frame: Some(s.frame) })
                     .collect();
-                for f in 0..fresh.frames {
+                for f in fresh.keys_from..fresh.frames {
                     segs.push(Seg {
                         k: fresh.k,
                         v: fresh.v,
@@ -276,7 +279,7 @@ impl<T> KvCache<T> {
                 let start = g.ring_start;
                 g.ring.rotate_left(start);
                 g.ring_start = 0;
-                for f in 0..fresh.frames {
+                for f in fresh.keys_from..fresh.frames {
                     let (mut k, mut v) = (be.zeros(&[gh, tpf, d]), be.zeros(&[gh, tpf, d]));
                     be.write_heads(&mut k, &mut v, fresh.k, fresh.v, f * tpf * nh * d, nh * d, &heads, tpf, d);
                     g.ring.push(Slot { frame: fresh.start_frame + f, k, v });
@@ -285,7 +288,7 @@ impl<T> KvCache<T> {
                 g.ring.drain(..excess);
                 continue;
             }
-            for f in 0..fresh.frames {
+            for f in fresh.keys_from..fresh.frames {
                 let frame = fresh.start_frame + f;
                 let write = |slot_k: &mut T, slot_v: &mut T| {
                     be.write_heads(slot_k, slot_v, fresh.k, fresh.v, f * tpf * nh * d, nh * d, &heads, tpf, d);
@@ -408,7 +411,7 @@ mod tests {
         let mut seen = Vec::new();
         for ch in 0..chunks {
             let (k, v) = chunk(&be, 3 * ch, heads, tpf, d);
-            let fresh = Fresh { k: &k, v: &v, start_frame: 3 * ch, frames: 3 };
+            let fresh = Fresh { k: &k, v: &v, start_frame: 3 * ch, frames: 3, keys_from: 0 };
             let ctx = c.context(0, &fresh);
             seen.push(ctx[1].iter().map(|s| s.frame.unwrap()).collect());
             // The rows a segment points at hold the frame it claims (head 1).
@@ -463,7 +466,7 @@ mod tests {
         assert_eq!(c.head_frames(0, 1), vec![0]);
         assert_eq!(c.head_frames(0, 0), vec![5]);
         let (k, v) = chunk(&be, 6, 2, 2, 4);
-        let fresh = Fresh { k: &k, v: &v, start_frame: 6, frames: 3 };
+        let fresh = Fresh { k: &k, v: &v, start_frame: 6, frames: 3, keys_from: 0 };
         let ctx = c.context(0, &fresh);
         for (h, s) in [(1usize, &ctx[1][0]), (0, &ctx[0][0])] {
             let f = s.frame.unwrap();

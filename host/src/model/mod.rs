@@ -152,16 +152,26 @@ pub struct PassInfo {
     pub kind: PassKind,
     pub start_frame: usize,
     pub frames: usize,
+    /// Leading frames of the pass that are queries only: their K/V are neither attended nor
+    /// committed (LongLive's recache with a kept sink, see [`PassInfo::recache`]). 0 otherwise.
+    pub queries_only: usize,
 }
 
 impl PassInfo {
     /// Denoising step `step` of `chunk`, over `frames` frames from `start_frame`.
     pub fn denoise(chunk: usize, step: usize, start_frame: usize, frames: usize) -> Self {
-        PassInfo { chunk, kind: PassKind::Denoise { step }, start_frame, frames }
+        PassInfo { chunk, kind: PassKind::Denoise { step }, start_frame, frames, queries_only: 0 }
     }
     /// The clean pass of `chunk`.
     pub fn clean(chunk: usize, start_frame: usize, frames: usize) -> Self {
-        PassInfo { chunk, kind: PassKind::Clean, start_frame, frames }
+        PassInfo { chunk, kind: PassKind::Clean, start_frame, frames, queries_only: 0 }
+    }
+    /// A prompt switch's recache pass: a clean pass over earlier frames whose first
+    /// `queries_only` frames attend but leave no K/V (official LongLive `_recache_after_switch`
+    /// with `global_sink: true`: the sink slots are protected, so the window's first
+    /// `sink_size` frames are computed as queries and their keys discarded).
+    pub fn recache(chunk: usize, start_frame: usize, frames: usize, queries_only: usize) -> Self {
+        PassInfo { chunk, kind: PassKind::Clean, start_frame, frames, queries_only: queries_only.min(frames) }
     }
     /// The denoising step, or None for the clean pass.
     pub fn step(&self) -> Option<usize> {
@@ -472,7 +482,8 @@ impl<B: Backend> Model<B> {
             tap(be, &mut taps, "l0.q_roped", &q);
             tap(be, &mut taps, "l0.k_roped", &k);
         }
-        let fresh = Fresh { k: &k, v: &v, start_frame: pass.start_frame, frames: grid[0] };
+        let fresh =
+            Fresh { k: &k, v: &v, start_frame: pass.start_frame, frames: grid[0], keys_from: pass.queries_only };
         if let Some(r) = cache.rolling.as_mut() {
             // Rolling Forcing writes the call's first block before attending.
             let kp = match &k_plain {

@@ -413,6 +413,8 @@ pub trait RunSession: Send {
     /// Switches the prompt before the next chunk (the recache pass runs then).
     fn switch_prompt(&mut self, context: &[f32], rows: usize) -> Result<()>;
     fn set_recache_frames(&mut self, n: usize) -> Result<()>;
+    /// LongLive's `global_sink` for prompt switches under `window`.
+    fn set_global_sink(&mut self, on: bool) -> Result<()>;
     /// Prompt switches' recache passes so far.
     fn recaches(&self) -> usize;
     /// Bytes the KV cache holds allocated.
@@ -465,6 +467,9 @@ where
     }
     fn set_recache_frames(&mut self, n: usize) -> Result<()> {
         Session::set_recache_frames(self, n)
+    }
+    fn set_global_sink(&mut self, on: bool) -> Result<()> {
+        Session::set_global_sink(self, on)
     }
     fn recaches(&self) -> usize {
         Session::recaches(self)

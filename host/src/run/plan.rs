@@ -116,3 +116,48 @@ impl MemoryPlan {
 fn mib(b: usize) -> f64 {
     b as f64 / (1u64 << 20) as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 14B model (Wan2.1-T2V-14B, Krea RealTime-14B) at 480p, 21 frames, bf16: the plan's
+    /// terms against their formulas, and what fits an 80 GB card.
+    #[test]
+    fn the_14b_plan_at_480p_follows_its_formulas() {
+        let cfg = ModelConfig::preset("wan-14b").unwrap();
+        let latent = Latent { channels: cfg.in_dim, height: 60, width: 104 };
+        let tensors = crate::names::expected_tensors(&cfg);
+        let params: usize = tensors.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        assert!((13.5e9..15e9).contains(&(params as f64)), "14B parameters: {params}");
+        let plan = |p: &str| {
+            let policy = Policy::parse_for(p, &cfg).unwrap();
+            MemoryPlan::estimate(&cfg, &policy, latent, Some(21), Precision::Bf16, 2 * params, tensors.len()).unwrap()
+        };
+        let tpf = 30 * 52; // 1560 tokens per latent frame
+                           // K and V × 40 layers × 5120 (40 heads × 128) × tokens × frames × 2 bytes, plus one heap
+                           // block per slot tensor.
+        let kv = |frames: usize| 2 * 40 * 5120 * tpf * frames * 2;
+        let full = plan("full");
+        let slots = 40 * 2 * 21;
+        assert_eq!(full.cache, kv(21) + slots * BLOCK, "full: every frame of 21");
+        // window:12,sink:3 holds 3 sink + 6 ring frames (the current chunk is the forward's own).
+        let window = plan("window:12,sink:3");
+        assert_eq!(window.cache, kv(9) + 40 * 2 * 9 * BLOCK);
+        // dummy (L = 1 chunk): before calibration one group of 1 sink + 3·L ring frames, plus
+        // one layer's worth for the regrouping.
+        let dummy = plan("dummy:800");
+        let one = kv(4) + 40 * 2 * 4 * BLOCK;
+        assert_eq!(dummy.cache, one + one.div_ceil(40));
+        assert_eq!(full.weights, 2 * params + tensors.len() * BLOCK);
+        // The text state: the embedded context and every block's cross-attention K/V (bf16).
+        assert_eq!(full.text, 2 * crate::model::text_state_elems(&cfg) + (1 + 2 * 40) * BLOCK);
+        assert!(crate::model::text_state_elems(&cfg) >= 512 * 5120 * (1 + 2 * 40));
+        // bf16 14B fits an 80 GB H100 under every policy at 480p / 21 frames.
+        for (p, m) in [("full", full), ("window", window), ("dummy", dummy)] {
+            assert!(m.total() < 80 << 30, "{p}: {:.1} GiB", m.total() as f64 / (1u64 << 30) as f64);
+            assert!(m.activations > 0 && m.graphs > m.activations && m.tables > 0, "{p}: {m:?}");
+        }
+        assert!(window.cache < full.cache && dummy.cache < window.cache);
+    }
+}

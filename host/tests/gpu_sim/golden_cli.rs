@@ -126,6 +126,15 @@ pub(super) fn golden_causvid_f32_on_sim() {
     golden_system_on_sim("causvid-tiny", &["--pipeline", "causvid"], Some(3), 1e-4);
 }
 
+/// LongLive's prompt switches on sim: the first 18 frames of longlive-switch (the switch at
+/// frame 6 rebuilds every slot; the one at 15 keeps the global sink, so its first 3 window
+/// frames are queries only).
+#[test]
+pub(super) fn golden_longlive_switch_f32_on_sim() {
+    let args = ["--policy", "window:9,sink:3", "--global-sink", "--prompts-at", "6,15"];
+    golden_system_on_sim("longlive-switch", &args, Some(18), 1e-4);
+}
+
 /// The whole rolling-tiny video on sim (warm-up, full and tail windows, both evictions):
 /// passed at 9.3e-7 relative L2 in 977 s; too slow for CI, run with `--ignored`.
 #[test]

@@ -251,6 +251,27 @@ pub(super) fn cases() -> Vec<Case> {
             Tol::Attention,
             Op::AttentionBiased { heads, d, masked: 4 },
         ),
+        // The 14B model's heads (Wan2.1-T2V-14B, Krea RealTime-14B: 40 × 128, dim 5120): the
+        // head-indexed ops and the d128 attention kernels at its head count.
+        c("rope (40 heads × 128)", &[&[24, 40 * 128]], Tol::Sum, Op::Rope { heads: 40, grid, start: 5 }),
+        c(
+            "qk_norm_rope (40 heads × 128)",
+            &[&[24, 5120], &[24, 5120], &[5120], &[5120]],
+            Tol::Sum,
+            Op::QkNormRope { heads: 40, grid, start: 2 },
+        ),
+        c(
+            "write_heads (40 heads × 128)",
+            &[&[2, 5, 128], &[2, 5, 128], &[10, 5120], &[10, 5120]],
+            Tol::Exact,
+            Op::WriteHeads { heads: 40, d: 128 },
+        ),
+        c(
+            "attention (one segment, 40 heads × 128)",
+            &[&[19, 5120], &[13, 5120], &[13, 5120]],
+            Tol::Attention,
+            Op::AttentionOne { heads: 40, d: 128 },
+        ),
     ]
 }
 

@@ -59,17 +59,7 @@ pub(super) fn calibrate(a: CalibrateArgs, o: Output) -> Result<()> {
             spec.ar_start
         )));
     }
-    let mut opts = SessionOptions {
-        policy: policy.clone(),
-        height: a.height,
-        width: a.width,
-        frames: Some(frames),
-        seed: 0,
-        heads: None,
-        sampled_rows: Default::default(),
-        graphs: dfrt::pipeline::Graphs::On,
-        pipeline: Default::default(),
-    };
+    let mut opts = SessionOptions::new(policy.clone(), a.height, a.width, Some(frames));
     let mut programs = Vec::new();
     let mut runs = Vec::new();
     for path in &a.context {

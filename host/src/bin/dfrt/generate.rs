@@ -60,15 +60,21 @@ pub(super) struct GenerateArgs {
     /// with every policy; the skipped forwards are listed in the output metadata.
     #[arg(long)]
     pub(super) teacache: Option<f64>,
-    /// Prompt switches (interactive generation, `dummy` policy): `FRAME:FILE,…`, each FILE a
-    /// context file like --context; before the chunk starting at FRAME the prompt changes and
-    /// the KV cache is rebuilt (recache). With --inputs holding `context.1`, `context.2`, …,
-    /// give the frames alone: `--prompts-at 12,21`.
+    /// Prompt switches (interactive generation; `window` policy as LongLive, `dummy` as Dummy
+    /// Forcing's interactive pipeline): `FRAME:FILE,…`, each FILE a context file like
+    /// --context; before the chunk starting at FRAME the prompt changes and the KV cache is
+    /// rebuilt (recache). With --inputs holding `context.1`, `context.2`, …, give the frames
+    /// alone: `--prompts-at 12,21`.
     #[arg(long)]
     pub(super) prompts_at: Option<String>,
-    /// Frames a prompt switch re-runs at t = 0 (the official `local_attn_size`, 12).
-    #[arg(long, default_value_t = dfrt::pipeline::RECACHE_FRAMES)]
-    pub(super) recache_frames: usize,
+    /// Frames a prompt switch re-runs at t = 0 (the official `local_attn_size`: 12 under
+    /// `dummy`; under `window` the policy's window, and only that).
+    #[arg(long)]
+    pub(super) recache_frames: Option<usize>,
+    /// LongLive's `global_sink` (window policy): a prompt switch keeps the sink frames' K/V
+    /// from before the switch instead of rebuilding them from the recache window.
+    #[arg(long)]
+    pub(super) global_sink: bool,
     /// Output safetensors file (tensor `latents` [1, F, C, H, W], f32); with --vae, the video
     /// (.mp4, .y4m, .safetensors for the f32 frames, or a path without extension for a folder of PNG frames); with --prompts, a
     /// folder that receives one output per prompt line, named by index.
@@ -199,6 +205,8 @@ pub(super) fn generate(a: GenerateArgs, o: Output) -> Result<()> {
         sampled_rows: rows,
         graphs: a.graphs,
         pipeline,
+        recache_frames: a.recache_frames,
+        global_sink: a.global_sink,
     };
     // `run::open` computes the plan itself; this copy is only for the debug log.
     if device.is_gpu() && o.enabled(Level::Debug) {
@@ -219,7 +227,6 @@ pub(super) fn generate(a: GenerateArgs, o: Output) -> Result<()> {
             precision.name()
         ),
     );
-    session.set_recache_frames(a.recache_frames)?;
     let mut switches = switches.into_iter().peekable();
     let graphs = if !session.supports_graphs() {
         "n/a"
