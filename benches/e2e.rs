@@ -155,7 +155,7 @@ fn real_main() -> Result<(), String> {
     };
     println!("device: {device} ({card}); model {model} (synthetic bf16 weights), dtype {}, {chunks} chunks = {} latent frames = {} video frames; bf16 d128 attention: {attn_rows} rows per block", precision.name(), chunks * 3, chunks * 12);
     if !big {
-        println!("{}", report::SIM_NOTE.replace("device sim", &format!("device {device}")));
+        println!("{}", if choice == DeviceChoice::Cpu { report::CPU_NOTE } else { report::SIM_NOTE });
     }
     let mut rows = Vec::new();
     for r in &res {
@@ -226,7 +226,7 @@ fn real_main() -> Result<(), String> {
             .collect();
         let v = serde_json::json!({
             "bench": "e2e", "device": device, "card": card, "model": model, "layers": cfg.num_layers, "dtype": precision.name(), "attn_rows": attn_rows,
-            "unix_time": report::unix_time(), "note": (!big).then_some(report::SIM_NOTE),
+            "unix_time": report::unix_time(), "note": (!big).then_some(if choice == DeviceChoice::Cpu { report::CPU_NOTE } else { report::SIM_NOTE }),
             "counting": "1 latent frame = 4 video frames; FPS = video frames / diffusion time (chunk loop)",
             "rows": rows,
         });

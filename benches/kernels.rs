@@ -1,11 +1,11 @@
 //! Kernel benchmarks: every hot kernel at its Wan2.1 1.3B shape, with its FLOP or byte formula.
 //!
-//!   cargo bench --bench kernels -- [--device auto|cuda|sim] [--size full|tiny]
+//!   cargo bench --bench kernels -- [--device auto|cuda|sim] [--size full|14b|tiny]
 //!                                  [--filter NAME] [--json FILE]
 //!
 //! The device is `--device`, else `$DFRT_BENCH_DEVICE`, else `auto` (cuda when a GPU answers,
 //! otherwise sim). On cuda the default size is `full` (the real shapes, see
-//! `support/kernel_cases.rs`); each entry rotates over enough buffer copies to defeat the L2,
+//! `support/kernel_cases.rs`; `14b` is the 14B model's: 40 heads, dim 5120, ffn 13824); each entry rotates over enough buffer copies to defeat the L2,
 //! captures the timed launches into one CUDA graph (so launch overhead is left out), times a
 //! replay with CUDA events and reports time per launch. On sim the default size is `tiny` and
 //! the times are the CPU simulator's: they show that every entry builds, launches and writes
@@ -39,8 +39,9 @@ fn real_main() -> Result<(), String> {
     let size = a.get("size").unwrap_or(if cuda.is_some() { "full" } else { "tiny" });
     let shapes = match size {
         "full" => Shapes::full(),
+        "14b" => Shapes::wan14b(),
         "tiny" => Shapes::tiny(),
-        s => return Err(format!("unknown size `{s}` (full or tiny)")),
+        s => return Err(format!("unknown size `{s}` (full, 14b or tiny)")),
     };
     let filter = a.get("filter").map(str::to_string);
     match cuda {

@@ -129,3 +129,6 @@ pub fn write_json(path: &std::path::Path, v: &serde_json::Value) -> Result<(), S
 
 /// What every sim figure is (and is not).
 pub const SIM_NOTE: &str = "device sim: the SIMT simulator on the CPU at a tiny size; these times check that the bench runs and are NOT GPU figures";
+
+/// What the e2e bench prints on the CPU reference backend.
+pub const CPU_NOTE: &str = "device cpu: the CPU reference backend; CPU figures, NOT GPU figures";

@@ -80,6 +80,11 @@ impl Shapes {
         }
     }
 
+    /// Wan2.1-T2V-14B (Krea RealTime-14B) at 480p: 40 heads of 128, dim 5120, ffn 13824.
+    pub fn wan14b() -> Shapes {
+        Shapes { name: "14b", dim: 5120, heads: 40, ffn: 13824, ..Shapes::full() }
+    }
+
     /// The same structure at simulator size (2 heads of d 128, 4×4 tokens per frame).
     pub fn tiny() -> Shapes {
         Shapes {

@@ -446,6 +446,44 @@ mod tests {
     }
 
     #[test]
+    fn queries_only_frames_are_neither_attended_nor_committed() {
+        // LongLive's recache with a kept sink: window:9,sink:3 (ring 3) holding f0–2 | f6–8;
+        // a 9-frame pass over f6–14 whose first 3 frames are queries only.
+        let (be, mut c, _) = run("window:9,sink:3", 3);
+        assert_eq!(c.head_frames(0, 0), vec![0, 1, 2, 6, 7, 8]);
+        let (heads, tpf, d) = (2, 2, 4);
+        let specs = [GroupSpec {
+            heads: vec![0, 1],
+            sink_cap: 3,
+            ring_cap: 3,
+            sink_frames: vec![0, 1, 2],
+            ring_frames: vec![],
+        }];
+        c.replace_groups(&be, 0, &specs).unwrap();
+        let parts: Vec<_> = (0..3).map(|i| chunk(&be, 6 + 3 * i, heads, tpf, d)).collect();
+        let cat = |f: fn(&(CpuTensor, CpuTensor)) -> &CpuTensor| {
+            let v: Vec<f32> = parts.iter().flat_map(|p| f(p).data.clone()).collect();
+            be.upload(&v, &[9 * tpf, heads * d])
+        };
+        let (k, v) = (cat(|p| &p.0), cat(|p| &p.1));
+        let fresh = Fresh { k: &k, v: &v, start_frame: 6, frames: 9, keys_from: 3 };
+        let ctx = c.context(0, &fresh);
+        let frames: Vec<_> = ctx[1].iter().map(|s| s.frame.unwrap()).collect();
+        assert_eq!(
+            frames,
+            vec![0, 1, 2, 9, 10, 11, 12, 13, 14],
+            "the old sink, then the window's frames after its first 3"
+        );
+        // The rows a fresh segment points at hold the frame it claims.
+        for s in &ctx[1][3..] {
+            assert_eq!(s.k.data[s.offset], (s.frame.unwrap() * 1000 + 10) as f32);
+        }
+        drop(ctx);
+        c.commit(&be, 0, &fresh);
+        assert_eq!(c.head_frames(0, 1), vec![0, 1, 2, 12, 13, 14], "sink kept, the ring keeps the newest 3");
+    }
+
+    #[test]
     fn full_keeps_everything_and_memory_is_bounded_for_windows() {
         let (_, c, seen) = run("full", 4);
         assert_eq!(seen[3], (0..12).collect::<Vec<_>>());
