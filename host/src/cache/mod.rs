@@ -61,6 +61,11 @@ impl<T> Group<T> {
         self.sinks.iter().chain((0..n).map(move |i| &self.ring[(self.ring_start + i) % n]))
     }
 
+    /// Frames in the sink slots, in order.
+    pub fn sink_frames(&self) -> Vec<usize> {
+        self.sinks.iter().map(|s| s.frame).collect()
+    }
+
     /// Frames in context order.
     pub fn frames(&self) -> Vec<usize> {
         self.slots().map(|s| s.frame).collect()

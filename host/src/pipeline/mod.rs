@@ -780,7 +780,10 @@ impl<B: Backend + 'static> Session<B> {
                 0
             }
         } else {
-            let d = self.hook.dummy().expect("check_switch admits window and dummy only");
+            let d = self
+                .hook
+                .dummy()
+                .ok_or_else(|| Error::Policy("prompt switches need the window or dummy policy".into()))?;
             d.reset_for_recache(&*self.be, &mut self.cache, start / FRAMES_PER_CHUNK, n)?;
             0
         };
@@ -804,11 +807,7 @@ impl<B: Backend + 'static> Session<B> {
         let heads: Vec<usize> = (0..self.model.cfg.num_heads).collect();
         for l in 0..self.cache.layers.len() {
             let g = &self.cache.layers[l].groups[0];
-            let sink_frames = if keep_sink {
-                g.slots().take(g.sink_cap.min(g.slot_count())).map(|s| s.frame).collect()
-            } else {
-                Vec::new()
-            };
+            let sink_frames = if keep_sink { g.sink_frames() } else { Vec::new() };
             let spec = GroupSpec {
                 heads: heads.clone(),
                 sink_cap: g.sink_cap,
