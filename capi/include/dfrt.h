@@ -314,11 +314,15 @@ DfrtStatus dfrt_session_next_chunk(struct DfrtSession *session, float *out, size
 
 // Switches the prompt between chunks (interactive generation): `rows × cols` floats as for
 // `dfrt_session_set_context`. Before the first chunk it only replaces the context. After it,
-// under a `dummy` policy, the next chunk follows the new prompt with the KV cache rebuilt as
-// Dummy Forcing's interactive pipeline does (the last ≤ 12 frames re-run at t = 0 with the new
-// prompt, the calibrated head groups re-packed); it must come after the calibration chunk.
-// Other policies, and a switch before calibration, return `DFRT_ERR_POLICY` after the first
-// chunk (LongLive's window recache is not implemented). A reset returns to the first context.
+// the next chunk follows the new prompt with the KV cache rebuilt by one t = 0 pass over the
+// newest frames under the new prompt:
+// - `dummy`: as Dummy Forcing's interactive pipeline (the last ≤ 12 frames re-run, the
+//   calibrated head groups re-packed); it must come after the calibration chunk;
+// - `window:W,sink:S`: as LongLive's (the last ≤ W frames re-run; the sink kept or rebuilt as
+//   `dfrt_session_set_recache` says).
+//
+// `full`, and a `dummy` switch before calibration, return `DFRT_ERR_POLICY` after the first
+// chunk. A reset returns to the first context.
 //
 // # Safety
 // `data` is NULL or valid for `rows · cols` reads; `session`, `err` as everywhere.
