@@ -173,6 +173,18 @@ pub(crate) unsafe fn text<'a>(p: *const c_char, what: &str) -> Result<&'a str, F
     c.to_str().map_err(|_| Fail::new(DFRT_ERR_INVALID_ARGUMENT, format!("`{what}` is not valid UTF-8")))
 }
 
+/// A `dtype` argument: `"f32"` or `"bf16"`, NULL meaning f32.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string.
+pub(crate) unsafe fn precision_arg(p: *const c_char) -> Result<dfrt_core::backend::Precision, Fail> {
+    if p.is_null() {
+        return Ok(dfrt_core::backend::Precision::F32);
+    }
+    // SAFETY: forwarded contract.
+    Ok(dfrt_core::backend::Precision::parse(unsafe { text(p, "dtype") }?)?)
+}
+
 /// Copies `v` to the caller's `out` (capacity `cap` elements).
 ///
 /// # Safety

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use dfrt_core::backend::Precision;
 use dfrt_core::run::ModelSource;
 
-use crate::errors::{guard, path_arg, text, DfrtError, DfrtStatus, Fail};
+use crate::errors::{guard, path_arg, precision_arg, DfrtError, DfrtStatus, Fail};
 use crate::session::DfrtSession;
 
 /// Facts about a loaded model that a caller needs to size its inputs.
@@ -68,7 +68,7 @@ pub unsafe extern "C" fn dfrt_model_load(
             }
             *out = std::ptr::null_mut();
             let path = path_arg(path)?;
-            let precision = if dtype.is_null() { Precision::F32 } else { Precision::parse(text(dtype, "dtype")?)? };
+            let precision = precision_arg(dtype)?;
             // Checked (config, every tensor's name, shape and dtype) but not loaded: CPU
             // sessions load and share the CPU weights at their first chunk, GPU sessions load
             // their own copy onto the device, straight from the file.

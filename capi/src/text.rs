@@ -4,9 +4,8 @@ use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use dfrt_core::backend::cpu::CpuBackend;
-use dfrt_core::backend::Precision;
 
-use crate::errors::{guard, path_arg, text, DfrtError, DfrtStatus, Fail};
+use crate::errors::{guard, path_arg, precision_arg, text, DfrtError, DfrtStatus, Fail};
 use crate::session::{session_mut, DfrtSession};
 
 /// A loaded text encoder (opaque): the umT5 tokenizer and encoder on the CPU. Immutable:
@@ -47,7 +46,7 @@ pub unsafe extern "C" fn dfrt_text_encoder_load(
             *out = std::ptr::null_mut();
             let enc = path_arg(encoder)?;
             let tok = path_arg(tokenizer)?;
-            let precision = if dtype.is_null() { Precision::F32 } else { Precision::parse(text(dtype, "dtype")?)? };
+            let precision = precision_arg(dtype)?;
             let be = CpuBackend::new(precision);
             let inner = dfrt_core::text::TextEncoder::load(&be, &enc, &tok, dfrt_core::text::Residency::Streamed)?;
             *out = Box::into_raw(Box::new(DfrtTextEncoder { be, inner }));

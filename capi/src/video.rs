@@ -4,13 +4,12 @@ use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use dfrt_core::backend::Precision;
 use dfrt_core::config::FRAMES_PER_CHUNK;
 use dfrt_core::pipeline::Progress;
 use dfrt_core::run::Target;
 
 use crate::errors::DfrtStatus::*;
-use crate::errors::{copy_out, guard, path_arg, text, DfrtError, DfrtStatus, Fail};
+use crate::errors::{copy_out, guard, path_arg, precision_arg, text, DfrtError, DfrtStatus, Fail};
 use crate::session::{session_mut, DfrtProgress, DfrtProgressFn, DfrtSession};
 
 /// A session's video geometry, once a VAE is attached (`dfrt_session_set_vae`).
@@ -81,7 +80,7 @@ pub unsafe extern "C" fn dfrt_vae_load(
             }
             *out = std::ptr::null_mut();
             let path = path_arg(path)?;
-            let precision = if dtype.is_null() { Precision::F32 } else { Precision::parse(text(dtype, "dtype")?)? };
+            let precision = precision_arg(dtype)?;
             let vae = Arc::new(dfrt_core::vae::Vae::open(&path, precision)?);
             *out = Box::into_raw(Box::new(DfrtVae { vae }));
             Ok(())
@@ -126,11 +125,7 @@ pub unsafe extern "C" fn dfrt_session_attach_vae(
             s.settable("attach a VAE")?;
             let lat = s.opts.latent(&s.model.cfg);
             dfrt_core::video::stream::check_latents(&v.vae, lat.channels, lat.height, lat.width)?;
-            s.video = Some(dfrt_core::vae::Decoder::new(v.vae.clone()));
-            if let Some(i) = info.as_mut() {
-                *i = video_info(s).expect("attached above");
-            }
-            Ok(())
+            attach(s, v.vae.clone(), info)
         })
     }
 }
@@ -158,17 +153,26 @@ pub unsafe extern "C" fn dfrt_session_set_vae(
         guard(err, || {
             let s = session_mut(session)?;
             let path = text(path, "path")?;
-            let dtype = if dtype.is_null() { "f32" } else { text(dtype, "dtype")? };
-            let precision = Precision::parse(dtype).map_err(|e| Fail::new(DFRT_ERR_INVALID_ARGUMENT, e.to_string()))?;
+            let precision = precision_arg(dtype)?;
             s.settable("attach a VAE")?;
             let vae = dfrt_core::run::open_vae(path, precision, s.opts.latent(&s.model.cfg))?;
-            s.video = Some(dfrt_core::vae::Decoder::new(vae));
-            if let Some(i) = info.as_mut() {
-                *i = video_info(s).expect("attached above");
-            }
-            Ok(())
+            attach(s, vae, info)
         })
     }
+}
+
+/// Gives the session its own decoder over `vae` and fills `*info` (if not NULL) with the
+/// video geometry.
+///
+/// # Safety
+/// `info` is NULL or writable.
+unsafe fn attach(s: &mut DfrtSession, vae: Arc<dfrt_core::vae::Vae>, info: *mut DfrtVideoInfo) -> Result<(), Fail> {
+    s.video = Some(dfrt_core::vae::Decoder::new(vae));
+    // SAFETY: `info` is NULL or writable (contract).
+    if let Some(i) = unsafe { info.as_mut() } {
+        *i = video_info(s).ok_or_else(|| Fail::new(DFRT_ERR_STATE, "no video after attaching a VAE"))?;
+    }
+    Ok(())
 }
 
 /// Generates the next chunk and decodes it; returns the pixels `[n, 3, H, W]` in [-1, 1].
