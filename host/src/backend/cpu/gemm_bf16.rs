@@ -180,17 +180,10 @@ unsafe fn tile_rows<const R: usize>(a: &[u32], stride: usize, b: &[u32], kc: usi
 mod tests {
     use super::*;
 
+    /// Uniform values in [-2, 2), rounded to bf16 (the test kit's seeded generator).
     fn bf16_values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let u = (s >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0;
-                half::bf16::from_f32(u).to_f32()
-            })
-            .collect()
+        let v = dfrt_testkit::Rng::seeded(seed).vec(n, -2.0, 2.0);
+        v.into_iter().map(|u| half::bf16::from_f32(u).to_f32()).collect()
     }
 
     /// Odd sizes on every axis (a partial row tile, a partial panel, an odd k), against an f64
